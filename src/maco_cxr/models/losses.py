@@ -1,0 +1,69 @@
+"""MaCo's two pre-training losses, as pure functions of tensors.
+
+``correlation_weighted_contrastive_loss`` takes an optional ``gather`` that concatenates a
+tensor across processes WITH gradient (see :func:`maco_cxr.train.distributed.gather_with_grad`);
+with it, every rank computes the loss of the global batch, so 2 processes on half batches give
+the same loss and gradients as 1 process on the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, (H/p)(W/p), p*p*C]`` with values ordered (row, col, channel)."""
+    n, c, h, w = images.shape
+    x = images.reshape(n, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // patch) * (w // patch), patch * patch * c)
+
+
+def reconstruction_loss(pred: torch.Tensor, target_images: torch.Tensor, mask: torch.Tensor,
+                        norm_pix_loss: bool) -> torch.Tensor:
+    """Mean over removed patches of the per-patch MSE. pred ``[N, L, P]``, mask ``[N, L]``."""
+    patch = int(round((pred.shape[-1] / target_images.shape[1]) ** 0.5))
+    target = patchify(target_images, patch)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def correlation_weighted_contrastive_loss(
+    image_embed: torch.Tensor,
+    text_embed: torch.Tensor,
+    weight_logits: torch.Tensor,
+    inverse_temperature: torch.Tensor,
+    gather: Gather | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaCo's contrastive loss with per-sample correlation weights.
+
+    image_embed, text_embed ``[N, D]``; weight_logits ``[N, 1]`` (a . v_i + b, before softplus).
+    With S = tau * normalize(z) normalize(t)^T and s = softplus(weight_logits):
+    L = 1/4 [CE(diag(s) S) + CE(diag(s) S^T) + sum_i sbar_i CE_i(S) / sum sbar
+    + sum_i sbar_i CE_i(S^T) / sum sbar], sbar = stop_gradient(s).
+    Returns the loss and the (global) weights s ``[N_global]``.
+    """
+    if gather is not None:
+        image_embed, text_embed, weight_logits = gather(image_embed), gather(text_embed), gather(weight_logits)
+    z = F.normalize(image_embed.float(), dim=-1)
+    t = F.normalize(text_embed.float(), dim=-1)
+    logits_per_image = inverse_temperature * z @ t.t()
+    logits_per_text = logits_per_image.t()
+    weights = F.softplus(weight_logits.float())
+    targets = torch.arange(z.shape[0], device=z.device)
+    fixed = weights.detach().squeeze(-1)
+    loss = (
+        F.cross_entropy(logits_per_image * weights, targets)
+        + F.cross_entropy(logits_per_text * weights, targets)
+        + F.cross_entropy(logits_per_image, targets, weight=fixed)
+        + F.cross_entropy(logits_per_text, targets, weight=fixed)
+    ) / 4
+    return loss, weights.squeeze(-1)

@@ -1,0 +1,228 @@
+"""The MaCo model: masked ViT + MAE decoder + BERT, joined by correlation-weighted contrast.
+
+Computes exactly what the official code computes (see ``tests/models/test_official_fixture.py``),
+with these parameter groups (official names in brackets):
+
+- ``visual``: masked ViT encoder [``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm``]
+- ``decoder``: MAE decoder [``decoder_*``, ``mask_token``]
+- ``text``: BERT with pooler [``bert_encoder.model.bert``]
+- ``img_proj``: linear map of patch tokens into the text space [``img_mlp``]
+- ``patch_weight``: correlation weights a, b over the visibility vector [``pos_weight_img``]
+- ``inverse_temperature``: learnable multiplier of the cosine logits, not exponentiated [``Tpar``]
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maco_cxr.config import MacoConfig
+from maco_cxr.errors import DataError
+from maco_cxr.models.decoder import MaeDecoder
+from maco_cxr.models.losses import Gather, correlation_weighted_contrastive_loss, reconstruction_loss
+from maco_cxr.models.text import ReportTokenizer, TextEncoder
+from maco_cxr.models.vit import MaskedViT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TokenBatch = dict[str, torch.Tensor]
+
+
+class MacoModel(nn.Module):
+    def __init__(self, config: MacoConfig, tokenizer: ReportTokenizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer or ReportTokenizer.from_file(config.text.tokenizer, config.text.max_length)
+        if self.tokenizer.vocab_size > config.text.vocab_size:
+            raise DataError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but text.vocab_size is "
+                f"{config.text.vocab_size}; set text.vocab_size >= the tokenizer's size"
+            )
+        vision = config.vision
+        self.visual = MaskedViT(vision)
+        target_patch = vision.patch_size * (2 if config.super_resolution else 1)
+        self.decoder = MaeDecoder(config.decoder, vision.embed_dim, vision.grid_size, target_patch)
+        self.text = TextEncoder(config.text)
+        self.img_proj = nn.Linear(vision.embed_dim, config.embed_dim)
+        self.patch_weight = nn.Linear(vision.num_patches, 1)
+        self.inverse_temperature = nn.Parameter(torch.tensor(1.0 / config.temperature))
+        nn.init.xavier_uniform_(self.img_proj.weight)
+        nn.init.zeros_(self.img_proj.bias)
+        nn.init.zeros_(self.patch_weight.weight)
+        nn.init.zeros_(self.patch_weight.bias)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        return self.img_proj.weight.device
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay besides biases and norms."""
+        names = {f"visual.{n}" for n in self.visual.no_weight_decay()}
+        names |= {f"decoder.{n}" for n in self.decoder.no_weight_decay()}
+        return names | {"inverse_temperature"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+        if enable:
+            self.text.bert.gradient_checkpointing_enable()
+        else:
+            self.text.bert.gradient_checkpointing_disable()
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 grey ``[N, H, W]`` or ``[N, 1, H, W]`` -> normalised float ``[N, 3, H, W]``;
+        float input is taken as already normalised (1 or 3 channels)."""
+        images = images.to(self.device, non_blocking=True)
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise DataError(f"images must be [N, H, W] or [N, 1|3, H, W]; got shape {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            dtype = self.img_proj.weight.dtype
+            images = (images.to(dtype) / 255.0 - self.config.image_mean) / self.config.image_std
+        elif not images.is_floating_point():
+            raise DataError(f"images must be uint8 or normalised float; got dtype {images.dtype}")
+        elif images.numel() and images.min() >= 0 and images.max() <= 1 and images.std() > 0:
+            warnings.warn(
+                "float images lie in [0, 1]: they look unnormalised. This model expects "
+                f"(x/255 - {self.config.image_mean}) / {self.config.image_std}; pass uint8 to let "
+                "the model normalise.", stacklevel=3)
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def tokenize(self, texts: Sequence[str] | TokenBatch) -> TokenBatch:
+        if isinstance(texts, dict):
+            batch = texts
+        else:
+            if isinstance(texts, str):
+                texts = [texts]
+            batch = self.tokenizer(list(texts))
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _resize_for_encoder(self, images: torch.Tensor) -> torch.Tensor:
+        """The official zero-shot geometry: shorter side to img_size (bilinear), centre crop."""
+        size = self.config.vision.img_size
+        h, w = images.shape[-2:]
+        if (h, w) == (size, size):
+            return images
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                               antialias=True)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return images[..., top: top + size, left: left + size]
+
+    # ----------------------------------------------------------------------------- inference
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Unmasked encoder output ``[N, 1 + L, D_vision]`` for images of any size (resized,
+        centre-cropped to the encoder's input when needed)."""
+        x = self.normalize(images)
+        if images.dtype == torch.uint8:
+            x = self._resize_for_encoder(x)
+        elif x.shape[-1] != self.config.vision.img_size or x.shape[-2] != self.config.vision.img_size:
+            raise DataError(
+                f"normalised float images must be {self.config.vision.img_size}x"
+                f"{self.config.vision.img_size}; got {tuple(x.shape[-2:])}. Pass uint8 to let the "
+                "model resize them.")
+        return self.visual.forward_features(x)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Global image embeddings ``[N, D]`` = img_proj(mean of all patch tokens), unnormalised."""
+        return self.img_proj(self.image_tokens(images)[:, 1:].mean(dim=1))
+
+    def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch embeddings in the joint space ``[N, g, g, D]`` (g = 14 at 224 px)."""
+        tokens = self.img_proj(self.image_tokens(images)[:, 1:])
+        grid = self.config.vision.grid_size
+        return tokens.reshape(tokens.shape[0], grid, grid, -1)
+
+    def encode_texts(self, texts: Sequence[str] | TokenBatch) -> torch.Tensor:
+        """Report embeddings ``[N, D]``: BERT pooler output of "[CLS] " + text, unnormalised."""
+        batch = self.tokenize(texts)
+        return self.text(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+    def patch_weights(self, temperature: float = 0.02) -> torch.Tensor:
+        """softmax(a / temperature) over the patch grid ``[g, g]``: the official grounding prior."""
+        grid = self.config.vision.grid_size
+        return torch.softmax(self.patch_weight.weight.reshape(-1) / temperature, dim=0).reshape(grid, grid)
+
+    # ----------------------------------------------------------------------------- training
+    def pretrain_losses(
+        self,
+        images: torch.Tensor,
+        texts: Sequence[str] | TokenBatch,
+        mask_noise: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        gather: Gather | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Both pre-training losses on a batch.
+
+        images: uint8 ``[N, S, S]`` / ``[N, 1, S, S]`` or normalised float ``[N, 1|3, S, S]`` with
+        S = ``config.input_size`` (448 in the paper setting). texts: strings or a token batch.
+        mask_noise ``[N, L]``: uniform noise deciding the mask (drawn when None).
+        Returns ``rec``, ``con``, ``total``, ``mask`` (1 = removed), ``ids_restore``, ``pred``,
+        ``latent``, ``image_embed``, ``text_embed``, ``weights``.
+        """
+        big = self.normalize(images)
+        size = self.config.input_size
+        if big.shape[-2:] != (size, size):
+            raise DataError(f"pre-training images must be {size}x{size} (config.input_size); "
+                            f"got {tuple(big.shape[-2:])}")
+        small = big
+        if self.config.super_resolution:
+            small = F.interpolate(big, size=(self.config.vision.img_size,) * 2, mode="bicubic",
+                                  align_corners=False, antialias=False)
+        if mask_noise is None:
+            mask_noise = torch.rand(big.shape[0], self.config.vision.num_patches, device=big.device,
+                                    generator=generator)
+        latent, mask, ids_restore = self.visual.forward_masked(small, self.config.mask_ratio,
+                                                               mask_noise.to(big.device))
+        pred = self.decoder(latent, ids_restore)
+        rec = reconstruction_loss(pred, big, mask, self.config.norm_pix_loss)
+
+        image_embed = self.img_proj(latent[:, 1:]).mean(dim=1)
+        text_embed = self.encode_texts(texts)
+        visible = (1 - mask).to(self.patch_weight.weight.dtype)
+        con, weights = correlation_weighted_contrastive_loss(
+            image_embed, text_embed, self.patch_weight(visible).float(), self.inverse_temperature, gather)
+        if self.config.loss_weighting == "sum":
+            total = rec + con
+        else:
+            total = self.config.rec_weight * rec + (1 - self.config.rec_weight) * con
+        return {
+            "rec": rec, "con": con, "total": total, "mask": mask, "ids_restore": ids_restore,
+            "pred": pred, "latent": latent, "image_embed": image_embed, "text_embed": text_embed,
+            "weights": weights,
+        }
+
+    def forward(self, images: torch.Tensor, texts: Sequence[str] | TokenBatch,
+                mask_noise: torch.Tensor | None = None, gather: Gather | None = None) -> dict[str, torch.Tensor]:
+        """Pre-training forward (what DDP wraps): see :meth:`pretrain_losses`."""
+        return self.pretrain_losses(images, texts, mask_noise, gather=gather)
+
+    # ----------------------------------------------------------------------------- tasks
+    def zero_shot(self, images: Any, classes: Sequence[str], prompts: Any = None, **kwargs: Any) -> torch.Tensor:
+        """Probabilities ``[N, C]`` with the official prompts and scoring; see
+        :func:`maco_cxr.tasks.zeroshot.zero_shot` (images: paths, PIL, arrays or tensors)."""
+        from maco_cxr.tasks.zeroshot import zero_shot
+
+        return zero_shot(self, images, classes, prompts=prompts, **kwargs)
+
+    def ground(self, image: Any, phrase: str, **kwargs: Any) -> Any:
+        """Heatmap in the image's original pixel grid; see :func:`maco_cxr.tasks.grounding.ground`."""
+        from maco_cxr.tasks.grounding import ground
+
+        return ground(self, image, phrase, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` + ``config.json`` + ``tokenizer.json`` (atomically)."""
+        from maco_cxr.hub import save_pretrained
+
+        save_pretrained(self, directory)

@@ -1,0 +1,124 @@
+"""Report tower: the official WordPiece tokenizer and a BERT encoder trained from scratch.
+
+The official pipeline prepends the literal ``"[CLS] "`` to the text (the vocabulary has no
+[SEP] and no post-processor), lower-cases through the tokenizer's normaliser, and truncates or
+pads to 100 ids with [PAD] = 0. The report embedding is BERT's pooler output,
+``tanh(dense(h_CLS))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+from transformers import BertConfig, BertModel
+
+from maco_cxr.config import TextConfig
+from maco_cxr.errors import ConfigError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
+CLS_PREFIX = "[CLS] "
+
+
+def official_tokenizer_path() -> Path:
+    """The packaged official MIMIC-CXR WordPiece vocabulary (30,000 tokens)."""
+    return Path(str(resources.files("maco_cxr") / "assets" / "tokenizers" / "mimic_wordpiece.json"))
+
+
+class ReportTokenizer:
+    """Turns report strings into fixed-length id tensors exactly as the official code does."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int = 100) -> None:
+        for token_id, token in enumerate(SPECIAL_TOKENS):
+            if tokenizer.token_to_id(token) != token_id:
+                raise ConfigError(
+                    f"tokenizer: {token} must have id {token_id} (found "
+                    f"{tokenizer.token_to_id(token)}); train vocabularies with `maco-cxr tokenizer train`"
+                )
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+
+    @classmethod
+    def from_file(cls, path: str | Path | None = None, max_length: int = 100) -> ReportTokenizer:
+        """Load a ``tokenizers`` JSON file; None loads the official vocabulary."""
+        path = Path(path) if path is not None else official_tokenizer_path()
+        if not path.is_file():
+            raise ConfigError(f"text.tokenizer: {path} does not exist; give a tokenizer JSON file "
+                              "or leave it empty for the official vocabulary")
+        return cls(Tokenizer.from_file(str(path)), max_length)
+
+    @classmethod
+    def train(cls, corpus: Iterable[str], vocab_size: int = 30000, min_frequency: int = 2,
+              max_length: int = 100) -> ReportTokenizer:
+        """Learn a WordPiece vocabulary from report texts with the official special tokens,
+        normaliser (lower-case, NFKD, strip accents) and pre-tokeniser (whitespace, digits)."""
+        tokenizer = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
+                                        max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)])
+        trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                   special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##")
+        tokenizer.train_from_iterator(corpus, trainer=trainer)
+        return cls(tokenizer, max_length)
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask``, ``token_type_ids``: int64 ``[N, max_length]``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encodings = self.tokenizer.encode_batch([CLS_PREFIX + text for text in texts])
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        for row, encoding in enumerate(encodings):
+            tokens = encoding.ids[: self.max_length]
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        return {
+            "input_ids": ids,
+            "attention_mask": (ids != 0).long(),
+            "token_type_ids": torch.zeros_like(ids),
+        }
+
+
+class TextEncoder(nn.Module):
+    """Hugging Face BERT with pooler; ``forward`` returns the pooled report embedding ``[N, H]``."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        bert_config = BertConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            intermediate_size=config.intermediate_size,
+            hidden_dropout_prob=config.dropout,
+            attention_probs_dropout_prob=config.dropout,
+            max_position_embeddings=config.max_length,
+            type_vocab_size=2,
+            layer_norm_eps=config.layer_norm_eps,
+            pad_token_id=0,
+        )
+        bert_config._attn_implementation = "sdpa"
+        self.bert = BertModel(bert_config, add_pooling_layer=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.pooler_output
