@@ -1,0 +1,215 @@
+"""Letterbox geometry: longest side to ``size``, centred zero padding, and the way back.
+
+The MS-CXR grounding protocol (PROTOCOLS.md section 3) resizes the longest side to N with area
+interpolation and pads to N x N; boxes and heatmaps must follow the same transform. A
+:class:`Letterbox` records that transform so it can be stored next to a prepared image and
+undone later (heatmaps back onto the original image, boxes back to original pixels).
+
+Coordinate convention: continuous pixel coordinates, pixel ``i`` covers ``[i, i + 1)`` and
+its centre is ``i + 0.5``; boxes are ``x_min, y_min, x_max, y_max`` in that frame (a box
+covering pixels 10..19 is ``10, ..., 20, ...``). A point maps as
+``x' = x * scale + pad_left`` and back as ``x = (x' - pad_left) / scale`` with the exact,
+unrounded ``scale``; under this convention corners and centres map alike, with no 0.5 shifts.
+
+The pixels follow the same exact map: content pixel ``i`` of the letterbox covers the original
+interval ``[i / scale, (i + 1) / scale)`` (clipped to the image). Downsampling averages over
+that interval weighted by overlap (exact area resampling, what OpenCV's INTER_AREA does when it
+shrinks), upsampling is bilinear with half-pixel centres and edge clamping. Because
+``new_* = round(src * scale)``, the last content row/column can cover up to half a letterbox
+pixel more or less than the image; using the exact scale keeps boxes, pixels and heatmaps
+consistent with each other anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from maco_cxr.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Letterbox", "letterbox_image"]
+
+_Method = Literal["area", "bilinear", "nearest"]
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """The recorded transform from an ``src_height x src_width`` image to ``size x size``."""
+
+    src_height: int
+    src_width: int
+    size: int
+    scale: float
+    new_height: int
+    new_width: int
+    pad_top: int
+    pad_left: int
+
+    def __post_init__(self) -> None:
+        for name in ("src_height", "src_width", "size"):
+            if getattr(self, name) < 1:
+                raise DataError(f"Letterbox.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise DataError(f"Letterbox.scale must be a positive number, got {self.scale}")
+        for new, pad, axis in ((self.new_height, self.pad_top, "height"),
+                               (self.new_width, self.pad_left, "width")):
+            if not 1 <= new <= self.size:
+                raise DataError(f"Letterbox.new_{axis} must be in 1..{self.size}, got {new}")
+            if pad < 0 or pad + new > self.size:
+                raise DataError(
+                    f"Letterbox padding along {axis} ({pad}) puts the {new} px content outside "
+                    f"the {self.size} px canvas"
+                )
+
+    @classmethod
+    def fit(cls, height: int, width: int, size: int) -> Letterbox:
+        """The letterbox that fits a ``height x width`` image into ``size x size``."""
+        if height < 1 or width < 1 or size < 1:
+            raise DataError(
+                f"cannot letterbox a {width}x{height} (WxH) image to {size} px: every "
+                "dimension must be >= 1"
+            )
+        scale = size / max(height, width)
+        new_height = min(size, max(1, round(height * scale)))
+        new_width = min(size, max(1, round(width * scale)))
+        return cls(src_height=height, src_width=width, size=size, scale=scale,
+                   new_height=new_height, new_width=new_width,
+                   pad_top=(size - new_height) // 2, pad_left=(size - new_width) // 2)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 ``[src_height, src_width]`` -> uint8 ``[size, size]`` (area down, bilinear up)."""
+        self._check_source(image, "image")
+        if image.dtype != np.uint8:
+            raise DataError(f"Letterbox.apply_image expects uint8 pixels, got {image.dtype}")
+        content = self._to_letterbox(image, None)
+        return self._pad(np.rint(np.clip(content, 0.0, 255.0)).astype(np.uint8))
+
+    def apply_mask(self, mask: np.ndarray) -> np.ndarray:
+        """0/1 ``[src_height, src_width]`` -> ``[size, size]``, nearest neighbour (values kept)."""
+        self._check_source(mask, "mask")
+        return self._pad(self._to_letterbox(np.asarray(mask), "nearest"))
+
+    def boxes_to_letterbox(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Original-pixel boxes ``[M, 4]`` -> letterbox-pixel boxes ``[M, 4]`` (float64)."""
+        boxes = _as_boxes(boxes_xyxy)
+        offset = np.array([self.pad_left, self.pad_top, self.pad_left, self.pad_top], float)
+        return boxes * self.scale + offset
+
+    def boxes_to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Letterbox-pixel boxes ``[M, 4]`` -> original-pixel boxes ``[M, 4]`` (float64)."""
+        boxes = _as_boxes(boxes_xyxy)
+        offset = np.array([self.pad_left, self.pad_top, self.pad_left, self.pad_top], float)
+        return (boxes - offset) / self.scale
+
+    def map_to_original(self, heatmap: np.ndarray | torch.Tensor) -> np.ndarray:
+        """A ``[size, size]`` map -> float32 ``[src_height, src_width]``; padding is ignored.
+
+        Original pixel ``x`` reads the map over letterbox ``[pad + x * scale, pad + (x+1) *
+        scale)``: bilinear when the original is larger (the usual case), area average when
+        smaller.
+        """
+        if hasattr(heatmap, "detach"):
+            heatmap = heatmap.detach().float().cpu().numpy()
+        values = np.asarray(heatmap, dtype=np.float64)
+        if values.shape != (self.size, self.size):
+            raise DataError(
+                f"map_to_original expects a [{self.size}, {self.size}] map, got "
+                f"{list(values.shape)}"
+            )
+        rows = _resample_axis(values, 0, self.src_height, self.scale, self.pad_top,
+                              self.pad_top + self.new_height, None)
+        out = _resample_axis(rows, 1, self.src_width, self.scale, self.pad_left,
+                             self.pad_left + self.new_width, None)
+        return out.astype(np.float32)
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Plain JSON-able fields, to store next to a prepared image."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int | float]) -> Letterbox:
+        """Rebuild a recorded letterbox as stored (its numbers are trusted, then validated)."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise DataError(f"letterbox record is missing {missing}; it needs all of {names}")
+        values = {name: float(data[name]) if name == "scale" else int(data[name])
+                  for name in names}
+        return cls(**values)
+
+    def _check_source(self, array: np.ndarray, what: str) -> None:
+        if array.shape != (self.src_height, self.src_width):
+            raise DataError(
+                f"{what} has shape {list(array.shape)} but this letterbox was fitted to "
+                f"[{self.src_height}, {self.src_width}]"
+            )
+
+    def _to_letterbox(self, source: np.ndarray, method: _Method | None) -> np.ndarray:
+        step = 1.0 / self.scale
+        columns = _resample_axis(source, 1, self.new_width, step, 0.0, self.src_width, method)
+        return _resample_axis(columns, 0, self.new_height, step, 0.0, self.src_height, method)
+
+    def _pad(self, content: np.ndarray) -> np.ndarray:
+        canvas = np.zeros((self.size, self.size), dtype=content.dtype)
+        canvas[self.pad_top:self.pad_top + self.new_height,
+               self.pad_left:self.pad_left + self.new_width] = content
+        return canvas
+
+
+def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Letterbox a uint8 ``[H, W]`` image to ``[size, size]``; return it and the transform."""
+    if image.ndim != 2:
+        raise DataError(f"letterbox_image expects a grey [H, W] image, got {list(image.shape)}")
+    box = Letterbox.fit(image.shape[0], image.shape[1], size)
+    return box.apply_image(image), box
+
+
+def _as_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"boxes must be [M, 4] (x_min, y_min, x_max, y_max), got "
+                        f"{list(boxes.shape)}")
+    return boxes
+
+
+def _resample_axis(values: np.ndarray, axis: int, n_out: int, step: float, start: float,
+                   stop: int, method: _Method | None) -> np.ndarray:
+    """Resample ``values`` along ``axis``: output ``i`` covers source ``start + [i, i+1) * step``.
+
+    Only source indices ``[start, stop)`` are read (``start`` is an integer offset there).
+    ``method=None`` picks area when shrinking (``step > 1``) and bilinear otherwise.
+    """
+    if method is None:
+        method = "area" if step > 1.0 else "bilinear"
+    low, high = int(start), int(stop)
+    # work along the last, contiguous axis: numpy's cumsum and gathers are several times
+    # faster there than across rows
+    source = np.ascontiguousarray(np.moveaxis(values, axis, -1))
+    edges = start + np.arange(n_out + 1, dtype=np.float64) * step
+    if method == "nearest":
+        centres = (edges[:-1] + edges[1:]) / 2
+        index = np.clip(np.floor(centres).astype(np.int64), low, high - 1)
+        out = source[..., index]
+    elif method == "bilinear":
+        centres = np.clip((edges[:-1] + edges[1:]) / 2 - 0.5, low, high - 1)
+        lower = np.floor(centres).astype(np.int64)
+        upper = np.minimum(lower + 1, high - 1)
+        weight = centres - lower
+        out = source[..., lower] * (1.0 - weight) + source[..., upper] * weight
+    else:
+        integral = np.zeros(source.shape[:-1] + (high - low + 1,), dtype=np.float64)
+        np.cumsum(source[..., low:high], axis=-1, dtype=np.float64, out=integral[..., 1:])
+        clipped = np.clip(edges, low, high) - low
+        cell = np.minimum(np.floor(clipped).astype(np.int64), high - low - 1)
+        frac = clipped - cell
+        at_edges = integral[..., cell] * (1.0 - frac) + integral[..., cell + 1] * frac
+        widths = np.diff(clipped)
+        assert (widths > 0).all(), "every output pixel overlaps the source"
+        out = np.diff(at_edges, axis=-1) / widths
+    return np.moveaxis(out, -1, axis)
