@@ -1,0 +1,183 @@
+"""Figures for reports: heatmap overlays, ROC curves and training curves.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas and never through
+``pyplot``, so importing or using this module leaves the user's matplotlib backend alone.
+Overlays are blended in numpy and annotated with Pillow; they come back as RGB arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from maco_cxr.errors import DataError
+from maco_cxr.metrics._arrays import to_numpy
+from maco_cxr.metrics.classification import roc_auc_per_class, roc_curve_points
+
+_BOX_COLOUR = (0, 255, 0)
+_TITLE_COLOUR = (255, 255, 255)
+
+
+def _image_rgb(image: Any) -> np.ndarray:
+    """uint8 ``[H, W]``, ``[1, H, W]`` or ``[H, W, 3]`` -> uint8 ``[H, W, 3]``."""
+    arr = to_numpy(image)
+    if arr.dtype != np.uint8:
+        raise DataError(f"image must be uint8; got {arr.dtype} (convert with maco_cxr.data first)")
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return arr
+    raise DataError(f"image must be [H, W], [1, H, W] or [H, W, 3]; got shape {arr.shape}")
+
+
+def _unit_interval(heatmap: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """Map finite heatmap values to [0, 1] (min-max unless ``value_range`` is given)."""
+    finite = np.isfinite(heatmap)
+    if value_range is None:
+        if not finite.any():
+            return heatmap
+        lo, hi = float(heatmap[finite].min()), float(heatmap[finite].max())
+    else:
+        lo, hi = value_range
+    if hi <= lo:
+        return np.where(finite, 0.0, np.nan)
+    return np.clip((heatmap - lo) / (hi - lo), 0.0, 1.0)
+
+
+def overlay_heatmap(
+    image_uint8: Any,
+    heatmap: Any,
+    *,
+    alpha: float = 0.45,
+    cmap: str = "jet",
+    boxes: Any = None,
+    title: str | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Blend a heatmap ``[H, W]`` over an image; returns RGB uint8 ``[H, W, 3]`` without axes.
+
+    Each pixel is ``(1 - alpha) * image + alpha * cmap(heat)``, the heat min-max scaled to
+    [0, 1] (or by ``value_range``, e.g. (-1, 1) to compare maps); NaN heat shows the image
+    alone. ``boxes`` ``[M, 4]`` (x_min, y_min, x_max, y_max, pixels) are outlined in green and
+    ``title`` is written in the top-left corner.
+    """
+    rgb = _image_rgb(image_uint8)
+    heat = to_numpy(heatmap).astype(np.float64)
+    if heat.shape != rgb.shape[:2]:
+        raise DataError(f"heatmap has shape {heat.shape} but the image is {rgb.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise DataError(f"alpha must lie in [0, 1]; got {alpha}")
+    unit = _unit_interval(heat, value_range)
+    finite = np.isfinite(unit)
+    colours = matplotlib.colormaps[cmap](np.where(finite, unit, 0.0))[..., :3] * 255.0
+    blended = (1.0 - alpha) * rgb + alpha * colours
+    out = np.where(finite[..., None], np.rint(blended), rgb).astype(np.uint8)
+    if boxes is None and title is None:
+        return out
+    canvas = Image.fromarray(out)
+    draw = ImageDraw.Draw(canvas)
+    if boxes is not None:
+        width = max(1, round(min(out.shape[:2]) / 150))
+        for x0, y0, x1, y1 in to_numpy(boxes).astype(np.float64).reshape(-1, 4):
+            draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=_BOX_COLOUR, width=width)
+    if title is not None:
+        font = ImageFont.load_default(size=max(10, out.shape[0] // 20))
+        draw.text((4, 2), title, fill=_TITLE_COLOUR, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def save_overlay(path: str | Path, image_uint8: Any, heatmap: Any, **kwargs: Any) -> Path:
+    """Write :func:`overlay_heatmap` (same keyword arguments) as a PNG and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay_heatmap(image_uint8, heatmap, **kwargs)).save(path, format="PNG")
+    return path
+
+
+def _save_figure(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png")
+    return path
+
+
+def plot_roc_curves(
+    y_true: Any,
+    y_score: Any,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Write one ROC curve per class to a PNG, with each class's AUC in the legend.
+
+    Labels and scores are ``[N, K]`` (NaN labels left out per class); a class with a single
+    known label value appears in the legend as "AUC n/a" without a curve.
+    """
+    labels = to_numpy(y_true).astype(np.float64)
+    scores = to_numpy(y_score).astype(np.float64)
+    if labels.ndim == 1:
+        labels, scores = labels[:, None], scores[:, None]
+    if len(class_names) != labels.shape[1]:
+        raise DataError(f"{len(class_names)} class_names given for {labels.shape[1]} label columns")
+    aucs = roc_auc_per_class(labels, scores, class_names)
+    figure = Figure(figsize=(6, 6), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    for k, name in enumerate(class_names):
+        if np.isnan(aucs[k]):
+            axes.plot([], [], label=f"{name} (AUC n/a)")
+            continue
+        curve = roc_curve_points(labels[:, k], scores[:, k])
+        axes.plot(curve.fpr, curve.tpr, linewidth=1.5, label=f"{name} (AUC {curve.auc:.3f})")
+    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+    axes.set_aspect("equal")
+    axes.legend(loc="lower right", fontsize="small")
+    if title is not None:
+        axes.set_title(title)
+    return _save_figure(figure, path)
+
+
+def plot_training_curves(
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    path: str | Path,
+    *,
+    x_key: str = "step",
+    title: str | None = None,
+) -> Path:
+    """Plot metrics against ``x_key`` from per-step metric rows, one panel per key, to a PNG.
+
+    Rows without a key (e.g. validation logged every N steps) simply add no point to that
+    panel; points are drawn in ``x_key`` order. A key found in no row, or a row without
+    ``x_key``, is an error.
+    """
+    if not keys:
+        raise DataError("plot_training_curves needs at least one key to plot")
+    for i, row in enumerate(rows):
+        if x_key not in row:
+            raise DataError(f"row {i} has no {x_key!r} field; its keys are {sorted(row)}")
+    missing = [k for k in keys if not any(k in row for row in rows)]
+    if missing:
+        raise DataError(f"keys {missing} appear in none of the {len(rows)} rows")
+    figure = Figure(figsize=(7, 2.4 * len(keys)), dpi=100, layout="constrained")
+    panels = figure.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, key in zip(panels, keys):
+        points = sorted((float(row[x_key]), float(row[key])) for row in rows if key in row)
+        xs, ys = zip(*points)
+        axes.plot(xs, ys, linewidth=1.2)
+        axes.set_ylabel(key)
+        axes.grid(alpha=0.3)
+    panels[-1].set_xlabel(x_key)
+    if title is not None:
+        figure.suptitle(title)
+    return _save_figure(figure, path)
