@@ -1,3 +1,46 @@
-"""maco-cxr: MaCo, the masked-contrastive chest X-ray vision-language foundation model."""
+"""maco-cxr: MaCo, the masked-contrastive chest X-ray vision-language foundation model.
+
+    import maco_cxr
+    model = maco_cxr.load("maco.pth")            # official weights, or a directory we saved
+    probs = model.zero_shot("cxr.dcm", ["Pneumothorax", "Effusion"])
+    heatmap = model.ground("cxr.png", "right pleural effusion")
+
+Submodules are imported on first use so that ``import maco_cxr`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "maco_cxr.hub",
+    "load_official": "maco_cxr.hub",
+    "save_pretrained": "maco_cxr.hub",
+    "MacoModel": "maco_cxr.models.maco",
+    "ReportTokenizer": "maco_cxr.models.text",
+    "MacoConfig": "maco_cxr.config",
+    "VisionConfig": "maco_cxr.config",
+    "DecoderConfig": "maco_cxr.config",
+    "TextConfig": "maco_cxr.config",
+    "preset": "maco_cxr.config",
+    "read_image": "maco_cxr.data.io",
+    "zero_shot": "maco_cxr.tasks.zeroshot",
+    "ground": "maco_cxr.tasks.grounding",
+    "retrieve": "maco_cxr.tasks.retrieval",
+    "MacoError": "maco_cxr.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'maco_cxr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -169,7 +169,7 @@ def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sour
         raise CheckpointError(f"{source}: missing tensors {report.missing[:10]}; the checkpoint does not "
                               "match this model (pass strict=False to load anyway)")
     model.load_state_dict(usable, strict=False)
-    logger.info(report.summary())
+    logger.debug(report.summary())
     return report
 
 

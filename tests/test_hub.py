@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import maco_cxr
+from maco_cxr.cli import main
+from maco_cxr.config import preset
+from maco_cxr.errors import CheckpointError
+from maco_cxr.hub import (
+    convert_official_state_dict,
+    infer_config,
+    load,
+    load_mae_weights,
+    load_official,
+)
+from maco_cxr.models.maco import MacoModel
+
+
+def test_top_level_load_reads_official_checkpoint(official_fixture_dir):
+    model = maco_cxr.load(official_fixture_dir / "maco.pth", text_heads=2, vision_heads=4, decoder_heads=2)
+    assert isinstance(model, maco_cxr.MacoModel) and not model.training
+
+
+def test_convert_cli_then_load_gives_identical_embeddings(official_fixture_dir, tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["convert", "--official", str(official_fixture_dir / "maco.pth"), "--out", str(out),
+                 "--text-heads", "2", "--vision-heads", "4", "--decoder-heads", "2"]) == 0
+    assert "94 tensors loaded" in capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["preprocessing"]["mean"] == pytest.approx(0.4978) and meta["model"]["text"]["num_heads"] == 2
+    original, _ = load_official(official_fixture_dir / "maco.pth", text_heads=2, vision_heads=4, decoder_heads=2)
+    converted = load(out)
+    images = torch.randint(0, 256, (2, 224, 224), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(converted.encode_images(images), original.encode_images(images))
+        torch.testing.assert_close(converted.encode_texts(["no effusion."]), original.encode_texts(["no effusion."]))
+
+
+def test_infer_config_defaults_follow_the_released_model():
+    model = MacoModel(preset("base"))
+    official = {}
+    for key, value in model.state_dict().items():
+        official[key] = value
+    config = infer_config(official)
+    assert config.vision.num_heads == 12 and config.decoder.num_heads == 6 and config.text.num_heads == 12
+    assert config.vision == model.config.vision and config.decoder == model.config.decoder
+    assert config.super_resolution
+
+
+def test_official_conversion_drops_only_unused_tensors(official_fixture_dir):
+    raw = torch.load(official_fixture_dir / "maco.pth", weights_only=True)["model"]
+    converted, ignored = convert_official_state_dict({f"module.{k}": v for k, v in raw.items()})
+    assert "inverse_temperature" in converted and "decoder.mask_token" in converted
+    assert "visual.pos_embed" in converted and "decoder.pos_embed" in converted
+    assert sorted(ignored) == sorted(k for k in raw if k.startswith(
+        ("pos_weight_text", "pos_cat", "logit_scale", "WCE", "bert_encoder.model.cls",
+         "bert_encoder.model.bert.embeddings.position_ids")))
+
+
+def test_missing_tensor_is_an_error_unless_not_strict(official_fixture_dir, tmp_path):
+    raw = torch.load(official_fixture_dir / "maco.pth", weights_only=True)["model"]
+    del raw["blocks.1.attn.qkv.weight"]
+    torch.save({"model": raw}, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"visual\.blocks\.1\.attn\.qkv\.weight"):
+        load_official(tmp_path / "broken.pth", text_heads=2, vision_heads=4, decoder_heads=2)
+    _, report = load_official(tmp_path / "broken.pth", text_heads=2, vision_heads=4, decoder_heads=2, strict=False)
+    assert report.missing == ["visual.blocks.1.attn.qkv.weight"]
+
+
+def test_unreadable_and_foreign_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load(tmp_path / "junk.pth")
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not an official MaCo checkpoint"):
+        load(tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load(tmp_path / "absent")
+
+
+def test_mae_weights_initialise_the_encoder_and_report_the_rest(tmp_path):
+    donor = MacoModel(preset("tiny"))
+    mae = {k.removeprefix("visual."): v.clone() for k, v in donor.state_dict().items() if k.startswith("visual.")}
+    mae["decoder_embed.weight"] = torch.zeros(512, 128)  # MAE decoder width differs: must be ignored
+    mae["head.weight"] = torch.zeros(10, 128)
+    torch.save({"model": mae}, tmp_path / "mae.pth")
+    model = MacoModel(preset("tiny"))
+    report = load_mae_weights(model, tmp_path / "mae.pth")
+    assert torch.equal(model.visual.blocks[3].mlp.fc2.weight, donor.visual.blocks[3].mlp.fc2.weight)
+    assert not report.missing
+    assert any(k.startswith("decoder.embed.weight") for k in report.ignored) and "head.weight" in report.ignored
+    assert "ignored" in report.summary()
+
+
+def test_save_is_atomic_and_replaces_existing(tmp_path):
+    model = MacoModel(preset("tiny"))
+    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors",
+                                                                  "tokenizer.json"]
+
+
+def test_tokenizer_train_cli_builds_a_compatible_vocabulary(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for i, text in enumerate(["Small left pleural effusion.", "No pneumothorax. Heart size normal.",
+                              "Right lower lobe consolidation."] * 5):
+        (reports / f"s{i}.txt").write_text(text)
+    assert main(["tokenizer", "train", str(reports), "--out", str(tmp_path / "tok.json"),
+                 "--vocab-size", "200", "--min-frequency", "1"]) == 0
+    from maco_cxr.models.text import ReportTokenizer
+
+    tokenizer = ReportTokenizer.from_file(tmp_path / "tok.json")
+    ids = tokenizer(["Left pleural effusion."])["input_ids"][0]
+    assert ids[0] == 2 and tokenizer.tokenizer.token_to_id("effusion") is not None
+    assert tokenizer.tokenizer.id_to_token(int(ids[1])) == "left"
+    assert ids.shape == (100,) and int((ids != 0).sum()) == 5
