@@ -11,19 +11,29 @@ Conventions:
 - ``box_labels``: one phrase or category name per box (MS-CXR style phrases where known).
 - ``mask_paths``: binary masks, same size as the image; the adapter may instead build the
   mask itself (e.g. from RLE) by overriding :meth:`ChestXrayDataset.read_mask`.
+- Bad rows: with ``on_error="raise"`` a :class:`DataError` names file, line and field; with
+  ``on_error="skip"`` they go to ``skips`` and one warning gives their count
+  (:func:`row_guard`, :func:`log_skips`).
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TextIO, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maco_cxr.errors import DataError
+from maco_cxr.errors import ConfigError, DataError
 
 OnError = Literal["raise", "skip"]
 
@@ -129,3 +139,149 @@ class ChestXrayDataset(Dataset):
         if record.patient_id is not None:
             sample["patient_id"] = record.patient_id
         return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the adapters: CSV reading with line numbers, the raise-or-skip policy for
+# bad rows, and one-walk file indexes. They keep every adapter's error messages uniform
+# (file, line, field, what to do).
+# ---------------------------------------------------------------------------------------------
+
+ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
+
+
+def check_on_error(on_error: str) -> OnError:
+    """Validate an adapter's ``on_error`` argument."""
+    if on_error not in ON_ERROR_CHOICES:
+        raise ConfigError(f"on_error={on_error!r} is not one of {ON_ERROR_CHOICES}")
+    return on_error  # type: ignore[return-value]
+
+
+@contextmanager
+def row_guard(where: str, on_error: OnError, skips: SkipReport) -> Iterator[None]:
+    """Route a :class:`DataError` raised while parsing one row or file.
+
+    ``on_error="raise"`` re-raises it with ``where`` (file and line) prefixed;
+    ``on_error="skip"`` records it in ``skips`` and lets the adapter go on with the next row.
+    Code raising inside the block should describe only the field and the problem.
+    """
+    try:
+        yield
+    except DataError as err:
+        if on_error == "raise":
+            raise DataError(f"{where}: {err}") from err
+        skips.add(where, str(err))
+
+
+def log_skips(logger: logging.Logger, source: str | Path, skips: SkipReport, kept: int) -> None:
+    """Warn once with the number of skipped rows, so that a skip is never silent."""
+    if len(skips):
+        first = skips.skipped[0]
+        logger.warning(
+            "%s: skipped %d bad rows/files, kept %d records (each listed in the dataset's "
+            ".skips); first: %s: %s", source, len(skips), kept, first["where"], first["reason"],
+        )
+
+
+def csv_columns(path: Path) -> list[str]:
+    """Header of a ``.csv`` or ``.csv.gz`` file, names stripped of surrounding spaces."""
+    with _open_text(path) as handle:
+        header = next(csv.reader(handle), None)
+    if header is None:
+        raise DataError(f"{path}: the CSV file is empty (no header line)")
+    return [name.strip() for name in header]
+
+
+def iter_csv(path: Path,
+             required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str | None]]]:
+    """Rows of a CSV as ``(line, {column: value})`` with names and values stripped.
+
+    ``line`` is the 1-based line where the row starts (the header is line 1). A value is None
+    when the row has fewer fields than the header; use :func:`cell` to read it. The header is
+    checked eagerly: a missing required column raises :class:`DataError` naming the file,
+    the column and the columns found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the dataset root")
+    columns = csv_columns(path)
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: required column(s) {missing} not found; the columns are {columns}"
+        )
+    return _csv_rows(path, columns)
+
+
+def cell(row: dict[str, str | None], column: str) -> str:
+    """One value of a row from :func:`iter_csv`; raises when the row is too short."""
+    value = row.get(column)
+    if value is None:
+        raise DataError(
+            f"field {column!r} is missing (the row has fewer fields than the header)"
+        )
+    return value
+
+
+def parse_float(row: dict[str, str | None], column: str) -> float:
+    """A finite float from a row; the error names the field and the bad value."""
+    text = cell(row, column)
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"field {column!r}: cannot parse {text!r} as a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"field {column!r}: {text!r} is not a finite number")
+    return value
+
+
+def find_file(folder: Path, names: Sequence[str]) -> Path:
+    """The first of ``names`` that exists in ``folder`` (e.g. ``x.csv`` or ``x.csv.gz``)."""
+    for name in names:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder}: none of {list(names)} found; check the dataset root")
+
+
+def index_files(root: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """Map file name -> path for every file under ``root`` with one of ``suffixes``.
+
+    One directory walk instead of a ``stat`` per row. Two files with the same name in
+    different folders make the name ambiguous and raise :class:`DataError`.
+    """
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; check the dataset root")
+    wanted = tuple(s.lower() for s in suffixes)
+    found: dict[str, Path] = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if not name.lower().endswith(wanted):
+                continue
+            path = Path(folder) / name
+            if name in found:
+                raise DataError(
+                    f"{root}: the file name {name!r} occurs twice ({found[name]} and {path}); "
+                    "remove the duplicate"
+                )
+            found[name] = path
+    return found
+
+
+def _open_text(path: Path) -> TextIO:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open("r", encoding="utf-8-sig", newline="")
+
+
+def _csv_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, str | None]]]:
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        start = reader.line_num + 1
+        for fields in reader:
+            if fields:
+                values: list[str | None] = [value.strip() for value in fields[: len(columns)]]
+                values += [None] * (len(columns) - len(values))
+                yield start, dict(zip(columns, values, strict=True))
+            start = reader.line_num + 1

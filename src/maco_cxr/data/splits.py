@@ -1,0 +1,284 @@
+"""Official MaCo split files and seeded, patient-disjoint label fractions.
+
+The split files shipped in ``maco_cxr/assets/splits/maco-official`` (MIT, from the official
+MaCo repository) list one image per line: ``relative/path label1 ... labelK`` separated by
+whitespace; SIIM lists hold SOPInstanceUIDs only. The SIIM train/val/test lists overlap in
+the official release; :func:`load_official_split` warns and :func:`deduplicate_splits`
+offers disjoint lists.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from itertools import combinations
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+
+from maco_cxr.data.datasets.base import (
+    ChestXrayDataset,
+    OnError,
+    Record,
+    SkipReport,
+    check_on_error,
+)
+from maco_cxr.errors import ConfigError, DataError
+
+__all__ = [
+    "SplitEntry",
+    "deduplicate_splits",
+    "label_fraction",
+    "load_official_split",
+    "official_split_path",
+    "read_split_file",
+    "split_overlaps",
+    "subset_by_split_file",
+]
+
+logger = logging.getLogger(__name__)
+
+OfficialDataset = Literal["nih", "chexpert", "rsna", "siim"]
+_FOLDERS = {
+    "nih": "NIH_ChestX-ray",
+    "chexpert": "CheXpert",
+    "rsna": "RSNA_Pneumonia",
+    "siim": "SIIM-ACR_Pneumothorax",
+}
+_NAMES = {
+    "train": "train_list", "train_100": "train_list", "train_list": "train_list",
+    "val": "val_list", "val_list": "val_list",
+    "test": "test_list", "test_list": "test_list",
+    "train_1": "train_1", "train_10": "train_10",
+}
+_ROLES = ("train", "val", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class SplitEntry:
+    """One line of a split file: the image's relative path (or UID) and its labels."""
+
+    path: str
+    labels: np.ndarray  # float32 [K]; K = 0 for SIIM
+    line: int = 0
+
+
+def read_split_file(path: str | os.PathLike[str]) -> list[SplitEntry]:
+    """Parse a split file; every line must have the same number of labels (0/1)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the split file ({err})") from err
+    entries: list[SplitEntry] = []
+    for number, text in enumerate(lines, start=1):
+        tokens = text.split()
+        if not tokens:
+            continue
+        try:
+            labels = np.array([float(t) for t in tokens[1:]], dtype=np.float32)
+        except ValueError:
+            raise DataError(f"{path}, line {number}: labels {tokens[1:]} are not numbers; "
+                            "expected 'relative/path label1 ... labelK'") from None
+        if entries and len(labels) != len(entries[0].labels):
+            raise DataError(f"{path}, line {number}: {len(labels)} labels, but line "
+                            f"{entries[0].line} has {len(entries[0].labels)}")
+        entries.append(SplitEntry(tokens[0], labels, number))
+    return entries
+
+
+def official_split_path(dataset: OfficialDataset, name: str) -> Path:
+    """Path of a shipped official split: ``name`` in train/val/test, train_1, train_10.
+
+    ("train_100"/"train_list", "val_list", "test_list" are accepted too.) CheXpert ships no
+    100 % list: build it from ``CheXpert(root, "train", frontal_only=False)`` minus the
+    val list with ``subset_by_split_file(..., exclude=True)``.
+    """
+    if dataset not in _FOLDERS:
+        raise ConfigError(f"dataset={dataset!r} is not one of {tuple(_FOLDERS)}")
+    if name not in _NAMES:
+        raise ConfigError(f"split name {name!r} is not one of {tuple(_NAMES)}")
+    resource = files("maco_cxr").joinpath("assets", "splits", "maco-official",
+                                          _FOLDERS[dataset], f"{_NAMES[name]}.txt")
+    if not resource.is_file():
+        hint = (" (the official release has no CheXpert 100 % list: take CheXpert train.csv "
+                "minus the val list)") if dataset == "chexpert" else ""
+        raise ConfigError(f"no official split {name!r} for {dataset!r}{hint}")
+    return Path(str(resource))
+
+
+def split_overlaps(splits: Mapping[str, Sequence[SplitEntry]]) -> dict[tuple[str, str], int]:
+    """Number of shared entries (by path/UID) for every pair of named splits."""
+    ids = {name: {entry.path for entry in entries} for name, entries in splits.items()}
+    return {(a, b): len(ids[a] & ids[b]) for a, b in combinations(ids, 2)}
+
+
+def deduplicate_splits(
+    splits: Mapping[str, Sequence[SplitEntry]],
+    priority: Sequence[str] = ("test", "val", "train"),
+) -> dict[str, list[SplitEntry]]:
+    """Make splits disjoint: an id stays only in the first split of ``priority`` holding it.
+
+    With the default, test ids win over val, and val over train. Every key of ``splits``
+    must be in ``priority``.
+    """
+    unknown = [name for name in splits if name not in priority]
+    if unknown:
+        raise ConfigError(f"splits {unknown} are not in priority {list(priority)}")
+    taken: set[str] = set()
+    result: dict[str, list[SplitEntry]] = {}
+    for name in priority:
+        if name not in splits:
+            continue
+        result[name] = [entry for entry in splits[name] if entry.path not in taken]
+        taken.update(entry.path for entry in splits[name])
+    return {name: result[name] for name in splits}
+
+
+def load_official_split(dataset: OfficialDataset, name: str, *,
+                        deduplicate: bool = False) -> list[SplitEntry]:
+    """Entries of a shipped official split.
+
+    SIIM: the official train/val/test lists overlap (a defect of the release). Loading a
+    SIIM list warns with the overlap counts unless ``deduplicate=True``, which removes from
+    the requested list every id of a split that wins over it (test > val > train; train_1
+    and train_10 count as train).
+    """
+    entries = read_split_file(official_split_path(dataset, name))
+    if dataset != "siim":
+        return entries
+    role = _NAMES[name].split("_")[0]
+    lists = {r: read_split_file(official_split_path("siim", r)) for r in _ROLES}
+    if deduplicate:
+        return deduplicate_splits({**lists, role: entries})[role]
+    counts = split_overlaps(lists)
+    described = ", ".join(f"{a}/{b} {n}" for (a, b), n in counts.items())
+    warnings.warn(
+        f"the official SIIM-ACR split lists overlap (shared ids: {described}); metrics on "
+        "them mix training and test images. Pass deduplicate=True for disjoint lists (test "
+        "wins over val over train).",
+        UserWarning,
+        stacklevel=2,
+    )
+    return entries
+
+
+def subset_by_split_file(
+    dataset: ChestXrayDataset,
+    split_file: str | os.PathLike[str] | Sequence[SplitEntry],
+    *,
+    use_file_labels: bool = False,
+    exclude: bool = False,
+    on_error: OnError = "raise",
+) -> ChestXrayDataset:
+    """A copy of ``dataset`` holding the records listed in a split file, in the file's order.
+
+    An entry matches a record when its path equals the last components of the record's
+    image path or of ``meta["relative_path"]`` (so bare NIH file names, RSNA
+    ``stage_2_train_images/<id>.dcm`` and CheXpert ``CheXpert-v1.0-small/...`` paths all
+    match), or, for one-component entries, the image's file stem (SIIM UIDs). An entry can
+    match several records (MS-CXR has one per phrase). Entries matching nothing raise
+    :class:`DataError` (``on_error="raise"``) or are added to the copy's ``skips`` and
+    logged. ``use_file_labels`` replaces each record's labels with the file's (their count
+    must equal ``len(dataset.classes)``); ``exclude`` keeps the records NOT listed instead.
+    """
+    on_error = check_on_error(on_error)
+    if isinstance(split_file, (str, os.PathLike)):
+        source, entries = str(split_file), read_split_file(split_file)
+    else:
+        source, entries = "split entries", list(split_file)
+    if use_file_labels and entries and len(entries[0].labels) != len(dataset.classes):
+        raise ConfigError(f"{source}: {len(entries[0].labels)} labels per entry but the "
+                          f"dataset has {len(dataset.classes)} classes {dataset.classes}")
+    index = _MatchIndex(dataset.records, {len(_parts(e.path)) for e in entries})
+    selected: list[Record] = []
+    listed: set[int] = set()
+    skips = SkipReport(list(dataset.skips.skipped))
+    missing: list[SplitEntry] = []
+    for entry in entries:
+        matches = index.find(entry.path)
+        if not matches:
+            missing.append(entry)
+            skips.add(f"{source}, line {entry.line}", f"entry {entry.path!r} matches no record")
+        listed.update(matches)
+        for i in matches:
+            record = dataset.records[i]
+            if use_file_labels:
+                record = dataclasses.replace(record, labels=entry.labels.copy())
+            selected.append(record)
+    if missing:
+        message = (f"{source}: {len(missing)} of {len(entries)} entries match no record of the "
+                   f"dataset (first: line {missing[0].line} {missing[0].path!r}); check the "
+                   "root, the split and filters such as frontal_only")
+        if on_error == "raise":
+            raise DataError(message + ", or pass on_error='skip' to list them in .skips")
+        logger.warning("%s; they are listed in the subset's .skips", message)
+    if exclude:
+        selected = [r for i, r in enumerate(dataset.records) if i not in listed]
+    subset = copy.copy(dataset)
+    subset.records = selected
+    subset.skips = skips
+    return subset
+
+
+def label_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[int]:
+    """Indices of a seeded ``fraction`` of the records, whole patients at a time.
+
+    Rule: records are grouped by ``patient_id`` (a record without one is its own group);
+    the groups, in order of first appearance, are shuffled with
+    ``numpy.random.default_rng(seed)`` and taken whole until at least
+    ``max(1, round(fraction * len(records)))`` images are selected. So no patient is split
+    between the selected and the unselected images, the count exceeds the target by less
+    than the largest patient's image count, and the same records and seed give the same
+    indices (returned sorted). Draws for different fractions are independent, not nested.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"fraction={fraction!r} must be in (0, 1]")
+    groups: dict[tuple[str, object], list[int]] = {}
+    for i, record in enumerate(records):
+        key = ("patient", record.patient_id) if record.patient_id is not None else ("image", i)
+        groups.setdefault(key, []).append(i)
+    if not groups:
+        return []
+    target = max(1, round(fraction * len(records)))
+    ordered = list(groups.values())
+    chosen: list[int] = []
+    for g in np.random.default_rng(seed).permutation(len(ordered)):
+        if len(chosen) >= target:
+            break
+        chosen.extend(ordered[g])
+    return sorted(chosen)
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return PurePosixPath(path.replace("\\", "/")).parts
+
+
+class _MatchIndex:
+    """Records indexed by the trailing components of their paths, and by file stem."""
+
+    def __init__(self, records: Sequence[Record], lengths: set[int]) -> None:
+        self._by_suffix: dict[tuple[str, ...], list[int]] = {}
+        self._by_stem: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            paths = {_parts(record.image_path.as_posix())}
+            if record.meta.get("relative_path"):
+                paths.add(_parts(str(record.meta["relative_path"])))
+            suffixes = {parts[-n:] for parts in paths for n in lengths if 0 < n <= len(parts)}
+            for suffix in suffixes:
+                self._by_suffix.setdefault(suffix, []).append(i)
+            self._by_stem.setdefault(record.image_path.stem, []).append(i)
+
+    def find(self, path: str) -> list[int]:
+        parts = _parts(path)
+        found = self._by_suffix.get(parts, [])
+        if not found and len(parts) == 1:
+            found = self._by_stem.get(parts[0], [])
+        return found
