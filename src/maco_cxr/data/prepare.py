@@ -1,0 +1,354 @@
+"""`prepare`: decode a dataset once into a store of letterboxed uint8 shards.
+
+Training reads the store, not the original files: every image is read once, letterboxed to
+``size x size`` and written into ``shard_NNNNN.npy`` arrays ``[n, size, size]`` uint8, which
+:class:`maco_cxr.data.store.PreparedStore` memory-maps, so decoding a sample is a memcpy.
+Disk cost: ``size**2`` bytes per image (196 KiB at 448; MIMIC-CXR's 377k images take ~74 GB).
+
+Layout of ``STORE/``:
+- ``shard_NNNNN.npy`` images, ``shard_NNNNN_masks.npy`` masks (only if a record of the shard has
+  a mask; zeros where a record has none) and ``shard_NNNNN.json`` (what the shard holds: the
+  letterbox of each image, its unreadable files). Shard k covers records
+  ``[k * shard_size, (k + 1) * shard_size)``.
+- ``manifest.jsonl``: one row per stored image (see :func:`_manifest_row`).
+- ``prepare_report.json``: ``{"n_ok", "n_failed", "failures": [{"path", "reason"}],
+  "skipped_rows": [{"where", "reason"}]}`` (the last: rows the dataset adapter skipped).
+- ``store.json``: size, count, classes, format version, source; written last, so its presence
+  means the store is complete.
+
+Resuming: every file is written atomically (temporary file + ``os.replace``) and a shard's JSON
+is written after its arrays, so a rerun after a kill reuses each shard whose JSON, arrays and
+inputs (image and mask paths, size) match, and prepares the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from maco_cxr.data.datasets.base import ChestXrayDataset, OnError, Record
+from maco_cxr.data.io import read_image
+from maco_cxr.data.letterbox import Letterbox
+from maco_cxr.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "maco-cxr-store"
+FORMAT_VERSION = 1
+STORE_FILE = "store.json"
+MANIFEST_FILE = "manifest.jsonl"
+REPORT_FILE = "prepare_report.json"
+
+
+@dataclass
+class PrepareReport:
+    """What a :func:`prepare_dataset` run produced; ``failures`` lists every unreadable file."""
+
+    store: Path
+    n_ok: int
+    n_failed: int
+    failures: list[dict[str, str]] = field(default_factory=list)
+    n_shards: int = 0
+    n_reused_shards: int = 0
+    skipped_rows: list[dict[str, str]] = field(default_factory=list)  # the adapter's skips
+
+
+@dataclass
+class _Item:
+    """One record after decoding: pixels and letterbox, or the reason it failed."""
+
+    source_index: int
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    letterbox: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+def shard_name(shard: int) -> str:
+    """File stem of shard ``shard`` (``shard_00000``)."""
+    return f"shard_{shard:05d}"
+
+
+def _prepare_record(dataset: ChestXrayDataset, source_index: int, size: int) -> _Item:
+    record = dataset.records[source_index]
+    try:
+        pixels = read_image(record.image_path)
+        height, width = pixels.shape
+        letterbox = Letterbox.fit(height, width, size)
+        image = letterbox.apply_image(pixels)
+        mask = dataset.read_mask(record, height, width)
+    except DataError as err:
+        return _Item(source_index, reason=str(err))
+    return _Item(
+        source_index,
+        image=np.ascontiguousarray(image, dtype=np.uint8),
+        mask=None if mask is None else np.asarray(letterbox.apply_mask(mask), dtype=np.uint8),
+        letterbox=letterbox.to_dict(),
+    )
+
+
+# Set once per worker process by the pool initializer, so the dataset reaches each worker
+# once rather than with every task.
+_worker_job: tuple[ChestXrayDataset, int] | None = None
+
+
+def _init_worker(dataset: ChestXrayDataset, size: int) -> None:
+    global _worker_job
+    _worker_job = (dataset, size)
+
+
+def _prepare_in_worker(source_index: int) -> _Item:
+    assert _worker_job is not None, "worker used without _init_worker"
+    return _prepare_record(_worker_job[0], source_index, _worker_job[1])
+
+
+def _prepare_items(dataset: ChestXrayDataset, indices: list[int], size: int,
+                   workers: int) -> Iterator[_Item]:
+    """Decoded items in the order of ``indices``; in ``workers`` processes when > 0."""
+    if workers == 0:
+        for index in indices:
+            yield _prepare_record(dataset, index, size)
+        return
+    # fork shares the dataset (up to hundreds of thousands of records) copy-on-write; spawn,
+    # where fork is unsafe (macOS) or missing (Windows), pickles it once to each worker
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(dataset, size)) as pool:
+        yield from pool.imap(_prepare_in_worker, indices, chunksize=4)
+
+
+def _fingerprint(records: list[Record], size: int) -> str:
+    """Hash of a shard's pixel inputs; a shard is reused only when this matches."""
+    inputs = [size] + [[str(r.image_path), [str(p) for p in r.mask_paths]] for r in records]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write via ``write(file)`` to a temporary file, then rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    _write_atomic(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+
+
+def _array_ok(path: Path, shape: tuple[int, ...]) -> bool:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return array.shape == shape and array.dtype == np.uint8
+
+
+def _load_done_shard(out: Path, shard: int, fingerprint: str, size: int) -> dict | None:
+    """The shard's JSON if the shard is complete and was made from the same inputs."""
+    meta_path = out / f"{shard_name(shard)}.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        logger.warning("%s is not valid JSON (%s); preparing the shard again", meta_path, err)
+        return None
+    if meta.get("version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
+        logger.info("%s was made from other inputs; preparing it again", meta_path)
+        return None
+    shape = (meta["count"], size, size)
+    files = [meta["images"]] + ([meta["masks"]] if meta["masks"] else [])
+    if not all(_array_ok(out / name, shape) for name in files):
+        logger.info("%s: an array file is missing or incomplete; preparing it again", meta_path)
+        return None
+    return meta
+
+
+class _ShardWriter:
+    """Collects the items of one shard in order and writes its arrays, then its JSON."""
+
+    def __init__(self, out: Path, shard: int, indices: range, size: int, fingerprint: str):
+        self.out, self.shard, self.indices = out, shard, indices
+        self.fingerprint = fingerprint
+        self.images = np.empty((len(indices), size, size), dtype=np.uint8)
+        self.masks: np.ndarray | None = None
+        self.entries: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+
+    def add(self, item: _Item, path: str) -> None:
+        if item.reason is not None:
+            self.failures.append({"source_index": item.source_index, "path": path,
+                                  "reason": item.reason})
+            return
+        offset = len(self.entries)
+        self.images[offset] = item.image
+        if item.mask is not None:
+            if self.masks is None:
+                self.masks = np.zeros_like(self.images)
+            self.masks[offset] = item.mask
+        self.entries.append({"source_index": item.source_index, "offset": offset,
+                             "letterbox": item.letterbox, "has_mask": item.mask is not None})
+
+    def write(self) -> dict[str, Any]:
+        name = shard_name(self.shard)
+        count = len(self.entries)
+        _write_atomic(self.out / f"{name}.npy", lambda f: np.save(f, self.images[:count]))
+        masks_file = None
+        if self.masks is not None:
+            masks_file = f"{name}_masks.npy"
+            _write_atomic(self.out / masks_file, lambda f: np.save(f, self.masks[:count]))
+        meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "count": count,
+                "images": f"{name}.npy", "masks": masks_file, "entries": self.entries,
+                "failures": self.failures}
+        _write_json(self.out / f"{name}.json", meta)
+        return meta
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _manifest_row(index: int, shard: int, entry: dict[str, Any], record: Record) -> dict:
+    """Everything known about one stored image; boxes are in letterboxed pixels."""
+    boxes = None
+    if record.boxes is not None:
+        original = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+        letterbox = Letterbox.from_dict(entry["letterbox"])
+        boxes = np.asarray(letterbox.boxes_to_letterbox(original), dtype=np.float64).tolist()
+    labels = None
+    if record.labels is not None:
+        labels = [None if math.isnan(v) else float(v)
+                  for v in np.asarray(record.labels, dtype=np.float64).ravel()]
+    return {
+        "index": index, "shard": shard, "offset": entry["offset"],
+        "source_index": entry["source_index"], "path": str(record.image_path),
+        "report": record.report, "labels": labels, "boxes": boxes,
+        "box_labels": list(record.box_labels), "patient_id": record.patient_id,
+        "split": record.split, "letterbox": entry["letterbox"], "has_mask": entry["has_mask"],
+        "meta": record.meta,
+    }
+
+
+def _check_arguments(dataset: ChestXrayDataset, size: int, workers: int, shard_size: int,
+                     on_error: str) -> None:
+    if len(dataset.records) == 0:
+        raise DataError(f"{type(dataset).__name__}: the dataset has no records; nothing to prepare")
+    if size < 1:
+        raise ConfigError(f"size must be >= 1, got {size}")
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0 = in-process), got {workers}")
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, workers: int = 0,
+                    shard_size: int = 1024, on_error: OnError = "skip", progress: bool = False,
+                    source: str | None = None) -> PrepareReport:
+    """Decode, letterbox and store every record of ``dataset`` in ``out`` (see module doc).
+
+    ``on_error="skip"`` records each unreadable file in ``prepare_report.json`` and goes on;
+    ``"raise"`` stops at the first one with a :class:`DataError` naming it (shards finished
+    before it are kept, so a rerun resumes). ``source`` names the dataset kind in
+    ``store.json`` (default: the adapter's class name).
+    """
+    _check_arguments(dataset, size, workers, shard_size, on_error)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STORE_FILE).unlink(missing_ok=True)  # the store is incomplete until the end
+    records = dataset.records
+    n_shards = math.ceil(len(records) / shard_size)
+    metas: dict[int, dict] = {}
+    pending: list[tuple[int, range, str]] = []
+    for shard in range(n_shards):
+        indices = range(shard * shard_size, min(len(records), (shard + 1) * shard_size))
+        fingerprint = _fingerprint([records[i] for i in indices], size)
+        meta = _load_done_shard(out, shard, fingerprint, size)
+        if meta is None:
+            # a stale JSON must not vouch for arrays this run is about to replace
+            (out / f"{shard_name(shard)}.json").unlink(missing_ok=True)
+            pending.append((shard, indices, fingerprint))
+        else:
+            metas[shard] = meta
+    if metas:
+        logger.info("%s: reusing %d of %d finished shards", out, len(metas), n_shards)
+
+    bar = tqdm(total=len(records), disable=not progress, unit="img", desc="prepare")
+    bar.update(sum(len(m["entries"]) + len(m["failures"]) for m in metas.values()))
+    todo = [i for _, indices, _ in pending for i in indices]
+    writers = iter(pending)
+    writer: _ShardWriter | None = None
+    items = _prepare_items(dataset, todo, size, workers)
+    with bar, contextlib.closing(items):  # closing stops the worker pool on an error
+        for item in items:
+            if writer is None:
+                shard, indices, fingerprint = next(writers)
+                writer = _ShardWriter(out, shard, indices, size, fingerprint)
+            path = str(records[item.source_index].image_path)
+            if item.reason is not None and on_error == "raise":
+                raise DataError(f"{path}: cannot prepare this image ({item.reason}); fix or "
+                                f"remove it, or run without --strict to skip and report it")
+            writer.add(item, path)
+            bar.update(1)
+            if item.source_index == writer.indices[-1]:
+                metas[writer.shard] = writer.write()
+                writer = None
+    report = _finish(dataset, out, size, shard_size, metas, source)
+    report.n_reused_shards = n_shards - len(pending)
+    return report
+
+
+def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
+            metas: dict[int, dict], source: str | None) -> PrepareReport:
+    """Write manifest, report and (last) store.json from the shards' JSON files."""
+    rows: list[str] = []
+    failures: list[dict[str, str]] = []
+    shards: list[dict[str, Any]] = []
+    for shard in sorted(metas):
+        meta = metas[shard]
+        for entry in meta["entries"]:
+            row = _manifest_row(len(rows), shard, entry, dataset.records[entry["source_index"]])
+            rows.append(json.dumps(row, default=_json_value))
+        failures.extend({"path": f["path"], "reason": f["reason"]} for f in meta["failures"])
+        shards.append({"images": meta["images"], "masks": meta["masks"], "count": meta["count"]})
+    _write_atomic(out / MANIFEST_FILE, lambda f: f.write("".join(r + "\n" for r in rows).encode()))
+    skipped_rows = list(dataset.skips.skipped)
+    report = PrepareReport(store=out, n_ok=len(rows), n_failed=len(failures), failures=failures,
+                           n_shards=len(metas), skipped_rows=skipped_rows)
+    _write_json(out / REPORT_FILE, {"n_ok": report.n_ok, "n_failed": report.n_failed,
+                                    "failures": failures, "skipped_rows": skipped_rows})
+    _write_json(out / STORE_FILE, {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "size": size, "count": len(rows),
+        "dtype": "uint8", "classes": list(dataset.classes),
+        "source": source or type(dataset).__name__, "shard_size": shard_size, "shards": shards,
+        "n_failed": len(failures),
+    })
+    if failures:
+        shown = "; ".join(f"{f['path']}: {f['reason']}" for f in failures[:5])
+        logger.warning("%d of %d images could not be read and are not in the store (listed in "
+                       "%s): %s%s", len(failures), len(rows) + len(failures), out / REPORT_FILE,
+                       shown, " ..." if len(failures) > 5 else "")
+    if skipped_rows:
+        logger.warning("the dataset adapter skipped %d rows before preparing (listed under "
+                       "skipped_rows in %s)", len(skipped_rows), out / REPORT_FILE)
+    logger.info("prepared %d images at %dx%d into %s", len(rows), size, size, out)
+    return report
