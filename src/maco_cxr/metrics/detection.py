@@ -99,6 +99,7 @@ def coco_detection_ap(
     with contextlib.redirect_stdout(io.StringIO()):
         truth_api = coco_cls()
         truth_api.dataset = {
+            "info": {},  # pycocotools 2.0.10's loadRes copies it
             "images": images,
             "annotations": annotations,
             "categories": [{"id": c} for c in sorted(categories)],
