@@ -1,0 +1,307 @@
+"""Pre-training data: uint8 images + sampled report text, sharded over ranks and resumable.
+
+A sample is a pure function of ``(seed, epoch, dataset index)``: the sampler yields
+``(epoch, index)`` keys and the report's sentences are drawn with a ``random.Random`` seeded
+from them, so a resumed run sees exactly the samples and texts an uninterrupted run would,
+whatever the number of loader workers. Images stay uint8 until the device (4x less to pin and
+copy); augmentation and normalisation happen there (:mod:`maco_cxr.data.augment`).
+
+Bad samples: with ``on_error="raise"`` a :class:`DataError` names the file, the record and the
+field; with ``"skip"`` the sample is replaced by the next loadable one (deterministically) and
+the replacement travels with the batch, so the loop counts and reports it (``skipped.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from maco_cxr.data.io import read_image
+from maco_cxr.data.letterbox import Letterbox
+from maco_cxr.data.reports import report_text, sample_report_sentences
+from maco_cxr.errors import ConfigError, DataError
+from maco_cxr.models.text import ReportTokenizer
+from maco_cxr.train.config import DataConfig, OnError
+
+logger = logging.getLogger(__name__)
+
+SampleKey = tuple[int, int]
+
+
+class PairSource(Protocol):
+    """Random access to ``(uint8 image [H, W], report or None)`` with a description per index."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, str | None]: ...
+
+    def where(self, index: int) -> str: ...
+
+
+class RecordSource:
+    """A dataset adapter's records: images decoded with :func:`read_image` on access."""
+
+    def __init__(self, dataset: Any, name: str) -> None:
+        self.dataset = dataset
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.dataset.records)
+
+    def load(self, index: int) -> tuple[np.ndarray, str | None]:
+        record = self.dataset.records[index]
+        return read_image(record.image_path), record.report
+
+    def where(self, index: int) -> str:
+        record = self.dataset.records[index]
+        row = record.meta.get("where") if isinstance(record.meta, dict) else None
+        return f"{record.image_path} ({row or f'record {index} of {self.name}'})"
+
+
+class StoreSource:
+    """A prepared store (already letterboxed uint8), optionally restricted to some rows."""
+
+    def __init__(self, store: Any, rows: Sequence[int]) -> None:
+        self.store = store
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, index: int) -> tuple[np.ndarray, str | None]:
+        sample = self.store[self.rows[index]]
+        return sample["image"][0].numpy(), sample.get("report")
+
+    def where(self, index: int) -> str:
+        row = self.store.rows[self.rows[index]]
+        return f"{row.get('path')} (row {self.rows[index] + 1} of {self.store.path / 'manifest.jsonl'})"
+
+
+class PairDataset(Dataset):
+    """``(epoch, index)`` -> ``{"image": uint8 [1, S, S], "text": str, "index": int,
+    "skipped": [{"path", "reason"}]}`` with the official sentence sampling of the report."""
+
+    def __init__(self, source: PairSource, size: int, seed: int, on_error: OnError = "raise",
+                 sections: Sequence[str] | None = None) -> None:
+        if len(source) == 0:
+            raise DataError("the training dataset is empty; check data.path and data.split")
+        self.source = source
+        self.size = size
+        self.seed = seed
+        self.on_error = on_error
+        self.sections = tuple(sections) if sections else None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def text_rng(self, epoch: int, index: int) -> random.Random:
+        """The generator of sample ``index``'s sentence draw in ``epoch``."""
+        return random.Random(f"maco-text:{self.seed}:{epoch}:{index}")
+
+    def _load(self, epoch: int, index: int) -> dict[str, Any]:
+        try:
+            pixels, report = self.source.load(index)
+        except DataError as err:
+            raise DataError(f"field 'image_path': {err}") from err
+        if pixels.ndim != 2 or pixels.dtype != np.uint8:
+            raise DataError(f"field 'image': expected uint8 [H, W] pixels, got {pixels.dtype} "
+                            f"{list(pixels.shape)}")
+        if pixels.shape != (self.size, self.size):
+            pixels = Letterbox.fit(pixels.shape[0], pixels.shape[1], self.size).apply_image(pixels)
+        if report is None or not report.strip():
+            raise DataError("field 'report' is empty; every training image needs a report")
+        source_text = report_text(report, self.sections) if self.sections else report
+        text = sample_report_sentences(source_text, self.text_rng(epoch, index))
+        if not text and self.sections and not source_text:
+            raise DataError(f"field 'report' has no {' or '.join(self.sections).upper()} section")
+        if not text:
+            raise DataError("field 'report' has no sentence (only '.', 'none' or whitespace)")
+        return {"image": torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0), "text": text,
+                "index": index}
+
+    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
+        epoch, index = key
+        skipped: list[dict[str, str]] = []
+        for attempt in range(len(self.source)):
+            candidate = (index + attempt) % len(self.source)
+            try:
+                sample = self._load(epoch, candidate)
+            except DataError as err:
+                where = self.source.where(candidate)
+                if self.on_error == "raise":
+                    raise DataError(f"{where}: {err} (set data.on_error=skip to replace and count "
+                                    "bad samples)") from err
+                skipped.append({"path": where, "reason": str(err)})
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise DataError(f"no sample of the dataset could be loaded ({len(skipped)} tried); first "
+                        f"failure: {skipped[0]['path']}: {skipped[0]['reason']}")
+
+
+class PairCollate:
+    """Stack uint8 images ``[B, 1, S, S]`` and tokenize the texts (runs in loader workers)."""
+
+    def __init__(self, tokenizer: ReportTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "tokens": self.tokenizer([s["text"] for s in samples]),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "skipped": [item for s in samples for item in s["skipped"]],
+        }
+
+
+class ResumableSampler(Sampler[SampleKey]):
+    """Seeded permutation per epoch, cut into global micro-batches, sharded by rank.
+
+    Global micro-batch k of an epoch is ``perm[k*B*W : (k+1)*B*W]`` (B per rank, W ranks); rank r
+    takes its r-th block of B. So a global batch holds the same samples for any W with equal
+    ``B*W``. ``batches_per_epoch`` micro-batches are drawn per epoch (the tail that does not fill a
+    whole optimizer step is left out and differs every epoch). :meth:`set_position` starts an
+    epoch after micro-batch ``start``, which is how a resumed run continues mid-epoch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, batches_per_epoch: int, *, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if batches_per_epoch * batch_size * world_size > num_samples:
+            raise ConfigError(f"{batches_per_epoch} batches of {batch_size} x {world_size} ranks need "
+                              f"more than the {num_samples} samples")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.batches_per_epoch:
+            raise ValueError(f"start {start} is outside 0..{self.batches_per_epoch}")
+        self.epoch, self.start = epoch, start
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        perm = self.permutation(self.epoch)
+        span = self.batch_size * self.world_size
+        for k in range(self.start, self.batches_per_epoch):
+            begin = k * span + self.rank * self.batch_size
+            for index in perm[begin: begin + self.batch_size]:
+                yield self.epoch, int(index)
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start) * self.batch_size
+
+
+def make_loader(dataset: PairDataset, sampler: ResumableSampler, tokenizer: ReportTokenizer, *,
+                workers: int, pin_memory: bool, seed: int) -> DataLoader:
+    """Loader of collated micro-batches; workers persist across epochs."""
+    return DataLoader(
+        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=PairCollate(tokenizer), pin_memory=pin_memory, drop_last=False,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+@dataclass
+class SkipLog:
+    """Every bad sample the run met: rows the adapter left out when indexing, and samples
+    replaced while training (one entry per file, with how often it was met)."""
+
+    index_time: list[dict[str, str]] = field(default_factory=list)
+    replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, items: Sequence[dict[str, str]]) -> None:
+        for item in items:
+            entry = self.replaced.setdefault(item["path"], {"path": item["path"],
+                                                            "reason": item["reason"], "count": 0})
+            entry["count"] += 1
+
+    @property
+    def replaced_count(self) -> int:
+        return sum(entry["count"] for entry in self.replaced.values())
+
+    def state(self) -> dict[str, Any]:
+        return {"index_time": [dict(i) for i in self.index_time],
+                "replaced": [dict(e) for e in self.replaced.values()]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.index_time = [dict(i) for i in state.get("index_time", [])]
+        self.replaced = {e["path"]: dict(e) for e in state.get("replaced", [])}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        for entry in other.get("replaced", []):
+            mine = self.replaced.setdefault(entry["path"], {**entry, "count": 0})
+            mine["count"] += entry["count"]
+
+    def write(self, path: Path) -> None:
+        payload = {"skipped_when_indexing": len(self.index_time),
+                   "replaced_during_training": self.replaced_count,
+                   "indexing": self.index_time, "training": list(self.replaced.values())}
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, path)
+
+
+def open_source(cfg: DataConfig, size: int, output_dir: Path, *, is_master: bool,
+                barrier: Any) -> tuple[PairSource, list[dict[str, str]]]:
+    """The configured pairs plus the rows left out while indexing (``on_error="skip"``)."""
+    if cfg.source == "store":
+        from maco_cxr.data.store import PreparedStore
+
+        store = PreparedStore(cfg.path)
+        if store.size != size:
+            raise ConfigError(f"data.path: the store {cfg.path} holds {store.size} px images but the "
+                              f"model trains on {size} px (model input_size); prepare it with --size {size}")
+        rows = range(len(store))
+        if cfg.split is not None:
+            rows = [i for i, row in enumerate(store.rows) if row.get("split") == cfg.split]
+            if not rows:
+                found = sorted({str(row.get("split")) for row in store.rows})
+                raise DataError(f"{cfg.path}: no row has split {cfg.split!r} (splits found: {found}); "
+                                "set data.split to one of them, or null for all rows")
+        return StoreSource(store, rows), []
+    from maco_cxr.data.datasets import build_dataset
+
+    kind, path = cfg.kind, cfg.path
+    if cfg.source == "synthetic":
+        kind = "manifest"
+        path = cfg.path or str(output_dir / "synthetic")
+        if is_master:
+            write_synthetic(Path(path), cfg.synthetic_count, cfg.synthetic_seed, size, cfg.workers)
+        barrier()
+    options = dict(cfg.options)
+    if cfg.split is not None:
+        options.setdefault("split", cfg.split)
+    dataset = build_dataset(kind, path, on_error=cfg.on_error, **options)
+    return RecordSource(dataset, str(path)), list(dataset.skips.skipped)
+
+
+def write_synthetic(path: Path, count: int, seed: int, size: int, workers: int = 0) -> None:
+    """Write ``count`` phantoms once; a complete folder written with the same settings is reused."""
+    from maco_cxr.data.synthetic import write_synthetic_dataset
+
+    stamp = path / ".maco-synthetic.json"
+    settings = {"count": count, "seed": seed, "size": size}
+    if stamp.is_file() and (path / "manifest.csv").is_file() and json.loads(stamp.read_text()) == settings:
+        return
+    stamp.unlink(missing_ok=True)
+    logger.info("writing %d synthetic phantoms (%d px) to %s", count, size, path)
+    write_synthetic_dataset(path, count, seed, size=size, workers=workers)
+    stamp.write_text(json.dumps(settings))
