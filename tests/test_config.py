@@ -39,3 +39,15 @@ def test_yaml_round_trip_and_typo_in_file(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="huge"):
         preset("huge")
+
+
+def test_coupled_keys_change_together():
+    config = apply_overrides(preset("tiny"), ["vision.embed_dim=96", "vision.num_heads=3"])
+    assert (config.vision.embed_dim, config.vision.num_heads) == (96, 3)
+    assert preset("tiny").vision.embed_dim == 128  # the original is untouched
+
+
+def test_exponent_without_dot_is_a_float():
+    assert apply_overrides(preset("tiny"), ["temperature=3e-2"]).temperature == 0.03
+    with pytest.raises(ConfigError, match="temperature: expected a number"):
+        apply_overrides(preset("tiny"), ["temperature=cold"])

@@ -216,6 +216,11 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true/false, got {raw!r}")
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(current, float) and isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        except ValueError as err:
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from err
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
     if isinstance(current, str) and not isinstance(value, str):
@@ -224,11 +229,16 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
 
 
 def apply_overrides(config: T, overrides: list[str] | dict[str, Any]) -> T:
-    """Return a copy of ``config`` with ``a.b=value`` overrides applied (values parsed as YAML)."""
+    """Return a copy of ``config`` with ``a.b=value`` overrides applied (values parsed as YAML).
+
+    All overrides are set first and the result validated once, so coupled keys (a width and
+    its head count) can change together.
+    """
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    data = to_dict(config)
     for key, raw in items:
-        config = _override(config, key.split("."), raw, key)
-    return config
+        _set_nested(config, data, key.split("."), raw, key)
+    return _rebuild(config, data)
 
 
 def _split_override(text: str) -> tuple[str, str]:
@@ -238,8 +248,8 @@ def _split_override(text: str) -> tuple[str, str]:
     return key.strip(), raw
 
 
-def _override(config: T, path: list[str], raw: Any, full_key: str) -> T:
-    names = {f.name for f in fields(config)}  # type: ignore[arg-type]
+def _set_nested(config: Any, data: dict[str, Any], path: list[str], raw: Any, full_key: str) -> None:
+    names = {f.name for f in fields(config)}
     head = path[0]
     if head not in names:
         raise ConfigError(f"unknown config key {full_key!r}; valid keys: {', '.join(sorted(names))}")
@@ -247,9 +257,19 @@ def _override(config: T, path: list[str], raw: Any, full_key: str) -> T:
     if len(path) > 1:
         if not is_dataclass(current):
             raise ConfigError(f"{full_key}: {head!r} has no sub-keys")
-        value = _override(current, path[1:], raw, full_key)
+        _set_nested(current, data[head], path[1:], raw, full_key)
+    elif is_dataclass(current):
+        raise ConfigError(f"{full_key}: is a section; set one of its keys, e.g. {full_key}.x=...")
     else:
-        if is_dataclass(current):
-            raise ConfigError(f"{full_key}: is a section; set one of its keys, e.g. {full_key}.x=...")
-        value = _parse_value(raw, current, full_key) if isinstance(raw, str) else raw
-    return dataclasses.replace(config, **{head: value})
+        data[head] = _parse_value(raw, current, full_key) if isinstance(raw, str) else raw
+
+
+def _rebuild(template: T, data: dict[str, Any]) -> T:
+    """A new instance of ``template``'s class from ``data``, nested sections rebuilt alike."""
+    values = {}
+    for f in fields(template):  # type: ignore[arg-type]
+        value, current = data[f.name], getattr(template, f.name)
+        if is_dataclass(current) and isinstance(value, dict):
+            value = _rebuild(current, value)
+        values[f.name] = value
+    return type(template)(**values)

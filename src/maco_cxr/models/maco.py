@@ -71,14 +71,16 @@ class MacoModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
+        bert = self.text.bert
         if enable:
-            self.text.bert.gradient_checkpointing_enable()
+            getattr(bert, "activation_checkpointing_enable", bert.gradient_checkpointing_enable)()
         else:
-            self.text.bert.gradient_checkpointing_disable()
+            getattr(bert, "activation_checkpointing_disable", bert.gradient_checkpointing_disable)()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 grey ``[N, H, W]`` or ``[N, 1, H, W]`` -> normalised float ``[N, 3, H, W]``;
-        float input is taken as already normalised (1 or 3 channels)."""
+        float input is taken as already normalised (1 or 3 channels). In eval mode a float batch
+        that looks like [0, 1] pixels warns (the check syncs, so training skips it)."""
         images = images.to(self.device, non_blocking=True)
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -89,7 +91,8 @@ class MacoModel(nn.Module):
             images = (images.to(dtype) / 255.0 - self.config.image_mean) / self.config.image_std
         elif not images.is_floating_point():
             raise DataError(f"images must be uint8 or normalised float; got dtype {images.dtype}")
-        elif images.numel() and images.min() >= 0 and images.max() <= 1 and images.std() > 0:
+        elif not self.training and images.numel() and images.min() >= 0 and images.max() <= 1 \
+                and images.std() > 0:
             warnings.warn(
                 "float images lie in [0, 1]: they look unnormalised. This model expects "
                 f"(x/255 - {self.config.image_mean}) / {self.config.image_std}; pass uint8 to let "
