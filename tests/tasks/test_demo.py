@@ -1,0 +1,38 @@
+"""`maco-cxr demo --quick` end to end: every stage runs and the report files and keys exist."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maco_cxr.cli import main
+
+SUMMARY_KEYS = {
+    "zeroshot_macro_auc", "grounding_mean_cnr", "baseline_zeroshot_macro_auc", "baseline_grounding_mean_cnr",
+    "zeroshot_per_class_auc", "grounding_mean_miou", "grounding_pointing_game", "grounding_mean_cnr_mismatched_phrase",
+    "retrieval", "baseline_retrieval", "real_images", "pretraining", "data", "timings", "model_dir",
+}
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_the_report(tmp_path, cxr_real_dir, capsys):
+    out = tmp_path / "demo-report"
+    assert main(["demo", "--quick", "--out", str(out), "--real-root", str(cxr_real_dir), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert set(summary["zeroshot_per_class_auc"]) == {
+        "pleural effusion", "pneumothorax", "consolidation", "cardiomegaly", "nodule", "edema"}
+    for key in ("zeroshot_macro_auc", "baseline_zeroshot_macro_auc"):
+        assert summary[key] is None or 0.0 <= summary[key] <= 1.0
+    assert summary["real_images"]["n_items"] > 0
+    assert summary["data"]["n_train"] == 64 and summary["pretraining"]["steps"] == 6
+    page = (out / "index.html").read_text()
+    for figure in ("figures/loss_curves.png", "figures/roc_trained.png", "figures/roc_random.png"):
+        assert figure in page and (out / figure).stat().st_size > 0
+    overlays = sorted((out / "figures" / "grounding_trained").glob("*.png"))
+    assert len(overlays) == 2 and all(f"figures/grounding_trained/{p.name}" in page for p in overlays)
+    assert list((out / "figures" / "real").glob("*.png"))
+    assert (out / "model" / "maco-tiny-phantoms" / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "zero-shot macro AUC" in printed and "grounding mean CNR" in printed
