@@ -51,3 +51,9 @@ def test_exponent_without_dot_is_a_float():
     assert apply_overrides(preset("tiny"), ["temperature=3e-2"]).temperature == 0.03
     with pytest.raises(ConfigError, match="temperature: expected a number"):
         apply_overrides(preset("tiny"), ["temperature=cold"])
+
+
+def test_null_sets_an_optional_string_to_none():
+    config = apply_overrides(preset("tiny"), ["text.tokenizer=my.json"])
+    assert config.text.tokenizer == "my.json"
+    assert apply_overrides(config, ["text.tokenizer=null"]).text.tokenizer is None

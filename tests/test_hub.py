@@ -119,3 +119,8 @@ def test_tokenizer_train_cli_builds_a_compatible_vocabulary(tmp_path, capsys):
     assert ids[0] == 2 and tokenizer.tokenizer.token_to_id("effusion") is not None
     assert tokenizer.tokenizer.id_to_token(int(ids[1])) == "left"
     assert ids.shape == (100,) and int((ids != 0).sum()) == 5
+
+
+def test_every_public_name_resolves():
+    for name in maco_cxr.__all__:
+        assert getattr(maco_cxr, name) is not None, name

@@ -31,6 +31,13 @@ _EXPORTS = {
     "ground": "maco_cxr.tasks.grounding",
     "retrieve": "maco_cxr.tasks.retrieval",
     "MacoError": "maco_cxr.errors",
+    "pretrain": "maco_cxr.train.pretrain",
+    "PretrainConfig": "maco_cxr.train.config",
+    "finetune_classifier": "maco_cxr.tasks.classify",
+    "FinetuneConfig": "maco_cxr.tasks.classify",
+    "ClassifierModel": "maco_cxr.tasks.classify",
+    "segment": "maco_cxr.tasks.segment",
+    "detect": "maco_cxr.tasks.detect",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

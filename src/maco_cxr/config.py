@@ -223,7 +223,7 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {raw!r}") from err
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
-    if isinstance(current, str) and not isinstance(value, str):
+    if isinstance(current, str) and not isinstance(value, str) and value is not None:
         value = raw
     return value
 

@@ -287,3 +287,14 @@ def test_cli_writes_dataset_with_workers(tmp_path: Path,
         image = np.asarray(Image.open(out / row["image_path"]))
         expected = generate_phantom(np.random.default_rng([2, index]), 96).image
         np.testing.assert_array_equal(image, expected)
+
+
+def test_a_finding_with_no_room_on_a_small_image_is_neither_drawn_nor_labelled():
+    # seed (2, 768) at 128 px plans a left lower consolidation behind a severely enlarged heart:
+    # its region is empty, so the phantom must not claim it (labels, boxes and report agree).
+    phantom = generate_phantom(np.random.default_rng([2, 768]), size=128)
+    kinds = [finding.kind for finding in phantom.findings]
+    assert "consolidation" not in kinds
+    assert phantom.labels[FINDINGS.index("consolidation")] == 0
+    assert all(phantom.labels[FINDINGS.index(kind)] == 1 for kind in kinds)
+    assert "no focal consolidation" in phantom.report.lower()

@@ -10,9 +10,10 @@ runtime.out); trailing ``key=value`` arguments set any other key. Precedence: th
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
+
+from maco_cxr.cli._finetune_args import flag_overrides, fmt
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +45,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maco_cxr.cli.segment import flag_overrides
     from maco_cxr.config import apply_overrides
     from maco_cxr.tasks.detect import DetectConfig, detect
     from maco_cxr.tasks.finetune_common import load_task_config
@@ -57,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"test ({test['n_images']} images, {test['n_boxes']} boxes); checkpoint from step "
           f"{result.metrics['best_step']} ({result.metrics['selection']})")
     for name in ("AP", "AP50", "AP75"):
-        print(f"  {name:<5} {_fmt(test[name])}")
+        print(f"  {name:<5} {fmt(test[name])}")
     print(f"outputs: {result.out_dir}")
     return 0
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -10,9 +10,10 @@ key is set with trailing ``key=value`` arguments (``optim.steps=500``). Preceden
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
+
+from maco_cxr.cli._finetune_args import flag_overrides, fmt
 
 
 def register(subparsers: Any) -> None:
@@ -48,24 +49,9 @@ def register(subparsers: Any) -> None:
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = {"model.source": None if args.model.lower() == "none" else args.model,
-                              "runtime.out": str(args.out)}
-    if args.dataset is not None:
-        values["data.kind"] = args.dataset
-    if args.root is not None:
-        values["data.root"] = str(args.root)
-    if args.fraction is not None:
-        values["data.fraction"] = float(args.fraction)
-        values["data.train_split"] = None
-    if args.split_file is not None:
-        values["data.train_split"] = args.split_file
-        values["data.fraction"] = 100.0
+    values = flag_overrides(args)
     if args.mode is not None:
         values["model.mode"] = args.mode
-    if args.device is not None:
-        values["runtime.device"] = args.device
-    if args.progress:
-        values["runtime.progress"] = True
     return values
 
 
@@ -78,14 +64,11 @@ def run(args: argparse.Namespace) -> int:
     config = apply_overrides(config, _flag_overrides(args))
     config = apply_overrides(config, list(args.overrides))
     metrics = finetune_classifier(config)
-    print(f"test mean AUC {_fmt(metrics['mean_auc'])} over {len(metrics['classes'])} classes "
+    print(f"test mean AUC {fmt(metrics['mean_auc'])} over {len(metrics['classes'])} classes "
           f"({metrics['counts']['test']} test images); best validation AUC "
-          f"{_fmt(metrics['best_val_auc'])} at step {metrics['best_step']} of {metrics['steps']}")
+          f"{fmt(metrics['best_val_auc'])} at step {metrics['best_step']} of {metrics['steps']}")
     for name, auc in metrics["per_class_auc"].items():
-        print(f"  {name:<28} {_fmt(auc)}")
+        print(f"  {name:<28} {fmt(auc)}")
     print(f"outputs: {config.runtime.out}")
     return 0
 
-
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

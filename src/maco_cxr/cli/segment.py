@@ -10,9 +10,10 @@ flags, then the ``key=value`` arguments.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
+
+from maco_cxr.cli._finetune_args import flag_overrides, fmt
 
 
 def register(subparsers: Any) -> None:
@@ -44,27 +45,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys the common flags of ``segment`` and ``detect`` set."""
-    values: dict[str, Any] = {"model.source": None if args.model.lower() == "none" else args.model,
-                              "runtime.out": str(args.out)}
-    if args.dataset is not None:
-        values["data.kind"] = args.dataset
-    if args.root is not None:
-        values["data.root"] = str(args.root)
-    if args.fraction is not None:
-        values["data.fraction"] = float(args.fraction)
-        values["data.train_split"] = None
-    if args.split_file is not None:
-        values["data.train_split"] = args.split_file
-        values["data.fraction"] = 100.0
-    if args.device is not None:
-        values["runtime.device"] = args.device
-    if args.progress:
-        values["runtime.progress"] = True
-    return values
-
-
 def run(args: argparse.Namespace) -> int:
     from maco_cxr.config import apply_overrides
     from maco_cxr.tasks.finetune_common import load_task_config
@@ -78,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"test ({test['n_images']} images, {test['n_empty_targets']} with an empty mask); "
           f"best validation step {result.metrics['best_step']}")
     for name in METRIC_NAMES:
-        print(f"  {name:<26} {_fmt(test[name])}")
+        print(f"  {name:<26} {fmt(test[name])}")
     print(f"outputs: {result.out_dir}")
     return 0
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -161,19 +161,22 @@ def enlarge_heart(params: ThoraxParams, specs: Sequence[FindingSpec],
 
 
 def draw_finding(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator,
-                 taken: np.ndarray) -> Finding:
-    """Draw ``spec`` into ``thorax.layers``; its mask avoids the ``taken`` pixels of others."""
+                 taken: np.ndarray) -> Finding | None:
+    """Draw ``spec`` into ``thorax.layers``; its mask avoids the ``taken`` pixels of others.
+
+    None when the finding's region is empty (possible on small images, e.g. a lower-zone
+    consolidation behind a severely enlarged heart): nothing was drawn, so nothing is labelled.
+    """
     size_cm = None
     if spec.kind == "cardiomegaly":
         mask = thorax.heart.copy()
-    elif spec.kind == "pleural effusion":
-        mask = _effusion(spec, thorax, rng) & ~taken
-    elif spec.kind == "pneumothorax":
-        mask = _pneumothorax(spec, thorax, rng) & ~taken
-    elif spec.kind == "consolidation":
-        mask = _consolidation(spec, thorax, rng) & ~taken
-    elif spec.kind == "edema":
-        mask = _edema(spec, thorax, rng) & ~taken
+    elif spec.kind in _REGION_DRAWERS:
+        drawn = _REGION_DRAWERS[spec.kind](spec, thorax, rng)
+        if not drawn.any():
+            return None
+        mask = drawn & ~taken
+        if not mask.any():  # wholly under an earlier finding (small images): label what was drawn
+            mask = drawn
     else:
         mask, zone, radius_px = _nodule(spec, thorax, rng, taken)
         spec = replace(spec, zone=zone)
@@ -307,3 +310,11 @@ def _nodule(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator,
                 mask[window] = disc
                 return mask, zone, radius
     raise RuntimeError(f"no room for a {radius:.1f} px nodule in the {spec.side} lung")
+
+
+_REGION_DRAWERS = {
+    "pleural effusion": _effusion,
+    "pneumothorax": _pneumothorax,
+    "consolidation": _consolidation,
+    "edema": _edema,
+}

@@ -82,11 +82,13 @@ def generate_phantom(rng: np.random.Generator, size: int = 512,
     taken = np.zeros((size, size), dtype=bool)
     for spec in specs:
         finding = draw_finding(spec, thorax, kind_rngs[spec.kind], taken)
+        if finding is None:
+            continue
         drawn.append(finding)
         if finding.kind != "cardiomegaly":
             taken |= finding.mask
     drawn.sort(key=lambda finding: FINDINGS.index(finding.kind))
-    labels = np.array([kind in kinds for kind in FINDINGS], dtype=np.float32)
+    labels = np.array([any(f.kind == kind for f in drawn) for kind in FINDINGS], dtype=np.float32)
     image = expose(thorax.layers.attenuation(), exposure, noise_rng)
     return Phantom(image, labels, drawn, write_report(drawn, report_rng), thorax.lungs,
                    thorax.heart)
