@@ -13,6 +13,7 @@ from maco_cxr.data.reports import (
     report_text,
     sample_report_sentences,
     split_sentences,
+    whole_report_text,
 )
 from maco_cxr.errors import ConfigError
 
@@ -137,6 +138,11 @@ SAMPLING_SENTENCES = ["moderate right pleural effusion", "heart size is normal",
 def _sampled_pieces(text: str) -> list[str]:
     assert text.endswith(". ")
     return text[:-2].split(". ")
+
+
+def test_whole_report_keeps_every_sentence_in_order() -> None:
+    assert whole_report_text(SAMPLING_REPORT) == "moderate right pleural effusion. heart size is normal. no pneumothorax. "
+    assert whole_report_text("None. .") == ""
 
 
 def test_sampling_deterministic_under_seed() -> None:

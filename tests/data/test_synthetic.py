@@ -192,6 +192,21 @@ def test_class_name_appears_in_most_positive_reports(kind: str) -> None:
     assert all("left" in report for report in reports) == (kind in LATERAL)
 
 
+def test_negation_free_report_is_the_same_report_minus_its_negations() -> None:
+    from maco_cxr.data.synthetic.reports import _NEGATIONS
+
+    denials = {sentence for options in _NEGATIONS.values() for sentence in options}
+    for seed, kinds in ((5, ["pneumothorax", "cardiomegaly"]), (8, []), (3, ["cardiomegaly"]), (11, None)):
+        with_negations = generate_phantom(np.random.default_rng(seed), 128, kinds)
+        without = generate_phantom(np.random.default_rng(seed), 128, kinds, negations=False)
+        assert np.array_equal(with_negations.image, without.image)
+        assert np.array_equal(with_negations.labels, without.labels)
+        full = with_negations.report.rstrip(".").split(". ")
+        kept = without.report.rstrip(".").split(". ")
+        assert any(sentence in denials for sentence in full)
+        assert kept == [sentence for sentence in full if sentence not in denials]
+
+
 def test_bad_requests_raise_config_errors() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ConfigError, match="unknown"):
@@ -287,6 +302,14 @@ def test_cli_writes_dataset_with_workers(tmp_path: Path,
         image = np.asarray(Image.open(out / row["image_path"]))
         expected = generate_phantom(np.random.default_rng([2, index]), 96).image
         np.testing.assert_array_equal(image, expected)
+
+
+def test_cli_no_negations_writes_reports_without_them(tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    assert main(["synth", "--out", str(out), "--n", "4", "--seed", "2", "--size", "96", "--no-negations"]) == 0
+    for index, row in enumerate(_read_csv(out / "manifest.csv")):
+        assert row["report"] == generate_phantom(np.random.default_rng([2, index]), 96, negations=False).report
+    assert json.loads((out / "phantom_config.json").read_text())["negations"] is False
 
 
 def test_a_finding_with_no_room_on_a_small_image_is_neither_drawn_nor_labelled():

@@ -14,6 +14,7 @@ from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.reports import sample_report_sentences
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.models.text import ReportTokenizer
+from maco_cxr.train.config import DataConfig
 from maco_cxr.train.data import PairCollate, PairDataset, RecordSource, ResumableSampler, SkipLog
 
 from .conftest import write_manifest
@@ -54,9 +55,9 @@ def test_sampler_rejects_too_few_samples() -> None:
         ResumableSampler(7, 2, 2, seed=0, world_size=2)
 
 
-def _pairs(folder: Path, on_error: str = "raise", size: int = 64) -> PairDataset:
+def _pairs(folder: Path, on_error: str = "raise", size: int = 64, text: str = "sentences") -> PairDataset:
     dataset = build_dataset("manifest", folder, on_error=on_error)
-    return PairDataset(RecordSource(dataset, str(folder)), size, seed=11, on_error=on_error)
+    return PairDataset(RecordSource(dataset, str(folder)), size, seed=11, on_error=on_error, text=text)
 
 
 def test_samples_are_letterboxed_uint8_with_reproducible_text(tmp_path: Path) -> None:
@@ -73,6 +74,16 @@ def test_samples_are_letterboxed_uint8_with_reproducible_text(tmp_path: Path) ->
         pieces = text.split(". ")
         assert pieces[-1] == "" and len(set(pieces[:-1])) == len(pieces) - 1
         assert set(pieces[:-1]) <= {"one", "two", "three", "four"}
+
+
+def test_full_text_mode_gives_the_whole_report_every_epoch(tmp_path: Path) -> None:
+    pairs = _pairs(write_manifest(tmp_path, 2, ("One. Two. None. Three.",) * 2), text="full")
+    assert {pairs[(epoch, 1)]["text"] for epoch in range(5)} == {"one. two. three. "}
+
+
+def test_unknown_text_mode_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="data.text"):
+        DataConfig(text="paragraphs")
 
 
 def test_collate_tokenizes_and_keeps_uint8(tmp_path: Path) -> None:

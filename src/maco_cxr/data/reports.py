@@ -15,7 +15,7 @@ from typing import Literal
 
 from maco_cxr.errors import ConfigError
 
-__all__ = ["extract_sections", "grounding_phrase", "report_text", "sample_report_sentences",
+__all__ = ["extract_sections", "grounding_phrase", "report_text", "sample_report_sentences", "whole_report_text",
            "split_sentences"]
 
 Section = Literal["findings", "impression"]
@@ -107,6 +107,14 @@ def sample_report_sentences(text: str, rng: random.Random) -> str:
     rng.shuffle(pieces)
     keep = rng.randint(1, len(pieces))
     return "".join(piece.lower() + ". " for piece in pieces[:keep])
+
+
+def whole_report_text(text: str) -> str:
+    """Every sentence of the report, in order, lower-cased and joined as the official sampling
+    joins its draw: the ``text: full`` alternative to :func:`sample_report_sentences`, for
+    reports short and complete enough that dropping sentences only adds label noise."""
+    pieces = (piece.strip() for piece in text.split("."))
+    return "".join(piece.lower() + ". " for piece in pieces if piece and piece.lower() != "none")
 
 
 def grounding_phrase(text: str) -> str:

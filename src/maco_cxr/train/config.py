@@ -28,6 +28,7 @@ from maco_cxr.errors import ConfigError
 Source = Literal["manifest", "store", "synthetic"]
 Precision = Literal["bf16", "fp32"]
 OnError = Literal["raise", "skip"]
+TextMode = Literal["sentences", "full"]
 
 
 def _require(condition: bool, name: str, message: str) -> None:
@@ -79,6 +80,9 @@ class DataConfig:
     bad sample naming file and field; ``skip`` replaces it, counts it and lists it in
     ``<output_dir>/skipped.json``. ``sections``: report sections to keep before sentence
     sampling (``[findings, impression]`` for raw MIMIC-CXR reports; None = the text as given).
+    ``text``: ``sentences`` = the official draw of a random 1..n of the shuffled sentences each
+    time a report is seen; ``full`` = the whole report, sentences in order (the demo uses it:
+    its short template reports lose the one sentence naming a finding to the draw too often).
     ``options``: extra keyword arguments of the dataset adapter.
     """
 
@@ -89,6 +93,7 @@ class DataConfig:
     on_error: OnError = "raise"
     workers: int = 4
     sections: tuple[str, ...] | None = None
+    text: TextMode = "sentences"
     synthetic_count: int = 64
     synthetic_seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +105,7 @@ class DataConfig:
         _require(self.on_error in ("raise", "skip"), "data.on_error",
                  f"{self.on_error!r} is not 'raise' or 'skip'")
         _require(self.workers >= 0, "data.workers", "must be >= 0")
+        _require(self.text in ("sentences", "full"), "data.text", f"{self.text!r} is not 'sentences' or 'full'")
         _require(self.synthetic_count >= 1, "data.synthetic_count", "must be >= 1")
         if isinstance(self.sections, (list, str)):
             self.sections = (self.sections,) if isinstance(self.sections, str) else tuple(self.sections)

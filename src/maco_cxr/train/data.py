@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
-from maco_cxr.data.reports import report_text, sample_report_sentences
+from maco_cxr.data.reports import report_text, sample_report_sentences, whole_report_text
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.models.text import ReportTokenizer
-from maco_cxr.train.config import DataConfig, OnError
+from maco_cxr.train.config import DataConfig, OnError, TextMode
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,11 @@ class StoreSource:
 
 class PairDataset(Dataset):
     """``(epoch, index)`` -> ``{"image": uint8 [1, S, S], "text": str, "index": int,
-    "skipped": [{"path", "reason"}]}`` with the official sentence sampling of the report."""
+    "skipped": [{"path", "reason"}]}`` with the official sentence sampling of the report
+    (``text="full"``: the whole report instead)."""
 
     def __init__(self, source: PairSource, size: int, seed: int, on_error: OnError = "raise",
-                 sections: Sequence[str] | None = None) -> None:
+                 sections: Sequence[str] | None = None, text: TextMode = "sentences") -> None:
         if len(source) == 0:
             raise DataError("the training dataset is empty; check data.path and data.split")
         self.source = source
@@ -100,6 +101,7 @@ class PairDataset(Dataset):
         self.seed = seed
         self.on_error = on_error
         self.sections = tuple(sections) if sections else None
+        self.text = text
 
     def __len__(self) -> int:
         return len(self.source)
@@ -121,7 +123,8 @@ class PairDataset(Dataset):
         if report is None or not report.strip():
             raise DataError("field 'report' is empty; every training image needs a report")
         source_text = report_text(report, self.sections) if self.sections else report
-        text = sample_report_sentences(source_text, self.text_rng(epoch, index))
+        text = (whole_report_text(source_text) if self.text == "full"
+                else sample_report_sentences(source_text, self.text_rng(epoch, index)))
         if not text and self.sections and not source_text:
             raise DataError(f"field 'report' has no {' or '.join(self.sections).upper()} section")
         if not text:

@@ -188,7 +188,8 @@ class _Trainer:
         size = config.model.input_size
         source, index_skips = open_source(config.data, size, self.output_dir, is_master=info.is_master,
                                           barrier=dist_utils.barrier)
-        self.dataset = PairDataset(source, size, runtime.seed, config.data.on_error, config.data.sections)
+        self.dataset = PairDataset(source, size, runtime.seed, config.data.on_error, config.data.sections,
+                                   config.data.text)
         self.schedule = plan_schedule(len(self.dataset), config.optim, info.world_size)
         self.sampler = ResumableSampler(len(self.dataset), config.optim.batch_size,
                                         self.schedule.micro_batches_per_epoch, seed=runtime.seed,

@@ -56,13 +56,15 @@ class Phantom:
 
 def generate_phantom(rng: np.random.Generator, size: int = 512,
                      findings: Sequence[str] | None = None, *, p_normal: float = 0.25,
-                     p_extra: float = 0.25) -> Phantom:
+                     p_extra: float = 0.25, negations: bool = True) -> Phantom:
     """Draw a frontal chest radiograph with ``findings`` (names from :data:`FINDINGS`).
 
     ``findings=None`` samples them: normal with probability ``p_normal``, otherwise one kind
     plus up to two more, each with probability ``p_extra``; ``[]`` or ``["normal"]`` asks for a
     normal image. The anatomy, pose, exposure and noise depend only on ``rng``, not on the
     findings, so the same generator state with and without a finding differs only by it.
+    ``negations``: see :func:`~maco_cxr.data.synthetic.reports.write_report` (only the report
+    changes).
     """
     if size < 64:
         raise ConfigError(f"size={size}: phantoms need at least 64 pixels a side")
@@ -90,7 +92,7 @@ def generate_phantom(rng: np.random.Generator, size: int = 512,
     drawn.sort(key=lambda finding: FINDINGS.index(finding.kind))
     labels = np.array([any(f.kind == kind for f in drawn) for kind in FINDINGS], dtype=np.float32)
     image = expose(thorax.layers.attenuation(), exposure, noise_rng)
-    return Phantom(image, labels, drawn, write_report(drawn, report_rng), thorax.lungs,
+    return Phantom(image, labels, drawn, write_report(drawn, report_rng, negations=negations), thorax.lungs,
                    thorax.heart)
 
 

@@ -35,18 +35,26 @@ _NEUTRAL = ("The trachea is midline", "No acute osseous abnormality",
 _LUNG_KINDS = frozenset({"pleural effusion", "pneumothorax", "consolidation", "nodule", "edema"})
 
 
-def write_report(findings: Sequence[Finding], rng: np.random.Generator) -> str:
-    """A report describing ``findings`` (empty = normal) with negations of absent classes."""
+def write_report(findings: Sequence[Finding], rng: np.random.Generator, *, negations: bool = True) -> str:
+    """A report describing ``findings`` (empty = normal) with negations of absent classes.
+
+    ``negations=False`` leaves the negations out and nothing else: the same ``rng`` gives the
+    same remaining sentences. A small text encoder trained for minutes reads "no pleural
+    effusion" and "small right pleural effusion" alike (one topic), so negation-free reports
+    are what lets the demo's zero-shot prompts separate present from absent.
+    """
     present = {finding.kind for finding in findings}
     sentences = _positives(findings, rng)
     absent = [kind for kind in FINDINGS if kind not in present]
     count = min(len(absent), int(rng.integers(2, 4) if present else rng.integers(3, 6)))
-    for index in rng.choice(len(absent), size=count, replace=False):
-        sentences.append(_pick(rng, _NEGATIONS[absent[int(index)]]))
+    denied = [_pick(rng, _NEGATIONS[absent[int(index)]])
+              for index in rng.choice(len(absent), size=count, replace=False)]
+    shown = denied if negations else []
+    sentences.extend(shown)
     if not present:
         sentences.insert(0, _pick(rng, _NORMAL))
     elif not present & _LUNG_KINDS:
-        sentences.insert(len(sentences) - count, _pick(rng, _CLEAR))
+        sentences.insert(len(sentences) - len(shown), _pick(rng, _CLEAR))
     if rng.random() < 0.5:
         sentences.append(_pick(rng, _NEUTRAL))
     return ". ".join(sentences) + "."

@@ -54,6 +54,7 @@ class _Job:
     split_fractions: tuple[float, float, float]
     p_normal: float
     p_extra: float
+    negations: bool
 
 
 @dataclass
@@ -65,12 +66,12 @@ class _Rows:
 
 def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
                             split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                            p_normal: float = 0.25, p_extra: float = 0.25,
+                            p_normal: float = 0.25, p_extra: float = 0.25, negations: bool = True,
                             workers: int = 0, progress: bool = False) -> Path:
     """Write ``n`` phantoms of ``size`` pixels drawn from ``seed`` under ``out``.
 
     ``split_fractions`` are the train/val/test probabilities of each image (one patient per
-    image); ``p_normal`` and ``p_extra`` go to :func:`generate_phantom`; ``workers > 0``
+    image); ``p_normal``, ``p_extra`` and ``negations`` go to :func:`generate_phantom`; ``workers > 0``
     draws in that many processes. Returns the manifest path.
     """
     fractions = _check(n, size, split_fractions, workers)
@@ -82,14 +83,14 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
     for name in ("manifest.csv", "boxes.csv", "masks.csv"):
         (out / name).unlink(missing_ok=True)
     (out / "images").mkdir(exist_ok=True)
-    job = _Job(out, seed, size, fractions, p_normal, p_extra)
+    job = _Job(out, seed, size, fractions, p_normal, p_extra, negations)
     rows = list(_progress(_write_all(job, n, workers), n, progress))
     _write_csv(out / "boxes.csv", BOX_COLUMNS, [box for row in rows for box in row.boxes])
     _write_csv(out / "masks.csv", MASK_COLUMNS, [mask for row in rows for mask in row.masks])
     counts = _counts(rows)
     config = {"generator": "maco_cxr.data.synthetic", "version": GENERATOR_VERSION,
               "seed": seed, "n": n, "size": size, "split_fractions": list(fractions),
-              "p_normal": p_normal, "p_extra": p_extra,
+              "p_normal": p_normal, "p_extra": p_extra, "negations": negations,
               "findings": list(FINDINGS), "counts": counts}
     _write_text(out / "phantom_config.json", json.dumps(config, indent=2) + "\n")
     _write_text(out / "README.md", _readme(n, seed, size, fractions, counts))
@@ -134,7 +135,7 @@ def _progress(rows: Iterable[_Rows], n: int, show: bool) -> Iterable[_Rows]:
 def _write_item(job: _Job, index: int) -> _Rows:
     """Draw phantom ``index`` and write its image and masks; return its CSV rows."""
     phantom = generate_phantom(np.random.default_rng([job.seed, index]), job.size,
-                               p_normal=job.p_normal, p_extra=job.p_extra)
+                               p_normal=job.p_normal, p_extra=job.p_extra, negations=job.negations)
     name = f"phantom_{index:06d}"
     image_path = f"images/{name}.png"
     _write_png(job.out / image_path, phantom.image)
