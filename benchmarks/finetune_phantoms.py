@@ -8,10 +8,9 @@ Stages (each reuses its output folder when it is already complete):
 1. phantoms: ``--n-pretrain`` images (seed 1) for pre-training and ``--n-finetune`` (seed 3,
    split 80/10/10 into train/val/test, one patient per image) for fine-tuning, at ``--size``;
 2. pre-training of the ``tiny`` preset with :func:`maco_cxr.train.pretrain.pretrain` on the
-   first set with the demo's recipe (vocabulary learnt from the phantom reports, plain MAE
-   target at ``--size``, rec + con, initial temperature 0.3: at the paper's 0.03 the
-   contrastive loss stays at ln(batch) for hundreds of steps), unless ``--pretrained`` names a
-   model (e.g. the demo's ``model/maco-tiny-phantoms``);
+   first set with the demo's recipe (reports without negations, read whole; vocabulary learnt
+   from them, plain MAE target at ``--size``, rec + con, initial temperature 0.1, no flip),
+   unless ``--pretrained`` names a model (e.g. the demo's ``model/maco-tiny-phantoms``);
 3. classification of the six phantom findings with :func:`finetune_classifier`, by default
    AdamW (lr 1e-3, wd 0.05, layer decay 0.75, clip 1.0, warm-up + cosine) with the recipe's
    RandomResizedCrop + flip, but a crop of 50-100 % of the area (``--crop-scale``; the
@@ -42,7 +41,7 @@ from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.synthetic import write_synthetic_dataset
 from maco_cxr.models.text import ReportTokenizer
 from maco_cxr.tasks.classify import FinetuneConfig, finetune_classifier
-from maco_cxr.tasks.demo import demo_model_config
+from maco_cxr.tasks.demo import DemoConfig, demo_model_config
 from maco_cxr.tasks.finetune_common import load_task_config
 from maco_cxr.train.config import AugmentSection, DataConfig, OptimConfig, PretrainConfig, RuntimeConfig
 from maco_cxr.train.pretrain import pretrain
@@ -67,9 +66,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-finetune", type=int, default=4000)
     parser.add_argument("--seed-pretrain", type=int, default=1, help="phantom seed of the pre-training set")
     parser.add_argument("--seed-finetune", type=int, default=3, help="phantom seed of the fine-tuning set")
-    parser.add_argument("--pretrain-steps", type=int, default=450, help="the demo's 450")
+    parser.add_argument("--pretrain-steps", type=int, default=DemoConfig.steps, help="the demo's steps")
     parser.add_argument("--pretrain-batch", type=int, default=32, help="the demo's 32")
-    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--pretrain-lr", type=float, default=DemoConfig.lr, help="the demo's lr")
     parser.add_argument("--batch", type=int, default=96, help="fine-tuning batch (the recipe's 96)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
                         help="adamw (with --layer-decay: configs/finetune/adamw_lld.yaml) or sgd (the official "
@@ -92,21 +91,21 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def phantoms(out: Path, n: int, seed: int, size: int, workers: int) -> tuple[Path, list[str]]:
+def phantoms(out: Path, n: int, seed: int, size: int, workers: int, negations: bool = True
+             ) -> tuple[Path, list[str]]:
     command = ["maco-cxr", "synth", "--out", str(out), "--n", str(n), "--seed", str(seed), "--size", str(size),
-               "--workers", str(workers)]
+               "--workers", str(workers), *([] if negations else ["--no-negations"])]
     stamp = out / "phantom_config.json"
     if stamp.is_file() and (out / "manifest.csv").is_file():
         made = json.loads(stamp.read_text())
-        if (made["n"], made["seed"], made["size"]) == (n, seed, size):
+        if (made["n"], made["seed"], made["size"], made.get("negations", True)) == (n, seed, size, negations):
             return out, command
-    write_synthetic_dataset(out, n, seed, size, workers=workers)
+    write_synthetic_dataset(out, n, seed, size, negations=negations, workers=workers)
     return out, command
 
 
 def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
-    """The demo's recipe (:func:`maco_cxr.tasks.demo.demo_model_config`): a vocabulary learnt
-    from the phantom reports, plain MAE target, rec + con, initial temperature 0.3."""
+    """The demo's recipe (:func:`maco_cxr.tasks.demo.demo_model_config`, whole reports, no flip)."""
     out = args.work / "pretrain"
     final = out / "run" / "final"
     if (final / "model.safetensors").is_file():
@@ -118,10 +117,11 @@ def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
     tokenizer.save(tokenizer_path)
     config = PretrainConfig(
         model=demo_model_config(tokenizer_path, tokenizer.vocab_size, args.size),
-        data=DataConfig(source="manifest", path=str(data), kind="manifest", split=None, workers=args.workers),
+        data=DataConfig(source="manifest", path=str(data), kind="manifest", split=None, workers=args.workers,
+                        text="full"),
         optim=OptimConfig(lr=args.pretrain_lr, max_steps=args.pretrain_steps, warmup_steps=30,
                           batch_size=args.pretrain_batch, accum_steps=1),
-        augment=AugmentSection(enabled=True),
+        augment=AugmentSection(enabled=True, flip_p=0.0),
         runtime=RuntimeConfig(device=args.device, seed=args.seed, output_dir=str(out / "run"), log_every=10,
                               save_every=args.pretrain_steps, keep_last=1, resume=None),
     )
@@ -168,7 +168,7 @@ def main() -> None:
 
     start = time.perf_counter()
     pre_data, commands["phantoms-pretrain"] = phantoms(args.work / "phantoms-pretrain", args.n_pretrain,
-                                                       args.seed_pretrain, args.size, args.workers)
+                                                       args.seed_pretrain, args.size, args.workers, negations=False)
     ft_data, commands["phantoms-finetune"] = phantoms(args.work / "phantoms-finetune", args.n_finetune,
                                                       args.seed_finetune, args.size, args.workers)
     timings["phantoms"] = time.perf_counter() - start

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from maco_cxr.cli import main
+from maco_cxr.errors import ConfigError
 
 SUMMARY_KEYS = {
     "zeroshot_macro_auc", "grounding_mean_cnr", "baseline_zeroshot_macro_auc", "baseline_grounding_mean_cnr",
@@ -36,3 +38,31 @@ def test_quick_demo_writes_the_report(tmp_path, cxr_real_dir, capsys):
     assert (out / "model" / "maco-tiny-phantoms" / "model.safetensors").is_file()
     printed = capsys.readouterr().out
     assert "zero-shot macro AUC" in printed and "grounding mean CNR" in printed
+    assert summary["data"]["report_negations"] is False and summary["data"]["training_text"] == "full"
+    assert "without negations" in page and "whole reports" in page
+    config = yaml.safe_load((out / "run" / "pretrain_config.yaml").read_text())
+    assert config["data"]["text"] == "full"
+    phantom_config = json.loads((out / "data" / "train" / "phantom_config.json").read_text())
+    assert phantom_config["negations"] is False
+
+
+class _Captured(Exception):
+    """Raised instead of running the demo once its configuration is known."""
+
+
+def test_demo_options_reach_the_config(monkeypatch, tmp_path):
+    import maco_cxr.tasks.demo as demo
+
+    seen = {}
+
+    def capture(config):
+        seen["config"] = config
+        raise _Captured
+
+    monkeypatch.setattr(demo, "run_demo", capture)
+    with pytest.raises(_Captured):
+        main(["demo", "--out", str(tmp_path), "--negations", "--text", "sentences", "--real-root", "none"])
+    assert seen["config"].negations is True and seen["config"].text == "sentences"
+    assert seen["config"].real_root is None
+    with pytest.raises(ConfigError, match="text='lines'"):
+        demo.DemoConfig(out_dir=tmp_path, text="lines")

@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--real-root", type=Path, default=None,
                         help=f"real radiographs with boxes to try the model on (default: {DEFAULT_REAL_ROOT} "
                         "when it exists; 'none' to skip)")
+    parser.add_argument("--negations", action="store_true", default=None,
+                        help="phantom reports also deny absent findings, as real reports do (zero-shot learns "
+                        "much less in the time)")
+    parser.add_argument("--text", choices=("full", "sentences"),
+                        help="train on full reports (default) or the official random sentence draws")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=run)
 
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         real_root = None if str(args.real_root).lower() == "none" else args.real_root
     overrides = {"real_root": real_root, "progress": not args.no_progress}
-    for name in ("steps", "n_train", "n_test", "seed"):
+    for name in ("steps", "n_train", "n_test", "seed", "negations", "text"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     config = DemoConfig.quick(args.out, **overrides) if args.quick else DemoConfig(out_dir=args.out, **overrides)
