@@ -167,17 +167,15 @@ def main() -> None:
     commands: dict[str, list[str]] = {}
 
     start = time.perf_counter()
-    pre_data, commands["phantoms-pretrain"] = phantoms(args.work / "phantoms-pretrain", args.n_pretrain,
-                                                       args.seed_pretrain, args.size, args.workers, negations=False)
     ft_data, commands["phantoms-finetune"] = phantoms(args.work / "phantoms-finetune", args.n_finetune,
                                                       args.seed_finetune, args.size, args.workers)
+    if args.pretrained is None:
+        pre_data, commands["phantoms-pretrain"] = phantoms(args.work / "phantoms-pretrain", args.n_pretrain,
+                                                           args.seed_pretrain, args.size, args.workers, negations=False)
     timings["phantoms"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    if args.pretrained is not None:
-        model = args.pretrained
-    else:
-        model = pretrain_tiny(args, pre_data)
+    model = args.pretrained if args.pretrained is not None else pretrain_tiny(args, pre_data)
     timings["pretrain"] = time.perf_counter() - start
 
     results = {}
