@@ -111,7 +111,7 @@ def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
     if (final / "model.safetensors").is_file():
         return final
     reports = [r.report or "" for r in build_dataset("manifest", data).records]
-    tokenizer = ReportTokenizer.train(reports, 400, min_frequency=1)
+    tokenizer = ReportTokenizer.from_corpus_words(reports)
     tokenizer_path = out / "tokenizer.json"
     tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(tokenizer_path)

@@ -8,6 +8,7 @@ pads to 100 ids with [PAD] = 0. The report embedding is BERT's pooler output,
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,16 @@ from maco_cxr.errors import ConfigError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
 CLS_PREFIX = "[CLS] "
+
+
+def _untrained_tokenizer() -> Tokenizer:
+    """An empty WordPiece tokenizer with the official normaliser and pre-tokeniser."""
+    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)])
+    return tokenizer
 
 
 def official_tokenizer_path() -> Path:
@@ -59,17 +70,44 @@ class ReportTokenizer:
     def train(cls, corpus: Iterable[str], vocab_size: int = 30000, min_frequency: int = 2,
               max_length: int = 100) -> ReportTokenizer:
         """Learn a WordPiece vocabulary from report texts with the official special tokens,
-        normaliser (lower-case, NFKD, strip accents) and pre-tokeniser (whitespace, digits)."""
-        tokenizer = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
-                                        max_input_chars_per_word=100))
-        tokenizer.normalizer = normalizers.Sequence(
-            [normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()])
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)])
+        normaliser (lower-case, NFKD, strip accents) and pre-tokeniser (whitespace, digits).
+
+        Not reproducible across processes: the ``tokenizers`` trainer breaks ties between
+        equally frequent merges in hash-map order (huggingface/tokenizers#1794), so the same
+        corpus can give another vocabulary in another run. Keep the saved ``tokenizer.json``
+        with the model, or use :meth:`from_corpus_words` for small closed vocabularies.
+        """
+        tokenizer = _untrained_tokenizer()
         trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                    special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##")
         tokenizer.train_from_iterator(corpus, trainer=trainer)
         return cls(tokenizer, max_length)
+
+    @classmethod
+    def from_corpus_words(cls, corpus: Iterable[str], min_frequency: int = 1,
+                          max_length: int = 100) -> ReportTokenizer:
+        """A deterministic WordPiece vocabulary of whole words, for template-like corpora.
+
+        Ids: the special tokens, every character of the corpus alone and as a continuation
+        (``##c``), then every word seen ``min_frequency`` times or more, most frequent first
+        (ties in alphabetical order). Same normaliser and pre-tokeniser as :meth:`train`; an
+        unseen word falls back to characters. The same corpus always gives the same ids.
+        """
+        tokenizer = _untrained_tokenizer()
+        counts: Counter[str] = Counter()
+        for text in corpus:
+            normalised = tokenizer.normalizer.normalize_str(text)
+            counts.update(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalised))
+        chars = sorted({char for word in counts for char in word})
+        words = sorted((word for word, count in counts.items() if count >= min_frequency and len(word) > 1),
+                       key=lambda word: (-counts[word], word))
+        tokens = [*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars), *words]
+        model = WordPiece({token: index for index, token in enumerate(tokens)}, unk_token="[UNK]",
+                          continuing_subword_prefix="##", max_input_chars_per_word=100)
+        built = Tokenizer(model)
+        built.normalizer, built.pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+        built.add_special_tokens(list(SPECIAL_TOKENS))
+        return cls(built, max_length)
 
     def save(self, path: str | Path) -> None:
         self.tokenizer.save(str(path))

@@ -1,7 +1,7 @@
 """The end-to-end demo: phantoms -> pre-training -> held-out evaluation -> an HTML report.
 
 On a machine with nothing but this package it draws synthetic chest radiographs with known
-findings (a training set and a held-out set from different seeds), learns a small report
+findings (a training set and a held-out set from different seeds), builds a whole-word report
 vocabulary, pre-trains the ``tiny`` MaCo with the real pre-training engine, and evaluates the
 result next to the same architecture with random weights, on the held-out phantoms only:
 
@@ -100,7 +100,6 @@ class DemoConfig:
     lr: float = 1.5e-3
     warmup_steps: int = 30
     image_size: int = 224
-    vocab_size: int = 400
     seed: int = 0
     overlays: int = 8
     real_root: Path | None = None
@@ -111,7 +110,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        for name in ("n_train", "n_test", "steps", "batch_size", "vocab_size"):
+        for name in ("n_train", "n_test", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo {name}={getattr(self, name)}: must be >= 1")
         if self.text not in ("sentences", "full"):
@@ -123,7 +122,7 @@ class DemoConfig:
     def quick(cls, out_dir: Path, **overrides: Any) -> DemoConfig:
         """A run of about a minute for tests: a few phantoms and steps (numbers mean nothing)."""
         values: dict[str, Any] = {"n_train": 64, "n_test": 24, "steps": 6, "batch_size": 16,
-                                  "warmup_steps": 2, "vocab_size": 200, "overlays": 2}
+                                  "warmup_steps": 2, "overlays": 2}
         return cls(out_dir=out_dir, **{**values, **overrides})
 
 
@@ -172,7 +171,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     stages.set_description("demo: learning the vocabulary")
     train = build_dataset("manifest", train_dir)
-    tokenizer = ReportTokenizer.train([r.report or "" for r in train.records], config.vocab_size, min_frequency=1)
+    tokenizer = ReportTokenizer.from_corpus_words(r.report or "" for r in train.records)
     tokenizer_path = out / "model" / "tokenizer.json"
     tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(tokenizer_path)
