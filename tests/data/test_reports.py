@@ -141,7 +141,8 @@ def _sampled_pieces(text: str) -> list[str]:
 
 
 def test_whole_report_keeps_every_sentence_in_order() -> None:
-    assert whole_report_text(SAMPLING_REPORT) == "moderate right pleural effusion. heart size is normal. no pneumothorax. "
+    expected = "moderate right pleural effusion. heart size is normal. no pneumothorax. "
+    assert whole_report_text(SAMPLING_REPORT) == expected
     assert whole_report_text("None. .") == ""
 
 

@@ -50,7 +50,7 @@ from maco_cxr.plots import plot_roc_curves, plot_training_curves
 from maco_cxr.tasks.grounding import GroundingItem, evaluate_grounding, grounding_items
 from maco_cxr.tasks.retrieval import retrieve
 from maco_cxr.tasks.zeroshot import encode_image_list, evaluate_zero_shot, inference_mode
-from maco_cxr.train.config import AugmentSection, DataConfig, OptimConfig, PretrainConfig, RuntimeConfig
+from maco_cxr.train.config import AugmentSection, DataConfig, OptimConfig, PretrainConfig, RuntimeConfig, TextMode
 from maco_cxr.train.pretrain import pretrain
 
 __all__ = ["DemoConfig", "demo_model_config", "run_demo"]
@@ -77,8 +77,8 @@ correlation prior of the map learns less when more patches are visible). 1/T sta
 
 @dataclass
 class DemoConfig:
-    """Sizes and schedule of the demo; the defaults take about 12 minutes on 2 idle CPU cores
-    (~95 images/s of pre-training), longer when the cores are shared.
+    """Sizes and schedule of the demo; the defaults take about 11 minutes on 2 idle CPU cores
+    (~100 images/s of pre-training), longer when the cores are shared.
 
     ``real_root``: a cxr-real style manifest folder to try the trained model on (None = skip).
     ``negations``: phantom reports also deny absent findings ("No pneumothorax."), as real
@@ -88,8 +88,8 @@ class DemoConfig:
     arithmetic, fp32), 1,500 steps, zero-shot macro AUC: 0.69-0.70 with negations and sentence
     draws (the official data recipe), 0.64 whole reports with negations, 0.81 neither. With
     negations the text tower, trained from scratch for minutes, embeds "There is pleural
-    effusion." and "There is no pleural effusion." alike
-    (cosine 0.9995): it learns topics, not negation.
+    effusion." and "There is no pleural effusion." alike (cosine 0.9995): it learns topics,
+    not negation.
     """
 
     out_dir: Path
@@ -105,7 +105,7 @@ class DemoConfig:
     real_root: Path | None = None
     workers: int = 0
     negations: bool = False
-    text: str = "full"
+    text: TextMode = "full"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -169,7 +169,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     test = build_dataset("manifest", test_dir)
     now = done("phantoms_s", now)
 
-    stages.set_description("demo: learning the vocabulary")
+    stages.set_description("demo: building the vocabulary")
     train = build_dataset("manifest", train_dir)
     tokenizer = ReportTokenizer.from_corpus_words(r.report or "" for r in train.records)
     tokenizer_path = out / "model" / "tokenizer.json"
