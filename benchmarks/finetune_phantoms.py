@@ -39,11 +39,11 @@ import torch
 
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.synthetic import write_synthetic_dataset
-from maco_cxr.models.text import ReportTokenizer
+from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.tasks.classify import FinetuneConfig, finetune_classifier
 from maco_cxr.tasks.demo import DemoConfig, demo_model_config
 from maco_cxr.tasks.finetune_common import load_task_config
-from maco_cxr.train.config import AugmentSection, DataConfig, OptimConfig, PretrainConfig, RuntimeConfig
+from maco_cxr.train.config import PretrainAugment, PretrainData, PretrainOptim, PretrainConfig, PretrainRuntime
 from maco_cxr.train.pretrain import pretrain
 
 
@@ -117,12 +117,12 @@ def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
     tokenizer.save(tokenizer_path)
     config = PretrainConfig(
         model=demo_model_config(tokenizer_path, tokenizer.vocab_size, args.size),
-        data=DataConfig(source="manifest", path=str(data), kind="manifest", split=None, workers=args.workers,
+        data=PretrainData(source="manifest", path=str(data), kind="manifest", split=None, workers=args.workers,
                         text="full"),
-        optim=OptimConfig(lr=args.pretrain_lr, max_steps=args.pretrain_steps, warmup_steps=30,
+        optim=PretrainOptim(lr=args.pretrain_lr, max_steps=args.pretrain_steps, warmup_steps=30,
                           batch_size=args.pretrain_batch, accum_steps=1),
-        augment=AugmentSection(enabled=True, flip_p=0.0),
-        runtime=RuntimeConfig(device=args.device, seed=args.seed, output_dir=str(out / "run"), log_every=10,
+        augment=PretrainAugment(enabled=True, flip_p=0.0),
+        runtime=PretrainRuntime(device=args.device, seed=args.seed, output_dir=str(out / "run"), log_every=10,
                               save_every=args.pretrain_steps, keep_last=1, resume=None),
     )
     return pretrain(config)

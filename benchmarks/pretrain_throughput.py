@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from maco_cxr.config import MacoConfig, preset
+from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.data.augment import AugmentConfig, augment_batch, normalize_batch
+from maco_cxr.hub import create_model
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.train.optim import build_adamw, param_groups
 
@@ -148,7 +149,7 @@ def model_flops(config: MacoConfig, batch: int, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     small = min(batch, 4)
-    model = MacoModel(config).to(device)
+    model = create_model(config).to(device)
     images, tokens = _inputs(config, small, device)
     counter = FlopCounterMode(display=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     torch.manual_seed(0)
-    model = MacoModel(config).to(device).train()
+    model = create_model(config).to(device).train()
     images, tokens = _inputs(config, args.batch, device)
     name = "maco-cxr (SDPA, " + ("bf16, fused AdamW" if device.type == "cuda" else "fp32, foreach AdamW") \
         + (", compiled)" if args.compile else ")")
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     if not args.no_baseline:
         torch.manual_seed(0)
-        baseline = _official_style(MacoModel(config).to(device).train())
+        baseline = _official_style(create_model(config).to(device).train())
         results.append(_run("official style (eager attention, " + ("fp16 + GradScaler" if device.type == "cuda"
                             else "fp32") + ", foreach AdamW)",
                             lambda: _baseline_step(baseline, images, tokens, device), args.batch, args.steps,

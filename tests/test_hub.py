@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 
 import maco_cxr
+
 from maco_cxr.cli import main
-from maco_cxr.config import preset
+from maco_cxr.models.config import preset
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import (
+    save_pretrained,
+    create_model,
     convert_official_state_dict,
     infer_config,
     load,
@@ -40,7 +45,7 @@ def test_convert_cli_then_load_gives_identical_embeddings(official_fixture_dir, 
 
 
 def test_infer_config_defaults_follow_the_released_model():
-    model = MacoModel(preset("base"))
+    model = create_model(preset("base"))
     official = {}
     for key, value in model.state_dict().items():
         official[key] = value
@@ -82,12 +87,12 @@ def test_unreadable_and_foreign_files_are_clear_errors(tmp_path):
 
 
 def test_mae_weights_initialise_the_encoder_and_report_the_rest(tmp_path):
-    donor = MacoModel(preset("tiny"))
+    donor = create_model(preset("tiny"))
     mae = {k.removeprefix("visual."): v.clone() for k, v in donor.state_dict().items() if k.startswith("visual.")}
     mae["decoder_embed.weight"] = torch.zeros(512, 128)  # MAE decoder width differs: must be ignored
     mae["head.weight"] = torch.zeros(10, 128)
     torch.save({"model": mae}, tmp_path / "mae.pth")
-    model = MacoModel(preset("tiny"))
+    model = create_model(preset("tiny"))
     report = load_mae_weights(model, tmp_path / "mae.pth")
     assert torch.equal(model.visual.blocks[3].mlp.fc2.weight, donor.visual.blocks[3].mlp.fc2.weight)
     assert not report.missing
@@ -96,12 +101,26 @@ def test_mae_weights_initialise_the_encoder_and_report_the_rest(tmp_path):
 
 
 def test_save_is_atomic_and_replaces_existing(tmp_path):
-    model = MacoModel(preset("tiny"))
-    model.save_pretrained(tmp_path / "m")
-    model.save_pretrained(tmp_path / "m")
+    model = create_model(preset("tiny"))
+    save_pretrained(model, tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors",
                                                                   "tokenizer.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_models_get_the_modes_of_the_umask(tmp_path, umask):
+    """mkdtemp (0700) and safetensors (0600) must not make a model private to its creator."""
+    model = create_model(preset("tiny"))
+    old = os.umask(umask)
+    try:
+        save_pretrained(model, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o777 & ~umask
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_tokenizer_train_cli_builds_a_compatible_vocabulary(tmp_path, capsys):
@@ -112,7 +131,7 @@ def test_tokenizer_train_cli_builds_a_compatible_vocabulary(tmp_path, capsys):
         (reports / f"s{i}.txt").write_text(text)
     assert main(["tokenizer", "train", str(reports), "--out", str(tmp_path / "tok.json"),
                  "--vocab-size", "200", "--min-frequency", "1"]) == 0
-    from maco_cxr.models.text import ReportTokenizer
+    from maco_cxr.data.tokenizer import ReportTokenizer
 
     tokenizer = ReportTokenizer.from_file(tmp_path / "tok.json")
     ids = tokenizer(["Left pleural effusion."])["input_ids"][0]

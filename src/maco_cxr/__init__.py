@@ -2,8 +2,8 @@
 
     import maco_cxr
     model = maco_cxr.load("maco.pth")            # official weights, or a directory we saved
-    probs = model.zero_shot("cxr.dcm", ["Pneumothorax", "Effusion"])
-    heatmap = model.ground("cxr.png", "right pleural effusion")
+    probs = maco_cxr.zero_shot(model, "cxr.dcm", ["Pneumothorax", "Effusion"])
+    heatmap = maco_cxr.ground(model, "cxr.png", "right pleural effusion")
 
 Submodules are imported on first use so that ``import maco_cxr`` stays cheap.
 """
@@ -19,14 +19,19 @@ _EXPORTS = {
     "load": "maco_cxr.hub",
     "load_official": "maco_cxr.hub",
     "save_pretrained": "maco_cxr.hub",
+    "create_model": "maco_cxr.hub",
     "MacoModel": "maco_cxr.models.maco",
-    "ReportTokenizer": "maco_cxr.models.text",
-    "MacoConfig": "maco_cxr.config",
-    "VisionConfig": "maco_cxr.config",
-    "DecoderConfig": "maco_cxr.config",
-    "TextConfig": "maco_cxr.config",
-    "preset": "maco_cxr.config",
+    "ReportTokenizer": "maco_cxr.data.tokenizer",
+    "MacoConfig": "maco_cxr.models.config",
+    "VisionConfig": "maco_cxr.models.config",
+    "DecoderConfig": "maco_cxr.models.config",
+    "TextConfig": "maco_cxr.models.config",
+    "preset": "maco_cxr.models.config",
     "read_image": "maco_cxr.data.io",
+    "encode_images": "maco_cxr.inference",
+    "encode_texts": "maco_cxr.inference",
+    "patch_embeddings": "maco_cxr.inference",
+    "similarity": "maco_cxr.inference",
     "zero_shot": "maco_cxr.tasks.zeroshot",
     "ground": "maco_cxr.tasks.grounding",
     "retrieve": "maco_cxr.tasks.retrieval",

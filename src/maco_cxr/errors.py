@@ -12,7 +12,27 @@ class MacoError(Exception):
 
 
 class ConfigError(MacoError, ValueError):
-    """A configuration value or key is invalid (the message names the key)."""
+    """A configuration value or key is invalid.
+
+    ``key`` is the dotted key at fault (when one is), ``source`` where its value came from (a
+    config file, the command line); both are part of the message.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None) -> None:
+        self.detail, self.key, self.source = message, key, source
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = f"{self.key}: " if self.key else ""
+        return f"{self.source}: {where}{self.detail}" if self.source else f"{where}{self.detail}"
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error one section down: ``key`` prefixed with ``prefix`` (e.g. ``"model."``)."""
+        return ConfigError(self.detail, key=f"{prefix}{self.key}" if self.key else prefix.rstrip(".") or None,
+                           source=self.source)
+
+    def from_source(self, source: str | None) -> ConfigError:
+        return ConfigError(self.detail, key=self.key, source=self.source or source)
 
 
 class DataError(MacoError, ValueError):

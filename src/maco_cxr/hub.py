@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +18,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from maco_cxr.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig, from_dict, to_dict
-from maco_cxr.errors import CheckpointError
+from maco_cxr._atomic import atomic_directory, write_json
+from maco_cxr.config import config_to_dict, from_dict
+from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.errors import CheckpointError, ConfigError
+from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.models.text import ReportTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +191,12 @@ def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: no state dict found (looked for 'model', 'state_dict', 'module')")
 
 
+def create_model(config: MacoConfig, tokenizer: ReportTokenizer | None = None) -> MacoModel:
+    """A new (randomly initialised) model of ``config`` with its tokenizer: ``tokenizer``, else
+    the file ``config.text.tokenizer``, else the official vocabulary."""
+    return MacoModel(config, tokenizer or ReportTokenizer.from_file(config.text.tokenizer, config.text.max_length))
+
+
 def load_official(path: str | Path, *, text_heads: int | None = None, vision_heads: int | None = None,
                   decoder_heads: int | None = None, tokenizer: ReportTokenizer | None = None,
                   strict: bool = True) -> tuple[MacoModel, LoadReport]:
@@ -203,23 +208,21 @@ def load_official(path: str | Path, *, text_heads: int | None = None, vision_hea
     converted, ignored = convert_official_state_dict(raw)
     config = infer_config(converted, text_heads=text_heads, vision_heads=vision_heads,
                           decoder_heads=decoder_heads)
-    model = MacoModel(config, tokenizer)
+    model = create_model(config, tokenizer)
     report = _load_into(model, converted, str(path), ignored, strict)
     return model.eval(), report
 
 
-def save_pretrained(model: MacoModel, directory: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-    """Write the package format atomically: a temporary sibling directory renamed into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+def save_pretrained(model: MacoModel, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
+    """Write the package format (``model.safetensors``, ``config.json``, ``tokenizer.json``)
+    atomically: a kill leaves the old directory or the new one, never half of one."""
+    with atomic_directory(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in clean_state_dict(model.state_dict()).items()
                  if not _is_optional_buffer(k)}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         config = {
             "format_version": FORMAT_VERSION,
-            "model": to_dict(model.config),
+            "model": config_to_dict(model.config),
             "preprocessing": {
                 "input_size": model.config.vision.img_size,
                 "pretrain_input_size": model.config.input_size,
@@ -231,19 +234,9 @@ def save_pretrained(model: MacoModel, directory: str | Path, extra_config: dict[
             **(extra_config or {}),
         }
         config["model"]["text"]["tokenizer"] = None
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        write_json(tmp / CONFIG_NAME, config)
         model.tokenizer.save(tmp / TOKENIZER_NAME)
-        if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(directory, backup)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return Path(directory)
 
 
 def load_pretrained(directory: str | Path, strict: bool = True) -> tuple[MacoModel, LoadReport]:
@@ -256,7 +249,10 @@ def load_pretrained(directory: str | Path, strict: bool = True) -> tuple[MacoMod
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{directory}: format version {meta['format_version']} is newer than this "
                               f"maco-cxr understands ({FORMAT_VERSION}); upgrade maco-cxr")
-    config = from_dict(MacoConfig, meta["model"])
+    try:
+        config = from_dict(MacoConfig, meta["model"])
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: the model config cannot be read: {err}") from err
     tokenizer_path = directory / TOKENIZER_NAME
     tokenizer = ReportTokenizer.from_file(tokenizer_path if tokenizer_path.is_file() else None,
                                           config.text.max_length)

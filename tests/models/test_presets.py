@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maco_cxr.config import apply_overrides, preset
-from maco_cxr.hub import load
+from maco_cxr.config import apply_overrides
+from maco_cxr.models.config import preset
+from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
 
 
@@ -21,7 +22,7 @@ def _batch(config, n=2, seed=0):
 def test_preset_forward_backward_save_load(name, tmp_path):
     torch.manual_seed(0)
     config = preset(name)
-    model = MacoModel(config)
+    model = create_model(config)
     images, texts = _batch(config)
     out = model.pretrain_losses(images, texts, generator=torch.Generator().manual_seed(1))
     assert out["mask"].shape == (2, config.vision.num_patches)
@@ -33,7 +34,7 @@ def test_preset_forward_backward_save_load(name, tmp_path):
     assert model.patch_weight.weight.grad is not None
 
     model.eval()
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     again = load(tmp_path / "m")
     assert again.config == model.config
     for key, value in model.state_dict().items():
@@ -54,7 +55,7 @@ def test_paper_preset_is_the_paper_model():
 
 def test_plain_mode_reconstructs_the_encoder_input():
     config = apply_overrides(preset("tiny"), ["super_resolution=false"])
-    model = MacoModel(config)
+    model = create_model(config)
     assert config.input_size == 224
     assert model.decoder.pred.out_features == 16 * 16 * 3
     images, texts = _batch(config)
@@ -97,7 +98,7 @@ def test_patchify_orders_row_col_channel():
 
 
 def test_contrastive_weights_start_uniform():
-    model = MacoModel(preset("tiny"))
+    model = create_model(preset("tiny"))
     images, texts = _batch(model.config)
     out = model.pretrain_losses(images, texts)
     # a = 0, b = 0 at init: every sample weighs softplus(0) = log 2
@@ -106,7 +107,7 @@ def test_contrastive_weights_start_uniform():
 
 
 def test_encode_images_accepts_every_layout():
-    model = MacoModel(preset("tiny")).eval()
+    model = create_model(preset("tiny")).eval()
     g = torch.Generator().manual_seed(0)
     grey = torch.randint(0, 256, (2, 224, 224), dtype=torch.uint8, generator=g)
     with torch.no_grad():
@@ -123,7 +124,7 @@ def test_encode_images_accepts_every_layout():
 def test_unnormalised_float_images_warn_and_wrong_shapes_fail():
     from maco_cxr.errors import DataError
 
-    model = MacoModel(preset("tiny")).eval()
+    model = create_model(preset("tiny")).eval()
     with pytest.warns(UserWarning, match="unnormalised"), torch.no_grad():
         model.encode_images(torch.rand(1, 3, 224, 224))
     with pytest.raises(DataError, match="224x224"):

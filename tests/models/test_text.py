@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from maco_cxr.models.text import SPECIAL_TOKENS, ReportTokenizer
+from maco_cxr.data.tokenizer import SPECIAL_TOKENS, ReportTokenizer
 
 CORPUS = ("Moderate left pleural effusion. No pneumothorax.",
           "Small right pleural effusion. The lungs are clear.",
           "Left pleural effusion, 2.6 cm.")
 
-BUILD = ("import sys; from maco_cxr.models.text import ReportTokenizer; "
+BUILD = ("import sys; from maco_cxr.data.tokenizer import ReportTokenizer; "
          "ReportTokenizer.from_corpus_words(sys.argv[2:]).save(sys.argv[1])")
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from maco_cxr.config import VisionConfig
+from maco_cxr.models.config import VisionConfig
 from maco_cxr.errors import ConfigError
 from maco_cxr.models.upernet import (
     IGNORE_INDEX,
@@ -59,7 +59,7 @@ def test_aux_head_reads_the_third_level_in_training() -> None:
 
 
 def test_head_config_is_validated() -> None:
-    with pytest.raises(ConfigError, match="head.blocks"):
+    with pytest.raises(ConfigError, match=r"^blocks: need 4 block indices"):
         UperNetConfig(blocks=(1, 2))
     vit = MaskedViT(VisionConfig(img_size=32, embed_dim=32, depth=2, num_heads=2))
     with pytest.raises(ConfigError, match="head.blocks"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maco_cxr.config import VisionConfig
+from maco_cxr.models.config import VisionConfig
 from maco_cxr.errors import ConfigError
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.models.vitdet import LayerNorm2d, SimpleFeaturePyramid, ViTDetBackbone, ViTDetConfig, build_vitdet

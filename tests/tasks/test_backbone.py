@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maco_cxr.config import preset
+from maco_cxr.models.config import preset
 from maco_cxr.errors import CheckpointError
-from maco_cxr.hub import load, save_pretrained
+from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.models.vit import MaskedViT, resample_pos_embed
 from maco_cxr.tasks.backbone import backbone_key_map, load_backbone
@@ -62,7 +62,7 @@ def test_new_input_size_resamples_the_position_table(official):
 
 def test_package_directory_round_trip(tmp_path):
     torch.manual_seed(3)
-    model = MacoModel(preset("tiny"))
+    model = create_model(preset("tiny"))
     save_pretrained(model, tmp_path / "m")
     backbone, report = load_backbone(tmp_path / "m")
     assert len(report.loaded) == len(backbone.state_dict())

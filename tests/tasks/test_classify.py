@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from maco_cxr.cli import main
-from maco_cxr.config import preset
+from maco_cxr.models.config import preset
 from maco_cxr.data.splits import official_split_path, read_split_file
 from maco_cxr.data.synthetic import write_synthetic_dataset
 from maco_cxr.errors import ConfigError

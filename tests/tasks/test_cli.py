@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from maco_cxr.cli import main
-from maco_cxr.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
+from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.data.io import read_image
-from maco_cxr.hub import save_pretrained
+from maco_cxr.hub import create_model, save_pretrained
 from maco_cxr.models.maco import MacoModel
 
 
@@ -25,7 +25,7 @@ def tiny_model_dir(tmp_path_factory):
         text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
     )
     directory = tmp_path_factory.mktemp("model") / "tiny"
-    save_pretrained(MacoModel(config), directory)
+    save_pretrained(create_model(config), directory)
     return directory
 
 

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from maco_cxr.cli import main
-from maco_cxr.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
+from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.synthetic import write_synthetic_dataset
 from maco_cxr.errors import DataError
-from maco_cxr.hub import load, save_pretrained
+from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.tasks.detect import (
     DetectConfig,
@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
                         text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
     directory = tmp_path_factory.mktemp("model") / "tiny"
-    save_pretrained(MacoModel(config), directory)
+    save_pretrained(create_model(config), directory)
     return directory
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import maco_cxr
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.hub import load
 from maco_cxr.metrics import boxes_to_mask, grounding_cnr, grounding_miou, minmax_to_unit_range
@@ -33,7 +34,7 @@ def test_heatmaps_and_metrics_reproduce_the_official_code(official):
         mask = boxes_to_mask(inputs["ground_boxes_xywh"][k], 224, 224, box_format="xywh")
         assert grounding_cnr(maps[k], mask) == pytest.approx(float(expected["ground_cnr"][k]), abs=1e-4)
         assert grounding_miou(maps[k], mask) == pytest.approx(float(expected["ground_miou"][k]), abs=1e-4)
-    single = model.ground(inputs["images_224"][1], config["phrases"][1])
+    single = maco_cxr.ground(model, inputs["images_224"][1], config["phrases"][1])
     np.testing.assert_allclose(single, expected["ground_heatmap"][1], atol=1e-4, rtol=0)
 
 
@@ -73,13 +74,14 @@ def hot_patch_model(official, monkeypatch):
     """The fixture model with its patch grid replaced by a one-hot patch at (row 7, col 2)."""
     _, _, _, model = official
 
-    def patch_embeddings(images: torch.Tensor) -> torch.Tensor:
+    def patch_embeddings(model, images: torch.Tensor, **kwargs) -> torch.Tensor:
         hot = torch.zeros(images.shape[0], 14, 14, model.config.embed_dim)
         hot[:, 7, 2] = 1.0
         return hot
 
-    monkeypatch.setattr(model, "patch_embeddings", patch_embeddings)
-    monkeypatch.setattr(model, "encode_texts", lambda texts: torch.ones(len(texts), model.config.embed_dim))
+    monkeypatch.setattr("maco_cxr.tasks.grounding.patch_embeddings", patch_embeddings)
+    monkeypatch.setattr("maco_cxr.tasks.grounding.encode_texts",
+                        lambda model, texts, **kwargs: torch.ones(len(texts), model.config.embed_dim))
     return model
 
 
@@ -97,8 +99,11 @@ def test_ground_returns_the_original_geometry_of_a_non_square_image(hot_patch_mo
 
 def test_ground_rejects_a_phrase_emptied_by_the_official_processing(official):
     _, inputs, _, model = official
-    with pytest.raises(ValueError, match="empty after the official processing"):
+    with pytest.raises(ValueError, match="has nothing the official processing keeps.*3 characters or fewer"):
         ground(model, inputs["images_224"][0], "RUL")  # "rul. " has 5 characters
+    with pytest.raises(ValueError, match="phrase '  ' is empty; give the finding to locate"):
+        ground(model, inputs["images_224"][0], "  ")
+    assert ground(model, inputs["images_224"][0], "edema").shape == (224, 224)
 
 
 class _Boxes(ChestXrayDataset):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maco_cxr.train.config import PretrainConfig, config_from_dict
+from maco_cxr.config import from_dict
+from maco_cxr.train.config import PretrainConfig
 
 REPORTS = (
     "Large left pleural effusion.",
@@ -79,7 +80,7 @@ def micro_config(data_path: Path, output_dir: Path, **sections: dict) -> Pretrai
                 data[name][key] = {**data[name][key], **value}
             else:
                 data[name][key] = value
-    return config_from_dict(data)
+    return from_dict(PretrainConfig, data)
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from maco_cxr.errors import CheckpointError
-from maco_cxr.hub import load
+from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.train import checkpoint as ckpt
-from maco_cxr.train.config import config_from_dict
+from maco_cxr.config import from_dict
+from maco_cxr.train.config import PretrainConfig
 from maco_cxr.train.rng import capture_rng_state, isolated_rng, restore_rng_state
 
 from .conftest import MICRO_MODEL
@@ -23,7 +24,11 @@ from .conftest import MICRO_MODEL
 def model() -> MacoModel:
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return MacoModel(config_from_dict({"model": MICRO_MODEL}).model)
+        return create_model(from_dict(PretrainConfig, {"model": MICRO_MODEL}).model)
+
+
+def _writer(model: MacoModel):
+    return lambda folder: save_pretrained(model, folder)
 
 
 def _state(step: int) -> dict:
@@ -31,7 +36,7 @@ def _state(step: int) -> dict:
 
 
 def test_save_list_and_load(tmp_path: Path, model: MacoModel) -> None:
-    path = ckpt.save_checkpoint(tmp_path, 5, model, _state(5))
+    path = ckpt.save_checkpoint(tmp_path, 5, _state(5), _writer(model))
     assert path == tmp_path / "checkpoints" / "step-00000005"
     assert ckpt.list_checkpoints(tmp_path) == [(5, path)]
     state = ckpt.load_trainer_state(path)
@@ -44,14 +49,14 @@ def test_save_list_and_load(tmp_path: Path, model: MacoModel) -> None:
 
 def test_keep_last_prunes_the_oldest(tmp_path: Path, model: MacoModel) -> None:
     for step in (1, 2, 3, 4):
-        ckpt.save_checkpoint(tmp_path, step, model, _state(step), keep_last=2)
+        ckpt.save_checkpoint(tmp_path, step, _state(step), _writer(model), keep_last=2)
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000004"
 
 
 def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, model: MacoModel,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    first = ckpt.save_checkpoint(tmp_path, 10, model, _state(10))
+    first = ckpt.save_checkpoint(tmp_path, 10, _state(10), _writer(model))
 
     def broken_save(obj: object, path: Path) -> None:
         Path(path).write_bytes(b"half a file")
@@ -59,7 +64,7 @@ def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, model: 
 
     monkeypatch.setattr(ckpt.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_checkpoint(tmp_path, 20, model, _state(20))
+        ckpt.save_checkpoint(tmp_path, 20, _state(20), _writer(model))
     assert ckpt.latest_checkpoint(tmp_path) == first
     assert ckpt.load_trainer_state(first)["step"] == 10
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000010"]
@@ -67,7 +72,7 @@ def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, model: 
 
 def test_a_killed_write_leaves_only_an_ignored_temporary(tmp_path: Path, model: MacoModel) -> None:
     """A SIGKILL skips the clean-up: the half-written temporary must not count as a checkpoint."""
-    first = ckpt.save_checkpoint(tmp_path, 10, model, _state(10))
+    first = ckpt.save_checkpoint(tmp_path, 10, _state(10), _writer(model))
     stale = tmp_path / "checkpoints" / ".tmp-step-00000020.abc"
     (stale / "model").mkdir(parents=True)
     (stale / "trainer_state.pt").write_bytes(b"half")
@@ -79,18 +84,18 @@ def test_a_killed_write_leaves_only_an_ignored_temporary(tmp_path: Path, model: 
 
 
 def test_rewriting_a_step_replaces_it(tmp_path: Path, model: MacoModel) -> None:
-    ckpt.save_checkpoint(tmp_path, 3, model, _state(3))
-    path = ckpt.save_checkpoint(tmp_path, 3, model, {**_state(3), "values": torch.zeros(1)})
+    ckpt.save_checkpoint(tmp_path, 3, _state(3), _writer(model))
+    path = ckpt.save_checkpoint(tmp_path, 3, {**_state(3), "values": torch.zeros(1)}, _writer(model))
     assert torch.equal(ckpt.load_trainer_state(path)["values"], torch.zeros(1))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
 
 
 def test_resolve_resume(tmp_path: Path, model: MacoModel) -> None:
-    assert ckpt.resolve_resume(None, tmp_path) is None
+    assert ckpt.resolve_resume("never", tmp_path) is None
     assert ckpt.resolve_resume("auto", tmp_path) is None
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         ckpt.resolve_resume(str(tmp_path / "nowhere"), tmp_path)
-    path = ckpt.save_checkpoint(tmp_path, 2, model, _state(2))
+    path = ckpt.save_checkpoint(tmp_path, 2, _state(2), _writer(model))
     assert ckpt.resolve_resume("auto", tmp_path) == path
     assert ckpt.resolve_resume(str(path), tmp_path / "other") == path
     assert ckpt.resolve_resume(str(tmp_path), tmp_path / "other") == path
@@ -105,8 +110,8 @@ def test_trainer_state_must_be_readable(tmp_path: Path) -> None:
 
 
 def test_weights_of_another_model_are_rejected(tmp_path: Path, model: MacoModel) -> None:
-    path = ckpt.save_checkpoint(tmp_path, 1, model, _state(1))
-    other = MacoModel(config_from_dict({"model": {**MICRO_MODEL, "vision": {**MICRO_MODEL["vision"],
+    path = ckpt.save_checkpoint(tmp_path, 1, _state(1), _writer(model))
+    other = create_model(from_dict(PretrainConfig, {"model": {**MICRO_MODEL, "vision": {**MICRO_MODEL["vision"],
                                                                              "depth": 2}}}).model)
     with pytest.raises(CheckpointError, match=r"missing \['visual\.blocks\.1"):
         ckpt.load_model_weights(other, path)

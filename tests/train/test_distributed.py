@@ -12,8 +12,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
+from maco_cxr.hub import create_model
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.train.config import config_from_dict
+from maco_cxr.config import from_dict
+from maco_cxr.train.config import PretrainConfig
 from maco_cxr.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -36,11 +38,11 @@ def _free_port() -> int:
 
 
 def _model() -> MacoModel:
-    model_config = config_from_dict({"model": {**MICRO_MODEL, "text": {**MICRO_MODEL["text"],
+    model_config = from_dict(PretrainConfig, {"model": {**MICRO_MODEL, "text": {**MICRO_MODEL["text"],
                                                                         "dropout": 0.0}}}).model
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return MacoModel(model_config)
+        return create_model(model_config)
 
 
 def _batch(model: MacoModel) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from maco_cxr.config import preset
+from maco_cxr.models.config import preset
 from maco_cxr.errors import ConfigError
+from maco_cxr.config import config_to_dict, from_dict
 from maco_cxr.train.config import (
     PretrainConfig,
     check_config,
-    config_from_dict,
-    config_to_dict,
     load_pretrain_config,
     replace,
     save_pretrain_config,
@@ -55,7 +54,7 @@ def test_overrides_are_typed_and_merged_before_validation() -> None:
     config = load_pretrain_config(None, [
         "model.preset=tiny", "model.vision.embed_dim=64", "model.vision.num_heads=2",  # coupled keys
         "optim.lr=1e-4",  # YAML reads this as a string
-        "optim.max_steps=10", "data.split=2020", "runtime.resume=null", "augment.scale=[0.9, 1.1]",
+        "optim.max_steps=10", "data.split=2020", "runtime.resume=never", "augment.scale=[0.9, 1.1]",
         "model.temperature=5e-2",
     ])
     assert config.model.temperature == 0.05
@@ -64,7 +63,7 @@ def test_overrides_are_typed_and_merged_before_validation() -> None:
     assert config.optim.lr == 1e-4 and isinstance(config.optim.lr, float)
     assert config.optim.max_steps == 10
     assert config.data.split == "2020"
-    assert config.runtime.resume is None
+    assert config.runtime.resume == "never"
     assert config.augment.scale == (0.9, 1.1)
 
 
@@ -118,7 +117,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     again = load_pretrain_config(tmp_path / "c.yaml")
     assert again == config
     assert again.data.sections == ("findings",)
-    assert config_from_dict(config_to_dict(config)) == config
+    assert from_dict(PretrainConfig, config_to_dict(config)) == config
 
 
 def test_replace_changes_only_what_is_named() -> None:

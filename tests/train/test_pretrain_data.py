@@ -13,8 +13,8 @@ import torch
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.reports import sample_report_sentences
 from maco_cxr.errors import ConfigError, DataError
-from maco_cxr.models.text import ReportTokenizer
-from maco_cxr.train.config import DataConfig
+from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.train.config import load_pretrain_config
 from maco_cxr.train.data import PairCollate, PairDataset, RecordSource, ResumableSampler, SkipLog
 
 from .conftest import write_manifest
@@ -82,8 +82,8 @@ def test_full_text_mode_gives_the_whole_report_every_epoch(tmp_path: Path) -> No
 
 
 def test_unknown_text_mode_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="data.text"):
-        DataConfig(text="paragraphs")
+    with pytest.raises(ConfigError, match=r"data\.text: 'paragraphs' is not one of 'sentences', 'full'"):
+        load_pretrain_config(None, ["data.text=paragraphs"])
 
 
 def test_collate_tokenizes_and_keeps_uint8(tmp_path: Path) -> None:

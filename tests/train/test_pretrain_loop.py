@@ -73,11 +73,25 @@ def test_resumed_run_ends_with_identical_weights(manifest_dir: Path, tmp_path: P
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
 
 
-def test_resume_refuses_a_different_global_batch(manifest_dir: Path, tmp_path: Path) -> None:
+def test_resume_refuses_a_run_with_other_settings(manifest_dir: Path, tmp_path: Path) -> None:
+    """Re-running into the same folder with changed settings must not silently continue (or
+    "finish") the old run: one message names the differing keys and how to start afresh."""
     config = micro_config(manifest_dir, tmp_path / "run", optim={"max_steps": 2})
-    pretrain(replace(config, runtime={"stop_at_step": 2}))
-    with pytest.raises(CheckpointError, match="global_batch was 4 and is now 2"):
+    pretrain(config)
+    final = (tmp_path / "run" / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match=r"optim\.batch_size: 4 -> 2.*runtime\.resume=never"):
         pretrain(replace(config, optim={"batch_size": 2}))
+    with pytest.raises(CheckpointError, match=r"optim\.lr: 0\.001 -> 0\.002") as err:
+        pretrain(replace(config, optim={"lr": 2e-3}))
+    assert str(err.value).count("\n") == 0
+    with pytest.raises(CheckpointError, match=r"model\.vision\.depth: 1 -> 2"):
+        pretrain(replace(config, model={"vision": {"depth": 2}}))
+    assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == final
+    # how the run is watched may change: this resumes the finished run and changes nothing
+    pretrain(replace(config, runtime={"log_every": 5, "progress": False}))
+    assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == final
+    pretrain(replace(config, optim={"lr": 2e-3}, runtime={"resume": "never"}))
+    assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() != final
 
 
 def test_outputs_and_final_model(manifest_dir: Path, tmp_path: Path) -> None:

@@ -24,15 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maco_cxr.config import preset
-    from maco_cxr.hub import load_mae_weights, load_official, save_pretrained
+    from maco_cxr.models.config import preset
+    from maco_cxr.hub import create_model, load_mae_weights, load_official, save_pretrained
     from maco_cxr.models.maco import MacoModel
 
     if args.official is not None:
         model, report = load_official(args.official, text_heads=args.text_heads,
                                       vision_heads=args.vision_heads, decoder_heads=args.decoder_heads)
     else:
-        model = MacoModel(preset(args.preset))
+        model = create_model(preset(args.preset))
         report = load_mae_weights(model, args.mae)
     print(report.summary())
     save_pretrained(model, args.out)

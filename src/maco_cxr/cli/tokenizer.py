@@ -61,7 +61,7 @@ def iter_reports(sources: list[Path]) -> Iterator[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from maco_cxr.models.text import ReportTokenizer
+    from maco_cxr.data.tokenizer import ReportTokenizer
 
     texts = [text for text in iter_reports(args.sources) if text.strip()]
     if not texts:

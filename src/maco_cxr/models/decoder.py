@@ -14,7 +14,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from maco_cxr.config import DecoderConfig
+from maco_cxr.models.config import DecoderConfig
 from maco_cxr.models.vit import sincos_pos_embed
 
 

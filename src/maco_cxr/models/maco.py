@@ -15,30 +15,50 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maco_cxr.config import MacoConfig
 from maco_cxr.errors import DataError
+from maco_cxr.models.config import MacoConfig
 from maco_cxr.models.decoder import MaeDecoder
 from maco_cxr.models.losses import Gather, correlation_weighted_contrastive_loss, reconstruction_loss
-from maco_cxr.models.text import ReportTokenizer, TextEncoder
+from maco_cxr.models.text import TextEncoder
 from maco_cxr.models.vit import MaskedViT
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 TokenBatch = dict[str, torch.Tensor]
 
 
+def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The official zero-shot geometry on float ``[N, C, H, W]``: shorter side to ``size``
+    (bilinear, antialiased), then the centre ``size x size`` crop."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return images[..., top: top + size, left: left + size]
+
+
+class Tokenizer(Protocol):
+    """What the model needs of a tokenizer (:class:`maco_cxr.data.tokenizer.ReportTokenizer`)."""
+
+    vocab_size: int
+
+    def __call__(self, texts: Sequence[str]) -> TokenBatch: ...
+
+
 class MacoModel(nn.Module):
-    def __init__(self, config: MacoConfig, tokenizer: ReportTokenizer | None = None) -> None:
+    """The model; ``tokenizer`` turns text into ids (the model itself never reads a file)."""
+
+    def __init__(self, config: MacoConfig, tokenizer: Tokenizer) -> None:
         super().__init__()
         self.config = config
-        self.tokenizer = tokenizer or ReportTokenizer.from_file(config.text.tokenizer, config.text.max_length)
+        self.tokenizer = tokenizer
         if self.tokenizer.vocab_size > config.text.vocab_size:
             raise DataError(
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but text.vocab_size is "
@@ -81,6 +101,10 @@ class MacoModel(nn.Module):
         """uint8 grey ``[N, H, W]`` or ``[N, 1, H, W]`` -> normalised float ``[N, 3, H, W]``;
         float input is taken as already normalised (1 or 3 channels). In eval mode a float batch
         that looks like [0, 1] pixels warns (the check syncs, so training skips it)."""
+        if not isinstance(images, torch.Tensor):
+            raise DataError(f"the model's own methods take tensors, got {type(images).__name__}; for paths, "
+                            "PIL images or numpy arrays use maco_cxr.encode_images(model, images) (or "
+                            "patch_embeddings, zero_shot, ground), which read and convert them")
         images = images.to(self.device, non_blocking=True)
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -108,26 +132,13 @@ class MacoModel(nn.Module):
             batch = self.tokenizer(list(texts))
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _resize_for_encoder(self, images: torch.Tensor) -> torch.Tensor:
-        """The official zero-shot geometry: shorter side to img_size (bilinear), centre crop."""
-        size = self.config.vision.img_size
-        h, w = images.shape[-2:]
-        if (h, w) == (size, size):
-            return images
-        scale = size / min(h, w)
-        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-        images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                               antialias=True)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        return images[..., top: top + size, left: left + size]
-
     # ----------------------------------------------------------------------------- inference
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Unmasked encoder output ``[N, 1 + L, D_vision]`` for images of any size (resized,
         centre-cropped to the encoder's input when needed)."""
         x = self.normalize(images)
         if images.dtype == torch.uint8:
-            x = self._resize_for_encoder(x)
+            x = resize_center_crop(x, self.config.vision.img_size)
         elif x.shape[-1] != self.config.vision.img_size or x.shape[-2] != self.config.vision.img_size:
             raise DataError(
                 f"normalised float images must be {self.config.vision.img_size}x"
@@ -209,23 +220,3 @@ class MacoModel(nn.Module):
                 mask_noise: torch.Tensor | None = None, gather: Gather | None = None) -> dict[str, torch.Tensor]:
         """Pre-training forward (what DDP wraps): see :meth:`pretrain_losses`."""
         return self.pretrain_losses(images, texts, mask_noise, gather=gather)
-
-    # ----------------------------------------------------------------------------- tasks
-    def zero_shot(self, images: Any, classes: Sequence[str], prompts: Any = None, **kwargs: Any) -> torch.Tensor:
-        """Probabilities ``[N, C]`` with the official prompts and scoring; see
-        :func:`maco_cxr.tasks.zeroshot.zero_shot` (images: paths, PIL, arrays or tensors)."""
-        from maco_cxr.tasks.zeroshot import zero_shot
-
-        return zero_shot(self, images, classes, prompts=prompts, **kwargs)
-
-    def ground(self, image: Any, phrase: str, **kwargs: Any) -> Any:
-        """Heatmap in the image's original pixel grid; see :func:`maco_cxr.tasks.grounding.ground`."""
-        from maco_cxr.tasks.grounding import ground
-
-        return ground(self, image, phrase, **kwargs)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` + ``config.json`` + ``tokenizer.json`` (atomically)."""
-        from maco_cxr.hub import save_pretrained
-
-        save_pretrained(self, directory)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from maco_cxr.config import require
 from maco_cxr.errors import ConfigError
 from maco_cxr.models.vit import MaskedViT
 
@@ -80,19 +81,13 @@ class UperNetConfig:
     blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.pool_scales = tuple(self.pool_scales)
-        if self.blocks is not None:
-            self.blocks = tuple(self.blocks)
-            if len(self.blocks) != 4:
-                raise ConfigError(f"head.blocks: need 4 block indices (one per level), got {self.blocks}")
-        if self.channels < 1 or self.aux_channels < 0:
-            raise ConfigError("head.channels must be >= 1 and head.aux_channels >= 0 (0 = no aux head)")
-        if not 0 <= self.aux_level < 4:
-            raise ConfigError(f"head.aux_level: {self.aux_level} is not a level in 0..3")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"head.dropout: {self.dropout} must be in [0, 1)")
-        if self.num_classes < 1:
-            raise ConfigError("head.num_classes must be >= 1")
+        require(self.blocks is None or len(self.blocks) == 4, "blocks",
+                f"need 4 block indices (one per level), got {self.blocks}")
+        require(self.channels >= 1, "channels", "must be >= 1")
+        require(self.aux_channels >= 0, "aux_channels", "must be >= 0 (0 = no aux head)")
+        require(0 <= self.aux_level < 4, "aux_level", f"{self.aux_level} is not a level in 0..3")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
+        require(self.num_classes >= 1, "num_classes", "must be >= 1")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from maco_cxr.config import VisionConfig
+from maco_cxr.models.config import VisionConfig
 
 
 def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:

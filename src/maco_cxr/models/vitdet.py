@@ -29,6 +29,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from maco_cxr.config import require
 from maco_cxr.errors import ConfigError
 from maco_cxr.models.vit import MaskedViT
 
@@ -72,21 +73,15 @@ class ViTDetConfig:
     box_detections_per_img: int = 100
 
     def __post_init__(self) -> None:
-        self.scales = tuple(float(s) for s in self.scales)
-        self.aspect_ratios = tuple(float(r) for r in self.aspect_ratios)
-        if self.anchor_sizes is not None:
-            self.anchor_sizes = tuple(float(a) for a in self.anchor_sizes)
         bad = [s for s in self.scales if s not in (4.0, 2.0, 1.0, 0.5)]
-        if bad:
-            raise ConfigError(f"detector.scales: {bad} not supported; choose from 4, 2, 1, 0.5")
-        if self.anchor_sizes is not None and len(self.anchor_sizes) != self.num_levels:
-            raise ConfigError(f"detector.anchor_sizes: {len(self.anchor_sizes)} sizes for {self.num_levels} "
-                              "pyramid levels; give one size per level (p6 counts with top_pool)")
-        if self.num_classes < 2:
-            raise ConfigError("detector.num_classes counts the background: it must be >= 2")
-        if self.out_channels < 1 or self.box_head_fc < 1 or self.box_head_convs < 0 or self.rpn_conv_depth < 1:
-            raise ConfigError("detector.out_channels, box_head_fc, rpn_conv_depth must be >= 1 and "
-                              "box_head_convs >= 0")
+        require(not bad, "scales", f"{bad} not supported; choose from 4, 2, 1, 0.5")
+        require(self.anchor_sizes is None or len(self.anchor_sizes) == self.num_levels, "anchor_sizes",
+                f"{len(self.anchor_sizes or ())} sizes for {self.num_levels} pyramid levels; give one size per "
+                "level (p6 counts with top_pool)")
+        require(self.num_classes >= 2, "num_classes", "counts the background: it must be >= 2")
+        for name in ("out_channels", "box_head_fc", "rpn_conv_depth"):
+            require(getattr(self, name) >= 1, name, "must be >= 1")
+        require(self.box_head_convs >= 0, "box_head_convs", "must be >= 0")
 
     @property
     def num_levels(self) -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from maco_cxr.config import VisionConfig
-from maco_cxr.config import preset as config_preset
+from maco_cxr.models.config import VisionConfig
+from maco_cxr.models.config import preset as config_preset
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import LoadReport, load
 from maco_cxr.models.vit import MaskedViT, resample_pos_embed

@@ -37,7 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from maco_cxr.config import IMAGE_MEAN, IMAGE_STD, VisionConfig, from_dict
+from maco_cxr.config import config_to_dict, from_dict, require
+from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 from maco_cxr.data.augment import normalize_batch
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.errors import CheckpointError, ConfigError, DataError
@@ -53,7 +54,6 @@ from maco_cxr.tasks.finetune_common import (
     autocast,
     build_optimizer,
     build_splits,
-    coerce_section,
     config_dict,
     load_checkpoint,
     resolve_device,
@@ -82,10 +82,6 @@ logger = logging.getLogger(__name__)
 Mode = Literal["finetune", "linear_probe"]
 
 
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
 
 # ------------------------------------------------------------------------------------ config
 
@@ -110,11 +106,8 @@ class ModelSection:
     vision_heads: int | None = None
 
     def __post_init__(self) -> None:
-        coerce_section(self, "model.")
-        _require(self.mode in ("finetune", "linear_probe"), "model.mode",
-                 f"{self.mode!r} is not finetune or linear_probe")
-        _require(self.img_size >= 1, "model.img_size", "must be >= 1")
-        _require(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+        require(self.img_size >= 1, "img_size", "must be >= 1")
+        require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
 
 
 @dataclass
@@ -126,12 +119,9 @@ class AugmentSection:
     flip_p: float = 0.5
 
     def __post_init__(self) -> None:
-        coerce_section(self, "augment.")
-        _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-                 "augment.crop_scale", f"{list(self.crop_scale)} must be [low, high] in (0, 1]")
-        _require(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1],
-                 "augment.crop_ratio", f"{list(self.crop_ratio)} must be [low, high] with 0 < low <= high")
-        _require(0.0 <= self.flip_p <= 1.0, "augment.flip_p", "must be in [0, 1]")
+        require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale", f"{list(self.crop_scale)} must be [low, high] in (0, 1]")
+        require(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio", f"{list(self.crop_ratio)} must be [low, high] with 0 < low <= high")
+        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
 
 
 @dataclass
@@ -142,9 +132,8 @@ class EvalSection:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        coerce_section(self, "eval.")
-        _require(self.every is None or self.every >= 1, "eval.every", "must be >= 1 or null")
-        _require(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        require(self.every is None or self.every >= 1, "every", "must be >= 1 or null")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
 @dataclass
@@ -157,16 +146,6 @@ class FinetuneConfig:
     augment: AugmentSection = field(default_factory=AugmentSection)
     eval: EvalSection = field(default_factory=EvalSection)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-
-    def __post_init__(self) -> None:
-        sections = {"data": DataConfig, "model": ModelSection, "optim": OptimConfig,
-                    "augment": AugmentSection, "eval": EvalSection, "runtime": RuntimeConfig}
-        for name, kind in sections.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, from_dict(kind, value, prefix=f"{name}."))
-            elif not isinstance(value, kind):
-                raise ConfigError(f"{name}: expected a mapping of keys to values, got {value!r}")
 
 
 # -------------------------------------------------------------------------------- transforms

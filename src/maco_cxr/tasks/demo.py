@@ -37,20 +37,21 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from maco_cxr.config import MacoConfig, preset
+from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.data.synthetic import FINDINGS, write_synthetic_dataset
 from maco_cxr.errors import ConfigError
-from maco_cxr.hub import load
+from maco_cxr.hub import create_model, load
+from maco_cxr.inference import embed_dataset
 from maco_cxr.metrics import classification_report
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.models.text import ReportTokenizer
+from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.plots import plot_roc_curves, plot_training_curves
 from maco_cxr.tasks.grounding import GroundingItem, evaluate_grounding, grounding_items
 from maco_cxr.tasks.retrieval import retrieve
-from maco_cxr.tasks.zeroshot import encode_image_list, evaluate_zero_shot, inference_mode
-from maco_cxr.train.config import AugmentSection, DataConfig, OptimConfig, PretrainConfig, RuntimeConfig, TextMode
+from maco_cxr.tasks.zeroshot import evaluate_zero_shot
+from maco_cxr.train.config import PretrainAugment, PretrainData, PretrainOptim, PretrainConfig, PretrainRuntime, TextMode
 from maco_cxr.train.pretrain import pretrain
 
 __all__ = ["DemoConfig", "demo_model_config", "run_demo"]
@@ -83,7 +84,7 @@ class DemoConfig:
     ``real_root``: a cxr-real style manifest folder to try the trained model on (None = skip).
     ``negations``: phantom reports also deny absent findings ("No pneumothorax."), as real
     reports do; ``text``: ``full`` reports or the official ``sentences`` draw (see
-    :class:`~maco_cxr.train.config.DataConfig`). The defaults (no negations, full reports) are
+    :class:`~maco_cxr.train.config.PretrainData`). The defaults (no negations, full reports) are
     the ones that learn zero-shot classification in the time; measured on one H200 (same
     arithmetic, fp32), 1,500 steps, zero-shot macro AUC: 0.69-0.70 with negations and sentence
     draws (the official data recipe), 0.64 whole reports with negations, 0.81 neither. With
@@ -217,14 +218,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 def _pretrain_config(config: DemoConfig, model: MacoConfig, train_dir: Path) -> PretrainConfig:
     return PretrainConfig(
         model=model,
-        data=DataConfig(source="manifest", path=str(train_dir), kind="manifest", split=None,
+        data=PretrainData(source="manifest", path=str(train_dir), kind="manifest", split=None,
                         workers=config.workers, text=config.text),
-        optim=OptimConfig(lr=config.lr, max_steps=config.steps, warmup_steps=min(config.warmup_steps, config.steps),
+        optim=PretrainOptim(lr=config.lr, max_steps=config.steps, warmup_steps=min(config.warmup_steps, config.steps),
                           batch_size=config.batch_size, accum_steps=1),
-        augment=AugmentSection(enabled=True, flip_p=0.0),
-        runtime=RuntimeConfig(device="cpu", precision="fp32", seed=config.seed,
+        augment=PretrainAugment(enabled=True, flip_p=0.0),
+        runtime=PretrainRuntime(device="cpu", precision="fp32", seed=config.seed,
                               output_dir=str(config.out_dir / "run"), log_every=max(1, min(10, config.steps // 10)),
-                              save_every=config.steps, keep_last=1, resume=None, progress=config.progress),
+                              save_every=config.steps, keep_last=1, resume="never", progress=config.progress),
     )
 
 
@@ -232,7 +233,7 @@ def _random_model(model_config: MacoConfig, seed: int) -> MacoModel:
     """The same architecture with random initial weights (seeded, without touching the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MacoModel(model_config).eval()
+        return create_model(model_config).eval()
 
 
 def _mismatched(items: list[GroundingItem]) -> list[GroundingItem]:
@@ -251,17 +252,13 @@ def _embed(model: MacoModel, dataset: ChestXrayDataset, classes: tuple[str, ...]
     """Image embeddings ``[n, D]`` of the first ``n`` records and their labels ``[n, C]`` (NaN = unknown)."""
     columns = {name.lower(): k for k, name in enumerate(dataset.classes)}
     labels = np.full((n, len(classes)), np.nan, dtype=np.float32)
-    chunks = []
-    with inference_mode(model):
-        for start in range(0, n, 64):
-            chunk = range(start, min(n, start + 64))
-            chunks.append(encode_image_list(model, [dataset[i]["image"][0].numpy() for i in chunk]).cpu().numpy())
-            for i in chunk:
-                record_labels = dataset.records[i].labels
-                for k, name in enumerate(classes):
-                    if record_labels is not None and name.lower() in columns:
-                        labels[i, k] = record_labels[columns[name.lower()]]
-    return np.concatenate(chunks), labels
+    for i in range(n):
+        record_labels = dataset.records[i].labels
+        for k, name in enumerate(classes):
+            if record_labels is not None and name.lower() in columns:
+                labels[i, k] = record_labels[columns[name.lower()]]
+    embedded = embed_dataset(model, dataset, indices=range(n), batch_size=64)
+    return embedded.embeddings.numpy(), labels[embedded.indices]
 
 
 def _linear_probe(model: MacoModel, train: ChestXrayDataset, test: ChestXrayDataset,

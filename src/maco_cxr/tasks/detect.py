@@ -44,9 +44,10 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
-from maco_cxr.config import IMAGE_MEAN, IMAGE_STD
+from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
+from maco_cxr.config import require
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.metrics.detection import coco_detection_ap
 from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet
@@ -61,7 +62,6 @@ from maco_cxr.tasks.finetune_common import (
     autocast,
     build_optimizer,
     build_splits,
-    coerce_section,
     config_dict,
     load_checkpoint,
     resolve_device,
@@ -69,7 +69,6 @@ from maco_cxr.tasks.finetune_common import (
     write_csv,
     write_json,
 )
-from maco_cxr.tasks.segment import sections_from_dicts
 from maco_cxr.train.schedules import lr_multiplier, set_learning_rate
 
 __all__ = [
@@ -91,10 +90,6 @@ _TRUE_COLOUR = (0, 255, 0)
 _PRED_COLOUR = (255, 40, 40)
 
 
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
 
 @dataclass
 class DetectModelConfig:
@@ -108,8 +103,7 @@ class DetectModelConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        coerce_section(self, "model.")
-        _require(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+        require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
 
 
 @dataclass
@@ -131,16 +125,15 @@ class DetectInputConfig:
     positives_only: bool = True
 
     def __post_init__(self) -> None:
-        coerce_section(self, "input.")
         self.scale_range = tuple(float(s) for s in self.scale_range)  # type: ignore[assignment]
         if self.box_labels is not None:
             self.box_labels = tuple(str(b) for b in self.box_labels)
-        _require(self.image_size >= 32 and self.image_size % 32 == 0, "input.image_size",
+        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
                  f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
-        _require(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1], "input.scale_range",
+        require(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1], "scale_range",
                  f"{list(self.scale_range)} must be [low, high] with 0 < low <= high")
-        _require(0.0 <= self.flip_p <= 1.0, "input.flip_p", "must be in [0, 1]")
-        _require(self.pixel_std > 0, "input.pixel_std", "must be > 0")
+        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
+        require(self.pixel_std > 0, "pixel_std", "must be > 0")
 
 
 @dataclass
@@ -157,12 +150,9 @@ class DetectEvalConfig:
     overlay_score: float = 0.5
 
     def __post_init__(self) -> None:
-        coerce_section(self, "evaluation.")
-        _require(self.every >= 0, "evaluation.every", "must be >= 0")
-        _require(self.batch_size >= 1, "evaluation.batch_size", "must be >= 1")
-        _require(self.select in ("val", "last"), "evaluation.select", f"{self.select!r} is not val or last")
-        _require(self.metric in ("AP", "AP50", "AP75"), "evaluation.metric", f"{self.metric!r} is not AP, AP50, AP75")
-        _require(self.overlays >= 0, "evaluation.overlays", "must be >= 0")
+        require(self.every >= 0, "every", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.overlays >= 0, "overlays", "must be >= 0")
 
 
 def _paper_optim() -> OptimConfig:
@@ -183,9 +173,6 @@ class DetectConfig:
     optim: OptimConfig = field(default_factory=_paper_optim)
     runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(out="runs/detect"))
     evaluation: DetectEvalConfig = field(default_factory=DetectEvalConfig)
-
-    def __post_init__(self) -> None:
-        sections_from_dicts(self)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Sampler
 
-from maco_cxr.config import apply_overrides, from_dict, to_dict
+from maco_cxr.config import config_to_dict, load_config, require
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record, Sample
 from maco_cxr.errors import CheckpointError, ConfigError, DataError
 from maco_cxr.train.optim import build_adamw, param_groups
@@ -46,7 +46,6 @@ __all__ = [
     "autocast",
     "build_optimizer",
     "build_splits",
-    "coerce_section",
     "config_dict",
     "load_checkpoint",
     "load_task_config",
@@ -78,74 +77,16 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 
 
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
-
-def coerce_section(section: Any, prefix: str) -> None:
-    """Give YAML / ``key=value`` values their field's type, in place.
-
-    YAML reads ``1e-4`` as text and a CLI override of a text field keeps ``null`` as text: turn
-    such strings into numbers, None where the field allows it, and lists into tuples for tuple
-    fields. A value that does not convert raises :class:`ConfigError` naming the key.
-    """
-    hints = get_type_hints(type(section))
-    for item in fields(section):
-        value = getattr(section, item.name)
-        hint = hints[item.name]
-        kinds = set(get_args(hint)) if get_origin(hint) in (Union, UnionType) else {hint}
-        origins = {get_origin(k) or k for k in kinds}
-        name = prefix + item.name
-        if isinstance(value, list) and tuple in origins:
-            setattr(section, item.name, tuple(value))
-            continue
-        if not isinstance(value, str):
-            if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
-                setattr(section, item.name, float(value))
-            continue
-        if type(None) in kinds and value.strip().lower() in ("null", "none", "~", ""):
-            setattr(section, item.name, None)
-        elif float in kinds or int in kinds:
-            kind = int if int in kinds and float not in kinds else float
-            try:
-                setattr(section, item.name, kind(value))
-            except ValueError:
-                raise ConfigError(f"{name}: {value!r} is not a number") from None
-
 
 def load_task_config(kind: type[T], path: str | Path | None = None,
                      overrides: Sequence[str] | dict[str, Any] = ()) -> T:
-    """Config dataclass ``kind`` from a YAML file (defaults when None) plus ``a.b=value``
-    overrides; unknown keys raise :class:`ConfigError` naming them (and the file)."""
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as err:
-            raise ConfigError(f"{path}: config file not found") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections to keys at the top level")
-    try:
-        config = from_dict(kind, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from err
-    return apply_overrides(config, overrides if isinstance(overrides, dict) else list(overrides))
+    """Config dataclass ``kind`` from a YAML file plus overrides (see :func:`maco_cxr.config.load_config`)."""
+    return load_config(kind, path, overrides)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict of a config (tuples as lists), as written to JSON and YAML."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(to_dict(config))
+    return config_to_dict(config)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -183,13 +124,9 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        coerce_section(self, "data.")
-        _require(0.0 < self.fraction <= 100.0, "data.fraction",
+        require(0.0 < self.fraction <= 100.0, "fraction",
                  f"{self.fraction} must be a percentage in (0, 100]")
-        _require(self.on_error in ("raise", "skip"), "data.on_error",
-                 f"{self.on_error!r} is not raise or skip")
-        _require(self.workers >= 0, "data.workers", "must be >= 0")
-        _require(isinstance(self.options, dict), "data.options", "must be a mapping")
+        require(self.workers >= 0, "workers", "must be >= 0")
 
 
 @dataclass
@@ -383,20 +320,17 @@ class OptimConfig:
     final: float = 0.0
 
     def __post_init__(self) -> None:
-        coerce_section(self, "optim.")
-        _require(self.name in ("sgd", "adamw"), "optim.name", f"{self.name!r} is not sgd or adamw")
-        _require(self.lr > 0, "optim.lr", "must be > 0")
-        _require(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0.0 <= self.momentum < 1.0, "momentum", "must be in [0, 1)")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
                  f"{list(self.betas)} must be two numbers in [0, 1)")
-        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _require(self.layer_decay is None or 0 < self.layer_decay <= 1, "optim.layer_decay",
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.layer_decay is None or 0 < self.layer_decay <= 1, "layer_decay",
                  "must be in (0, 1] or null")
-        _require(self.clip_grad is None or self.clip_grad > 0, "optim.clip_grad", "must be > 0 or null")
-        _require(self.batch_size >= 1, "optim.batch_size", "must be >= 1")
-        _require(self.steps >= 1, "optim.steps", "must be >= 1")
-        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-        _require(self.schedule in ("cosine", "poly"), "optim.schedule", f"{self.schedule!r} is not cosine or poly")
+        require(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "must be > 0 or null")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.steps >= 1, "steps", "must be >= 1")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, *, num_layers: int, no_decay_names: Iterable[str],
@@ -405,7 +339,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, num_layers: int, no_d
     :func:`maco_cxr.train.optim.param_groups` (each group's ``lr_scale`` is applied by
     :func:`maco_cxr.train.schedules.set_learning_rate`). Checks the keys that depend on each
     other here, once every override is applied."""
-    _require(cfg.warmup_steps <= cfg.steps, "optim.warmup_steps",
+    require(cfg.warmup_steps <= cfg.steps, "optim.warmup_steps",
              f"{cfg.warmup_steps} is longer than the run (optim.steps={cfg.steps})")
     groups = param_groups(model, cfg.weight_decay, no_decay_names=no_decay_names,
                           layer_decay=cfg.layer_decay, num_layers=num_layers)
@@ -437,11 +371,7 @@ class RuntimeConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        coerce_section(self, "runtime.")
-        _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "runtime.device",
-                 f"{self.device!r} is not auto, cpu, cuda or cuda:N")
-        _require(self.precision in ("bf16", "fp32"), "runtime.precision", f"{self.precision!r} is not bf16 or fp32")
-        _require(self.log_every >= 1, "runtime.log_every", "must be >= 1")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
 
 
 def resolve_device(name: str) -> torch.device:

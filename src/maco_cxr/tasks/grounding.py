@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +30,13 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from maco_cxr.data.datasets.base import failure_of, is_failed
+from maco_cxr.data.inputs import ImagesInput, is_single_image, load_images
 from maco_cxr.data.letterbox import Letterbox, letterbox_image
 from maco_cxr.data.reports import grounding_phrase
 from maco_cxr.errors import DataError
+from maco_cxr.inference import encode_texts, inference_mode, patch_embeddings
 from maco_cxr.metrics import boxes_to_mask, score_grounding, summarise_grounding
-from maco_cxr.tasks.inputs import ImagesInput, is_single_image, load_images
-from maco_cxr.tasks.zeroshot import inference_mode
 
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
@@ -82,11 +83,13 @@ def grounding_map(
 
 def phrase_query(phrase: str) -> str:
     """The official grounding query of a phrase; raises when nothing of it survives."""
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise DataError(f"phrase {phrase!r} is empty; give the finding to locate, e.g. 'left pleural effusion'")
     query = grounding_phrase(phrase)
     if not query:
-        raise DataError(f"phrase {phrase!r} is empty after the official processing (pieces of "
-                        "5 characters or less, with '_' or starting with ',' are dropped); give a "
-                        "longer phrase")
+        raise DataError(f"phrase {phrase!r} has nothing the official processing keeps: it splits the phrase "
+                        "on '.' and drops pieces of 3 characters or fewer, pieces containing '_' and pieces "
+                        "starting with ','; give a word or more, e.g. 'edema'")
     return query
 
 
@@ -94,17 +97,17 @@ def letterboxed_maps(model: MacoModel, images: torch.Tensor | np.ndarray,
                      phrases: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Maps ``[P_i, S, S]`` for letterboxed uint8 images ``[N, S, S]`` and phrases per image.
 
-    ``phrases[i]`` are raw phrases (processed here). Call inside :func:`inference_mode`.
+    ``phrases[i]`` are raw phrases (processed here).
     """
     pixels = torch.as_tensor(images)
     if len(phrases) != pixels.shape[0]:
         raise DataError(f"{len(phrases)} phrase lists for {pixels.shape[0]} images")
     size = model.config.vision.img_size
-    patches = model.patch_embeddings(pixels).float().cpu()
-    weights = model.patch_weights(PATCH_WEIGHT_TEMPERATURE).float().cpu()
     queries = [phrase_query(p) for group in phrases for p in group]
-    texts = (model.encode_texts(queries).float().cpu() if queries
-             else torch.empty(0, patches.shape[-1]))
+    patches = patch_embeddings(model, pixels, batch_size=max(1, pixels.shape[0]))
+    with inference_mode(model):
+        weights = model.patch_weights(PATCH_WEIGHT_TEMPERATURE).float().cpu()
+    texts = encode_texts(model, queries) if queries else torch.empty(0, patches.shape[-1])
     maps, cursor = [], 0
     for i, group in enumerate(phrases):
         stack = [grounding_map(patches[i], weights, texts[cursor + k], size) for k in range(len(group))]
@@ -123,7 +126,7 @@ def ground(
 ) -> np.ndarray | list[np.ndarray]:
     """Grounding map of ``phrase`` on ``image``, float32 ``[H, W]`` in the image's original grid.
 
-    Many images (a list, or a batch array/tensor, see :mod:`maco_cxr.tasks.inputs`) give a list
+    Many images (a list, or a batch array/tensor, see :mod:`maco_cxr.data.inputs`) give a list
     of maps; ``phrase`` is then one phrase for all or one per image. Higher = more related.
     The image is letterboxed to the model's input size (224) and the map mapped back; the
     padding strips never reach the returned map (see the module docstring).
@@ -134,14 +137,17 @@ def ground(
     if len(phrases) != len(pictures):
         raise DataError(f"{len(phrases)} phrases for {len(pictures)} images; give one phrase or "
                         "one per image")
+    for text in phrases:
+        phrase_query(text)
     size = model.config.vision.img_size
+    if device is not None:
+        model.to(device)
     out: list[np.ndarray] = []
-    with inference_mode(model, device):
-        for start in range(0, len(pictures), batch_size):
-            boxed = [letterbox_image(p, size) for p in pictures[start: start + batch_size]]
-            stack = np.stack([pixels for pixels, _ in boxed])
-            maps = letterboxed_maps(model, stack, [[p] for p in phrases[start: start + batch_size]])
-            out += [box.map_to_original(m[0]) for (_, box), m in zip(boxed, maps)]
+    for start in range(0, len(pictures), batch_size):
+        boxed = [letterbox_image(p, size) for p in pictures[start: start + batch_size]]
+        stack = np.stack([pixels for pixels, _ in boxed])
+        maps = letterboxed_maps(model, stack, [[p] for p in phrases[start: start + batch_size]])
+        out += [box.map_to_original(m[0]) for (_, box), m in zip(boxed, maps)]
     return out[0] if single else out
 
 
@@ -165,6 +171,7 @@ class GroundingResult:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     overlays: list[Path]
+    failures: list[dict[str, str]] = field(default_factory=list)
 
 
 def grounding_items(dataset: ChestXrayDataset, phrases: Sequence[str] | None = None
@@ -207,7 +214,10 @@ class _ItemImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record_index, item_ids = self.groups[index]
-        original = self.dataset[record_index]["image"][0].numpy()
+        sample = self.dataset[record_index]
+        if is_failed(sample):
+            return {"failure": failure_of(sample), "item_ids": item_ids}
+        original = sample["image"][0].numpy()
         pixels, box = letterbox_image(original, self.size)
         return {"pixels": pixels, "letterbox": box, "item_ids": item_ids, "original": original,
                 "path": str(self.dataset.records[record_index].image_path)}
@@ -249,23 +259,38 @@ def evaluate_grounding(
     loader = DataLoader(_ItemImages(dataset, items, size), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     rows: list[dict[str, Any] | None] = [None] * len(items)
+    failures: list[dict[str, str]] = []
+    unread = 0
     written: list[Path] = []
-    with inference_mode(model, device):
-        for batch in tqdm(loader, desc="grounding", unit="batch", disable=not progress):
-            phrases = [[items[i].phrase for i in sample["item_ids"]] for sample in batch]
-            maps = letterboxed_maps(model, np.stack([s["pixels"] for s in batch]), phrases)
-            for sample, image_maps in zip(batch, maps):
-                for item_id, heatmap in zip(sample["item_ids"], image_maps):
-                    rows[item_id] = {**_score(item_id, items[item_id], heatmap, sample["letterbox"],
-                                              size), "path": sample["path"]}
-                    if item_id < overlays:
-                        written.append(_write_overlay(Path(overlay_dir), item_id, items[item_id],  # type: ignore[arg-type]
-                                                      sample, heatmap))
+    if device is not None:
+        model.to(device)
+    for batch in tqdm(loader, desc="grounding", unit="batch", disable=not progress):
+        failed = [sample for sample in batch if "failure" in sample]
+        failures += [sample["failure"] for sample in failed]
+        unread += sum(len(sample["item_ids"]) for sample in failed)
+        batch = [sample for sample in batch if "failure" not in sample]
+        if not batch:
+            continue
+        phrases = [[items[i].phrase for i in sample["item_ids"]] for sample in batch]
+        maps = letterboxed_maps(model, np.stack([s["pixels"] for s in batch]), phrases)
+        for sample, image_maps in zip(batch, maps):
+            for item_id, heatmap in zip(sample["item_ids"], image_maps):
+                rows[item_id] = {**_score(item_id, items[item_id], heatmap, sample["letterbox"],
+                                          size), "path": sample["path"]}
+                if item_id < overlays:
+                    written.append(_write_overlay(Path(overlay_dir), item_id, items[item_id],  # type: ignore[arg-type]
+                                                  sample, heatmap))
     done = [row for row in rows if row is not None]
-    assert len(done) == len(items), "every item is scored once"
+    if not done:
+        raise DataError(f"no image of the grounding items could be read ({len(failures)} failed; first: "
+                        f"{failures[0]['path']}: {failures[0]['reason']})")
+    if failures:
+        logger.warning("grounding: %d unreadable images (%d items) left out; first: %s: %s", len(failures),
+                       unread, failures[0]["path"], failures[0]["reason"])
     summary = summarise_grounding((r["category"], r["cnr"], r["miou"], r["pointing"]) for r in done)
     summary["n_left_out"] = len(unusable)
-    return GroundingResult(done, summary, sorted(written))
+    summary["n_unreadable_items"] = unread
+    return GroundingResult(done, summary, sorted(written), failures)
 
 
 def _score(item_id: int, item: GroundingItem, heatmap: np.ndarray, box: Letterbox, size: int,

@@ -113,6 +113,10 @@ def resolve_prompts(classes: Sequence[str], prompts: PromptSpec = None) -> dict[
     """
     if isinstance(classes, str) or not classes:
         raise ConfigError(f"classes: give a non-empty list of class names, got {classes!r}")
+    empty = [i for i, name in enumerate(classes) if not isinstance(name, str) or not name.strip()]
+    if empty:
+        raise ConfigError(f"classes: class {empty[0]} ({classes[empty[0]]!r}) is empty; every class needs a "
+                          "name, e.g. 'Pneumothorax' (it is put into the prompts)")
     duplicates = sorted({c for c in classes if list(classes).count(c) > 1})
     if duplicates:
         raise ConfigError(f"classes: {duplicates} appear more than once")

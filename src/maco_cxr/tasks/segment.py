@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from maco_cxr.config import IMAGE_MEAN, IMAGE_STD
+from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
+from maco_cxr.config import require
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.metrics.segmentation import segmentation_report
 from maco_cxr.models.upernet import (
@@ -58,7 +59,6 @@ from maco_cxr.tasks.finetune_common import (
     autocast,
     build_optimizer,
     build_splits,
-    coerce_section,
     config_dict,
     load_checkpoint,
     resolve_device,
@@ -78,7 +78,6 @@ __all__ = [
     "build_segmenter",
     "evaluate_segmenter",
     "predict_masks",
-    "sections_from_dicts",
     "segment",
 ]
 
@@ -94,10 +93,6 @@ METRIC_NAMES = {
 }
 
 
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
 
 @dataclass
 class SegmentModelConfig:
@@ -111,8 +106,7 @@ class SegmentModelConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        coerce_section(self, "model.")
-        _require(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+        require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
 
 
 @dataclass
@@ -126,13 +120,10 @@ class SegmentInputConfig:
     missing_mask: MissingMask = "skip"
 
     def __post_init__(self) -> None:
-        coerce_section(self, "input.")
-        _require(self.image_size >= 32 and self.image_size % 32 == 0, "input.image_size",
+        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
                  f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
-        _require(0.0 <= self.flip_p <= 1.0, "input.flip_p", "must be in [0, 1]")
-        _require(self.pixel_std > 0, "input.pixel_std", "must be > 0")
-        _require(self.missing_mask in ("skip", "empty"), "input.missing_mask",
-                 f"{self.missing_mask!r} is not skip or empty")
+        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
+        require(self.pixel_std > 0, "pixel_std", "must be > 0")
 
 
 @dataclass
@@ -146,11 +137,10 @@ class SegmentEvalConfig:
     overlays: int = 8
 
     def __post_init__(self) -> None:
-        coerce_section(self, "evaluation.")
-        _require(self.every >= 0, "evaluation.every", "must be >= 0")
-        _require(0.0 < self.threshold < 1.0, "evaluation.threshold", "must be in (0, 1)")
-        _require(self.batch_size >= 1, "evaluation.batch_size", "must be >= 1")
-        _require(self.overlays >= 0, "evaluation.overlays", "must be >= 0")
+        require(self.every >= 0, "every", "must be >= 0")
+        require(0.0 < self.threshold < 1.0, "threshold", "must be in (0, 1)")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.overlays >= 0, "overlays", "must be >= 0")
 
 
 def _paper_optim() -> OptimConfig:
@@ -174,32 +164,8 @@ class SegmentConfig:
     evaluation: SegmentEvalConfig = field(default_factory=SegmentEvalConfig)
 
     def __post_init__(self) -> None:
-        sections_from_dicts(self)
-        _require(self.optim.batch_size >= 2, "optim.batch_size",
+        require(self.optim.batch_size >= 2, "optim.batch_size",
                  "must be >= 2 (BatchNorm in the head needs two images per step)")
-
-
-def sections_from_dicts(config: Any) -> None:
-    """Turn the YAML mappings of a task config into its section dataclasses, each on top of
-    the field's default section (so a file sets only what differs). Values get their field's
-    type first (YAML reads ``1e-4`` as text); unknown keys are named."""
-    for item in fields(config):
-        value = getattr(config, item.name)
-        if not isinstance(value, dict):
-            continue
-        section = item.default_factory()  # type: ignore[misc]
-        known = {f.name for f in fields(section)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(f'{item.name}.{k}' for k in unknown)}; "
-                              f"valid keys: {', '.join(f'{item.name}.{k}' for k in sorted(known))}")
-        for key, raw in value.items():
-            object.__setattr__(section, key, raw)
-        coerce_section(section, f"{item.name}.")
-        try:
-            setattr(config, item.name, dataclasses.replace(section))
-        except TypeError as err:
-            raise ConfigError(f"{item.name}: {err}") from err
 
 
 @dataclass

@@ -1,41 +1,44 @@
-"""Training checkpoints, written atomically so a kill never leaves half of one.
+"""Training checkpoints of every loop (pre-training and fine-tuning), written atomically.
 
-Layout: ``<output_dir>/checkpoints/step-00000100/`` holding ``model/`` (the package format of
-:func:`maco_cxr.hub.save_pretrained`, loadable with ``maco_cxr.hub.load``) and
-``trainer_state.pt`` (optimizer, step, epoch, sampler position, RNG states, skipped samples,
-schedule; plain types and tensors, read with ``torch.load(weights_only=True)``).
+Layout: ``<output_dir>/checkpoints/step-00000100/`` holding ``model/`` (written by the loop's
+model writer: :func:`maco_cxr.hub.save_pretrained` for MaCo, the fine-tuned format for task
+models; ``model.safetensors`` inside) and ``trainer_state.pt`` (optimizer, step, sampler
+position, RNG states, skipped samples, the run's config; plain types and tensors, read with
+``torch.load(weights_only=True)``).
 
-Atomicity: everything is written into a hidden temporary sibling directory which is then
-renamed into place with ``os.replace`` (atomic on POSIX within one file system). A checkpoint
-directory therefore exists complete or not at all; temporary leftovers of a killed write are
-ignored by :func:`list_checkpoints` and removed by :func:`remove_stale_temporaries`.
+Each checkpoint is written through :func:`maco_cxr._atomic.atomic_directory`, so it exists
+complete or not at all; temporary leftovers of a killed write are ignored by
+:func:`list_checkpoints` and removed by :func:`remove_stale_temporaries`.
+
+Resuming checks that the run asked for is the run that was saved (:func:`check_same_run`):
+a changed learning rate or model must not silently continue an old run.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
+from maco_cxr._atomic import atomic_directory, remove_stale_temporaries as remove_temporaries_in
 from maco_cxr.errors import CheckpointError
-from maco_cxr.hub import WEIGHTS_NAME, save_pretrained
-from maco_cxr.models.maco import MacoModel
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
+WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "trainer_state.pt"
 STATE_VERSION = 1
 _NAME = re.compile(r"^step-(\d+)$")
-_TEMP_PREFIX = ".tmp-"
+_OPTIONAL_BUFFERS = ("position_ids", "token_type_ids")
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -65,13 +68,13 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
     """``runtime.resume`` -> the checkpoint to resume from (None: start afresh).
 
-    ``auto``: the newest complete checkpoint in ``output_dir`` if any. A path: that checkpoint,
-    or the newest one of a run directory; it must exist.
+    ``auto``: the newest complete checkpoint in ``output_dir`` if any; ``never``: None. A path:
+    that checkpoint, or the newest one of a run directory; it must exist.
     """
-    if resume is None:
+    if resume == "never":
         return None
     if resume == "auto":
         return latest_checkpoint(output_dir)
@@ -82,46 +85,24 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if latest is None:
         raise CheckpointError(f"runtime.resume={resume}: no complete checkpoint there (expected a "
                               f"step-N directory with {STATE_NAME} and {MODEL_DIR}/, or a run "
-                              "directory containing checkpoints/); use resume=auto or null")
+                              "directory containing checkpoints/); use resume=auto or never")
     return latest
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model: MacoModel, state: dict[str, Any],
-                    keep_last: int | None = None, extra_config: dict[str, Any] | None = None) -> Path:
-    """Write checkpoint ``step`` atomically, then keep only the newest ``keep_last``."""
-    root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{final.name}.", dir=root))
-    try:
-        save_pretrained(model, tmp / MODEL_DIR, extra_config)
+def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any],
+                    write_model: Callable[[Path], None], keep_last: int | None = None) -> Path:
+    """Write checkpoint ``step`` atomically, then keep only the newest ``keep_last``.
+
+    ``write_model(folder)`` writes the model into ``folder`` (``MODEL_DIR``, with
+    ``model.safetensors`` inside); ``state`` (plain types and tensors) goes to ``STATE_NAME``.
+    """
+    final = checkpoint_root(output_dir) / f"step-{step:08d}"
+    with atomic_directory(final) as tmp:
+        write_model(tmp / MODEL_DIR)
         torch.save({"format_version": STATE_VERSION, **state}, tmp / STATE_NAME)
-        _fsync_tree(tmp)
-        if final.exists():
-            old = root / f"{_TEMP_PREFIX}old.{final.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep_last is not None:
         prune_checkpoints(output_dir, keep_last)
     return final
-
-
-def _fsync_tree(directory: Path) -> None:
-    """Flush the files to disk before the rename publishes them (survives a machine crash too)."""
-    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
@@ -135,14 +116,8 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
-    """Remove temporary directories that a killed write left behind."""
-    root = checkpoint_root(output_dir)
-    if not root.is_dir():
-        return []
-    stale = [p for p in root.iterdir() if p.name.startswith(_TEMP_PREFIX) and p.is_dir()]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
+    """Remove the temporaries that a killed checkpoint write left behind."""
+    return remove_temporaries_in(checkpoint_root(output_dir))
 
 
 def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
@@ -157,11 +132,11 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != STATE_VERSION:
         raise CheckpointError(f"{path}: trainer state format {version!r}, this maco-cxr reads "
-                              f"{STATE_VERSION}; start afresh (runtime.resume=null) or use a matching version")
+                              f"{STATE_VERSION}; start afresh (runtime.resume=never) or use a matching version")
     return state
 
 
-def load_model_weights(model: MacoModel, checkpoint: str | Path) -> None:
+def load_model_weights(model: nn.Module, checkpoint: str | Path) -> None:
     """Copy a checkpoint's weights into ``model`` in place; every tensor must match."""
     path = Path(checkpoint) / MODEL_DIR / WEIGHTS_NAME
     try:
@@ -173,7 +148,38 @@ def load_model_weights(model: MacoModel, checkpoint: str | Path) -> None:
     except RuntimeError as err:
         raise CheckpointError(f"{path}: tensor shapes do not match the model ({err}); was model.* "
                               "changed since the checkpoint?") from err
-    missing = [k for k in result.missing_keys if not k.endswith(("position_ids", "token_type_ids"))]
+    missing = [k for k in result.missing_keys if not k.endswith(_OPTIONAL_BUFFERS)]
     if missing or result.unexpected_keys:
         raise CheckpointError(f"{path}: does not match the model (missing {missing[:8]}, unexpected "
                               f"{result.unexpected_keys[:8]}); was model.* changed since the checkpoint?")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(saved: Mapping[str, Any], current: Mapping[str, Any], *, checkpoint: Path,
+                   may_differ: Iterable[str]) -> None:
+    """Refuse to resume ``checkpoint`` when the config asked for differs from the saved one.
+
+    ``saved``/``current`` are plain config dicts; keys listed in ``may_differ`` (how the run is
+    watched or where it runs) may change. The error names every differing key with both values
+    and says how to start afresh.
+    """
+    allowed = tuple(may_differ)
+    old, new = _flatten(saved), _flatten(current)
+    differing = sorted(key for key in old.keys() | new.keys()
+                       if old.get(key) != new.get(key) and not key.startswith(allowed))
+    if differing:
+        shown = "; ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in differing[:12])
+        more = f" (+{len(differing) - 12} more)" if len(differing) > 12 else ""
+        raise CheckpointError(
+            f"{checkpoint.parent.parent}: holds a run with other settings ({shown}{more}), so it cannot be "
+            "resumed with these. Write the new run to another folder (runtime.output_dir / --out), or start "
+            "afresh in this one with runtime.resume=never (its checkpoints are then replaced).")

@@ -30,8 +30,8 @@ from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.reports import report_text, sample_report_sentences, whole_report_text
 from maco_cxr.errors import ConfigError, DataError
-from maco_cxr.models.text import ReportTokenizer
-from maco_cxr.train.config import DataConfig, OnError, TextMode
+from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.train.config import PretrainData, OnError, TextMode
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class SkipLog:
         os.replace(tmp, path)
 
 
-def open_source(cfg: DataConfig, size: int, output_dir: Path, *, is_master: bool,
+def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bool,
                 barrier: Any) -> tuple[PairSource, list[dict[str, str]]]:
     """The configured pairs plus the rows left out while indexing (``on_error="skip"``)."""
     if cfg.source == "store":

@@ -36,11 +36,13 @@ from tqdm.auto import tqdm
 
 from maco_cxr.data.augment import AugmentConfig, AugmentParams, affine_normalize, normalize_batch, sample_params
 from maco_cxr.errors import CheckpointError, ConfigError
-from maco_cxr.hub import load as load_model, load_mae_weights, save_pretrained
+from maco_cxr.hub import create_model, load as load_model, load_mae_weights, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.train import distributed as dist_utils
+from maco_cxr.config import config_to_dict
 from maco_cxr.train.checkpoint import (
     MODEL_DIR,
+    check_same_run,
     load_model_weights,
     load_trainer_state,
     remove_stale_temporaries,
@@ -48,10 +50,10 @@ from maco_cxr.train.checkpoint import (
     save_checkpoint,
 )
 from maco_cxr.train.config import (
-    OptimConfig,
+    RESUMABLE_CHANGES,
     PretrainConfig,
+    PretrainOptim,
     check_config,
-    config_to_dict,
     save_pretrain_config,
 )
 from maco_cxr.train.data import PairDataset, ResumableSampler, SkipLog, make_loader, open_source
@@ -80,7 +82,7 @@ class Schedule:
     micro_batches_per_epoch: int
 
 
-def plan_schedule(num_samples: int, optim: OptimConfig, world_size: int) -> Schedule:
+def plan_schedule(num_samples: int, optim: PretrainOptim, world_size: int) -> Schedule:
     """Steps per epoch = samples // (batch_size x processes x accum_steps) (the tail is left out,
     a different one each epoch); total = ``max_steps`` or ``epochs`` x steps per epoch."""
     global_batch = optim.batch_size * world_size * optim.accum_steps
@@ -103,7 +105,7 @@ def build_model(config: PretrainConfig, *, initialise: bool, is_master: bool) ->
     runtime = config.runtime
     if runtime.init_from is not None and initialise:
         source = load_model(runtime.init_from)
-        model = MacoModel(config.model, source.tokenizer)
+        model = create_model(config.model, source.tokenizer)
         try:
             model.load_state_dict(source.state_dict(), strict=True)
         except RuntimeError as err:
@@ -112,7 +114,7 @@ def build_model(config: PretrainConfig, *, initialise: bool, is_master: bool) ->
         if is_master:
             logger.info("initialised every tensor from %s", runtime.init_from)
         return model.train()
-    model = MacoModel(config.model)
+    model = create_model(config.model)
     if runtime.init_mae is not None and initialise:
         report = load_mae_weights(model, runtime.init_mae)
         if is_master:
@@ -252,13 +254,15 @@ class _Trainer:
 
     def _resume(self, checkpoint: Path) -> None:
         state = load_trainer_state(checkpoint)
+        check_same_run(state["config"], config_to_dict(self.config), checkpoint=checkpoint,
+                       may_differ=RESUMABLE_CHANGES)
         saved = state["schedule"]
         for key in ("num_samples", "global_batch"):
             if saved[key] != getattr(self.schedule, key):
                 raise CheckpointError(
                     f"{checkpoint}: {key} was {saved[key]} and is now {getattr(self.schedule, key)}; "
                     "the data or the global batch (batch_size x processes x accum_steps) changed, so "
-                    "the run cannot continue exactly. Use a new runtime.output_dir or runtime.resume=null")
+                    "the run cannot continue exactly. Use a new runtime.output_dir or runtime.resume=never")
         if saved["total_steps"] != self.schedule.total_steps and self.info.is_master:
             logger.warning("%s: the schedule had %d steps and now has %d; the learning rate follows the "
                            "new schedule from step %d", checkpoint, saved["total_steps"],
@@ -413,7 +417,8 @@ class _Trainer:
         self._flush_skips()
         rng = dist_utils.all_gather_objects(capture_rng_state(self.generator, self.device))
         if self.info.is_master:
-            path = save_checkpoint(self.output_dir, done, self.model, self._trainer_state(done, rng),
+            path = save_checkpoint(self.output_dir, done, self._trainer_state(done, rng),
+                                   lambda folder: save_pretrained(self.model, folder),
                                    keep_last=self.config.runtime.keep_last)
             self.skips.write(self.output_dir / SKIPPED_NAME)
             logger.info("saved checkpoint %s", path)

@@ -14,6 +14,12 @@ Conventions:
 - Bad rows: with ``on_error="raise"`` a :class:`DataError` names file, line and field; with
   ``on_error="skip"`` they go to ``skips`` and one warning gives their count
   (:func:`row_guard`, :func:`log_skips`).
+- Unreadable files (a truncated PNG, a text file named ``.dcm``) are found only when pixels
+  are read. With ``on_error="raise"`` ``__getitem__`` raises; with ``"skip"`` it returns a
+  *failed sample* ``{"index", "path", "error"}`` without pixels, which every consumer (the
+  loaders of zero-shot, grounding, retrieval, fine-tuning and pre-training) leaves out or
+  replaces and counts in its report (:func:`is_failed`, :func:`failure_of`). A worker
+  process cannot report back through the dataset, so the sample itself carries the failure.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class Record:
 
 
 class Sample(TypedDict, total=False):
-    """What ``__getitem__`` returns. ``image`` is always present."""
+    """What ``__getitem__`` returns: ``image`` is always present except in a failed sample."""
 
     image: torch.Tensor  # uint8 [1, H, W]
     index: int
@@ -65,6 +71,7 @@ class Sample(TypedDict, total=False):
     box_labels: list[str]
     mask: torch.Tensor  # uint8 [H, W], 0/1
     patient_id: str
+    error: str  # only in a failed sample (on_error="skip"): why the file could not be read
 
 
 @dataclass
@@ -90,11 +97,12 @@ class ChestXrayDataset(Dataset):
     classes: tuple[str, ...] = ()
 
     def __init__(self, records: list[Record], classes: tuple[str, ...] = (), *,
-                 skips: SkipReport | None = None) -> None:
+                 skips: SkipReport | None = None, on_error: OnError = "raise") -> None:
         self.records = records
         if classes:
             self.classes = tuple(classes)
         self.skips = skips if skips is not None else SkipReport()
+        self.on_error = check_on_error(on_error)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -117,6 +125,18 @@ class ChestXrayDataset(Dataset):
         return union
 
     def __getitem__(self, index: int) -> Sample:
+        """The record's pixels and annotations; a failed sample when its files cannot be read
+        and ``on_error == "skip"`` (see the module docstring)."""
+        try:
+            return self.read_sample(index)
+        except DataError as err:
+            if self.on_error == "raise":
+                raise
+            return {"index": index, "path": str(self.records[index].image_path), "error": str(err)}
+
+    def read_sample(self, index: int) -> Sample:
+        """Pixels and annotations of record ``index``; raises :class:`DataError` when a file
+        cannot be read (what subclasses override to read pixels their own way)."""
         from maco_cxr.data.io import read_image
 
         record = self.records[index]
@@ -148,6 +168,16 @@ class ChestXrayDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 
 ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
+
+
+def is_failed(sample: Any) -> bool:
+    """True for the failed sample of an unreadable file (``on_error="skip"``)."""
+    return isinstance(sample, dict) and "error" in sample
+
+
+def failure_of(sample: Sample) -> dict[str, str]:
+    """``{"path", "reason"}`` of a failed sample, as reports list them."""
+    return {"path": str(sample.get("path")), "reason": str(sample["error"])}
 
 
 def check_on_error(on_error: str) -> OnError:

@@ -151,7 +151,7 @@ class CheXpert(ChestXrayDataset):
         logger.info("%s: %d records, %d non-frontal rows left out (frontal_only)",
                     csv_path, len(records), lateral)
         log_skips(logger, csv_path, skips, len(records))
-        super().__init__(records, chosen, skips=skips)
+        super().__init__(records, chosen, skips=skips, on_error=on_error)
 
     def _record(self, row: dict[str, str | None], classes: tuple[str, ...],
                 uncertain: UncertainPolicy, blank: BlankPolicy) -> Record:

@@ -88,4 +88,4 @@ class CovidRural(ChestXrayDataset):
                 raise DataError(f"no image named {stem!r} with suffix {_IMAGE_SUFFIXES} in "
                                 f"{folder / images_dir} for this mask")
         log_skips(logger, folder, skips, len(records))
-        super().__init__(records, COVID_RURAL_CLASSES, skips=skips)
+        super().__init__(records, COVID_RURAL_CLASSES, skips=skips, on_error=on_error)

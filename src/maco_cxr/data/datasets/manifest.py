@@ -159,7 +159,7 @@ class GenericManifest(ChestXrayDataset):
             with row_guard(row.where, on_error, skips):
                 records.append(self._record(row, tuple(classes), wanted))
         log_skips(logger, self.manifest, skips, len(records))
-        super().__init__(records, tuple(classes), skips=skips)
+        super().__init__(records, tuple(classes), skips=skips, on_error=on_error)
 
     @staticmethod
     def _find_manifest(root: Path) -> Path:

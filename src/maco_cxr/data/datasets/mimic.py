@@ -147,7 +147,7 @@ class MimicCxrJpg(ChestXrayDataset):
         logger.info("%s: %d records, %d rows of other views left out (views=%s)",
                     split_path, len(records), other_view, views)
         log_skips(logger, split_path, skips, len(records))
-        super().__init__(records, chosen, skips=skips)
+        super().__init__(records, chosen, skips=skips, on_error=on_error)
 
     def _record(self, row: dict[str, str | None], meta: dict[str, str | None],
                 classes: tuple[str, ...],

@@ -176,7 +176,7 @@ class MsCxr(ChestXrayDataset):
             with row_guard(item.where, on_error, skips):
                 records.append(self._record(item))
         log_skips(logger, self.annotations, skips, len(records))
-        super().__init__(records, MSCXR_CATEGORIES, skips=skips)
+        super().__init__(records, MSCXR_CATEGORIES, skips=skips, on_error=on_error)
 
     @staticmethod
     def _merge(items: dict[tuple[str, str], _Item], key: tuple[str, str], item: _Item,

@@ -106,7 +106,7 @@ class NihChestXray14(ChestXrayDataset):
                     with row_guard(f"{split_file}, line {line}", on_error, skips):
                         raise DataError(f"image {name!r} is not in {entry_path}")
         log_skips(logger, entry_path, skips, len(records))
-        super().__init__(records, NIH_CLASSES, skips=skips)
+        super().__init__(records, NIH_CLASSES, skips=skips, on_error=on_error)
 
     @staticmethod
     def _split_names(path: Path) -> dict[str, int]:

@@ -104,7 +104,7 @@ class RsnaPneumonia(ChestXrayDataset):
             if positives_only:
                 records = [r for r in records if r.labels is not None and r.labels[0] == 1.0]
         log_skips(logger, self.root / "stage_2_train_labels.csv", skips, len(records))
-        super().__init__(records, RSNA_CLASSES, skips=skips)
+        super().__init__(records, RSNA_CLASSES, skips=skips, on_error=on_error)
 
     def _train_records(self, images: Path, on_error: OnError,
                        skips: SkipReport) -> list[Record]:

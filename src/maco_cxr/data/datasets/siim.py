@@ -83,7 +83,7 @@ class SiimAcr(ChestXrayDataset):
         else:
             records = self._train_records(files, on_error, skips)
         log_skips(logger, self.rle_path, skips, len(records))
-        super().__init__(records, SIIM_CLASSES, skips=skips)
+        super().__init__(records, SIIM_CLASSES, skips=skips, on_error=on_error)
 
     def _train_records(self, files: dict[str, Path], on_error: OnError,
                        skips: SkipReport) -> list[Record]:
