@@ -1,4 +1,4 @@
-"""Plot helpers: overlay pixels, valid PNG files, and no change to the matplotlib backend."""
+"""Plot helpers: overlay pixels, valid PNG files, legible curves, and no change to the matplotlib backend."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from maco_cxr.errors import DataError
-from maco_cxr.plots import overlay_heatmap, plot_roc_curves, plot_training_curves, save_overlay
+from maco_cxr.plots import (
+    _class_styles,
+    overlay_heatmap,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+    save_overlay,
+)
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 256, size=(32, 48), dtype=np.uint8)
@@ -67,11 +74,62 @@ def test_roc_curves_png(tmp_path: Path) -> None:
     scores = labels * 0.4 + RNG.random((50, 2)) * 0.6
     path = plot_roc_curves(labels, scores, ["effusion", "pneumothorax"], tmp_path / "roc.png", title="roc")
     with Image.open(path) as png:
-        assert png.format == "PNG" and png.size == (600, 600)
+        assert png.format == "PNG" and png.size == (900, 600)
     single = np.zeros((4, 1))
     with pytest.warns(RuntimeWarning, match="undefined"):
         plot_roc_curves(single, RNG.random((4, 1)), ["hernia"], tmp_path / "na.png")
     assert (tmp_path / "na.png").stat().st_size > 0
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as png:
+        return np.asarray(png.convert("RGB")).astype(int)
+
+
+def test_roc_curves_14_classes_legend_beside_and_distinct_styles(tmp_path: Path) -> None:
+    names = [f"finding {k}" for k in range(14)]
+    labels = RNG.integers(0, 2, size=(80, 14)).astype(float)
+    scores = labels * 0.3 + RNG.random((80, 14)) * 0.7
+    pixels = _pixels(plot_roc_curves(labels, scores, names, tmp_path / "roc14.png"))
+    assert pixels.shape == (600, 900, 3)
+    # the square axes take the left ~2/3; the legend (dark text on white) sits to their right
+    right = pixels[:, 700:]
+    assert (right.sum(axis=2) < 300).sum() > 500
+    styles = _class_styles(14)
+    assert len(set((tuple(c), ls) for c, ls in styles)) == 14
+    assert len({tuple(c) for c, _ in styles}) == 14  # 14 different colours, not tab10 reused
+
+
+def test_class_styles_many_classes() -> None:
+    assert all(ls == "-" for _, ls in _class_styles(10))
+    many = _class_styles(30)
+    assert len({tuple(c) for c, _ in many}) == 30
+    assert all(many[k][1] != many[k + 1][1] for k in range(29))  # neighbouring colours differ in style
+
+
+def test_roc_curves_many_classes_taller(tmp_path: Path) -> None:
+    labels = RNG.integers(0, 2, size=(40, 40)).astype(float)
+    with Image.open(plot_roc_curves(labels, RNG.random((40, 40)), [f"c{k}" for k in range(40)],
+                                    tmp_path / "roc40.png")) as png:
+        assert png.size[0] == 900 and png.size[1] > 600
+
+
+def test_single_point_training_curve_is_visible(tmp_path: Path) -> None:
+    path = plot_training_curves([{"step": 0, "loss": 1.2}], ["loss"], tmp_path / "one.png")
+    pixels = _pixels(path)
+    # tab:blue (31, 119, 180) marker pixels; a line through one point would draw none
+    blue = (np.abs(pixels - np.array([31, 119, 180])).sum(axis=2) < 40).sum()
+    assert blue > 20
+
+
+def test_reliability_diagram_png(tmp_path: Path) -> None:
+    y = RNG.integers(0, 2, 300)
+    p = np.clip(y * 0.3 + RNG.random(300) * 0.7, 0.0, 1.0)
+    path = plot_reliability_diagram(y, p, tmp_path / "sub" / "reliability.png", n_bins=8, title="calibration")
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size == (600, 700)
+    with pytest.raises(DataError, match="probabilities"):
+        plot_reliability_diagram(y, p + 1.0, tmp_path / "bad.png")
 
 
 def test_training_curves_png(tmp_path: Path) -> None:

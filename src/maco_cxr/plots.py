@@ -1,4 +1,4 @@
-"""Figures for reports: heatmap overlays, ROC curves and training curves.
+"""Figures for reports: heatmap overlays, ROC curves, training curves and reliability diagrams.
 
 Figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas and never through
 ``pyplot``, so importing or using this module leaves the user's matplotlib backend alone.
@@ -20,8 +20,11 @@ from PIL import Image, ImageDraw, ImageFont
 from maco_cxr.errors import DataError
 from maco_cxr.metrics._arrays import to_numpy
 from maco_cxr.metrics.classification import roc_auc_per_class, roc_curve_points
+from maco_cxr.metrics.uncertainty import reliability_curve
 
 _BOX_COLOUR = (0, 255, 0)
+_MARKER_LIMIT = 50  # training-curve panels with at most this many points get markers
+_LINE_STYLES = ("-", "--", "-.", ":")
 _TITLE_COLOUR = (255, 255, 255)
 
 
@@ -111,6 +114,23 @@ def _save_figure(figure: Figure, path: str | Path) -> Path:
     return path
 
 
+def _class_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
+    """A distinct (colour, line style) for each of ``n`` curves.
+
+    Up to 10: tab10, solid. Up to 20: tab20's dark shades then its light ones, the light
+    shades dashed so that the pair sharing a hue still differs. Beyond: evenly spaced turbo
+    colours cycling through four line styles, so that neighbouring colours differ in style.
+    """
+    if n <= 10:
+        return [(matplotlib.colormaps["tab10"](k), "-") for k in range(n)]
+    if n <= 20:
+        tab20 = matplotlib.colormaps["tab20"]
+        order = [*range(0, 20, 2), *range(1, 20, 2)]  # dark shades, then the light ones
+        return [(tab20(order[k]), "-" if k < 10 else "--") for k in range(n)]
+    turbo = matplotlib.colormaps["turbo"]
+    return [(turbo(0.05 + 0.9 * k / (n - 1)), _LINE_STYLES[k % 4]) for k in range(n)]
+
+
 def plot_roc_curves(
     y_true: Any,
     y_score: Any,
@@ -121,7 +141,10 @@ def plot_roc_curves(
     """Write one ROC curve per class to a PNG, with each class's AUC in the legend.
 
     Labels and scores are ``[N, K]`` (NaN labels left out per class); a class with a single
-    known label value appears in the legend as "AUC n/a" without a curve.
+    known label value appears in the legend as "AUC n/a" without a curve. The legend sits to
+    the right of the axes, so it never hides a curve, and each class gets its own colour and
+    line style (see ``_class_styles``), also beyond 10 classes. The image is 900 x 600 pixels,
+    taller beyond 24 classes so that the legend fits.
     """
     labels = to_numpy(y_true).astype(np.float64)
     scores = to_numpy(y_score).astype(np.float64)
@@ -130,18 +153,22 @@ def plot_roc_curves(
     if len(class_names) != labels.shape[1]:
         raise DataError(f"{len(class_names)} class_names given for {labels.shape[1]} label columns")
     aucs = roc_auc_per_class(labels, scores, class_names)
-    figure = Figure(figsize=(6, 6), dpi=100, layout="constrained")
+    many = len(class_names) > 24
+    height = max(6.0, 0.19 * (len(class_names) + 1) + 0.8) if many else 6.0
+    figure = Figure(figsize=(9, height), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-    for k, name in enumerate(class_names):
+    axes.plot([0, 1], [0, 1], linestyle=(0, (1, 3)), color="grey", linewidth=1, label="chance")
+    for k, (name, (colour, style)) in enumerate(zip(class_names, _class_styles(len(class_names)))):
         if np.isnan(aucs[k]):
-            axes.plot([], [], label=f"{name} (AUC n/a)")
+            axes.plot([], [], color=colour, linestyle=style, label=f"{name} (AUC n/a)")
             continue
         curve = roc_curve_points(labels[:, k], scores[:, k])
-        axes.plot(curve.fpr, curve.tpr, linewidth=1.5, label=f"{name} (AUC {curve.auc:.3f})")
+        axes.plot(curve.fpr, curve.tpr, color=colour, linestyle=style, linewidth=1.5,
+                  label=f"{name} (AUC {curve.auc:.3f})")
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
     axes.set_aspect("equal")
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                fontsize="x-small" if many else "small", handlelength=3.0)
     if title is not None:
         axes.set_title(title)
     return _save_figure(figure, path)
@@ -158,8 +185,9 @@ def plot_training_curves(
     """Plot metrics against ``x_key`` from per-step metric rows, one panel per key, to a PNG.
 
     Rows without a key (e.g. validation logged every N steps) simply add no point to that
-    panel; points are drawn in ``x_key`` order. A key found in no row, or a row without
-    ``x_key``, is an error.
+    panel; points are drawn in ``x_key`` order, with markers when a panel has at most
+    ``_MARKER_LIMIT`` points, so a single logged value still shows. A key found in no row, or
+    a row without ``x_key``, is an error.
     """
     if not keys:
         raise DataError("plot_training_curves needs at least one key to plot")
@@ -174,10 +202,48 @@ def plot_training_curves(
     for axes, key in zip(panels, keys):
         points = sorted((float(row[x_key]), float(row[key])) for row in rows if key in row)
         xs, ys = zip(*points)
-        axes.plot(xs, ys, linewidth=1.2)
+        marker = "o" if len(points) <= _MARKER_LIMIT else None
+        axes.plot(xs, ys, linewidth=1.2, marker=marker, markersize=4)
         axes.set_ylabel(key)
         axes.grid(alpha=0.3)
     panels[-1].set_xlabel(x_key)
     if title is not None:
         figure.suptitle(title)
+    return _save_figure(figure, path)
+
+
+def plot_reliability_diagram(
+    y_true: Any,
+    y_prob: Any,
+    path: str | Path,
+    *,
+    n_bins: int = 10,
+    title: str | None = None,
+) -> Path:
+    """Write the reliability diagram of one class's probabilities ``[N]`` to a PNG (600 x 700).
+
+    Top: observed frequency of positives against mean predicted probability per bin (from
+    :func:`~maco_cxr.metrics.uncertainty.reliability_curve`, same ``n_bins``), each point's
+    vertical gap to the diagonal marked, and the ECE in the legend. Bottom: how many items
+    fall in each bin. Empty bins draw nothing.
+    """
+    curve = reliability_curve(y_true, y_prob, n_bins=n_bins)
+    filled = curve.counts > 0
+    centres = (curve.bin_edges[:-1] + curve.bin_edges[1:]) / 2.0
+    width = curve.bin_edges[1] - curve.bin_edges[0]
+    figure = Figure(figsize=(6, 7), dpi=100, layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    predicted, observed = curve.mean_predicted[filled], curve.observed_frequency[filled]
+    top.vlines(predicted, predicted, observed, color="tab:red", linewidth=3, alpha=0.45,
+               label="gap to the diagonal")
+    top.plot(predicted, observed, marker="o", color="tab:blue", linewidth=1.5,
+             label=f"model (ECE {curve.ece:.3f}, n = {curve.n})")
+    top.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), ylabel="observed frequency of positives")
+    top.legend(loc="upper left", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.bar(centres, curve.counts, width=width * 0.9, color="tab:blue", alpha=0.6)
+    bottom.set(xlabel="mean predicted probability", ylabel="items")
+    if title is not None:
+        top.set_title(title)
     return _save_figure(figure, path)

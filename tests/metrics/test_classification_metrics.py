@@ -1,4 +1,4 @@
-"""Classification metrics against hand-computed AUC, accuracy and weighted F1."""
+"""Classification metrics against hand-computed AUC, accuracy, weighted and macro F1."""
 
 from __future__ import annotations
 
@@ -50,12 +50,26 @@ def test_report_by_hand() -> None:
     # weighted F1. a: label 0 P=2/3 R=1 F1=0.8, label 1 P=1 R=1/2 F1=2/3, supports 2/2 -> 0.7333
     # b: label 0 P=1/2 R=1 F1=2/3 (support 1), label 1 P=1 R=1/2 F1=2/3 (support 2) -> 2/3
     # hernia: label 0 P=1 R=3/4 F1=6/7 (support 4), label 1 support 0 -> 6/7
-    assert (a["f1"], b["f1"], c["f1"]) == pytest.approx(((0.8 + 2 / 3) / 2, 2 / 3, 6 / 7))
+    weighted = ((0.8 + 2 / 3) / 2, 2 / 3, 6 / 7)
+    assert (a["f1_weighted"], b["f1_weighted"], c["f1_weighted"]) == pytest.approx(weighted)
+    # macro F1: the unweighted mean of the same two label F1s. a and b as above (equal F1s or
+    # supports); hernia: label 1 is predicted once, P = 0/1, so F1_1 = 0 -> (6/7 + 0) / 2
+    macro = ((0.8 + 2 / 3) / 2, 2 / 3, 3 / 7)
+    assert (a["f1_macro"], b["f1_macro"], c["f1_macro"]) == pytest.approx(macro)
+    assert "f1" not in a and "mean_f1" not in report  # renamed: say which F1
     assert (a["n"], a["n_pos"], b["n"], b["n_pos"], c["n_pos"]) == (4, 2, 3, 2, 0)
     assert report["mean_auc"] == pytest.approx((0.75 + 0.5) / 2)  # NaN class skipped
     assert report["mean_acc"] == pytest.approx((0.75 + 2 / 3 + 0.75) / 3)
-    assert report["mean_f1"] == pytest.approx(((0.8 + 2 / 3) / 2 + 2 / 3 + 6 / 7) / 3)
+    assert report["mean_f1_weighted"] == pytest.approx(sum(weighted) / 3)
+    assert report["mean_f1_macro"] == pytest.approx(sum(macro) / 3)
     assert report["threshold"] == 0.5
+
+
+def test_f1_macro_all_negative_class() -> None:
+    # labels and predictions all negative: only label 0 is present, its F1 is 1 -> macro 1 (sklearn)
+    with pytest.warns(RuntimeWarning, match="undefined"):
+        report = classification_report(np.array([0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.5]), ["x"])
+    assert report["per_class"]["x"]["f1_macro"] == 1.0 and report["per_class"]["x"]["f1_weighted"] == 1.0
 
 
 def test_threshold_is_strict_and_configurable() -> None:
@@ -75,6 +89,8 @@ def test_all_unknown_class_is_nan_not_an_error() -> None:
     with pytest.warns(RuntimeWarning):
         report = classification_report(labels, np.array([[0.9, 0.1], [0.2, 0.3]]), ["a", "b"])
     assert report["per_class"]["b"]["n"] == 0 and np.isnan(report["per_class"]["b"]["acc"])
+    assert np.isnan(report["per_class"]["b"]["f1_weighted"]) and np.isnan(report["per_class"]["b"]["f1_macro"])
+    assert report["mean_f1_weighted"] == 1.0 and report["mean_f1_macro"] == 1.0
     assert report["mean_auc"] == 1.0 and report["mean_acc"] == 1.0
 
 

@@ -157,15 +157,18 @@ def run(args: argparse.Namespace) -> int:
         "official_split": args.official_split, "n_images": len(result.paths), "classes": list(classes),
         "prompts": prompts if isinstance(prompts, str) else str(prompts),
         "prompt_texts": {c: {"pos": list(p.positive), "neg": list(p.negative)} for c, p in table.items()},
-        "per_class": report["per_class"], "macro_auc": report["mean_auc"], "macro_f1": report["mean_f1"],
+        "per_class": report["per_class"], "macro_auc": report["mean_auc"],
+        "mean_f1_weighted": report["mean_f1_weighted"], "mean_f1_macro": report["mean_f1_macro"],
         "macro_acc": report["mean_acc"], "threshold": report["threshold"],
         "n_skipped_rows": len(dataset.skips),
     }
     write_json(args.out / "summary.json", summary)
-    print(f"{'class':<24} {'n':>6} {'pos':>6} {'AUC':>7} {'F1':>7} {'ACC':>7}")
+    print(f"{'class':<24} {'n':>6} {'pos':>6} {'AUC':>7} {'F1w':>7} {'F1m':>7} {'ACC':>7}")
     for name, row in report["per_class"].items():
-        print(f"{name:<24} {row['n']:>6} {row['n_pos']:>6} {row['auc']:>7.4f} {row['f1']:>7.4f} {row['acc']:>7.4f}")
-    print(f"{'macro':<24} {'':>6} {'':>6} {report['mean_auc']:>7.4f} {report['mean_f1']:>7.4f} "
+        print(f"{name:<24} {row['n']:>6} {row['n_pos']:>6} {row['auc']:>7.4f} {row['f1_weighted']:>7.4f} "
+              f"{row['f1_macro']:>7.4f} {row['acc']:>7.4f}")
+    print(f"{'macro':<24} {'':>6} {'':>6} {report['mean_auc']:>7.4f} {report['mean_f1_weighted']:>7.4f} "
+          f"{report['mean_f1_macro']:>7.4f} "
           f"{report['mean_acc']:>7.4f}")
     print(f"wrote {args.out / 'summary.json'}, scores.csv, roc_curves.png")
     return 0

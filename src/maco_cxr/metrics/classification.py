@@ -1,10 +1,18 @@
 """Multi-label classification metrics as the official MaCo evaluation computes them.
 
-AUC per class with scikit-learn, accuracy and F1 (scikit-learn ``average="weighted"``) at a
-threshold of 0.5 where a score counts as positive only when it is strictly greater than the
-threshold (the official code uses ``np.round``, which sends 0.5 to 0), and their macro means.
+AUC per class with scikit-learn, accuracy and two F1 scores at a threshold of 0.5 where a
+score counts as positive only when it is strictly greater than the threshold (the official
+code uses ``np.round``, which sends 0.5 to 0), and their means over classes:
+
+- ``f1_weighted``: the official figure (eval/metric.py ``F1``, ZeroShot/utils/metrics.py
+  ``compute_f1``): per class, scikit-learn ``f1_score(average="weighted")``, the F1 of the
+  negative and of the positive label weighted by their support. Dominated by the majority
+  (usually negative) label, so it stays high for a classifier that never predicts positive.
+- ``f1_macro``: per class, ``f1_score(average="macro")``, the unweighted mean of those two F1s.
+
 Labels follow the dataset contract: 1 positive, 0 negative, NaN unknown; unknown labels are
-left out of the class they belong to only.
+left out of the class they belong to only. Per-class thresholds chosen on a validation split
+are in :mod:`maco_cxr.metrics.uncertainty`.
 """
 
 from __future__ import annotations
@@ -82,10 +90,19 @@ def roc_auc_per_class(
 def classification_report(
     y_true: Any, y_score: Any, class_names: Sequence[str], threshold: float = 0.5
 ) -> dict[str, Any]:
-    """Per-class AUC, accuracy and weighted F1 plus their NaN-aware macro means.
+    """Per-class AUC, accuracy, weighted and macro F1, plus their NaN-aware means over classes.
 
-    Returns ``{"per_class": {name: {"auc", "acc", "f1", "n", "n_pos"}}, "mean_auc",
-    "mean_acc", "mean_f1", "threshold"}``; ``n`` counts the known labels of the class.
+    Returns ``{"per_class": {name: {"auc", "acc", "f1_weighted", "f1_macro", "n", "n_pos"}},
+    "mean_auc", "mean_acc", "mean_f1_weighted", "mean_f1_macro", "threshold"}``; ``n``
+    counts the known labels of the class. A score is positive when it is ``> threshold``.
+
+    - ``f1_weighted``: scikit-learn ``f1_score(average="weighted")`` of the class, i.e.
+      (n_neg * F1_neg + n_pos * F1_pos) / n: the official MaCo "F1".
+    - ``f1_macro``: ``f1_score(average="macro")``, (F1_neg + F1_pos) / 2 over the label values
+      present in the labels or predictions (1.0 when both are all negative).
+
+    Both use ``zero_division=0``. ``mean_*`` average over classes, skipping NaN (e.g. an
+    undefined AUC or a class without known labels).
     """
     labels, scores = _as_label_score_matrices(y_true, y_score)
     if len(class_names) != labels.shape[1]:
@@ -98,23 +115,21 @@ def classification_report(
         pred = (scores[known, k] > threshold).astype(np.int64)
         if truth.size:
             acc = float(np.mean(truth == pred))
-            f1 = float(f1_score(truth, pred, average="weighted", zero_division=0))
+            f1_weighted = float(f1_score(truth, pred, average="weighted", zero_division=0))
+            f1_macro = float(f1_score(truth, pred, average="macro", zero_division=0))
         else:
-            acc = f1 = float("nan")
+            acc = f1_weighted = f1_macro = float("nan")
         per_class[name] = {
             "auc": float(aucs[k]),
             "acc": acc,
-            "f1": f1,
+            "f1_weighted": f1_weighted,
+            "f1_macro": f1_macro,
             "n": int(truth.size),
             "n_pos": int(truth.sum()),
         }
-    return {
-        "per_class": per_class,
-        "mean_auc": nan_mean([c["auc"] for c in per_class.values()]),
-        "mean_acc": nan_mean([c["acc"] for c in per_class.values()]),
-        "mean_f1": nan_mean([c["f1"] for c in per_class.values()]),
-        "threshold": float(threshold),
-    }
+    means = {f"mean_{key}": nan_mean([c[key] for c in per_class.values()])
+             for key in ("auc", "acc", "f1_weighted", "f1_macro")}
+    return {"per_class": per_class, **means, "threshold": float(threshold)}
 
 
 def roc_curve_points(y_true: Any, y_score: Any) -> RocCurve:
