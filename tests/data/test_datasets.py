@@ -381,11 +381,11 @@ def test_on_error_is_validated(name: str, tmp_path: Path) -> None:
 
 def test_registry(tmp_path: Path) -> None:
     assert set(DATASETS) == {"manifest", "cxr-real", "mimic-cxr", "chexpert", "nih", "rsna",
-                             "siim", "ms-cxr", "covid-rural"}
+                             "siim", "ms-cxr", "covid-rural", "vindr-cxr", "chexlocalize"}
     assert isinstance(build_dataset("cxr-real", CXR_REAL), CxrReal)
     fake = make_nih(tmp_path)
     assert len(build_dataset("nih", fake.root, split="test")) == 1
-    with pytest.raises(ConfigError, match=r"unknown dataset kind 'nhi'; valid kinds: \['chexpert'"):
+    with pytest.raises(ConfigError, match=r"unknown dataset kind 'nhi'; valid kinds: \['chexlocalize', 'chexpert'"):
         build_dataset("nhi", fake.root)
 
 

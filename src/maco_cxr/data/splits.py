@@ -4,14 +4,17 @@ The split files shipped in ``maco_cxr/assets/splits/maco-official`` (MIT, from t
 MaCo repository) list one image per line: ``relative/path label1 ... labelK`` separated by
 whitespace; SIIM lists hold SOPInstanceUIDs only. The SIIM train/val/test lists overlap in
 the official release; :func:`load_official_split` warns and :func:`deduplicate_splits`
-offers disjoint lists.
+offers disjoint lists. The RSNA detection test set ships as the official COCO file
+(:func:`official_rsna_detection_test`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,12 +36,19 @@ from maco_cxr.data.datasets.base import (
 from maco_cxr.errors import ConfigError, DataError
 
 __all__ = [
+    "DetectionEntry",
     "SplitEntry",
     "deduplicate_splits",
+    "detection_split_entries",
+    "detection_split_overlaps",
     "label_fraction",
     "load_official_split",
+    "official_rsna_detection_test",
+    "official_rsna_detection_test_path",
     "official_split_path",
+    "read_coco_detection_split",
     "read_split_file",
+    "rsna_detection_test_overlaps",
     "split_overlaps",
     "subset_by_split_file",
 ]
@@ -255,6 +265,160 @@ def label_fraction(records: Sequence[Record], fraction: float, seed: int) -> lis
             break
         chosen.extend(ordered[g])
     return sorted(chosen)
+
+
+# --- RSNA detection test set (official COCO file) --------------------------------------------
+
+_RSNA_DETECTION_TEST = "detection_test_coco_format.json"
+
+
+@dataclass(frozen=True, eq=False)
+class DetectionEntry:
+    """One image of a COCO detection split file.
+
+    ``name`` is the stem of the image's file name (the RSNA ``patientId``): the official
+    file holds absolute paths of the authors' machine, so only the base name is usable.
+    ``boxes``: float32 ``[M, 4]`` xyxy pixels (from COCO ``[x, y, w, h]``), ``box_labels``
+    their category names; ``line`` the image's 1-based position in the file's ``images``.
+    """
+
+    name: str
+    boxes: np.ndarray
+    box_labels: tuple[str, ...]
+    file_name: str
+    image_id: int
+    width: int
+    height: int
+    line: int = 0
+
+
+def _json_int(value: object, where: str, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{where} field {field_name!r}: {value!r} is not an integer")
+    return value
+
+
+def _coco_box(value: object, where: str) -> list[float]:
+    if (not isinstance(value, list) or len(value) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in value)):
+        raise DataError(f"{where} field 'bbox': {value!r} is not [x, y, w, h] (4 finite numbers)")
+    x, y, w, h = (float(v) for v in value)
+    if w <= 0 or h <= 0:
+        raise DataError(f"{where} field 'bbox': box size {w}x{h} (w x h) is not positive")
+    return [x, y, x + w, y + h]
+
+
+def read_coco_detection_split(path: str | os.PathLike[str]) -> list[DetectionEntry]:
+    """The images of a COCO detection file with their boxes, in the file's ``images`` order.
+
+    Images are matched on the stem of ``file_name`` (any folder, ``/`` or ``\\\\``); two
+    images with the same stem, two with the same id, or an annotation of an unknown image
+    raise :class:`DataError` naming the file, the entry (``images[i]``,
+    ``annotations[j]``) and the field. Images without annotations get an empty ``[0, 4]``
+    box array.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot read the COCO file ({err})") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a COCO object with 'images' and 'annotations'")
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: field {key!r} is missing or not a list")
+    categories: dict[int, str] = {}
+    for k, category in enumerate(data.get("categories") or []):
+        where = f"{path}: categories[{k}]"
+        if not isinstance(category, dict):
+            raise DataError(f"{where} is not an object")
+        categories[_json_int(category.get("id"), where, "id")] = str(category.get("name", ""))
+    entries: dict[int, DetectionEntry] = {}
+    boxes: dict[int, list[list[float]]] = {}
+    labels: dict[int, list[str]] = {}
+    stems: dict[str, int] = {}
+    for k, image in enumerate(data["images"]):
+        where = f"{path}: images[{k}]"
+        if not isinstance(image, dict):
+            raise DataError(f"{where} is not an object")
+        image_id = _json_int(image.get("id"), where, "id")
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise DataError(f"{where} field 'file_name': {file_name!r} is not a file name")
+        stem = PurePosixPath(file_name.replace("\\", "/")).stem
+        if image_id in entries:
+            raise DataError(f"{where} field 'id': {image_id} is the id of "
+                            f"images[{entries[image_id].line - 1}] too")
+        if stem in stems:
+            raise DataError(f"{where} field 'file_name': the base name {stem!r} is the one of "
+                            f"images[{stems[stem]}] too")
+        stems[stem] = k
+        entries[image_id] = DetectionEntry(
+            name=stem, boxes=np.zeros((0, 4), dtype=np.float32), box_labels=(),
+            file_name=file_name, image_id=image_id,
+            width=_json_int(image.get("width"), where, "width"),
+            height=_json_int(image.get("height"), where, "height"), line=k + 1)
+        boxes[image_id], labels[image_id] = [], []
+    for k, annotation in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{k}]"
+        if not isinstance(annotation, dict):
+            raise DataError(f"{where} is not an object")
+        image_id = _json_int(annotation.get("image_id"), where, "image_id")
+        if image_id not in entries:
+            raise DataError(f"{where} field 'image_id': no image has id {image_id}")
+        category = _json_int(annotation.get("category_id"), where, "category_id")
+        boxes[image_id].append(_coco_box(annotation.get("bbox"), where))
+        labels[image_id].append(categories.get(category, str(category)))
+    return [
+        dataclasses.replace(entry, boxes=np.array(boxes[i], dtype=np.float32).reshape(-1, 4),
+                            box_labels=tuple(labels[i]))
+        for i, entry in entries.items()
+    ]
+
+
+def official_rsna_detection_test_path() -> Path:
+    """Path of the shipped official RSNA detection test file (COCO, MIT, MaCo authors)."""
+    resource = files("maco_cxr").joinpath("assets", "splits", "maco-official",
+                                          _FOLDERS["rsna"], _RSNA_DETECTION_TEST)
+    if not resource.is_file():
+        raise ConfigError(f"the package has no {_RSNA_DETECTION_TEST}; reinstall maco-cxr")
+    return Path(str(resource))
+
+
+def official_rsna_detection_test() -> list[DetectionEntry]:
+    """The official RSNA detection test set: 1,218 positive stage-2 train images, 1,947 boxes.
+
+    ``name`` is the patientId. All of its images come from ``stage_2_train_images``, and they
+    overlap the official classification lists (:func:`rsna_detection_test_overlaps`).
+    Apply it to ``RsnaPneumonia(root, positives_only=True)`` with
+    ``subset_by_split_file(dataset, detection_split_entries(entries))``.
+    """
+    return read_coco_detection_split(official_rsna_detection_test_path())
+
+
+def detection_split_entries(entries: Sequence[DetectionEntry]) -> list[SplitEntry]:
+    """The entries as bare-name :class:`SplitEntry` (no labels), for
+    :func:`subset_by_split_file`."""
+    return [SplitEntry(e.name, np.zeros(0, dtype=np.float32), e.line) for e in entries]
+
+
+def detection_split_overlaps(entries: Sequence[DetectionEntry],
+                             splits: Mapping[str, Sequence[SplitEntry]]) -> dict[str, int]:
+    """For each named split, how many of ``entries`` it lists (matched on the file stem)."""
+    names = {e.name for e in entries}
+    return {split: len(names & {PurePosixPath(s.path.replace("\\", "/")).stem for s in listed})
+            for split, listed in splits.items()}
+
+
+def rsna_detection_test_overlaps(
+    names: Sequence[str] = ("train", "val", "test", "train_1", "train_10"),
+) -> dict[str, int]:
+    """How many images of the official RSNA detection test set each official RSNA
+    classification list holds (1,173 in train, 45 in val: the detection test images were
+    drawn from ``stage_2_train``, not from the classification test list)."""
+    lists = {name: read_split_file(official_split_path("rsna", name)) for name in names}
+    return detection_split_overlaps(official_rsna_detection_test(), lists)
 
 
 def _parts(path: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record, Sample, SkipReport
+from maco_cxr.data.datasets.chexlocalize import CheXlocalize
 from maco_cxr.data.datasets.chexpert import CheXpert
 from maco_cxr.data.datasets.covid_rural import CovidRural
 from maco_cxr.data.datasets.manifest import CxrReal, GenericManifest
@@ -20,10 +21,12 @@ from maco_cxr.data.datasets.mscxr import MsCxr
 from maco_cxr.data.datasets.nih import NihChestXray14
 from maco_cxr.data.datasets.rsna import RsnaPneumonia
 from maco_cxr.data.datasets.siim import SiimAcr
+from maco_cxr.data.datasets.vindr import VinDrCxr
 from maco_cxr.errors import ConfigError
 
 __all__ = [
     "DATASETS",
+    "CheXlocalize",
     "CheXpert",
     "ChestXrayDataset",
     "CovidRural",
@@ -37,6 +40,7 @@ __all__ = [
     "Sample",
     "SiimAcr",
     "SkipReport",
+    "VinDrCxr",
     "build_dataset",
 ]
 
@@ -50,6 +54,8 @@ DATASETS: dict[str, type[ChestXrayDataset]] = {
     "siim": SiimAcr,
     "ms-cxr": MsCxr,
     "covid-rural": CovidRural,
+    "vindr-cxr": VinDrCxr,
+    "chexlocalize": CheXlocalize,
 }
 
 
