@@ -14,12 +14,21 @@ they compress like radiographs rather than like flat images). It then prepares a
    first) and on PNGs already at ``--size`` (what a pre-resized dataset costs).
 It prints figures and never asserts; the store is read from the page cache (warm). With CUDA
 the loader pins memory, so its figures include the copy into pinned memory.
+
+First, on the first ``--prepare-images`` files, it prints what ``prepare`` costs per image
+next to a bare PIL decode + BOX resize of the same files (stages interleaved, median of
+``--repeats``): ``read_image``, ``Letterbox.apply_image`` alone (on decoded arrays), the float64
+cumulative-sum resampler it replaced, and ``prepare_dataset`` in one process (``workers=0``,
+fresh store, fsync included), with the ratio prepare / (decode + BOX). A prepare run also has
+a fixed cost (~10 ms: folders, five fsyncs, JSON) spread over the images, so time at least ~64.
+``--prepare-only`` stops there.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import statistics
 import tempfile
@@ -35,6 +44,8 @@ from torchvision import transforms
 
 from maco_cxr.data.augment import AugmentConfig, augment_batch, normalize_batch
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
+from maco_cxr.data.io import read_image
+from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.prepare import prepare_dataset
 from maco_cxr.data.store import PreparedStore, make_loader
 
@@ -123,6 +134,95 @@ def pil_recipe_rate(paths: list[Path], size: int, resize: bool) -> float:
     return len(paths) / timed(one_pass, repeats=1)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _legacy_resample(values: np.ndarray, axis: int, n_out: int, step: float,
+                     stop: int) -> np.ndarray:
+    """The letterbox resampler before the fast path: a float64 cumulative sum of the whole axis
+    for area, gathers for bilinear (kept here only as a timing reference)."""
+    source = np.ascontiguousarray(np.moveaxis(values, axis, -1))
+    edges = np.arange(n_out + 1, dtype=np.float64) * step
+    if step <= 1.0:
+        centres = np.clip((edges[:-1] + edges[1:]) / 2 - 0.5, 0, stop - 1)
+        lower = np.floor(centres).astype(np.int64)
+        upper = np.minimum(lower + 1, stop - 1)
+        weight = centres - lower
+        out = source[..., lower] * (1.0 - weight) + source[..., upper] * weight
+    else:
+        integral = np.zeros(source.shape[:-1] + (stop + 1,), dtype=np.float64)
+        np.cumsum(source, axis=-1, dtype=np.float64, out=integral[..., 1:])
+        clipped = np.clip(edges, 0, stop)
+        cell = np.minimum(np.floor(clipped).astype(np.int64), stop - 1)
+        frac = clipped - cell
+        at_edges = integral[..., cell] * (1.0 - frac) + integral[..., cell + 1] * frac
+        out = np.diff(at_edges, axis=-1) / np.diff(clipped)
+    return np.moveaxis(out, -1, axis)
+
+
+def legacy_letterbox(box: Letterbox, image: np.ndarray) -> np.ndarray:
+    """``box.apply_image`` as it was computed before (float64, columns then rows)."""
+    step = 1.0 / box.scale
+    columns = _legacy_resample(image, 1, box.new_width, step, box.src_width)
+    content = _legacy_resample(columns, 0, box.new_height, step, box.src_height)
+    canvas = np.zeros((box.size, box.size), dtype=np.uint8)
+    canvas[box.pad_top:box.pad_top + box.new_height,
+           box.pad_left:box.pad_left + box.new_width] = np.rint(np.clip(content, 0, 255))
+    return canvas
+
+
+def prepare_cost(paths: list[Path], size: int, work: Path, repeats: int) -> list[tuple[str, float]]:
+    """Seconds per image of each stage, median over ``repeats`` interleaved passes."""
+    dataset = ChestXrayDataset([Record(image_path=p, report="x") for p in paths])
+    arrays = [read_image(p) for p in paths]
+    boxes = [Letterbox.fit(*a.shape, size) for a in arrays]
+
+    def pil_decode_box() -> None:
+        for path, box in zip(paths, boxes):
+            with Image.open(path) as image:
+                np.asarray(image.resize((box.new_width, box.new_height), Image.BOX))
+
+    def decode() -> None:
+        for path in paths:
+            read_image(path)
+
+    def apply() -> None:
+        for box, array in zip(boxes, arrays):
+            box.apply_image(array)
+
+    def legacy() -> None:
+        for box, array in zip(boxes, arrays):
+            legacy_letterbox(box, array)
+
+    def prepare() -> None:
+        shutil.rmtree(work / "store_serial", ignore_errors=True)
+        prepare_dataset(dataset, work / "store_serial", size, workers=0, shard_size=256)
+
+    stages = [("PIL decode + BOX resize (+ asarray)", pil_decode_box),
+              ("read_image (decode as prepare does)", decode),
+              ("Letterbox.apply_image (decoded input)", apply),
+              ("float64 cumsum letterbox (before)", legacy),
+              ("prepare_dataset, workers=0", prepare)]
+    times: dict[str, list[float]] = {name: [] for name, _ in stages}
+    for name, fn in stages:  # warm-up: page cache, imports, first-call costs
+        fn()
+    for _ in range(repeats):
+        for name, fn in stages:
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / len(paths))
+    shutil.rmtree(work / "store_serial", ignore_errors=True)
+    return [(name, statistics.median(times[name])) for name, _ in stages]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, help="folder of images (default: synthetic)")
@@ -135,6 +235,11 @@ def main() -> None:
     parser.add_argument("--pil-images", type=int, default=48,
                         help="images timed through the PIL recipe")
     parser.add_argument("--workdir", type=Path, help="keep PNGs and store here (default: tmp)")
+    parser.add_argument("--prepare-images", type=int, default=64,
+                        help="images timed in the prepare-cost comparison")
+    parser.add_argument("--repeats", type=int, default=5, help="passes of that comparison")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="print only the prepare-cost comparison")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +248,18 @@ def main() -> None:
             paths = sorted(p for p in args.source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
             paths = write_synthetic_pngs(work / "png", args.n, args.side, seed=0)
+        cost = prepare_cost(paths[: args.prepare_images], args.size, work, args.repeats)
+        side = Image.open(paths[0]).size
+        print(f"prepare cost per image: {len(paths[: args.prepare_images])} images, "
+              f"{side[0]}x{side[1]} -> {args.size}, median of {args.repeats} passes, "
+              f"{cpu_model()}")
+        print(f"| {'stage':<40} | {'ms/image':>9} | {'img/s':>7} |")
+        print(f"|{'-' * 42}|{'-' * 10}:|{'-' * 8}:|")
+        for stage, seconds in cost:
+            print(f"| {stage:<40} | {seconds * 1e3:>9.2f} | {1 / seconds:>7,.0f} |")
+        print(f"prepare / (PIL decode + BOX) = {cost[-1][1] / cost[0][1]:.2f}")
+        if args.prepare_only:
+            return
         report_text = "The lungs are clear. No pleural effusion. Heart size is normal."
         dataset = ChestXrayDataset([Record(image_path=p, report=report_text,
                                            labels=np.zeros(14, np.float32)) for p in paths])

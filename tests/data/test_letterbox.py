@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -178,3 +179,78 @@ def test_shape_and_dtype_checks() -> None:
         box.apply_image(np.zeros((10, 20), dtype=np.float32))
     with pytest.raises(DataError, match=r"grey \[H, W\]"):
         letterbox_image(np.zeros((10, 20, 3), dtype=np.uint8), 8)
+
+
+def _reference_weights(n_out: int, n_in: int, step: float, start: float = 0.0,
+                       stop: int | None = None) -> np.ndarray:
+    """``[n_out, n_in]`` float64 resampling matrix, written out one output pixel at a time.
+
+    Output ``j`` covers source ``[start + j * step, start + (j + 1) * step)`` clipped to
+    ``[start, stop)``: exact area (overlap / covered length) when ``step > 1``, bilinear at the
+    interval's centre (half-pixel centres, edges clamped) otherwise.
+    """
+    stop = n_in if stop is None else stop
+    low = int(start)
+    weights = np.zeros((n_out, n_in))
+    for j in range(n_out):
+        if step > 1:
+            lo, hi = max(low, start + j * step), min(stop, start + (j + 1) * step)
+            for k in range(math.floor(lo), math.ceil(hi)):
+                weights[j, k] = min(hi, k + 1) - max(lo, k)
+            weights[j] /= hi - lo
+        else:
+            x = min(max(start + (j + 0.5) * step - 0.5, low), stop - 1)
+            k = math.floor(x)
+            weights[j, k] += 1 - (x - k)
+            weights[j, min(k + 1, stop - 1)] += x - k
+    return weights
+
+
+# odd shapes and scales: integer and fractional factors, strong and tiny downscaling, a single
+# row, upscaling, and a 1023 px side whose scale has no short period
+REFERENCE_SHAPES = [(1024, 1024, 448), (1023, 731, 448), (1201, 1537, 448), (333, 517, 300),
+                    (512, 384, 256), (999, 97, 7), (37, 53, 16), (5, 3, 2), (1, 7, 3),
+                    (61, 90, 224), (17, 5, 64)]
+
+
+@pytest.mark.parametrize(("height", "width", "size"), REFERENCE_SHAPES)
+def test_apply_image_matches_float64_reference(height: int, width: int, size: int) -> None:
+    box = Letterbox.fit(height, width, size)
+    rng = np.random.default_rng(height * 31 + width)
+    image = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    step = 1 / box.scale
+    rows = _reference_weights(box.new_height, height, step)
+    columns = _reference_weights(box.new_width, width, step)
+    exact = rows @ image.astype(np.float64) @ columns.T
+    out = box.apply_image(image)
+    content = out[box.pad_top:box.pad_top + box.new_height,
+                  box.pad_left:box.pad_left + box.new_width].astype(np.int64)
+    diff = content - np.rint(np.clip(exact, 0, 255)).astype(np.int64)
+    # the fast path rounds like the reference except where float error decides an exact .5
+    assert np.abs(diff).max() <= 1
+    assert abs(diff.mean()) < 1e-3 and (diff != 0).mean() < 0.01
+    assert np.abs(content - exact).max() <= 0.5 + 1e-3
+    padding = np.ones_like(out, dtype=bool)
+    padding[box.pad_top:box.pad_top + box.new_height,
+            box.pad_left:box.pad_left + box.new_width] = False
+    assert not out[padding].any()
+
+
+@pytest.mark.parametrize(("height", "width", "size"), REFERENCE_SHAPES)
+def test_map_to_original_and_mask_match_reference(height: int, width: int, size: int) -> None:
+    box = Letterbox.fit(height, width, size)
+    rng = np.random.default_rng(height + 17 * width)
+    heatmap = rng.uniform(-1, 1, (size, size))
+    rows = _reference_weights(height, size, box.scale, box.pad_top, box.pad_top + box.new_height)
+    columns = _reference_weights(width, size, box.scale, box.pad_left,
+                                 box.pad_left + box.new_width)
+    np.testing.assert_allclose(box.map_to_original(heatmap), rows @ heatmap @ columns.T,
+                               rtol=1e-5, atol=1e-6)
+    mask = rng.integers(0, 3, (height, width), dtype=np.uint8)
+    step = 1 / box.scale
+    ys = np.minimum(((np.arange(box.new_height) + 0.5) * step).astype(int), height - 1)
+    xs = np.minimum(((np.arange(box.new_width) + 0.5) * step).astype(int), width - 1)
+    expected = np.zeros((size, size), dtype=np.uint8)
+    expected[box.pad_top:box.pad_top + box.new_height,
+             box.pad_left:box.pad_left + box.new_width] = mask[ys][:, xs]
+    np.testing.assert_array_equal(box.apply_mask(mask), expected)

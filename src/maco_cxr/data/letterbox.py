@@ -87,13 +87,18 @@ class Letterbox:
         self._check_source(image, "image")
         if image.dtype != np.uint8:
             raise DataError(f"Letterbox.apply_image expects uint8 pixels, got {image.dtype}")
-        content = self._to_letterbox(image, None)
-        return self._pad(np.rint(np.clip(content, 0.0, 255.0)).astype(np.uint8))
+        if self.scale == 1.0:  # bilinear at step 1 samples the pixel centres: a copy
+            return self._pad(image)
+        # float32 is exact enough: each output is a convex combination of uint8 values, so its
+        # rounding error (~1e-4 grey levels) can only flip an exact .5 tie by one level
+        content = self._to_letterbox(image, None, np.float32)
+        np.clip(content, 0.0, 255.0, out=content)
+        return self._pad(np.rint(content, out=content), np.uint8)
 
     def apply_mask(self, mask: np.ndarray) -> np.ndarray:
         """0/1 ``[src_height, src_width]`` -> ``[size, size]``, nearest neighbour (values kept)."""
         self._check_source(mask, "mask")
-        return self._pad(self._to_letterbox(np.asarray(mask), "nearest"))
+        return self._pad(self._to_letterbox(np.asarray(mask), "nearest", None))
 
     def boxes_to_letterbox(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Original-pixel boxes ``[M, 4]`` -> letterbox-pixel boxes ``[M, 4]`` (float64)."""
@@ -122,10 +127,12 @@ class Letterbox:
                 f"map_to_original expects a [{self.size}, {self.size}] map, got "
                 f"{list(values.shape)}"
             )
-        rows = _resample_axis(values, 0, self.src_height, self.scale, self.pad_top,
-                              self.pad_top + self.new_height, None)
-        out = _resample_axis(rows, 1, self.src_width, self.scale, self.pad_left,
-                             self.pad_left + self.new_width, None)
+        method: _Method = "area" if self.scale > 1.0 else "bilinear"
+        rows = _axis_taps(self.src_height, self.scale, self.pad_top,
+                          self.pad_top + self.new_height, method)
+        columns = _axis_taps(self.src_width, self.scale, self.pad_left,
+                             self.pad_left + self.new_width, method)
+        out = _resample_columns(_resample_rows(values, *rows, np.float64), *columns, np.float64)
         return out.astype(np.float32)
 
     def to_dict(self) -> dict[str, int | float]:
@@ -150,13 +157,22 @@ class Letterbox:
                 f"[{self.src_height}, {self.src_width}]"
             )
 
-    def _to_letterbox(self, source: np.ndarray, method: _Method | None) -> np.ndarray:
+    def _to_letterbox(self, source: np.ndarray, method: _Method | None,
+                      dtype: type[np.floating] | None) -> np.ndarray:
+        """The ``[new_height, new_width]`` content: rows, then columns, each in ``dtype``."""
         step = 1.0 / self.scale
-        columns = _resample_axis(source, 1, self.new_width, step, 0.0, self.src_width, method)
-        return _resample_axis(columns, 0, self.new_height, step, 0.0, self.src_height, method)
+        if method is None:
+            method = "area" if step > 1.0 else "bilinear"
+        rows = _axis_taps(self.new_height, step, 0.0, self.src_height, method)
+        columns = _axis_taps(self.new_width, step, 0.0, self.src_width, method)
+        if method == "nearest":  # one tap of weight 1: a gather, which keeps values and dtype
+            return np.take(np.take(source, rows[0][0], axis=0), columns[0][0], axis=1)
+        assert dtype is not None, "weighted resampling needs a float dtype"
+        return _resample_columns(_resample_rows(source, *rows, dtype), *columns, dtype)
 
-    def _pad(self, content: np.ndarray) -> np.ndarray:
-        canvas = np.zeros((self.size, self.size), dtype=content.dtype)
+    def _pad(self, content: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
+        """``content`` centred on a zero ``[size, size]`` canvas of ``dtype`` (default: its own)."""
+        canvas = np.zeros((self.size, self.size), dtype=content.dtype if dtype is None else dtype)
         canvas[self.pad_top:self.pad_top + self.new_height,
                self.pad_left:self.pad_left + self.new_width] = content
         return canvas
@@ -178,38 +194,88 @@ def _as_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def _resample_axis(values: np.ndarray, axis: int, n_out: int, step: float, start: float,
-                   stop: int, method: _Method | None) -> np.ndarray:
-    """Resample ``values`` along ``axis``: output ``i`` covers source ``start + [i, i+1) * step``.
+def _axis_taps(n_out: int, step: float, start: float, stop: int,
+               method: _Method) -> tuple[np.ndarray, np.ndarray]:
+    """Resampling along one axis as taps: output ``j = sum_k weight[k, j] * source[index[k, j]]``.
 
-    Only source indices ``[start, stop)`` are read (``start`` is an integer offset there).
-    ``method=None`` picks area when shrinking (``step > 1``) and bilinear otherwise.
+    Output ``j`` covers source ``start + [j, j+1) * step``; only source indices ``[start, stop)``
+    are read (``start`` is an integer offset there). ``area`` weighs each source pixel by its
+    overlap with that interval (clipped to the source) over the interval's length; ``bilinear``
+    samples the interval's centre with half-pixel centres and edge clamping; ``nearest`` takes
+    the pixel under the centre. Returns ``index`` (intp) and ``weight`` (float64), both
+    ``[K, n_out]``: ``K`` is 1, 2 or ``ceil(step) + 1``, and a tap past the source edge points
+    at the last pixel with weight 0.
     """
-    if method is None:
-        method = "area" if step > 1.0 else "bilinear"
     low, high = int(start), int(stop)
-    # work along the last, contiguous axis: numpy's cumsum and gathers are several times
-    # faster there than across rows
-    source = np.ascontiguousarray(np.moveaxis(values, axis, -1))
     edges = start + np.arange(n_out + 1, dtype=np.float64) * step
     if method == "nearest":
         centres = (edges[:-1] + edges[1:]) / 2
-        index = np.clip(np.floor(centres).astype(np.int64), low, high - 1)
-        out = source[..., index]
-    elif method == "bilinear":
+        index = np.clip(np.floor(centres).astype(np.intp), low, high - 1)
+        return index[None], np.ones((1, n_out))
+    if method == "bilinear":
         centres = np.clip((edges[:-1] + edges[1:]) / 2 - 0.5, low, high - 1)
-        lower = np.floor(centres).astype(np.int64)
-        upper = np.minimum(lower + 1, high - 1)
+        lower = np.floor(centres).astype(np.intp)
         weight = centres - lower
-        out = source[..., lower] * (1.0 - weight) + source[..., upper] * weight
-    else:
-        integral = np.zeros(source.shape[:-1] + (high - low + 1,), dtype=np.float64)
-        np.cumsum(source[..., low:high], axis=-1, dtype=np.float64, out=integral[..., 1:])
-        clipped = np.clip(edges, low, high) - low
-        cell = np.minimum(np.floor(clipped).astype(np.int64), high - low - 1)
-        frac = clipped - cell
-        at_edges = integral[..., cell] * (1.0 - frac) + integral[..., cell + 1] * frac
-        widths = np.diff(clipped)
-        assert (widths > 0).all(), "every output pixel overlaps the source"
-        out = np.diff(at_edges, axis=-1) / widths
-    return np.moveaxis(out, -1, axis)
+        return (np.stack([lower, np.minimum(lower + 1, high - 1)]),
+                np.stack([1.0 - weight, weight]))
+    clipped = np.clip(edges, low, high)
+    first, last = clipped[:-1], clipped[1:]
+    widths = last - first
+    assert (widths > 0).all(), "every output pixel overlaps the source"
+    index = np.floor(first).astype(np.intp) + np.arange(math.ceil(step) + 1)[:, None]
+    overlap = np.minimum(last, index + 1) - np.maximum(first, index)
+    return np.minimum(index, high - 1), np.maximum(overlap, 0.0) / widths
+
+
+def _resample_rows(values: np.ndarray, index: np.ndarray, weight: np.ndarray,
+                   dtype: type[np.floating]) -> np.ndarray:
+    """``[n_in, C]`` -> ``[n_out, C]`` in ``dtype``: a sparse ``[n_out, n_in]`` matrix product.
+
+    Each output row is a weighted sum of a few whole source rows, which a CSR product does in
+    one pass over contiguous memory.
+    """
+    from scipy import sparse  # here, not at the top: it adds ~0.1 s to importing maco_cxr.data
+
+    taps, n_out = index.shape
+    matrix = sparse.csr_array(
+        (weight.T.astype(dtype).ravel(), index.T.ravel(), np.arange(0, taps * n_out + 1, taps)),
+        shape=(n_out, values.shape[0]))
+    return matrix @ values.astype(dtype, copy=False)  # repeated (clamped) taps add up
+
+
+_BLOCK = 8  # outputs per matrix product in _resample_columns
+# multiply-adds per product at most: below OpenBLAS's threading threshold (4 * 2**16), so BLAS
+# stays on the calling thread (prepare's workers are the parallelism; threads would only spin)
+_PRODUCT_LIMIT = 2**17
+
+
+def _resample_columns(values: np.ndarray, index: np.ndarray, weight: np.ndarray,
+                      dtype: type[np.floating]) -> np.ndarray:
+    """``[R, n_in]`` -> ``[R, n_out]`` in ``dtype`` along the last (contiguous) axis.
+
+    A gather per tap across columns is slow, and so is a sparse product from the right (it
+    transposes). Instead, each block of ``_BLOCK`` outputs reads one window of source columns,
+    so the pass is a few small dense products ``[rows, window] @ [window, _BLOCK]`` (BLAS).
+    """
+    n_rows, n_in = values.shape
+    n_out = index.shape[1]
+    starts = np.arange(0, n_out, _BLOCK)
+    block = np.arange(n_out) // _BLOCK
+    low = np.minimum.reduceat(index.min(axis=0), starts)
+    high = np.maximum.reduceat(index.max(axis=0), starts) + 1
+    window = int(min(n_in, (high - low).max()))
+    low = np.minimum(low, n_in - window)  # the window stays inside the source, still covers
+    # [blocks, window, _BLOCK] weights; bincount adds up taps clamped onto the same pixel
+    cell = (block * window + index - low[block]) * _BLOCK + np.arange(n_out) % _BLOCK
+    matrices = np.bincount(cell.ravel(), weight.ravel(), minlength=len(starts) * window * _BLOCK)
+    matrices = matrices.reshape(len(starts), window, _BLOCK).astype(dtype)
+    source = values.astype(dtype, copy=False)
+    out = np.empty((n_rows, n_out), dtype=dtype)
+    chunk = max(1, _PRODUCT_LIMIT // (window * _BLOCK))
+    for top in range(0, n_rows, chunk):
+        rows = slice(top, top + chunk)
+        for b, begin in enumerate(starts):
+            end = min(n_out, begin + _BLOCK)
+            np.matmul(source[rows, low[b]:low[b] + window], matrices[b, :, :end - begin],
+                      out=out[rows, begin:end])
+    return out
