@@ -38,11 +38,13 @@ _EXPORTS = {
     "MacoError": "maco_cxr.errors",
     "pretrain": "maco_cxr.train.pretrain",
     "PretrainConfig": "maco_cxr.train.config",
-    "finetune_classifier": "maco_cxr.tasks.classify",
-    "FinetuneConfig": "maco_cxr.tasks.classify",
-    "ClassifierModel": "maco_cxr.tasks.classify",
-    "segment": "maco_cxr.tasks.segment",
-    "detect": "maco_cxr.tasks.detect",
+    "finetune_classifier": "maco_cxr.tasks.finetune",
+    "segment": "maco_cxr.tasks.finetune",
+    "detect": "maco_cxr.tasks.finetune",
+    "load_finetuned": "maco_cxr.tasks.finetune",
+    "ClassifyConfig": "maco_cxr.tasks.finetune",
+    "SegmentConfig": "maco_cxr.tasks.finetune",
+    "DetectConfig": "maco_cxr.tasks.finetune",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

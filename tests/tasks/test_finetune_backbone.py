@@ -10,7 +10,7 @@ from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.models.vit import MaskedViT, resample_pos_embed
-from maco_cxr.tasks.backbone import backbone_key_map, load_backbone
+from maco_cxr.tasks.finetune.backbone import backbone_key_map, load_backbone
 
 HEADS = {"text_heads": 2, "vision_heads": 4}
 

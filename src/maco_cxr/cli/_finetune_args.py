@@ -1,33 +1,87 @@
-"""What `finetune`, `segment` and `detect` share: their common flags as config keys."""
+"""What `finetune`, `segment` and `detect` share: their common flags (as config keys), the
+config they build, and the rank-0 printing under torchrun."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
+TORCHRUN_HINT = ("Many GPUs: torchrun --standalone --nproc_per_node N -m maco_cxr {command} ... (optim.batch_size "
+                 "is the global batch; a killed run resumes from its last checkpoint in --out)")
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys set by the common flags (--model, --dataset, --root, --fraction,
-    --split-file, --device, --out, --progress)."""
-    values: dict[str, Any] = {"model.source": None if args.model.lower() == "none" else args.model,
-                              "runtime.out": str(args.out)}
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, config_folder: str, dataset_help: str,
+                         split_help: str) -> None:
+    """--model, --dataset, --root, --fraction | --split-file, --config, --device, --out,
+    --progress and trailing key=value overrides."""
+    parser.add_argument("--model", required=True, metavar="M",
+                        help="MaCo model directory, official maco.pth, or 'none' for random init (model.preset)")
+    parser.add_argument("--dataset", metavar="KIND", help=dataset_help)
+    parser.add_argument("--root", type=Path, metavar="DIR", help="dataset root folder (or store)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--fraction", type=float, metavar="PCT",
+                        help="keep a seeded PCT %% (1, 10, 100) of the training split, whole patients at a "
+                        "time (clears data.train_split)")
+    chosen.add_argument("--split-file", metavar="FILE|NAME", help=split_help)
+    parser.add_argument("--config", type=Path, metavar="YAML", help=f"config file ({config_folder}/*.yaml)")
+    parser.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. optim.steps=500 data.workers=8 runtime.resume=never")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[Any]:
+    """The config keys the common flags set, each naming its flag (for error messages)."""
+    from maco_cxr.config import Override
+
+    values: list[Override] = [
+        Override("model.source", None if args.model.lower() == "none" else args.model, "--model"),
+        Override("runtime.out", str(args.out), "--out")]
     if args.dataset is not None:
-        values["data.kind"] = args.dataset
+        values.append(Override("data.kind", args.dataset, "--dataset"))
     if args.root is not None:
-        values["data.root"] = str(args.root)
+        values.append(Override("data.root", str(args.root), "--root"))
     if args.fraction is not None:
-        values["data.fraction"] = float(args.fraction)
-        values["data.train_split"] = None
+        values += [Override("data.fraction", float(args.fraction), "--fraction"),
+                   Override("data.train_split", None, "--fraction")]
     if args.split_file is not None:
-        values["data.train_split"] = args.split_file
-        values["data.fraction"] = 100.0
+        values += [Override("data.train_split", args.split_file, "--split-file"),
+                   Override("data.fraction", 100.0, "--split-file")]
     if args.device is not None:
-        values["runtime.device"] = args.device
+        values.append(Override("runtime.device", args.device, "--device"))
     if args.progress:
-        values["runtime.progress"] = True
+        values.append(Override("runtime.progress", True, "--progress"))
     return values
 
 
+def build_config(kind: type, args: argparse.Namespace, extra: list[Any] = ()) -> Any:
+    """The task config: the --config file, then the flags, then the key=value arguments."""
+    from maco_cxr.config import load_config, parse_overrides
+
+    return load_config(kind, args.config, [*flag_overrides(args), *extra, *parse_overrides(args.overrides)])
+
+
+def is_master() -> bool:
+    """Rank 0 (or the only process) prints; the others stay quiet."""
+    from maco_cxr.train.distributed import world_info_from_env
+
+    master = world_info_from_env().is_master
+    if not master:
+        logging.getLogger().setLevel(logging.WARNING)
+    return master
+
+
+def stopped(metrics: dict[str, Any], out: Any) -> bool:
+    if "stopped_at_step" in metrics:
+        print(f"stopped at step {metrics['stopped_at_step']} (runtime.stop_at_step); run the same command again "
+              f"to continue from the checkpoint in {out}")
+        return True
+    return False
+
+
 def fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

@@ -10,10 +10,9 @@ flags, then the ``key=value`` arguments.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from maco_cxr.cli._finetune_args import flag_overrides, fmt
+from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, build_config, fmt, is_master, stopped
 
 
 def register(subparsers: Any) -> None:
@@ -21,44 +20,32 @@ def register(subparsers: Any) -> None:
         "segment",
         help="fine-tune a UperNet segmenter on a MaCo image encoder",
         description="Binary segmentation fine-tuning with the official MaCo recipe "
-        "(configs/segment/{siim,covid}_{1,10,100}.yaml). Reports three named Dice figures on the "
-        "test split. Writes metrics.json, per_image.csv, best/, overlays/, curves.png and log.jsonl "
-        "into --out.",
+        "(configs/segment/{siim,covid}_{1,10,100}.yaml). Reports three named Dice figures on the test split. "
+        "A manifest whose masks carry several labels needs data.options.mask_labels=[...] (the target is their "
+        "union). model.freeze_backbone=true trains the head only. Writes metrics.json, per_image.csv, best/, "
+        "final/, checkpoints/, overlays/, curves.png and log.jsonl into --out. "
+        + TORCHRUN_HINT.format(command="segment"),
     )
-    parser.add_argument("--model", required=True, metavar="M",
-                        help="MaCo model directory, official maco.pth, or 'none' for random init (model.preset)")
-    parser.add_argument("--dataset", metavar="KIND", help="dataset adapter: siim, covid-rural, manifest, cxr-real, ...")
-    parser.add_argument("--root", type=Path, metavar="DIR", help="dataset root folder")
-    chosen = parser.add_mutually_exclusive_group()
-    chosen.add_argument("--fraction", type=float, metavar="PCT",
-                        help="keep a seeded PCT %% (1, 10, 100) of the training split, whole patients at a "
-                        "time (clears data.train_split)")
-    chosen.add_argument("--split-file", metavar="FILE|NAME",
-                        help="training images: a split file or an official name (train_1, train_10, train) "
-                        "for siim")
-    parser.add_argument("--config", type=Path, metavar="YAML", help="config file (configs/segment/*.yaml)")
-    parser.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. optim.steps=500 input.image_size=256 head.channels=128")
+    add_common_arguments(parser, config_folder="configs/segment",
+                         dataset_help="dataset adapter: siim, covid-rural, chexlocalize, manifest, cxr-real, ...",
+                         split_help="training images: a split file or an official name (train_1, train_10, train) "
+                         "for siim")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from maco_cxr.config import apply_overrides
-    from maco_cxr.tasks.finetune_common import load_task_config
-    from maco_cxr.tasks.segment import METRIC_NAMES, SegmentConfig, segment
+    from maco_cxr.tasks.finetune import SegmentConfig, segment
+    from maco_cxr.tasks.finetune.segment import METRIC_NAMES
 
-    config = load_task_config(SegmentConfig, args.config)
-    config = apply_overrides(config, flag_overrides(args))
-    config = apply_overrides(config, list(args.overrides))
-    result = segment(config)
-    test = result.metrics["test"]
-    print(f"test ({test['n_images']} images, {test['n_empty_targets']} with an empty mask); "
-          f"best validation step {result.metrics['best_step']}")
+    config = build_config(SegmentConfig, args)
+    master = is_master()
+    metrics = segment(config)
+    if not master or stopped(metrics, args.out):
+        return 0
+    test = metrics["test"]
+    print(f"test ({test['n_images']} images, {test['n_empty_targets']} with an empty mask; target "
+          f"{', '.join(metrics['target_labels'])}); model from step {metrics['best_step']} ({metrics['selection']})")
     for name in METRIC_NAMES:
         print(f"  {name:<26} {fmt(test[name])}")
-    print(f"outputs: {result.out_dir}")
+    print(f"outputs: {config.runtime.out} (reload: maco_cxr.load_finetuned('{config.runtime.out}/best'))")
     return 0
-

@@ -26,7 +26,7 @@ STD = 0.2449
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Parameters of the pre-training augmentation (PROTOCOLS section 1 defaults)."""
+    """Parameters of the pre-training augmentation (docs/protocols.md section 1 defaults)."""
 
     flip_p: float = 0.5
     degrees: float = 20.0

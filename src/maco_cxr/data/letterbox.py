@@ -1,6 +1,6 @@
 """Letterbox geometry: longest side to ``size``, centred zero padding, and the way back.
 
-The MS-CXR grounding protocol (PROTOCOLS.md section 3) resizes the longest side to N with area
+The MS-CXR grounding protocol (docs/protocols.md section 3) resizes the longest side to N with area
 interpolation and pads to N x N; boxes and heatmaps must follow the same transform. A
 :class:`Letterbox` records that transform so it can be stored next to a prepared image and
 undone later (heatmaps back onto the original image, boxes back to original pixels).

@@ -1,6 +1,6 @@
 """COCO box AP (AP at IoU 0.50:0.95, AP50, AP75) through pycocotools, built in memory.
 
-PROTOCOLS.md section 6 reports these three figures for RSNA Pneumonia. Boxes are
+docs/protocols.md section 6 reports these three figures for RSNA Pneumonia. Boxes are
 ``x_min, y_min, x_max, y_max`` in pixels; labels are optional (default: one class, 1).
 """
 

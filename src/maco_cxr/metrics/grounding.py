@@ -1,6 +1,6 @@
 """Phrase-grounding metrics (CNR, mIoU, pointing game) as the official MaCo evaluation defines them.
 
-The official protocol (PROTOCOLS.md section 3, fixtures/official-maco-tiny/README.md) scores a
+The official protocol (docs/protocols.md section 3, fixtures/official-maco-tiny/README.md) scores a
 similarity map after min-max scaling it to [-1, 1]:
 
 - CNR = (mean_in - mean_out) / sqrt(var_in + var_out), population variances, signed. As in

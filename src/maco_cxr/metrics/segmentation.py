@@ -1,4 +1,4 @@
-"""The three Dice figures that segmentation papers report under one name (PROTOCOLS.md section 5).
+"""The three Dice figures that segmentation papers report under one name (docs/protocols.md section 5).
 
 - :func:`dice_per_image_mean`: Dice per image, averaged over ALL images; an image whose ground
   truth is empty scores 1 if the prediction is empty too, else 0 (the official
@@ -118,11 +118,40 @@ def dice_mean_over_classes(preds: Any, targets: Any, *, ignore_index: int | None
     return _mean_over_classes(c)
 
 
+COUNT_FIELDS = ("pred_fg", "true_fg", "both_fg", "pred_bg", "true_bg", "both_bg")
+
+
+def mask_counts(pred: Any, target: Any, *, ignore_index: int | None = IGNORE_INDEX) -> dict[str, int]:
+    """The pixel counts of one image that every Dice figure is computed from.
+
+    Lets a distributed evaluation send six numbers per image instead of two full masks, and
+    :func:`segmentation_report_from_counts` give exactly what :func:`segmentation_report` gives.
+    """
+    c = _count([pred], [target], ignore_index)
+    return {name: int(getattr(c, name)[0]) for name in COUNT_FIELDS}
+
+
+def segmentation_report_from_counts(counts: Sequence[dict[str, int]]) -> dict[str, float | int]:
+    """:func:`segmentation_report` from per-image :func:`mask_counts`."""
+    if not counts:
+        raise DataError("no images given; Dice needs at least one image")
+    return _report(_Counts(*(np.asarray([row[name] for row in counts], dtype=np.float64) for name in COUNT_FIELDS)))
+
+
 def segmentation_report(
     preds: Any, targets: Any, *, ignore_index: int | None = IGNORE_INDEX
 ) -> dict[str, float | int]:
     """All three named Dice figures plus the background Dice and image counts, in one pass."""
-    c = _count(preds, targets, ignore_index)
+    return _report(_count(preds, targets, ignore_index))
+
+
+def per_image_dice(counts: dict[str, int]) -> float:
+    """One image's foreground Dice with the per-image rule (empty truth: 1 if empty prediction)."""
+    c = _Counts(*(np.asarray([counts[name]], dtype=np.float64) for name in COUNT_FIELDS))
+    return float(_per_image(c)[0])
+
+
+def _report(c: _Counts) -> dict[str, float | int]:
     return {
         "dice_per_image_mean": float(np.mean(_per_image(c))),
         "dice_foreground_dataset": _dice(c.both_fg.sum(), c.pred_fg.sum(), c.true_fg.sum()),

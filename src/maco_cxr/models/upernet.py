@@ -67,14 +67,17 @@ def feature_blocks(depth: int, paper_blocks: Sequence[int] = PAPER_BLOCKS, paper
 
 @dataclass
 class UperNetConfig:
-    """Head sizes. Paper setting: channels 768, pool scales 1/2/3/6, aux 256, dropout 0.1.
+    """Head sizes. Paper setting (ViT-B): channels 768, pool scales 1/2/3/6, aux 256, dropout 0.1.
 
-    ``blocks``: 0-based ViT blocks feeding the four levels (None = :func:`feature_blocks`).
+    ``channels`` None = the backbone's width (768 for ViT-B, the paper's value); ``aux_channels``
+    None = a third of it (256 for ViT-B), 0 = no auxiliary head; so a small backbone gets a
+    head of its own size. ``blocks``: 0-based ViT blocks feeding the four levels (None =
+    :func:`feature_blocks`).
     """
 
-    channels: int = 768
+    channels: int | None = None
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
-    aux_channels: int = 256
+    aux_channels: int | None = None
     aux_level: int = 2
     dropout: float = 0.1
     num_classes: int = 1
@@ -83,8 +86,9 @@ class UperNetConfig:
     def __post_init__(self) -> None:
         require(self.blocks is None or len(self.blocks) == 4, "blocks",
                 f"need 4 block indices (one per level), got {self.blocks}")
-        require(self.channels >= 1, "channels", "must be >= 1")
-        require(self.aux_channels >= 0, "aux_channels", "must be >= 0 (0 = no aux head)")
+        require(self.channels is None or self.channels >= 1, "channels", "must be >= 1 or null")
+        require(self.aux_channels is None or self.aux_channels >= 0, "aux_channels",
+                "must be >= 0 (0 = no aux head) or null")
         require(0 <= self.aux_level < 4, "aux_level", f"{self.aux_level} is not a level in 0..3")
         require(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
         require(self.num_classes >= 1, "num_classes", "must be >= 1")
@@ -184,16 +188,19 @@ class UperNetSegmenter(nn.Module):
         super().__init__()
         self.config = config or UperNetConfig()
         self.backbone = backbone
+        self.backbone.norm = nn.Identity()  # features are read before the final norm: it would be unused
         self.feature_indices = self.config.blocks or feature_blocks(len(backbone.blocks))
         depth = len(backbone.blocks)
         if any(not 0 <= b < depth for b in self.feature_indices):
             raise ConfigError(f"head.blocks {self.feature_indices} are not all in 0..{depth - 1} (0-based)")
         dim = backbone.embed_dim
+        channels = self.config.channels or dim
+        aux_channels = self.config.aux_channels if self.config.aux_channels is not None else max(1, dim // 3)
         self.rescale = FeatureRescale(dim)
-        self.decode_head = UperHead([dim] * 4, self.config.channels, self.config.pool_scales,
-                                    self.config.num_classes, self.config.dropout)
-        self.aux_head = (FCNHead(dim, self.config.aux_channels, self.config.num_classes, self.config.dropout)
-                         if self.config.aux_channels else None)
+        self.decode_head = UperHead([dim] * 4, channels, self.config.pool_scales, self.config.num_classes,
+                                    self.config.dropout)
+        self.aux_head = (FCNHead(dim, aux_channels, self.config.num_classes, self.config.dropout)
+                         if aux_channels else None)
 
     def no_weight_decay(self) -> set[str]:
         return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}

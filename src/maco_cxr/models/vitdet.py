@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
@@ -49,19 +50,22 @@ PAPER_ANCHOR_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)  # at 1024 px, one size p
 class ViTDetConfig:
     """Pyramid and detector settings (defaults: ViTDet at 1024 px, 2 classes incl. background).
 
-    ``anchor_sizes``: one per level (p2..p5, plus p6 with ``top_pool``); None scales
-    ``PAPER_ANCHOR_SIZES`` by ``image_size / 1024``. ``rpn_*`` / ``box_*`` are
-    torchvision's Faster R-CNN arguments of the same names.
+    ``out_channels`` None = a third of the backbone's width, rounded to a multiple of 16 (256
+    for ViT-B, the paper's value); ``box_head_fc`` None = 4 x ``out_channels`` (1024 for
+    ViT-B); so a small backbone gets a detector of its own size. ``anchor_sizes``: one per
+    level (p2..p5, plus p6 with ``top_pool``); None scales ``PAPER_ANCHOR_SIZES`` by
+    ``image_size / 1024``. ``rpn_*`` / ``box_*`` are torchvision's Faster R-CNN arguments of
+    the same names.
     """
 
-    out_channels: int = 256
+    out_channels: int | None = None
     scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
     top_pool: bool = True
     anchor_sizes: tuple[float, ...] | None = None
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_conv_depth: int = 2
     box_head_convs: int = 4
-    box_head_fc: int = 1024
+    box_head_fc: int | None = None
     num_classes: int = 2
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 1000
@@ -79,8 +83,9 @@ class ViTDetConfig:
                 f"{len(self.anchor_sizes or ())} sizes for {self.num_levels} pyramid levels; give one size per "
                 "level (p6 counts with top_pool)")
         require(self.num_classes >= 2, "num_classes", "counts the background: it must be >= 2")
-        for name in ("out_channels", "box_head_fc", "rpn_conv_depth"):
-            require(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("out_channels", "box_head_fc"):
+            require(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 or null")
+        require(self.rpn_conv_depth >= 1, "rpn_conv_depth", "must be >= 1")
         require(self.box_head_convs >= 0, "box_head_convs", "must be >= 0")
 
     @property
@@ -146,6 +151,7 @@ class ViTDetBackbone(nn.Module):
                  top_pool: bool = True) -> None:
         super().__init__()
         self.vit = vit
+        self.vit.norm = nn.Identity()  # the pyramid reads the last block before the final norm
         self.pyramid = SimpleFeaturePyramid(vit.embed_dim, out_channels, scales, top_pool, vit.patch_size)
         self.out_channels = out_channels
 
@@ -161,6 +167,52 @@ class ViTDetBackbone(nn.Module):
         return self.pyramid(self.vit.forward_intermediates(x, [-1], norm=False)[0])
 
 
+class SeededSampler(BalancedPositiveNegativeSampler):
+    """torchvision's positive/negative sampler, drawing each image's sample from its own seed.
+
+    torchvision draws every image of a batch from the one global generator in turn, so the
+    anchors and proposals an image trains on depend on the images before it in the batch,
+    and two processes sharing a batch could never train what one process does. Here image
+    ``i`` of the next batch draws from a generator seeded by ``seeds[i]`` (set with
+    :func:`set_sampling_seeds`; the fine-tuning loop derives them from each sample's draw id),
+    so a sample's training signal is a function of the sample alone. Without seeds it falls
+    back to torchvision's behaviour.
+    """
+
+    def __init__(self, batch_size_per_image: int, positive_fraction: float) -> None:
+        super().__init__(batch_size_per_image, positive_fraction)
+        self.seeds: list[int] | None = None
+
+    def __call__(self, matched_idxs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.seeds is None:
+            return super().__call__(matched_idxs)
+        if len(self.seeds) != len(matched_idxs):
+            raise ValueError(f"{len(self.seeds)} sampling seeds for {len(matched_idxs)} images")
+        pos_idx, neg_idx = [], []
+        for matched, seed in zip(matched_idxs, self.seeds):
+            generator = torch.Generator().manual_seed(seed)
+            positive = torch.where(matched >= 1)[0]
+            negative = torch.where(matched == 0)[0]
+            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
+            chosen_pos = positive[torch.randperm(positive.numel(), generator=generator)[:num_pos].to(positive.device)]
+            chosen_neg = negative[torch.randperm(negative.numel(), generator=generator)[:num_neg].to(negative.device)]
+            pos_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            neg_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            pos_mask[chosen_pos] = 1
+            neg_mask[chosen_neg] = 1
+            pos_idx.append(pos_mask)
+            neg_idx.append(neg_mask)
+        return pos_idx, neg_idx
+
+
+def set_sampling_seeds(detector: FasterRCNN, seeds: Sequence[int] | None) -> None:
+    """Seeds for the RPN and box-head samplers of the next training batch (one per image; the
+    RPN and the box head get distinct streams); None restores torchvision's global draws."""
+    detector.rpn.fg_bg_sampler.seeds = None if seeds is None else [2 * int(s) for s in seeds]
+    detector.roi_heads.fg_bg_sampler.seeds = None if seeds is None else [2 * int(s) + 1 for s in seeds]
+
+
 def build_vitdet(vit: MaskedViT, config: ViTDetConfig, image_size: int, pixel_mean: float, pixel_std: float
                  ) -> FasterRCNN:
     """Faster R-CNN on a ViT: the detector takes float ``[3, S, S]`` images in [0, 1] of side
@@ -168,16 +220,17 @@ def build_vitdet(vit: MaskedViT, config: ViTDetConfig, image_size: int, pixel_me
     normalises them with ``pixel_mean`` / ``pixel_std`` (fractions of 255)."""
     if image_size % 32:
         raise ConfigError(f"image_size {image_size} must be a multiple of 32 (pyramid stride)")
-    backbone = ViTDetBackbone(vit, config.out_channels, config.scales, config.top_pool)
+    channels = config.out_channels or max(16, 16 * round(vit.embed_dim / 48))
+    fc = config.box_head_fc or 4 * channels
+    backbone = ViTDetBackbone(vit, channels, config.scales, config.top_pool)
     names = backbone.level_names
     anchors = AnchorGenerator(sizes=tuple((a,) for a in config.anchors_for(image_size)),
                               aspect_ratios=(config.aspect_ratios,) * len(names))
-    channels = config.out_channels
     rpn_head = RPNHead(channels, len(config.aspect_ratios), conv_depth=config.rpn_conv_depth)
     pooled = [n for n in names if n != "p6"] if config.top_pool else names
-    box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * config.box_head_convs, [config.box_head_fc],
+    box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * config.box_head_convs, [fc],
                                   norm_layer=LayerNorm2d)
-    return FasterRCNN(
+    detector = FasterRCNN(
         backbone,
         min_size=image_size, max_size=image_size,
         image_mean=[pixel_mean] * 3, image_std=[pixel_std] * 3,
@@ -188,9 +241,13 @@ def build_vitdet(vit: MaskedViT, config: ViTDetConfig, image_size: int, pixel_me
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=pooled, output_size=7, sampling_ratio=0),
         box_head=box_head,
-        box_predictor=FastRCNNPredictor(config.box_head_fc, config.num_classes),
+        box_predictor=FastRCNNPredictor(fc, config.num_classes),
         box_batch_size_per_image=config.box_batch_size_per_image,
         box_score_thresh=config.box_score_thresh,
         box_nms_thresh=config.box_nms_thresh,
         box_detections_per_img=config.box_detections_per_img,
     )
+    rpn_sampler, box_sampler = detector.rpn.fg_bg_sampler, detector.roi_heads.fg_bg_sampler
+    detector.rpn.fg_bg_sampler = SeededSampler(rpn_sampler.batch_size_per_image, rpn_sampler.positive_fraction)
+    detector.roi_heads.fg_bg_sampler = SeededSampler(box_sampler.batch_size_per_image, box_sampler.positive_fraction)
+    return detector

@@ -180,3 +180,62 @@ def resolve_device(requested: str, info: DistInfo) -> torch.device:
     if requested == "cuda":
         return torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
     return torch.device(requested)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks (a copy, no gradient): global counts for loss normalisers."""
+    x = x.detach().clone()
+    if is_initialized():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch over all ranks.
+
+    Why not ``torch.nn.SyncBatchNorm``: it runs only on GPUs, and the tests check on CPU (gloo)
+    that two processes train exactly what one process with the whole batch trains. The sums
+    and sums of squares per channel are gathered with gradient (:func:`gather_with_grad`), so
+    the backward pass is that of the global-batch normalisation; running statistics get the
+    unbiased global variance, as one process would compute them. In eval mode, or with one
+    process, it is a plain BatchNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_initialized()):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        xf = x.float()
+        local = torch.stack([xf.sum(dims), (xf * xf).sum(dims)])[None]
+        totals = gather_with_grad(local).sum(0)
+        count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+        mean = totals[0] / count
+        var = (totals[1] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
+        shape = (1, -1, 1, 1)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def use_global_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ``BatchNorm2d`` of ``module`` (in place) by :class:`GlobalBatchNorm2d`,
+    keeping its parameters and running statistics; returns ``module``."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                            child.track_running_stats, device=child.weight.device if child.affine
+                                            else None)
+            replacement.load_state_dict(child.state_dict())
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+        else:
+            use_global_batch_norm(child)
+    return module

@@ -29,7 +29,7 @@ __all__ = ["NIH_CLASSES", "NihChestXray14"]
 
 logger = logging.getLogger(__name__)
 
-# Class order of the official MaCo split files and zero-shot evaluation (PROTOCOLS section 2).
+# Class order of the official MaCo split files and zero-shot evaluation (docs/protocols.md section 2).
 NIH_CLASSES: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural Thickening",

@@ -4,7 +4,7 @@ Fine-tuning needs a fresh :class:`MaskedViT` at its own input size (224 for clas
 512 for segmentation, 1024 for detection) and drop-path rate, with the pre-trained weights
 copied in by name. The copy is explicit (``visual.<name>`` of the MaCo model -> ``<name>`` of
 the backbone) and every backbone tensor must arrive: the official detection code passed its
-checkpoint without key matching and so never loaded MaCo weights (PROTOCOLS section 6); here a
+checkpoint without key matching and so never loaded MaCo weights (docs/protocols.md section 6); here a
 missing or mis-shaped tensor is an error and the :class:`LoadReport` lists what was copied.
 """
 
