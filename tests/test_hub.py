@@ -143,3 +143,63 @@ def test_tokenizer_train_cli_builds_a_compatible_vocabulary(tmp_path, capsys):
 def test_every_public_name_resolves():
     for name in maco_cxr.__all__:
         assert getattr(maco_cxr, name) is not None, name
+
+
+# ------------------------------------------------------------------------ SHA-256 checks
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_sha256_streams_chunks_to_the_known_digest(tmp_path):
+    from maco_cxr.hub import file_sha256
+
+    (tmp_path / "abc").write_bytes(b"abc")
+    known = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2 example
+    assert file_sha256(tmp_path / "abc") == file_sha256(tmp_path / "abc", chunk_size=1) == known
+
+
+def test_load_checks_the_sha256_of_an_official_file(official_fixture_dir):
+    path = official_fixture_dir / "maco.pth"
+    digest = _sha256(path)
+    assert load(path, sha256=digest.upper()).config.text.num_heads == 2
+    assert load(path, sha256=f"sha256:{digest}") is not None
+    with pytest.raises(CheckpointError, match=rf"maco\.pth: SHA-256 mismatch: expected {'0' * 64}, got {digest}"):
+        load(path, sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="not a SHA-256 digest"):
+        load(path, sha256="abc123")
+
+
+def test_load_checks_the_sha256_of_a_directorys_weights(tmp_path):
+    save_pretrained(create_model(preset("tiny")), tmp_path / "m")
+    digest = _sha256(tmp_path / "m" / "model.safetensors")
+    assert isinstance(load(tmp_path / "m", sha256=digest), MacoModel)
+    assert isinstance(load(tmp_path / "m" / "model.safetensors", sha256=digest), MacoModel)
+    with pytest.raises(CheckpointError, match=r"m/model\.safetensors: SHA-256 mismatch"):
+        load(tmp_path / "m", sha256="f" * 64)
+
+
+def test_convert_prints_and_checks_the_sha256(official_fixture_dir, tmp_path, capsys):
+    import warnings
+
+    from maco_cxr.hub import HeadCountWarning
+
+    source = official_fixture_dir / "maco.pth"
+    digest = _sha256(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HeadCountWarning)
+        assert main(["convert", "--official", str(source), "--out", str(tmp_path / "ok"), "--sha256", digest]) == 0
+    out = capsys.readouterr().out
+    assert f"sha256 {digest}  {source} (matches --sha256)" in out
+    assert "recognised as official-maco-tiny" in out and "BERT 64x2 (2 heads)" in out
+    meta = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert meta["converted_from"] == {"file": "maco.pth", "sha256": digest, "format": "official",
+                                      "known_checkpoint": "official-maco-tiny",
+                                      "training_data": "none: random weights (a test fixture)"}
+    assert meta["model"]["vision"]["num_heads"] == 4 and meta["model"]["decoder"]["num_heads"] == 2
+    assert main(["convert", "--official", str(source), "--out", str(tmp_path / "bad"), "--sha256", "1" * 64]) == 2
+    assert f"SHA-256 mismatch: expected {'1' * 64}, got {digest}" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -4,13 +4,20 @@ Format: a directory with ``model.safetensors``, ``config.json`` (the model confi
 preprocessing contract) and ``tokenizer.json``. Foreign weights are converted by pure
 ``state_dict -> state_dict`` functions that recognise the source by its keys, and every load
 reports what was loaded, ignored and missing.
+
+Official checkpoints do not record attention-head counts. :data:`KNOWN_CHECKPOINTS` recognises
+the released ones by the shapes of their tensors and supplies the head counts; for any other
+official-format file the assumed counts are announced with a :class:`HeadCountWarning`.
+``load(..., sha256=HEX)`` checks a file's digest before reading it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +71,15 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    known_checkpoint: str | None = None  # name of the KNOWN_CHECKPOINTS entry the file matched
 
     def summary(self) -> str:
         def names(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8})" if len(keys) > 8 else "")
 
         lines = [f"{self.source}: {len(self.loaded)} tensors loaded"]
+        if self.known_checkpoint:
+            lines.append(f"  recognised as {self.known_checkpoint} (head counts from the known-checkpoint registry)")
         if self.ignored:
             lines.append(f"  ignored {len(self.ignored)}: {names(self.ignored)}")
         if self.missing:
@@ -112,8 +122,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], *, text_heads: int | None 
                  vision_heads: int | None = None, decoder_heads: int | None = None) -> MacoConfig:
     """Every size of a converted MaCo state dict from its tensor shapes.
 
-    Head counts are not recorded in tensors; defaults follow the released model (ViT-B/16 with
-    64-dim heads, decoder 768 with 6 heads = 128-dim heads, BERT with 64-dim heads).
+    Head counts are not recorded in tensors; those not given default to 64-dim ViT and BERT heads
+    and 128-dim decoder heads (:func:`load_official` first consults :data:`KNOWN_CHECKPOINTS`).
     """
     try:
         proj = state_dict["visual.patch_embed.proj.weight"]
@@ -148,6 +158,177 @@ def infer_config(state_dict: dict[str, torch.Tensor], *, text_heads: int | None 
         temperature=1.0 / float(state_dict["inverse_temperature"]) if "inverse_temperature" in state_dict
         else 0.03,
     )
+
+
+# ------------------------------------------------------------------------ known checkpoints
+
+
+class HeadCountWarning(UserWarning):
+    """Head counts of an official checkpoint were assumed (the file is not a known checkpoint and
+    the caller gave none), or contradict the known checkpoint it is (see :func:`load_official`)."""
+
+
+@dataclass(frozen=True)
+class CheckpointSignature:
+    """The sizes that tell MaCo checkpoints apart, read off the tensor shapes of a converted state
+    dict (:func:`checkpoint_signature`). ``text_intermediate`` None in a registry entry = any."""
+
+    vision_width: int
+    vision_depth: int
+    patch_size: int
+    grid_size: int
+    text_width: int
+    text_layers: int
+    vocab_size: int
+    max_positions: int
+    decoder_width: int
+    decoder_depth: int
+    pred_outputs: int
+    text_intermediate: int | None = None
+
+    def matches(self, other: CheckpointSignature) -> bool:
+        """Whether ``other`` (a file's signature) has this entry's sizes (None fields match anything)."""
+        return all(mine is None or mine == theirs
+                   for mine, theirs in zip(self.__dict__.values(), other.__dict__.values()))
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    """A checkpoint recognised by its shapes, with the head counts its file does not record."""
+
+    name: str
+    description: str
+    signature: CheckpointSignature
+    vision_heads: int
+    text_heads: int
+    decoder_heads: int
+    training_data: str
+
+    @property
+    def heads(self) -> dict[str, int]:
+        return {"vision_heads": self.vision_heads, "text_heads": self.text_heads,
+                "decoder_heads": self.decoder_heads}
+
+
+# Sources (github:SZUHvern/MaCo, commit 7f64d95):
+# - ViT-B/16: `maco()` in model_MaCo.py (and ZeroShot/model_MaCo.py, `Phrase Grounding.py`) builds
+#   patch_size=16, embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=768, decoder_depth=4,
+#   decoder_num_heads=6, mlp_ratio=4; `MaCo.__init__` defaults img_size=224 (grid 14).
+# - pred outputs 3072 = (2 * 16)^2 * 3: the README's pre-training command passes --SR 1, for which
+#   `decoder_pred = nn.Linear(decoder_embed_dim, (patch_size * 2)**2 * in_chans)`.
+# - BERT: `BertConfig` in bert/bert_encoder.py and ZeroShot/bert/bert_encoder.py (and their
+#   compiled bert/__pycache__/bert_encoder.cpython-38.pyc, same constants) sets vocab_size=30000,
+#   num_hidden_layers=6, num_attention_heads=6, max_position_embeddings=100 (and hidden_size=384,
+#   intermediate_size=1536). mimic_wordpiece.json has 30,000 tokens.
+# - BERT width 768, not the 384 of that BertConfig: `img_mlp = nn.Linear(embed_dim, 768)` is
+#   contrasted with the BERT pooler output (model_MaCo.py `forward`), and zero-shot allocates
+#   768-wide text embeddings (ZeroShot/model_MaCo.py `set_cls_feature`). The released source
+#   therefore is not the configuration the checkpoint was trained with in at least the width; the
+#   text head count 6 is the only one the repository states (768 / 6 = 128-dim heads) and is
+#   not verified against the released weights. The FFN width is read from the tensors (None).
+KNOWN_CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
+    KnownCheckpoint(
+        name="maco-official",
+        description="the released MaCo maco.pth (Huang et al., Nature Communications 2024): ViT-B/16 at "
+        "224 px, BERT 768 x 6 layers, MAE decoder 768 x 4 predicting 32x32 patches of the 448 px image",
+        signature=CheckpointSignature(vision_width=768, vision_depth=12, patch_size=16, grid_size=14,
+                                      text_width=768, text_layers=6, vocab_size=30000, max_positions=100,
+                                      decoder_width=768, decoder_depth=4, pred_outputs=3072),
+        vision_heads=12, text_heads=6, decoder_heads=6,
+        training_data="MIMIC-CXR v2 image-report pairs (official MaCo pre-training, Huang et al. 2024)",
+    ),
+    KnownCheckpoint(
+        # tests/assets/official-maco-tiny: fixture.json "config" (num_heads 4, text_heads 2,
+        # decoder_num_heads 2; widths 64, depths 2 / 2 / 1, FFN 256, vocab 30000, 100 positions).
+        name="official-maco-tiny",
+        description="the tiny random-weight test fixture saved by the official MaCo code",
+        signature=CheckpointSignature(vision_width=64, vision_depth=2, patch_size=16, grid_size=14,
+                                      text_width=64, text_layers=2, vocab_size=30000, max_positions=100,
+                                      decoder_width=64, decoder_depth=1, pred_outputs=3072,
+                                      text_intermediate=256),
+        vision_heads=4, text_heads=2, decoder_heads=2,
+        training_data="none: random weights (a test fixture)",
+    ),
+)
+
+
+def checkpoint_signature(state_dict: dict[str, torch.Tensor]) -> CheckpointSignature:
+    """The sizes of a converted MaCo state dict (this package's names)."""
+    config = infer_config(state_dict)
+    return CheckpointSignature(
+        vision_width=config.vision.embed_dim, vision_depth=config.vision.depth,
+        patch_size=config.vision.patch_size, grid_size=config.vision.grid_size,
+        text_width=config.text.hidden_size, text_layers=config.text.num_layers,
+        vocab_size=config.text.vocab_size, max_positions=config.text.max_length,
+        decoder_width=config.decoder.embed_dim, decoder_depth=config.decoder.depth,
+        pred_outputs=state_dict["decoder.pred.weight"].shape[0],
+        text_intermediate=config.text.intermediate_size,
+    )
+
+
+def identify_checkpoint(state_dict: dict[str, torch.Tensor]) -> KnownCheckpoint | None:
+    """The :data:`KNOWN_CHECKPOINTS` entry whose signature a converted state dict has, else None."""
+    signature = checkpoint_signature(state_dict)
+    return next((known for known in KNOWN_CHECKPOINTS if known.signature.matches(signature)), None)
+
+
+def _resolve_heads(state_dict: dict[str, torch.Tensor], source: str, given: dict[str, int | None]
+                   ) -> tuple[dict[str, int | None], KnownCheckpoint | None]:
+    """Head counts for :func:`infer_config`: the caller's, else the registry's; warns when a given
+    count contradicts a recognised checkpoint or when counts must be assumed."""
+    known = identify_checkpoint(state_dict)
+    if known is not None:
+        for name, value in given.items():
+            if value is not None and value != known.heads[name]:
+                warnings.warn(f"{source}: recognised as {known.name}, whose {name} is {known.heads[name]}; "
+                              f"using the {name}={value} you passed", HeadCountWarning, stacklevel=4)
+        return {name: known.heads[name] if value is None else value for name, value in given.items()}, known
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        defaults = infer_config(state_dict)
+        assumed = {"vision_heads": defaults.vision.num_heads, "text_heads": defaults.text.num_heads,
+                   "decoder_heads": defaults.decoder.num_heads}
+        signature = checkpoint_signature(state_dict)
+        warnings.warn(
+            f"{source}: not a known checkpoint (ViT {signature.vision_width}x{signature.vision_depth}, BERT "
+            f"{signature.text_width}x{signature.text_layers}, decoder {signature.decoder_width}x"
+            f"{signature.decoder_depth}); its file does not record attention-head counts, so these were "
+            f"assumed: {', '.join(f'{name}={assumed[name]}' for name in missing)} (64-dim ViT and BERT heads, "
+            "128-dim decoder heads). Wrong head counts give wrong outputs without an error: pass the real "
+            f"ones ({', '.join(f'{name}=N' for name in missing)} in Python; "
+            f"{' '.join('--' + name.replace('_', '-') + ' N' for name in missing)} on the command line).",
+            HeadCountWarning, stacklevel=4)
+    return given, None
+
+
+# ------------------------------------------------------------------------ file digests
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file, read in ``chunk_size`` chunks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                digest.update(chunk)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read to check its SHA-256: {err}") from err
+    return digest.hexdigest()
+
+
+def verify_sha256(path: str | Path, expected: str | None = None) -> str:
+    """The file's SHA-256 hex digest; raises :class:`CheckpointError` (naming the file and both
+    digests) when ``expected`` is given and differs."""
+    if expected is not None:
+        wanted = expected.strip().lower().removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", wanted):
+            raise CheckpointError(f"{expected!r} is not a SHA-256 digest (64 hexadecimal characters)")
+    actual = file_sha256(path)
+    if expected is not None and actual != wanted:
+        raise CheckpointError(f"{path}: SHA-256 mismatch: expected {wanted}, got {actual}; the file is "
+                              "damaged, incomplete or another checkpoint (download it again, or check the "
+                              "digest you passed)")
+    return actual
 
 
 def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
@@ -199,17 +380,30 @@ def create_model(config: MacoConfig, tokenizer: ReportTokenizer | None = None) -
 
 def load_official(path: str | Path, *, text_heads: int | None = None, vision_heads: int | None = None,
                   decoder_heads: int | None = None, tokenizer: ReportTokenizer | None = None,
-                  strict: bool = True) -> tuple[MacoModel, LoadReport]:
-    """Build a model from an official ``maco.pth`` (``{"model": state_dict, ...}``)."""
+                  strict: bool = True, sha256: str | None = None) -> tuple[MacoModel, LoadReport]:
+    """Build a model from an official ``maco.pth`` (``{"model": state_dict, ...}``).
+
+    Head counts are not stored in the file. Each one not given is taken from the
+    :data:`KNOWN_CHECKPOINTS` entry the tensor shapes match; a given one always wins (warning
+    when it contradicts the entry). For an unrecognised file the counts not given are assumed
+    (64-dim ViT/BERT heads, 128-dim decoder heads) and a :class:`HeadCountWarning` says
+    which. ``sha256``: the expected hex digest of the file, checked before it is read.
+    """
     path = Path(path)
+    if sha256 is not None:
+        verify_sha256(path, sha256)
     raw = _read_torch_checkpoint(path)
     if not is_official_state_dict(raw):
         raise CheckpointError(f"{path}: not an official MaCo checkpoint (no 'Tpar' or 'bert_encoder.*' keys)")
     converted, ignored = convert_official_state_dict(raw)
-    config = infer_config(converted, text_heads=text_heads, vision_heads=vision_heads,
-                          decoder_heads=decoder_heads)
+    heads, known = _resolve_heads(converted, str(path), {"vision_heads": vision_heads, "text_heads": text_heads,
+                                                         "decoder_heads": decoder_heads})
+    config = infer_config(converted, **heads)
     model = create_model(config, tokenizer)
     report = _load_into(model, converted, str(path), ignored, strict)
+    if known is not None:
+        report.known_checkpoint = known.name
+        logger.info("%s: recognised as %s (%s)", path, known.name, known.description)
     return model.eval(), report
 
 
@@ -269,22 +463,28 @@ def load_pretrained(directory: str | Path, strict: bool = True) -> tuple[MacoMod
 
 
 def load(path_or_dir: str | Path, text_heads: int | None = None, *, vision_heads: int | None = None,
-         decoder_heads: int | None = None, strict: bool = True, map_location: str | torch.device = "cpu"
-         ) -> MacoModel:
+         decoder_heads: int | None = None, strict: bool = True, map_location: str | torch.device = "cpu",
+         sha256: str | None = None) -> MacoModel:
     """Load a MaCo model from this package's directory format or an official ``maco.pth``.
 
-    Sizes are read from the files; the official checkpoint does not record head counts, so
-    ``text_heads`` (and for non-standard widths ``vision_heads``/``decoder_heads``) may be given.
-    The model is returned in eval mode.
+    Sizes are read from the files. The official checkpoint does not record head counts: known
+    checkpoints get theirs from :data:`KNOWN_CHECKPOINTS`; for others pass ``text_heads``,
+    ``vision_heads`` and ``decoder_heads`` (else they are assumed, with a warning; see
+    :func:`load_official`). ``sha256``: expected hex digest of the file (of ``model.safetensors``
+    for a directory), checked before loading. The model is returned in eval mode.
     """
     path = Path(path_or_dir)
     if path.is_dir():
+        if sha256 is not None:
+            verify_sha256(path / WEIGHTS_NAME, sha256)
         model, _ = load_pretrained(path, strict=strict)
     elif path.is_file() and path.suffix == ".safetensors":
+        if sha256 is not None:
+            verify_sha256(path, sha256)
         model, _ = load_pretrained(path.parent, strict=strict)
     elif path.is_file():
         model, _ = load_official(path, text_heads=text_heads, vision_heads=vision_heads,
-                                 decoder_heads=decoder_heads, strict=strict)
+                                 decoder_heads=decoder_heads, strict=strict, sha256=sha256)
     else:
         raise CheckpointError(f"{path}: no such file or directory; give a model directory (config.json + "
                               "model.safetensors) or an official maco.pth")

@@ -16,6 +16,7 @@ import sys
 COMMANDS = (
     "pretrain",
     "convert",
+    "export",
     "tokenizer",
     "synth",
     "prepare",
@@ -26,6 +27,7 @@ COMMANDS = (
     "segment",
     "detect",
     "demo",
+    "serve",
 )
 
 

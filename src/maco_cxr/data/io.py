@@ -16,6 +16,9 @@ see identical pixels for the same file. Conventions:
   Colour and multi-frame DICOMs are rejected.
 - Nothing partially decoded is ever returned: a truncated or corrupt file raises
   :class:`~maco_cxr.errors.ImageReadError` naming the file and the reason.
+
+:func:`read_image_bytes` decodes bytes held in memory (an upload to the web viewer) through
+the same code, so a file and its bytes give identical pixels; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,7 +38,7 @@ from maco_cxr.errors import ImageReadError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["is_dicom", "read_image", "read_mask"]
+__all__ = ["is_dicom", "read_image", "read_image_bytes", "read_mask"]
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
@@ -43,6 +47,26 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _DECODER_HINT = ("for compressed transfer syntaxes other than JPEG baseline install "
                  "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or `python-gdcm`")
+
+
+class _MemoryFile(BytesIO):
+    """Bytes that read like an open file; ``str()`` is the name error messages show."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:  # Pillow's "cannot identify image file %r"
+        return repr(self.name)
+
+    def read_bytes(self) -> bytes:
+        return self.getvalue()
+
+
+_Source = Union[Path, _MemoryFile]  # what the decoders read: a file, or bytes in memory
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
@@ -58,7 +82,11 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
             header = handle.read(132)
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot open the file ({exc})") from exc
-    return len(header) == 132 and header[128:132] == b"DICM"
+    return _has_dicom_magic(header)
+
+
+def _has_dicom_magic(header: bytes) -> bool:
+    return len(header) >= 132 and header[128:132] == b"DICM"
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -67,6 +95,20 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if is_dicom(path):
         return _read_dicom(path)
     return _read_pillow(path)
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode PNG, JPEG or DICOM bytes held in memory exactly as :func:`read_image` reads a file.
+
+    ``name`` (e.g. the upload's file name, or just ``"upload.dcm"``) names the image in error
+    messages, and its ``.dcm``/``.dicom`` suffix marks DICOM as the file reader's suffix does;
+    otherwise the ``DICM`` magic at byte 128 decides. Nothing is written to disk.
+    """
+    data = bytes(data)
+    source = _MemoryFile(data, name)
+    if Path(name).suffix.lower() in _DICOM_SUFFIXES or _has_dicom_magic(data[:132]):
+        return _read_dicom(source)
+    return _read_pillow(source)
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
@@ -101,7 +143,7 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _open_pillow(path: Path) -> Image.Image:
+def _open_pillow(path: _Source) -> Image.Image:
     """Open and fully decode with Pillow, EXIF orientation applied; errors name the file."""
     try:
         with Image.open(path) as image:
@@ -115,7 +157,7 @@ def _open_pillow(path: Path) -> Image.Image:
     return oriented
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: _Source) -> np.ndarray:
     image = _open_pillow(path)
     mode = image.mode
     if mode == "L":
@@ -161,7 +203,7 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
-def _decode_dicom(path: Path) -> tuple[Dataset, np.ndarray]:
+def _decode_dicom(path: _Source) -> tuple[Dataset, np.ndarray]:
     """Read and validate a single-frame grey DICOM; return it and its stored pixel values."""
     pydicom = _import_pydicom()
     try:
@@ -201,7 +243,7 @@ def _decode_dicom(path: Path) -> tuple[Dataset, np.ndarray]:
     return dataset, stored
 
 
-def _why_no_pixel_data(path: Path, dataset: Dataset) -> str:
+def _why_no_pixel_data(path: _Source, dataset: Dataset) -> str:
     """Tell a truncated file, a non-DICOM file and a DICOM without an image apart."""
     if _PIXEL_DATA_TAG in path.read_bytes():
         return ("the PixelData element could not be read; the file is truncated or corrupt "
@@ -265,7 +307,7 @@ def _has_window(dataset: Dataset) -> bool:
     return all(dataset.get(key) not in (None, "") for key in ("WindowCenter", "WindowWidth"))
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: _Source) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     dataset, stored = _decode_dicom(path)

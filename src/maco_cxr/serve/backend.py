@@ -1,0 +1,184 @@
+"""What the viewer asks of a model: a :class:`Backend`, whose ``predict`` returns task predictions.
+
+The web app never touches a model directly. It calls ``backend.predict(image, phrase, classes)``
+(one call at a time: the app holds a lock around it) and shows what comes back, so a new kind
+of model is one function that builds a :class:`Backend`:
+
+- :func:`maco_backend`: a MaCo vision-language model. Scores are
+  :func:`maco_cxr.tasks.zeroshot.zero_shot` of any class list, the heatmap is
+  :func:`maco_cxr.tasks.grounding.ground` of the phrase.
+- :func:`classifier_backend`: a fine-tuned classifier, any object with ``classes`` and
+  ``predict(uint8 [H, W]) -> probabilities [K]`` (the fine-tuned models' ``predict`` takes
+  images as :mod:`maco_cxr.data.inputs` does). Its classes are fixed and it has no grounding,
+  so the page hides the phrase box and the class editor.
+
+:func:`load_backend` picks the builder for a path given to ``maco-cxr serve --model``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from maco_cxr.errors import DataError
+
+if TYPE_CHECKING:
+    from maco_cxr.models.maco import MacoModel
+
+__all__ = [
+    "Backend",
+    "Prediction",
+    "PredictFn",
+    "classifier_backend",
+    "load_backend",
+    "maco_backend",
+    "resolve_device",
+]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's predictions: ``scores`` class -> probability (in the order asked) and, when a
+    phrase was given, its heatmap, float32 ``[H, W]`` in the image's original pixel grid, and
+    ``query``, the phrase as the model read it (after the official phrase processing)."""
+
+    scores: dict[str, float]
+    heatmap: np.ndarray | None = None
+    query: str | None = None
+
+
+PredictFn = Callable[[np.ndarray, "str | None", "Sequence[str] | None"], Prediction]
+"""``predict(image uint8 [H, W], phrase or None, classes or None) -> Prediction``.
+
+``classes=None`` means the backend's defaults. Raise :class:`~maco_cxr.errors.DataError` (or
+``ConfigError``) for an unusable phrase or class list; the app answers 400 with its message.
+"""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A model as the viewer sees it.
+
+    ``classes_editable``: any class list may be scored (zero-shot); otherwise ``default_classes``
+    are the model's fixed outputs. ``grounding``: ``predict`` accepts a phrase. ``input_size``:
+    the side of the model's square input (the grounding letterbox). ``classify_geometry``: how
+    the image is brought to the classifier's input, in words, for the page. ``class_sets``:
+    named class lists the page offers (editable backends).
+    """
+
+    name: str
+    kind: str
+    device: str
+    predict: PredictFn
+    default_classes: tuple[str, ...]
+    classes_editable: bool
+    grounding: bool
+    input_size: int
+    classify_geometry: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    class_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def maco_backend(model: MacoModel, *, name: str = "maco", device: str | None = None) -> Backend:
+    """A MaCo model: zero-shot scores of any classes (default CheXpert-5) and phrase grounding."""
+    from maco_cxr.tasks.grounding import ground, phrase_query
+    from maco_cxr.tasks.prompts import CLASS_SETS
+    from maco_cxr.tasks.zeroshot import zero_shot
+
+    defaults = CLASS_SETS["chexpert"]
+
+    def predict(image: np.ndarray, phrase: str | None, classes: Sequence[str] | None) -> Prediction:
+        names = list(classes) if classes else list(defaults)
+        query = phrase_query(phrase) if phrase else None  # an unusable phrase fails here
+        probabilities = zero_shot(model, image, names)[0]
+        heatmap = ground(model, image, phrase) if phrase else None
+        return Prediction({c: float(p) for c, p in zip(names, probabilities)}, heatmap, query)
+
+    vision = model.config.vision
+    size = vision.img_size
+    return Backend(
+        name=name, kind="maco", device=str(device or next(model.parameters()).device),
+        predict=predict, default_classes=tuple(defaults), classes_editable=True, grounding=True,
+        input_size=size,
+        classify_geometry=f"shorter side to {size} (bilinear), centre crop {size} x {size}",
+        summary={"vision": f"ViT {vision.embed_dim} wide, {vision.depth} blocks, patch "
+                           f"{vision.patch_size}, input {size}",
+                 "parameters": sum(p.numel() for p in model.parameters())},
+        class_sets=dict(CLASS_SETS),
+    )
+
+
+class _Classifier(Protocol):
+    classes: Sequence[str]
+
+    def predict(self, images: Any) -> Any: ...
+
+
+def classifier_backend(model: _Classifier, *, name: str = "classifier", device: str | None = None) -> Backend:
+    """A fine-tuned classifier: its own fixed classes, no grounding.
+
+    ``model.predict(image)`` takes one uint8 ``[H, W]`` image and returns its probabilities
+    ``[K]`` (or ``[1, K]``) in the order of ``model.classes``; ``model.preprocessing`` (when
+    present) gives ``input_size`` for the page.
+    """
+    classes = tuple(model.classes)
+    task = getattr(model, "task", "classification")
+    if task != "classification":
+        raise DataError(f"model {name!r} is a fine-tuned {task} model; the viewer shows class scores, so it "
+                        "serves classifiers (and MaCo models) only")
+
+    def predict(image: np.ndarray, phrase: str | None, wanted: Sequence[str] | None) -> Prediction:
+        if phrase:
+            raise DataError(f"model {name!r} is a fine-tuned classifier: it has no phrase grounding")
+        unknown = [c for c in wanted or () if c not in classes]
+        if unknown:
+            raise DataError(f"model {name!r} scores only its own classes {list(classes)}; not {unknown}")
+        probabilities = torch.as_tensor(model.predict(image)).float().reshape(-1).tolist()
+        if len(probabilities) != len(classes):
+            raise DataError(f"model {name!r} returned {len(probabilities)} probabilities for "
+                            f"{len(classes)} classes")
+        scores = dict(zip(classes, probabilities))
+        return Prediction({c: scores[c] for c in wanted} if wanted else scores)
+
+    size = int(dict(getattr(model, "preprocessing", {}) or {}).get("input_size", 224))
+    return Backend(
+        name=name, kind="finetuned-classifier", device=str(device or "cpu"), predict=predict,
+        default_classes=classes, classes_editable=False, grounding=False, input_size=size,
+        classify_geometry=f"the model's own preprocessing (input {size})",
+        summary={"classes": len(classes)},
+    )
+
+
+def _is_finetuned(path: Path) -> bool:
+    """A fine-tuned model directory: its ``config.json`` names a ``task`` (MaCo's has none)."""
+    try:
+        return path.is_dir() and "task" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_backend(path: str | Path, *, device: str = "auto") -> Backend:
+    """The backend for a model path: a MaCo model directory or an official ``maco.pth``."""
+    from maco_cxr.hub import load
+
+    device = resolve_device(device)
+    path = Path(path)
+    if _is_finetuned(path):
+        from maco_cxr.tasks.finetune import load_finetuned
+
+        return classifier_backend(load_finetuned(path, map_location=device), name=path.name, device=device)
+    model = load(path, map_location=device)
+    return maco_backend(model, name=path.stem if path.is_file() else path.name, device=device)
