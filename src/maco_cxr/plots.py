@@ -2,7 +2,10 @@
 
 Figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas and never through
 ``pyplot``, so importing or using this module leaves the user's matplotlib backend alone.
-Overlays are blended in numpy and annotated with Pillow; they come back as RGB arrays.
+Overlays are blended in numpy and annotated with Pillow; they come back as RGB arrays. Their
+default colour map, jet, is matplotlib's own table rebuilt in numpy (:func:`jet_colours`), so
+inference commands that only draw overlays never import matplotlib (about 1.5 s of start-up);
+matplotlib and the metrics are imported by the figure functions that need them.
 """
 
 from __future__ import annotations
@@ -11,21 +14,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from maco_cxr.errors import DataError
 from maco_cxr.metrics._arrays import to_numpy
-from maco_cxr.metrics.classification import roc_auc_per_class, roc_curve_points
-from maco_cxr.metrics.uncertainty import reliability_curve
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _BOX_COLOUR = (0, 255, 0)
 _MARKER_LIMIT = 50  # training-curve panels with at most this many points get markers
 _LINE_STYLES = ("-", "--", "-.", ":")
 _TITLE_COLOUR = (255, 255, 255)
+# matplotlib's jet (``_jet_data`` in matplotlib._cm): piecewise-linear (x, value) per channel
+_JET = (((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+        ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+        ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)))
+_LUT_SIZE = 256
+
+
+def jet_colours(unit: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] ``[..., 3]`` of values in [0, 1], exactly as ``matplotlib.colormaps["jet"]``:
+    a 256-entry table sampled from the channels' breakpoints, indexed by ``floor(x * 256)``."""
+    grid = np.linspace(0.0, 1.0, _LUT_SIZE)
+    lut = np.stack([np.interp(grid, *zip(*channel)) for channel in _JET], axis=-1)
+    index = np.clip((np.asarray(unit, dtype=np.float64) * _LUT_SIZE).astype(np.int64), 0, _LUT_SIZE - 1)
+    return lut[index]
 
 
 def _image_rgb(image: Any) -> np.ndarray:
@@ -81,7 +98,13 @@ def overlay_heatmap(
         raise DataError(f"alpha must lie in [0, 1]; got {alpha}")
     unit = _unit_interval(heat, value_range)
     finite = np.isfinite(unit)
-    colours = matplotlib.colormaps[cmap](np.where(finite, unit, 0.0))[..., :3] * 255.0
+    safe = np.where(finite, unit, 0.0)
+    if cmap == "jet":
+        colours = jet_colours(safe) * 255.0
+    else:
+        import matplotlib
+
+        colours = matplotlib.colormaps[cmap](safe)[..., :3] * 255.0
     blended = (1.0 - alpha) * rgb + alpha * colours
     out = np.where(finite[..., None], np.rint(blended), rgb).astype(np.uint8)
     if boxes is None and title is None:
@@ -106,10 +129,19 @@ def save_overlay(path: str | Path, image_uint8: Any, heatmap: Any, **kwargs: Any
     return path
 
 
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib figure on an Agg canvas (matplotlib imported here, when a figure is drawn)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def _save_figure(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
     figure.savefig(path, format="png")
     return path
 
@@ -121,6 +153,8 @@ def _class_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
     shades dashed so that the pair sharing a hue still differs. Beyond: evenly spaced turbo
     colours cycling through four line styles, so that neighbouring colours differ in style.
     """
+    import matplotlib
+
     if n <= 10:
         return [(matplotlib.colormaps["tab10"](k), "-") for k in range(n)]
     if n <= 20:
@@ -152,10 +186,12 @@ def plot_roc_curves(
         labels, scores = labels[:, None], scores[:, None]
     if len(class_names) != labels.shape[1]:
         raise DataError(f"{len(class_names)} class_names given for {labels.shape[1]} label columns")
+    from maco_cxr.metrics.classification import roc_auc_per_class, roc_curve_points
+
     aucs = roc_auc_per_class(labels, scores, class_names)
     many = len(class_names) > 24
     height = max(6.0, 0.19 * (len(class_names) + 1) + 0.8) if many else 6.0
-    figure = Figure(figsize=(9, height), dpi=100, layout="constrained")
+    figure = _figure(figsize=(9, height), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], linestyle=(0, (1, 3)), color="grey", linewidth=1, label="chance")
     for k, (name, (colour, style)) in enumerate(zip(class_names, _class_styles(len(class_names)))):
@@ -197,7 +233,7 @@ def plot_training_curves(
     missing = [k for k in keys if not any(k in row for row in rows)]
     if missing:
         raise DataError(f"keys {missing} appear in none of the {len(rows)} rows")
-    figure = Figure(figsize=(7, 2.4 * len(keys)), dpi=100, layout="constrained")
+    figure = _figure(figsize=(7, 2.4 * len(keys)), dpi=100, layout="constrained")
     panels = figure.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
     for axes, key in zip(panels, keys):
         points = sorted((float(row[x_key]), float(row[key])) for row in rows if key in row)
@@ -227,11 +263,13 @@ def plot_reliability_diagram(
     vertical gap to the diagonal marked, and the ECE in the legend. Bottom: how many items
     fall in each bin. Empty bins draw nothing.
     """
+    from maco_cxr.metrics.uncertainty import reliability_curve
+
     curve = reliability_curve(y_true, y_prob, n_bins=n_bins)
     filled = curve.counts > 0
     centres = (curve.bin_edges[:-1] + curve.bin_edges[1:]) / 2.0
     width = curve.bin_edges[1] - curve.bin_edges[0]
-    figure = Figure(figsize=(6, 7), dpi=100, layout="constrained")
+    figure = _figure(figsize=(6, 7), dpi=100, layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     predicted, observed = curve.mean_predicted[filled], curve.observed_frequency[filled]

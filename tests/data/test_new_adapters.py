@@ -235,7 +235,7 @@ def test_vindr_errors_name_file_line_and_field(tmp_path: Path) -> None:
     assert [r.meta["image_id"] for r in VinDrCxr(root, on_error="skip").records] == [IMG_A, IMG_B]
     broken = [r[:] for r in box_rows] + [["z" * 32, "R1", "Cardiomegaly", 0, 0, 1, 1]]
     write_csv(boxes, broken[0], broken[1:])
-    with pytest.raises(DataError, match=rf"line 12: field 'image_id': 'z+' has boxes but no row"):
+    with pytest.raises(DataError, match=r"line 12: field 'image_id': 'z+' has boxes but no row"):
         VinDrCxr(root)
     broken = [r[:] for r in box_rows] + [[IMG_A, "R1", "Cardiomegally", 0, 0, 1, 1]]
     write_csv(boxes, broken[0], broken[1:])

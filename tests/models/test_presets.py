@@ -8,7 +8,6 @@ import torch
 from maco_cxr.config import apply_overrides
 from maco_cxr.models.config import preset
 from maco_cxr.hub import create_model, load, save_pretrained
-from maco_cxr.models.maco import MacoModel
 
 
 def _batch(config, n=2, seed=0):

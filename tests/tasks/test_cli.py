@@ -13,7 +13,6 @@ from maco_cxr.cli import main
 from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.data.io import read_image
 from maco_cxr.hub import create_model, save_pretrained
-from maco_cxr.models.maco import MacoModel
 
 
 @pytest.fixture(scope="module")

@@ -179,3 +179,10 @@ def test_overfits_eight_pairs_until_retrieval_is_perfect(manifest_dir: Path, tmp
     similarity = z @ t.T
     assert similarity.argmax(dim=1).tolist() == list(range(8))  # image -> text
     assert similarity.argmax(dim=0).tolist() == list(range(8))  # text -> image
+
+
+def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path: Path) -> None:
+    config = micro_config(tmp_path / "no-data", tmp_path / "run")
+    with pytest.raises(Exception, match="no-data"):
+        pretrain(config)
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maco_cxr.cli._paths import existing_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and --decoder-heads (else 64-dim ViT/BERT heads and 128-dim decoder heads are assumed, with a "
         "warning). The file's SHA-256 is printed; --sha256 checks it before loading.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--official", type=Path, help="official maco.pth ({'model': state_dict})")
-    source.add_argument("--mae", type=Path, help="MAE weights ({'model': timm keys}) to initialise a preset")
+    source.add_argument("--official", type=existing_file, help="official maco.pth ({'model': state_dict})")
+    source.add_argument("--mae", type=existing_file, help="MAE weights ({'model': timm keys}) to initialise a preset")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
     parser.add_argument("--text-heads", type=int, help="BERT attention heads (default: registry, else width / 64)")
     parser.add_argument("--vision-heads", type=int, help="ViT attention heads (default: registry, else width / 64)")

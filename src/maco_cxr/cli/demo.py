@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maco_cxr.cli._paths import existing_path_or_none
+
 DEFAULT_REAL_ROOT = Path("tests/assets/cxr-real")
 
 
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-train", type=int, help="training phantoms")
     parser.add_argument("--n-test", type=int, help="held-out phantoms")
     parser.add_argument("--seed", type=int, help="seed of the phantoms and the run")
-    parser.add_argument("--real-root", type=Path, default=None,
+    parser.add_argument("--real-root", type=existing_path_or_none, default=None,
                         help=f"real radiographs with boxes to try the model on (default: {DEFAULT_REAL_ROOT} "
                         "when it exists; 'none' to skip)")
     parser.add_argument("--negations", action="store_true", default=None,

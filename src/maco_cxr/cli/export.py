@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from maco_cxr.cli._paths import existing_path
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "batch, plus tokenizer.json, preprocessing.json, export.json and MODEL_CARD.md, into one folder "
         "written atomically. Every graph is checked against eager PyTorch (max abs difference <= --atol). "
         'ONNX needs onnx, onnxscript and onnxruntime: pip install "maco-cxr[export]".')
-    parser.add_argument("--model", required=True, type=Path, metavar="M",
+    parser.add_argument("--model", required=True, type=existing_path, metavar="M",
                         help="model directory (config.json + model.safetensors) or official maco.pth")
     parser.add_argument("--format", dest="formats", action="append", choices=("onnx", "torchscript"),
                         metavar="{onnx,torchscript}", help="graph format; repeat for both (default: onnx)")

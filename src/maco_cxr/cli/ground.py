@@ -6,6 +6,7 @@ import argparse
 import csv
 from pathlib import Path
 
+from maco_cxr.cli._paths import existing_file
 from maco_cxr.cli.zeroshot import (
     add_dataset_arguments,
     add_model_arguments,
@@ -23,11 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(image, phrase) item with boxes (MS-CXR, or a generic manifest with boxes.csv): CNR, mIoU and "
         "pointing game on the letterboxed 224 grid, per item, per category and overall; writes items.csv, "
         "summary.json and overlays of the first K items.")
-    parser.add_argument("image", nargs="?", type=Path, help="image file (PNG, JPEG or DICOM)")
+    parser.add_argument("image", nargs="?", type=existing_file, help="image file (PNG, JPEG or DICOM)")
     parser.add_argument("phrase", nargs="?", help="the phrase to ground, e.g. 'right pleural effusion'")
     add_model_arguments(parser)
     add_dataset_arguments(parser, required=False)
-    parser.add_argument("--annotations", type=Path, metavar="FILE",
+    parser.add_argument("--annotations", type=existing_file, metavar="FILE",
                         help="MS-CXR annotations (CSV or COCO JSON) for --dataset ms-cxr")
     parser.add_argument("--phrases", nargs="+", metavar="LABEL",
                         help="with --dataset: evaluate only boxes with these labels (e.g. 'left lung')")
@@ -88,7 +89,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     s = result.summary
     write_json(args.out / "summary.json", {"model": str(args.model), "dataset": args.dataset,
                                            "root": str(args.root), "split": args.split, **s,
-                                           "overlays": [str(p) for p in result.overlays]})
+                                           "overlays": [str(p) for p in result.overlays],
+                                           "n_unreadable": len(result.failures), "unreadable": result.failures})
     print(f"{'category':<28} {'n':>5} {'CNR':>8} {'mIoU':>8} {'pointing':>9}")
     for name, row in s["per_category"].items():
         print(f"{name:<28} {row['n']:>5} {row['cnr']:>8.4f} {row['miou']:>8.4f} {row['pointing']:>9.3f}")

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from maco_cxr.cli._paths import existing_path
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at 448). Unreadable files are listed in STORE/prepare_report.json. Rerunning the same "
         "command after an interruption resumes from the finished shards.",
     )
-    parser.add_argument("source", type=Path, help="dataset root directory")
+    parser.add_argument("source", type=existing_path, help="dataset root directory")
     parser.add_argument("--dataset", required=True, metavar="KIND",
                         help="dataset adapter: manifest, cxr-real, mimic-cxr, chexpert, nih, rsna, "
                         "siim, ms-cxr, covid-rural")

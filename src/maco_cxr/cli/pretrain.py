@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from maco_cxr.cli._paths import existing_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides (values read as YAML)")
-    parser.add_argument("--config", metavar="FILE.yaml", help="pre-training config file")
+    parser.add_argument("--config", type=existing_file, metavar="FILE.yaml", help="pre-training config file")
     parser.add_argument("--preset", metavar="NAME", help="model preset: tiny, small or base "
                         "(= model.preset=NAME)")
     parser.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic phantoms "

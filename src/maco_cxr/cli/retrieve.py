@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maco_cxr.cli._paths import existing_path
 from maco_cxr.cli.zeroshot import (
     add_dataset_arguments,
     add_model_arguments,
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "both ways (image->report and report->image). Items with identical report text count as matches "
         "of each other. Give --manifest FILE, or --dataset KIND --root DIR.")
     add_model_arguments(parser)
-    parser.add_argument("--manifest", type=Path, metavar="FILE",
+    parser.add_argument("--manifest", type=existing_path, metavar="FILE",
                         help="a manifest.csv / manifest.jsonl (same as --dataset manifest --root FILE)")
     add_dataset_arguments(parser, required=False)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default 1 5 10)")
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
     print(f"{result['n']} image-report pairs ({result['n_unique_reports']} distinct reports, "
           f"{result['n_without_report']} records without a report left out)")
+    if result["n_unreadable"]:
+        first = result["unreadable"][0]
+        print(f"{result['n_unreadable']} unreadable images left out; first: {first['path']}: {first['reason']}")
     for direction, name in (("i2t", "image -> report"), ("t2i", "report -> image")):
         cells = "  ".join(f"R@{k}={result[f'{direction}_R@{k}']:.4f}" for k in args.k)
         print(f"{name:<16} {cells}")

@@ -6,8 +6,9 @@ import argparse
 import ipaddress
 import logging
 from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
+
+from maco_cxr.cli._paths import existing_path
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "PNG, JPEG or DICOM chest X-ray, type a phrase to see its grounding heatmap over the image, and edit a "
         "class list to see zero-shot scores. Uploads are processed in memory and never written or logged. "
         "Binds to 127.0.0.1 (this computer only) unless --host is given.")
-    parser.add_argument("--model", required=True, type=Path, metavar="M",
+    parser.add_argument("--model", required=True, type=existing_path, metavar="M",
                         help="model directory (config.json + model.safetensors) or official maco.pth")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else makes the viewer, and the "

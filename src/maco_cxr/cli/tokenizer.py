@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+from maco_cxr.cli._paths import existing_path
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tokenizer", help="train a WordPiece vocabulary on reports")
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reads report texts from .txt files (one report per file, e.g. MIMIC-CXR's "
         "files/pNN/.../sNNN.txt), from a folder searched recursively for .txt, or from a CSV/JSONL "
         "manifest's 'report' column, and writes a tokenizers JSON usable as text.tokenizer.")
-    train.add_argument("sources", nargs="+", type=Path, help="folders, .txt files or manifest.csv/.jsonl")
+    train.add_argument("sources", nargs="+", type=existing_path, help="folders, .txt files or manifest.csv/.jsonl")
     train.add_argument("--out", type=Path, required=True, help="output tokenizer JSON")
     train.add_argument("--vocab-size", type=int, default=30000)
     train.add_argument("--min-frequency", type=int, default=2)

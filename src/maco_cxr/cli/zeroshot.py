@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maco_cxr.cli._paths import existing_file, existing_path
+
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
     from maco_cxr.models.maco import MacoModel
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, head counts of official checkpoints, --device, --batch-size, --workers."""
-    parser.add_argument("--model", required=True, type=Path, metavar="M",
+    parser.add_argument("--model", required=True, type=existing_path, metavar="M",
                         help="model directory (config.json + model.safetensors) or official maco.pth")
     parser.add_argument("--text-heads", type=int, metavar="N",
                         help="BERT heads of an official maco.pth (not stored in it; default width / 64)")
@@ -37,19 +39,20 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool) -> No
     """--dataset KIND --root DIR [--split] [--official-split | --split-file] [-o key=value]."""
     parser.add_argument("--dataset", required=required, metavar="KIND",
                         help="dataset adapter: manifest, cxr-real, nih, chexpert, rsna, siim, ms-cxr, ...")
-    parser.add_argument("--root", type=Path, metavar="DIR", help="dataset root folder (or manifest file)")
+    parser.add_argument("--root", type=existing_path, metavar="DIR", help="dataset root folder (or manifest file)")
     parser.add_argument("--split", default=None, help="the adapter's split (e.g. test, val)")
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--official-split", metavar="NAME",
                         help="keep the images of the official MaCo split NAME (test, val, train_1, ...) "
                         "with its labels (nih, chexpert, rsna, siim)")
-    chosen.add_argument("--split-file", type=Path, metavar="FILE",
+    chosen.add_argument("--split-file", type=existing_file, metavar="FILE",
                         help="keep the images listed in FILE ('path label...' per line)")
     parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra keyword argument of the dataset adapter (value parsed as YAML), "
                         "e.g. -o annotations=ms_cxr.csv; repeatable")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="skip (and count) unusable rows instead of stopping at the first")
+                        help="skip (and count and list) unusable rows and unreadable image files instead of "
+                        "stopping at the first")
 
 
 def load_model_from_args(args: argparse.Namespace) -> MacoModel:
@@ -160,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
         "per_class": report["per_class"], "macro_auc": report["mean_auc"],
         "mean_f1_weighted": report["mean_f1_weighted"], "mean_f1_macro": report["mean_f1_macro"],
         "macro_acc": report["mean_acc"], "threshold": report["threshold"],
-        "n_skipped_rows": len(dataset.skips),
+        "n_skipped_rows": len(dataset.skips), "skipped_rows": dataset.skips.skipped,
+        "n_unreadable": len(result.failures), "unreadable": result.failures,
     }
     write_json(args.out / "summary.json", summary)
     print(f"{'class':<24} {'n':>6} {'pos':>6} {'AUC':>7} {'F1w':>7} {'F1m':>7} {'ACC':>7}")
@@ -170,5 +174,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'macro':<24} {'':>6} {'':>6} {report['mean_auc']:>7.4f} {report['mean_f1_weighted']:>7.4f} "
           f"{report['mean_f1_macro']:>7.4f} "
           f"{report['mean_acc']:>7.4f}")
+    if result.failures:
+        print(f"{len(result.failures)} unreadable files left out (listed in summary.json); first: "
+              f"{result.failures[0]['path']}: {result.failures[0]['reason']}")
     print(f"wrote {args.out / 'summary.json'}, scores.csv, roc_curves.png")
     return 0

@@ -4,77 +4,58 @@ One module per task: classification (AUC / ACC / weighted and macro F1), groundi
 mIoU / pointing game and the official per-threshold IoU, Dice, precision, recall), segmentation
 (the three named Dice figures), detection (COCO AP) and retrieval (recall@k); plus uncertainty
 (validation-chosen thresholds, bootstrap confidence intervals, calibration).
+
+Submodules are imported on first use of one of their names, so importing one metric does not
+load scikit-learn for the others.
 """
 
-from maco_cxr.metrics.classification import (
-    RocCurve,
-    classification_report,
-    roc_auc_per_class,
-    roc_curve_points,
-)
-from maco_cxr.metrics.detection import coco_detection_ap
-from maco_cxr.metrics.grounding import (
-    DEFAULT_THRESHOLDS,
-    GroundingScores,
-    boxes_to_mask,
-    grounding_cnr,
-    grounding_miou,
-    minmax_to_unit_range,
-    OPT_TH_THRESHOLDS,
-    grounding_metric_table,
-    grounding_threshold_metrics,
-    pointing_game,
-    score_grounding,
-    select_grounding_thresholds,
-    summarise_grounding,
-)
-from maco_cxr.metrics.retrieval import image_text_recall, recall_at_k
-from maco_cxr.metrics.uncertainty import (
-    BootstrapCI,
-    ReliabilityCurve,
-    apply_thresholds,
-    bootstrap_mean_ci,
-    bootstrap_metric_ci,
-    reliability_curve,
-    select_thresholds,
-)
-from maco_cxr.metrics.segmentation import (
-    dice_foreground_dataset,
-    dice_mean_over_classes,
-    dice_per_image_mean,
-    segmentation_report,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BootstrapCI",
-    "DEFAULT_THRESHOLDS",
-    "OPT_TH_THRESHOLDS",
-    "ReliabilityCurve",
-    "apply_thresholds",
-    "bootstrap_mean_ci",
-    "bootstrap_metric_ci",
-    "grounding_metric_table",
-    "grounding_threshold_metrics",
-    "reliability_curve",
-    "select_grounding_thresholds",
-    "select_thresholds",
-    "GroundingScores",
-    "RocCurve",
-    "boxes_to_mask",
-    "classification_report",
-    "coco_detection_ap",
-    "dice_foreground_dataset",
-    "dice_mean_over_classes",
-    "dice_per_image_mean",
-    "grounding_cnr",
-    "grounding_miou",
-    "image_text_recall",
-    "minmax_to_unit_range",
-    "pointing_game",
-    "recall_at_k",
-    "roc_auc_per_class",
-    "roc_curve_points",
-    "score_grounding",
-    "segmentation_report",
-    "summarise_grounding",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BootstrapCI": "uncertainty",
+    "DEFAULT_THRESHOLDS": "grounding",
+    "GroundingScores": "grounding",
+    "OPT_TH_THRESHOLDS": "grounding",
+    "ReliabilityCurve": "uncertainty",
+    "RocCurve": "classification",
+    "apply_thresholds": "uncertainty",
+    "bootstrap_mean_ci": "uncertainty",
+    "bootstrap_metric_ci": "uncertainty",
+    "boxes_to_mask": "grounding",
+    "classification_report": "classification",
+    "coco_detection_ap": "detection",
+    "dice_foreground_dataset": "segmentation",
+    "dice_mean_over_classes": "segmentation",
+    "dice_per_image_mean": "segmentation",
+    "grounding_cnr": "grounding",
+    "grounding_metric_table": "grounding",
+    "grounding_miou": "grounding",
+    "grounding_threshold_metrics": "grounding",
+    "image_text_recall": "retrieval",
+    "minmax_to_unit_range": "grounding",
+    "pointing_game": "grounding",
+    "recall_at_k": "retrieval",
+    "reliability_curve": "uncertainty",
+    "roc_auc_per_class": "classification",
+    "roc_curve_points": "classification",
+    "score_grounding": "grounding",
+    "segmentation_report": "segmentation",
+    "select_grounding_thresholds": "grounding",
+    "select_thresholds": "uncertainty",
+    "summarise_grounding": "grounding",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"maco_cxr.metrics.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'maco_cxr.metrics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

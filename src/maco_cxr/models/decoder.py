@@ -8,13 +8,11 @@ Parameter names follow the official checkpoints once ``decoder.`` is replaced by
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from maco_cxr.models.config import DecoderConfig
+from maco_cxr.models.layers import Block
 from maco_cxr.models.vit import sincos_pos_embed
 
 
@@ -26,12 +24,9 @@ class MaeDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid_size**2 + 1, config.embed_dim),
                                       requires_grad=False)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.ModuleList([
-            Block(config.embed_dim, config.num_heads, config.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(config.depth)
-        ])
-        self.norm = norm_layer(config.embed_dim)
+        self.blocks = nn.ModuleList([Block(config.embed_dim, config.num_heads, config.mlp_ratio)
+                                     for _ in range(config.depth)])
+        self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.pred = nn.Linear(config.embed_dim, target_patch**2 * 3)
         self.grad_checkpointing = False
         self.pos_embed.data.copy_(sincos_pos_embed(config.embed_dim, grid_size)[None])

@@ -91,11 +91,7 @@ class MacoModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
-        bert = self.text.bert
-        if enable:
-            getattr(bert, "activation_checkpointing_enable", bert.gradient_checkpointing_enable)()
-        else:
-            getattr(bert, "activation_checkpointing_disable", bert.gradient_checkpointing_disable)()
+        self.text.bert.grad_checkpointing = enable
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 grey ``[N, H, W]`` or ``[N, 1, H, W]`` -> normalised float ``[N, 3, H, W]``;

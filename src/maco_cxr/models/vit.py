@@ -1,8 +1,8 @@
 """Masked ViT image encoder with the official MaCo/MAE parameter names.
 
-Blocks are timm's (pre-norm, qkv bias, GELU MLP, attention through
-``scaled_dot_product_attention``), so keys read ``blocks.{i}.attn.qkv.weight`` as in the
-official checkpoints. The position embedding is a fixed 2-D sin-cos table stored as a frozen
+Blocks compute what timm's do (pre-norm, qkv bias, GELU MLP, attention through
+``scaled_dot_product_attention``; :mod:`maco_cxr.models.layers`), and keys read
+``blocks.{i}.attn.qkv.weight`` as in the official checkpoints. The position embedding is a fixed 2-D sin-cos table stored as a frozen
 parameter: official checkpoints carry their own table (computed with a different formula),
 which must be loaded, not recomputed.
 """
@@ -10,15 +10,13 @@ which must be loaded, not recomputed.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from maco_cxr.models.config import VisionConfig
+from maco_cxr.models.layers import Block, PatchEmbed
 
 
 def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
@@ -74,19 +72,14 @@ class MaskedViT(nn.Module):
         super().__init__()
         self.config = config
         self.patch_size = config.patch_size
-        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, 3, config.embed_dim,
-                                      strict_img_size=False)
+        self.patch_embed = PatchEmbed(config.patch_size, 3, config.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.embed_dim),
                                       requires_grad=False)
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.ModuleList([
-            Block(config.embed_dim, config.num_heads, config.mlp_ratio, qkv_bias=True,
-                  drop_path=rate, norm_layer=norm_layer)
-            for rate in rates
-        ])
-        self.norm = norm_layer(config.embed_dim)
+        self.blocks = nn.ModuleList([Block(config.embed_dim, config.num_heads, config.mlp_ratio, drop_path=rate)
+                                     for rate in rates])
+        self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.grad_checkpointing = False
         self._init_weights()
 

@@ -147,12 +147,18 @@ def pretrain(config: PretrainConfig) -> Path:
     check_config(config)
     joined = not dist_utils.is_initialized()
     info = dist_utils.init_distributed("gloo" if config.runtime.device == "cpu" else None)
+    output_dir = Path(config.runtime.output_dir)
+    created = info.is_master and not output_dir.exists()
     try:
         device = dist_utils.resolve_device(config.runtime.device, info)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         with isolated_rng(config.runtime.seed, device):
             return _Trainer(config, info, device).run()
+    except BaseException:
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
     finally:
         if joined and info.distributed:
             dist_utils.cleanup_distributed()
