@@ -11,11 +11,13 @@ Stages (each reuses its output folder when it is already complete):
    first set with the demo's recipe (reports without negations, read whole; vocabulary learnt
    from them, plain MAE target at ``--size``, rec + con, initial temperature 0.1, no flip),
    unless ``--pretrained`` names a model (e.g. the demo's ``model/maco-tiny-phantoms``);
-3. classification of the six phantom findings with :func:`finetune_classifier`, by default
+3. classification of the six phantom findings with
+   :func:`maco_cxr.tasks.finetune.finetune_classifier`, by default
    AdamW (lr 1e-3, wd 0.05, layer decay 0.75, clip 1.0, warm-up + cosine) with the recipe's
    RandomResizedCrop + flip, but a crop of 50-100 % of the area (``--crop-scale``; the
    recipe's 8 % often crops a phantom's finding out of view); ``--optimizer sgd`` runs the
-   official SGD recipe instead. Every run has the same seed:
+   official SGD recipe instead. ``--batch`` is the global batch of a step (as
+   ``optim.batch_size``). Every run has the same seed:
    - full fine-tuning on 100 % of the training images from the pre-trained encoder;
    - 1 % of the training images (seeded), full fine-tuning and linear probing, from the
      pre-trained encoder and from a random initialisation of the same architecture.
@@ -37,12 +39,12 @@ from typing import Any
 
 import torch
 
+from maco_cxr.config import load_config
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.synthetic import write_synthetic_dataset
 from maco_cxr.data.tokenizer import ReportTokenizer
-from maco_cxr.tasks.classify import FinetuneConfig, finetune_classifier
 from maco_cxr.tasks.demo import DemoConfig, demo_model_config
-from maco_cxr.tasks.finetune_common import load_task_config
+from maco_cxr.tasks.finetune import ClassifyConfig, finetune_classifier
 from maco_cxr.train.config import PretrainAugment, PretrainData, PretrainOptim, PretrainConfig, PretrainRuntime
 from maco_cxr.train.pretrain import pretrain
 
@@ -69,7 +71,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=DemoConfig.steps, help="the demo's steps")
     parser.add_argument("--pretrain-batch", type=int, default=32, help="the demo's 32")
     parser.add_argument("--pretrain-lr", type=float, default=DemoConfig.lr, help="the demo's lr")
-    parser.add_argument("--batch", type=int, default=96, help="fine-tuning batch (the recipe's 96)")
+    parser.add_argument("--batch", type=int, default=96,
+                        help="fine-tuning batch, global over the processes (the recipe's 96)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
                         help="adamw (with --layer-decay: configs/finetune/adamw_lld.yaml) or sgd (the official "
                         "recipe, momentum 0.9, clip 1.0; give --lr, --weight-decay 0 and --layer-decay none)")
@@ -123,7 +126,7 @@ def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
                           batch_size=args.pretrain_batch, accum_steps=1),
         augment=PretrainAugment(enabled=True, flip_p=0.0),
         runtime=PretrainRuntime(device=args.device, seed=args.seed, output_dir=str(out / "run"), log_every=10,
-                              save_every=args.pretrain_steps, keep_last=1, resume=None),
+                              save_every=args.pretrain_steps, keep_last=1, resume="auto"),
     )
     return pretrain(config)
 
@@ -144,7 +147,7 @@ def finetune_run(args: argparse.Namespace, spec: dict[str, Any], data: Path, mod
     command = ["maco-cxr", "finetune", "--model", source, "--dataset", "manifest", "--root", str(data),
                "--fraction", str(spec["fraction"]), "--mode", spec["mode"], "--device", args.device,
                "--out", str(out), *overrides]
-    cfg = load_task_config(FinetuneConfig, None, [
+    cfg = load_config(ClassifyConfig, None, [
         f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"data.fraction={spec['fraction']}",
         f"model.mode={spec['mode']}", f"runtime.device={args.device}", f"runtime.out={out}", *overrides])
     with warnings.catch_warnings():
@@ -185,11 +188,13 @@ def main() -> None:
         start = time.perf_counter()
         metrics, commands[spec["name"]] = finetune_run(args, spec, ft_data, model)
         timings[spec["name"]] = time.perf_counter() - start
-        results[spec["name"]] = {**spec, "train_images": metrics["counts"]["train"],
-                                 "test_images": metrics["counts"]["test"], "best_val_auc": metrics["best_val_auc"],
-                                 "best_step": metrics["best_step"], "steps": metrics["steps"],
-                                 "test_mean_auc": metrics["mean_auc"], "per_class_auc": metrics["per_class_auc"]}
-        print(f"{spec['name']}: test mean AUC {metrics['mean_auc']:.4f}, best val {metrics['best_val_auc']:.4f} "
+        counts, test = metrics["data"]["counts"], metrics["test"]
+        results[spec["name"]] = {**spec, "train_images": counts["train"], "test_images": counts["test"],
+                                 "best_val_auc": metrics["val_best"]["mean_auc"], "best_step": metrics["best_step"],
+                                 "steps": metrics["steps"], "test_mean_auc": test["mean_auc"],
+                                 "test_mean_auc_ci95": test.get("mean_auc_ci95"),
+                                 "per_class_auc": test["per_class_auc"]}
+        print(f"{spec['name']}: test mean AUC {test['mean_auc']:.4f}, best val {metrics['val_best']['mean_auc']:.4f} "
               f"at step {metrics['best_step']}, {timings[spec['name']]:.0f} s", flush=True)
         payload = {"hardware": hardware, "args": {k: str(v) for k, v in vars(args).items()}, "model": str(model),
                    "results": results, "timings_s": timings,

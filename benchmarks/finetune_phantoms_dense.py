@@ -7,13 +7,14 @@ Usage:
 The dense companion of ``finetune_phantoms.py`` (classification). Stages (phantoms are reused
 when already written):
 1. phantoms: ``--n`` images (seed 3, split 80/10/10, one patient per image) at ``--size``;
-2. segmentation (:func:`maco_cxr.tasks.segment.segment`): UperNet on the ``tiny`` ViT, target =
+2. segmentation (:func:`maco_cxr.tasks.finetune.segmentation`): UperNet on the ``tiny`` ViT, target =
    union of the pneumothorax and pleural-effusion masks (images without either = empty mask),
    the paper's loss and AdamW + layer-wise decay + poly schedule with a larger lr for the short
    run; test foreground Dice (pooled), per-image Dice and mean Dice;
-3. detection (:func:`maco_cxr.tasks.detect.detect`): ViTDet-style Faster R-CNN on the same
+3. detection (:func:`maco_cxr.tasks.finetune.detection`): ViTDet-style Faster R-CNN on the same
    backbone, objects = consolidation and nodule boxes ("opacities"), positives only, large
-   scale jitter; test COCO AP, AP50, AP75.
+   scale jitter; test COCO AP, AP50, AP75 on the phantoms' own test split.
+``--batch`` is the global batch of a step (as ``optim.batch_size``).
 The backbone is ``--pretrained`` (a MaCo model directory, e.g. the demo's or the one
 ``finetune_phantoms.py`` pre-trains) or a random initialisation of the ``tiny`` preset.
 It prints the figures and the ``maco-cxr`` command of each run and writes
@@ -38,10 +39,10 @@ from typing import Any
 
 import torch
 
+from maco_cxr.config import load_config
 from maco_cxr.data.synthetic import write_synthetic_dataset
-from maco_cxr.tasks.detect import DetectConfig, detect
-from maco_cxr.tasks.finetune_common import load_task_config
-from maco_cxr.tasks.segment import METRIC_NAMES, SegmentConfig, segment
+from maco_cxr.tasks.finetune import DetectConfig, SegmentConfig, detect, segment
+from maco_cxr.tasks.finetune.segmentation import METRIC_NAMES
 
 SEG_LABELS = "[pneumothorax, pleural effusion]"
 DET_LABELS = "[consolidation, nodule]"
@@ -54,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=224, help="phantom side and network input side")
     parser.add_argument("--n", type=int, default=1200, help="number of phantoms")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="global batch of a step")
     parser.add_argument("--seg-steps", type=int, default=1200)
     parser.add_argument("--seg-lr", type=float, default=2e-3)
     parser.add_argument("--seg-channels", type=int, default=64, help="UperNet channels (768 in the paper)")
@@ -98,10 +99,10 @@ def run_segment(args: argparse.Namespace, data: Path, source: str) -> tuple[dict
                  "input.missing_mask=empty", f"data.options={{mask_labels: {SEG_LABELS}}}"]
     command = ["maco-cxr", "segment", "--model", source, "--dataset", "manifest", "--root", str(data),
                "--device", args.device, "--out", str(out), *overrides]
-    config = load_task_config(SegmentConfig, None, [
+    config = load_config(SegmentConfig, None, [
         f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"runtime.device={args.device}",
         f"runtime.out={out}", *overrides])
-    return segment(config).metrics, command
+    return segment(config), command
 
 
 def run_detect(args: argparse.Namespace, data: Path, source: str) -> tuple[dict[str, Any], list[str]]:
@@ -113,10 +114,10 @@ def run_detect(args: argparse.Namespace, data: Path, source: str) -> tuple[dict[
                  "detector.box_batch_size_per_image=128"]
     command = ["maco-cxr", "detect", "--model", source, "--dataset", "manifest", "--root", str(data),
                "--device", args.device, "--out", str(out), *overrides]
-    config = load_task_config(DetectConfig, None, [
+    config = load_config(DetectConfig, None, [
         f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"runtime.device={args.device}",
         f"runtime.out={out}", *overrides])
-    return detect(config).metrics, command
+    return detect(config), command
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ import torch
 from maco_cxr.models.config import preset
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import create_model, load, save_pretrained
-from maco_cxr.models.maco import MacoModel
 from maco_cxr.models.vit import MaskedViT, resample_pos_embed
 from maco_cxr.tasks.finetune.backbone import backbone_key_map, load_backbone
 

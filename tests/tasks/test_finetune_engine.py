@@ -47,7 +47,7 @@ TASKS = {
                  "evaluation.bootstrap=20", "evaluation.overlays=2", "input.missing_mask=empty", "head.dropout=0",
                  "data.options.mask_labels=[pneumothorax, pleural effusion]"]),
     "detect": (DetectConfig, detect,
-               ["data.kind=manifest", "data.test_split=null", "data.options={}", "input.image_size=64",
+               ["data.kind=manifest", "input.image_size=64",
                 "optim.batch_size=4", "optim.steps=4", "optim.lr=0.02", "evaluation.every=2", "evaluation.overlays=2"]),
 }
 

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from maco_cxr.cli._paths import existing_file, existing_path, model_source
+
 TORCHRUN_HINT = ("Many GPUs: torchrun --standalone --nproc_per_node N -m maco_cxr {command} ... (optim.batch_size "
                  "is the global batch; a killed run resumes from its last checkpoint in --out)")
 
@@ -17,16 +19,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, config_folder: str,
                          split_help: str) -> None:
     """--model, --dataset, --root, --fraction | --split-file, --config, --device, --out,
     --progress and trailing key=value overrides."""
-    parser.add_argument("--model", required=True, metavar="M",
+    parser.add_argument("--model", required=True, type=model_source, metavar="M",
                         help="MaCo model directory, official maco.pth, or 'none' for random init (model.preset)")
     parser.add_argument("--dataset", metavar="KIND", help=dataset_help)
-    parser.add_argument("--root", type=Path, metavar="DIR", help="dataset root folder (or store)")
+    parser.add_argument("--root", type=existing_path, metavar="DIR", help="dataset root folder (or store)")
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--fraction", type=float, metavar="PCT",
                         help="keep a seeded PCT %% (1, 10, 100) of the training split, whole patients at a "
                         "time (clears data.train_split)")
     chosen.add_argument("--split-file", metavar="FILE|NAME", help=split_help)
-    parser.add_argument("--config", type=Path, metavar="YAML", help=f"config file ({config_folder}/*.yaml)")
+    parser.add_argument("--config", type=existing_file, metavar="YAML", help=f"config file ({config_folder}/*.yaml)")
     parser.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--progress", action="store_true", help="show progress bars")

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from maco_cxr.tasks.finetune import SegmentConfig, segment
-    from maco_cxr.tasks.finetune.segment import METRIC_NAMES
+    from maco_cxr.tasks.finetune.segmentation import METRIC_NAMES
 
     config = build_config(SegmentConfig, args)
     master = is_master()

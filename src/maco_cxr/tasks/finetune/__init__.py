@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maco_cxr.tasks.finetune.classify import ClassifyConfig, FinetunedClassifier, finetune_classifier
-from maco_cxr.tasks.finetune.detect import DetectConfig, FinetunedDetector, detect
+from maco_cxr.tasks.finetune.classification import ClassifyConfig, FinetunedClassifier, finetune_classifier
+from maco_cxr.tasks.finetune.detection import DetectConfig, FinetunedDetector, detect
 from maco_cxr.tasks.finetune.engine import FinetuneTask, fit
 from maco_cxr.tasks.finetune.model_io import FinetunedModel, load_weights, read_finetuned
-from maco_cxr.tasks.finetune.segment import FinetunedSegmenter, SegmentConfig, segment
+from maco_cxr.tasks.finetune.segmentation import FinetunedSegmenter, SegmentConfig, segment
 from maco_cxr.errors import CheckpointError
 
 __all__ = ["ClassifyConfig", "DetectConfig", "FinetuneTask", "FinetunedClassifier", "FinetunedDetector",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from maco_cxr.config import require
 from maco_cxr.train.config import check_device, check_resume
 
-__all__ = ["BackboneSection", "FinetuneData", "FinetuneOptim", "FinetuneRuntime", "RESUMABLE_CHANGES"]
+__all__ = ["BackboneSection", "DenseModel", "FinetuneData", "FinetuneOptim", "FinetuneRuntime", "RESUMABLE_CHANGES"]
 
 
 @dataclass
@@ -156,6 +156,14 @@ class BackboneSection:
 
     def __post_init__(self) -> None:
         require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
+
+
+@dataclass
+class DenseModel(BackboneSection):
+    """The backbone of a dense task (segmentation, detection); ``freeze_backbone`` trains the
+    head only (the encoder stays in eval mode)."""
+
+    freeze_backbone: bool = False
 
 
 # Keys that may change between a run and its resumption (how it is watched, where it runs).

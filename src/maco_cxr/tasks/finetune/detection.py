@@ -18,15 +18,17 @@ The official detection code passed its checkpoint without key matching, so its b
 probably never received MaCo weights; here :func:`load_backbone` copies every tensor by an
 explicit name map and the counts land in ``metrics.json`` (``model.loaded``).
 
-RSNA: the default test split is the paper's detection test set (``data.test_split:
-detection_test``: 1,218 positives of stage_2_train, the official COCO file), and its images
-are kept out of training and validation (counted in ``metrics.json``; a warning names the
+RSNA: every role reads ``stage_2_train_images`` (the only images with boxes; ``data.options
+.split`` defaults to ``train``) and the default test split is the paper's detection test set
+(``data.test_split: detection_test``: 1,218 positives of stage_2_train, the official COCO
+file), its images kept out of training and validation (counted in ``metrics.json``; a warning names the
 count when a split you gave listed them). ``model.freeze_backbone=true`` trains the pyramid
 and heads only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,12 +53,11 @@ from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet, set_sampling_seeds
 from maco_cxr.tasks.finetune.backbone import load_backbone
-from maco_cxr.tasks.finetune.config import FinetuneData, FinetuneOptim, FinetuneRuntime
+from maco_cxr.tasks.finetune.config import DenseModel, FinetuneData, FinetuneOptim, FinetuneRuntime
 from maco_cxr.tasks.finetune.engine import FinetuneTask, Run, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
 from maco_cxr.tasks.finetune.outputs import write_csv
-from maco_cxr.tasks.finetune.segment import DenseModel
-from maco_cxr.tasks.finetune.splits import RSNA_DETECTION_TEST, FinetuneSplits, copy_with
+from maco_cxr.tasks.finetune.splits import RSNA_DETECTION_TEST, FinetuneSplits, build_splits, copy_with
 
 __all__ = ["DetectConfig", "DetectEval", "DetectInput", "DetectTask", "FinetunedDetector", "detect",
            "large_scale_jitter"]
@@ -120,9 +121,6 @@ def _paper_optim() -> FinetuneOptim:
                          warmup_start=0.01, final=0.01)
 
 
-def _rsna_data() -> FinetuneData:
-    """RSNA: every role reads stage_2_train_images; the paper's detection test set is the test."""
-    return FinetuneData(kind="rsna", test_split=RSNA_DETECTION_TEST, options={"split": "train"})
 
 
 @dataclass
@@ -132,7 +130,7 @@ class DetectConfig:
     model: DenseModel = field(default_factory=DenseModel)
     input: DetectInput = field(default_factory=DetectInput)
     detector: ViTDetConfig = field(default_factory=ViTDetConfig)
-    data: FinetuneData = field(default_factory=_rsna_data)
+    data: FinetuneData = field(default_factory=lambda: FinetuneData(kind="rsna"))
     optim: FinetuneOptim = field(default_factory=_paper_optim)
     runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/detect"))
     evaluation: DetectEval = field(default_factory=DetectEval)
@@ -296,10 +294,14 @@ class DetectTask(FinetuneTask):
     name: ClassVar[str] = "detection"
 
     def splits(self) -> FinetuneSplits:
-        splits = super().splits()
         cfg = self.config
-        if cfg.data.kind == "rsna" and cfg.data.test_split in (None, RSNA_DETECTION_TEST):
-            _hold_out_rsna_detection_test(splits, cfg.data)
+        data = cfg.data
+        if data.kind == "rsna":  # boxes exist for stage_2_train only; the paper tests on its detection set
+            data = dataclasses.replace(data, test_split=data.test_split or RSNA_DETECTION_TEST,
+                                       options={"split": "train", **data.options})
+        splits = build_splits(data)
+        if data.kind == "rsna" and data.test_split == RSNA_DETECTION_TEST:
+            _hold_out_rsna_detection_test(splits, data)
         left_out = {}
         for role in ("train", "val", "test"):
             dataset = getattr(splits, role)

@@ -52,7 +52,7 @@ from maco_cxr.models.upernet import (
 )
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.tasks.finetune.backbone import load_backbone
-from maco_cxr.tasks.finetune.config import BackboneSection, FinetuneData, FinetuneOptim, FinetuneRuntime
+from maco_cxr.tasks.finetune.config import DenseModel, FinetuneData, FinetuneOptim, FinetuneRuntime
 from maco_cxr.tasks.finetune.engine import FinetuneTask, Run, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
 from maco_cxr.tasks.finetune.outputs import write_csv
@@ -60,7 +60,6 @@ from maco_cxr.tasks.finetune.splits import FinetuneSplits, copy_with
 
 __all__ = [
     "METRIC_NAMES",
-    "DenseModel",
     "FinetunedSegmenter",
     "SegmentConfig",
     "SegmentEval",
@@ -79,14 +78,6 @@ METRIC_NAMES = {
     "dice_foreground_dataset": "foreground Dice with the pixels of the whole test set pooled",
     "dice_mean_over_classes": "mean of the pooled background and foreground Dice (mmseg's mDice)",
 }
-
-
-@dataclass
-class DenseModel(BackboneSection):
-    """The backbone of a dense task (segmentation, detection); ``freeze_backbone`` trains the
-    head only (the encoder stays in eval mode)."""
-
-    freeze_backbone: bool = False
 
 
 @dataclass
@@ -284,7 +275,7 @@ class SegmentTask(FinetuneTask):
         splits = super().splits()
         cfg = self.config
         labels = _target_labels(splits, cfg.data.options)
-        left_out = {}
+        left_out = {"train": 0, "val": 0, "test": 0}
         for role in ("train", "val", "test"):
             dataset = getattr(splits, role)
             if cfg.input.missing_mask == "skip":
@@ -298,8 +289,7 @@ class SegmentTask(FinetuneTask):
                                     "data.options.mask_labels or set input.missing_mask=empty if images without masks "
                                     "are empty")
                 setattr(splits, role, copy_with(dataset, keep))
-        splits.notes.update(skipped_without_mask=left_out, target_labels=list(labels))
-        self.target = tuple(labels) or ("foreground",)
+        splits.notes.update(skipped_without_mask=left_out, target_labels=list(labels) or ["foreground"])
         return splits
 
     def build_model(self, splits: FinetuneSplits) -> tuple[FinetunedModel, dict[str, Any]]:
@@ -318,7 +308,7 @@ class SegmentTask(FinetuneTask):
                          "threshold": cfg.evaluation.threshold,
                          "resize": "letterbox: longest side to image_size (exact area), centred zero padding; "
                                    "masks mapped back to the original grid"}
-        model = FinetunedSegmenter(net, self.target, preprocessing)
+        model = FinetunedSegmenter(net, splits.notes["target_labels"], preprocessing)
         if cfg.model.freeze_backbone:
             model.freeze(net.backbone)
         return model, summary
@@ -386,7 +376,7 @@ class SegmentTask(FinetuneTask):
         overlays = _save_overlays([r for r in records if "example" in r], out / "overlays")
         write_with(out / "curves.png", lambda tmp: plot_training_curves(
             log_rows, ["loss", "lr", f"val_{SELECTION_METRIC}"], tmp, title="segmentation fine-tuning"))
-        return {"dataset": self.config.data.kind, "metric_names": METRIC_NAMES, "target_labels": list(self.target),
+        return {"dataset": self.config.data.kind, "metric_names": METRIC_NAMES, "target_labels": list(model.classes),
                 "overlays": [str(p.relative_to(out)) for p in overlays]}
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
