@@ -436,7 +436,7 @@ def test_a_fine_tuned_classifier_directory_is_served_with_its_own_predictions(tm
     from maco_cxr.models.config import VisionConfig
     from maco_cxr.models.vit import MaskedViT
     from maco_cxr.serve import load_backend
-    from maco_cxr.tasks.finetune.classify import FinetunedClassifier, classifier_preprocessing
+    from maco_cxr.tasks.finetune.classification import FinetunedClassifier, classifier_preprocessing
     from maco_cxr.tasks.finetune.model_io import save_finetuned
 
     torch.manual_seed(0)
