@@ -13,12 +13,13 @@ its creator.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_file",
     "json_ready",
     "remove_stale_temporaries",
+    "write_csv",
     "write_json",
     "write_text",
     "write_with",
@@ -128,6 +130,15 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_file(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """``header`` then ``rows`` as CSV, published in one rename."""
+    with atomic_file(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
     return Path(path)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from maco_cxr._atomic import write_with
 from maco_cxr.errors import DataError
 from maco_cxr.metrics._arrays import to_numpy
 
@@ -123,10 +124,8 @@ def overlay_heatmap(
 
 def save_overlay(path: str | Path, image_uint8: Any, heatmap: Any, **kwargs: Any) -> Path:
     """Write :func:`overlay_heatmap` (same keyword arguments) as a PNG and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay_heatmap(image_uint8, heatmap, **kwargs)).save(path, format="PNG")
-    return path
+    rgb = overlay_heatmap(image_uint8, heatmap, **kwargs)
+    return write_with(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
 def _figure(**kwargs: Any) -> Figure:
@@ -140,10 +139,7 @@ def _figure(**kwargs: Any) -> Figure:
 
 
 def _save_figure(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return write_with(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
 def _class_styles(n: int) -> list[tuple[tuple[float, ...], str]]:

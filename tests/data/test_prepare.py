@@ -187,20 +187,20 @@ def test_kill_while_replacing_a_shard_never_reuses_mixed_files(
     swapped = dataset.records[:]
     swapped[0], swapped[1] = swapped[1], swapped[0]  # same shapes and counts, other pixels
     other = ChestXrayDataset(swapped, dataset.classes)
-    real_write_json = prepare_module._write_json
+    real_write_json = prepare_module.write_json
 
     def killed(path: Path, payload: object) -> None:
         if path.name == "shard_00000.json":
             raise KeyboardInterrupt
         real_write_json(path, payload)
 
-    monkeypatch.setattr(prepare_module, "_write_json", killed)
+    monkeypatch.setattr(prepare_module, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(other, store, SIZE, shard_size=3)
     monkeypatch.undo()
     report = prepare_dataset(dataset, store, SIZE, shard_size=3)
     assert report.n_reused_shards == 2  # shards 1 and 2 were the same for both datasets
-    assert {k: v for k, v in _snapshot(store).items() if not k.endswith(".tmp")} == reference
+    assert {k: v for k, v in _snapshot(store).items() if ".tmp" not in k} == reference
 
 
 def test_changed_size_prepares_every_shard_again(tmp_path: Path) -> None:

@@ -31,7 +31,6 @@ from maco_cxr.tasks.finetune.segmentation import (
     FinetunedSegmenter,
     SegmentInput,
     SegmentTask,
-    _EvalItems,
     _normalise,
     _TrainItems,
 )
@@ -283,7 +282,8 @@ def test_evaluation_scores_in_original_geometry_with_named_figures(cxr_real_dir:
     dataset.records = [r for r in dataset.records if r.mask_paths][:2]
     task = SegmentTask(load_config(SegmentConfig, None, ["input.image_size=64"]))
     model = _fake_segmenter(64)
-    items = _EvalItems(dataset, task.config.input, model.preprocessing, keep_examples=1)
+    items = task.eval_items(dataset, model, CPU_RUN, "test")
+    items.keep_examples = 1
     with torch.inference_mode():
         records = task.predict(model, [items[0], items[1]], CPU_RUN)
     report = task.evaluate(records)

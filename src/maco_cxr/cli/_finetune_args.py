@@ -1,5 +1,13 @@
 """What `finetune`, `segment` and `detect` share: their common flags (as config keys), the
-config they build, and the rank-0 printing under torchrun."""
+config they build, and the rank-0 printing under torchrun.
+
+Flags map to config keys (``--model`` -> model.source, ``--dataset`` -> data.kind, ``--root``
+-> data.root, ``--fraction`` -> data.fraction, ``--split-file`` -> data.train_split,
+``--device`` -> runtime.device, ``--out`` -> runtime.out, ``--mode`` -> model.mode for
+``finetune``); any other key is set with trailing ``key=value`` arguments (``optim.steps=500``).
+Precedence: the ``--config`` file, then the flags, then the ``key=value`` arguments; an error
+names where the bad key came from.
+"""
 
 from __future__ import annotations
 

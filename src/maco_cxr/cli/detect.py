@@ -1,11 +1,4 @@
-"""`maco-cxr detect`: ViTDet-style detection fine-tuning on a MaCo encoder.
-
-Flags map to config keys (``--model`` -> model.source, ``--dataset`` -> data.kind, ``--root``
--> data.root, ``--fraction`` -> data.fraction, ``--split-file`` -> data.train_split,
-``--device`` -> runtime.device, ``--out`` -> runtime.out); any other key is set with trailing
-``key=value`` arguments (``optim.steps=500``). Precedence: the ``--config`` file, then the
-flags, then the ``key=value`` arguments.
-"""
+"""`maco-cxr detect`: ViTDet-style detection fine-tuning (flags: see ``_finetune_args``)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""`maco-cxr finetune`: classification fine-tuning or linear probing on a MaCo encoder.
-
-Flags map to config keys (``--model`` -> model.source, ``--dataset`` -> data.kind, ``--root``
--> data.root, ``--fraction`` -> data.fraction, ``--split-file`` -> data.train_split,
-``--mode`` -> model.mode, ``--device`` -> runtime.device, ``--out`` -> runtime.out); any other
-key is set with trailing ``key=value`` arguments (``optim.steps=500``). Precedence: the
-``--config`` file, then the flags, then the ``key=value`` arguments.
-"""
+"""`maco-cxr finetune`: classification fine-tuning or linear probing (flags: see ``_finetune_args``)."""
 
 from __future__ import annotations
 

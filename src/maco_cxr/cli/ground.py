@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from maco_cxr.cli._paths import existing_file
-from maco_cxr.cli.zeroshot import (
-    add_dataset_arguments,
-    add_model_arguments,
-    build_dataset_from_args,
-    load_model_from_args,
-    write_json,
-)
+from maco_cxr.cli import _model_args as common
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "summary.json and overlays of the first K items.")
     parser.add_argument("image", nargs="?", type=existing_file, help="image file (PNG, JPEG or DICOM)")
     parser.add_argument("phrase", nargs="?", help="the phrase to ground, e.g. 'right pleural effusion'")
-    add_model_arguments(parser)
-    add_dataset_arguments(parser, required=False)
+    common.add_model_arguments(parser)
+    common.add_dataset_arguments(parser, required=False)
     parser.add_argument("--annotations", type=existing_file, metavar="FILE",
                         help="MS-CXR annotations (CSV or COCO JSON) for --dataset ms-cxr")
     parser.add_argument("--phrases", nargs="+", metavar="LABEL",
@@ -53,17 +46,17 @@ def run(args: argparse.Namespace) -> int:
 def _one_image(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from maco_cxr._atomic import write_with
     from maco_cxr.data.io import read_image
     from maco_cxr.plots import save_overlay
     from maco_cxr.tasks.grounding import ground
 
-    model = load_model_from_args(args)
+    model = common.load_model_from_args(args)
     image = read_image(args.image)
     heatmap = ground(model, image, args.phrase)
     slug = "".join(ch if ch.isalnum() else "-" for ch in args.phrase.lower()).strip("-")[:40]
     stem = f"{args.image.stem}_{slug}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.save(args.out / f"{stem}.npy", heatmap)
+    write_with(args.out / f"{stem}.npy", lambda tmp: np.save(tmp, heatmap))
     overlay = save_overlay(args.out / f"{stem}.png", image, heatmap, title=args.phrase)
     row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     print(f"{args.image} ({image.shape[1]}x{image.shape[0]}): peak of {args.phrase!r} at x={col}, y={row}")
@@ -72,20 +65,18 @@ def _one_image(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from maco_cxr._atomic import write_csv, write_json
     from maco_cxr.tasks.grounding import evaluate_grounding, grounding_items
 
     extra = {"annotations": args.annotations} if args.annotations is not None else {}
-    dataset = build_dataset_from_args(args, **extra)
+    dataset = common.build_dataset_from_args(args, **extra)
     items = grounding_items(dataset, args.phrases)
-    model = load_model_from_args(args)
+    model = common.load_model_from_args(args)
     result = evaluate_grounding(model, dataset, items=items, overlays=args.overlays,
                                 overlay_dir=args.out / "overlays", batch_size=args.batch_size,
                                 num_workers=args.workers, progress=not args.no_progress)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "items.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(result.rows[0]))
-        writer.writeheader()
-        writer.writerows(result.rows)
+    columns = list(result.rows[0])
+    write_csv(args.out / "items.csv", columns, ([row[c] for c in columns] for row in result.rows))
     s = result.summary
     write_json(args.out / "summary.json", {"model": str(args.model), "dataset": args.dataset,
                                            "root": str(args.root), "split": args.split, **s,

@@ -6,13 +6,7 @@ import argparse
 from pathlib import Path
 
 from maco_cxr.cli._paths import existing_path
-from maco_cxr.cli.zeroshot import (
-    add_dataset_arguments,
-    add_model_arguments,
-    build_dataset_from_args,
-    load_model_from_args,
-    write_json,
-)
+from maco_cxr.cli import _model_args as common
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,16 +15,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Embed every image and its report, rank by cosine similarity and report recall@k "
         "both ways (image->report and report->image). Items with identical report text count as matches "
         "of each other. Give --manifest FILE, or --dataset KIND --root DIR.")
-    add_model_arguments(parser)
+    common.add_model_arguments(parser)
     parser.add_argument("--manifest", type=existing_path, metavar="FILE",
                         help="a manifest.csv / manifest.jsonl (same as --dataset manifest --root FILE)")
-    add_dataset_arguments(parser, required=False)
+    common.add_dataset_arguments(parser, required=False)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default 1 5 10)")
     parser.add_argument("--out", type=Path, default=None, help="write summary.json into this folder")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from maco_cxr._atomic import write_json
     from maco_cxr.errors import ConfigError
     from maco_cxr.tasks.retrieval import retrieve
 
@@ -40,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.root = "manifest", args.manifest
     elif args.dataset is None:
         raise ConfigError("give --manifest FILE or --dataset KIND --root DIR")
-    dataset = build_dataset_from_args(args)
-    model = load_model_from_args(args)
+    dataset = common.build_dataset_from_args(args)
+    model = common.load_model_from_args(args)
     result = retrieve(model, dataset, ks=args.k, batch_size=args.batch_size, num_workers=args.workers,
                       progress=not args.no_progress)
     print(f"{result['n']} image-report pairs ({result['n_unique_reports']} distinct reports, "

@@ -100,6 +100,12 @@ class Letterbox:
         self._check_source(mask, "mask")
         return self._pad(self._to_letterbox(np.asarray(mask), "nearest", None))
 
+    def content_mask(self) -> np.ndarray:
+        """bool ``[size, size]``: True on the pixels that hold the image, False on the padding."""
+        valid = np.zeros((self.size, self.size), dtype=bool)
+        valid[self.pad_top:self.pad_top + self.new_height, self.pad_left:self.pad_left + self.new_width] = True
+        return valid
+
     def boxes_to_letterbox(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Original-pixel boxes ``[M, 4]`` -> letterbox-pixel boxes ``[M, 4]`` (float64)."""
         boxes = _as_boxes(boxes_xyxy)

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from maco_cxr._atomic import remove_stale_temporaries, write_json, write_text, write_with
 from maco_cxr.data.datasets.base import ChestXrayDataset, OnError, Record
 from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
@@ -135,20 +135,6 @@ def _fingerprint(records: list[Record], size: int) -> str:
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write via ``write(file)`` to a temporary file, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    _write_atomic(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
-
-
 def _array_ok(path: Path, shape: tuple[int, ...]) -> bool:
     try:
         array = np.load(path, mmap_mode="r")
@@ -206,15 +192,15 @@ class _ShardWriter:
     def write(self) -> dict[str, Any]:
         name = shard_name(self.shard)
         count = len(self.entries)
-        _write_atomic(self.out / f"{name}.npy", lambda f: np.save(f, self.images[:count]))
+        write_with(self.out / f"{name}.npy", lambda tmp: np.save(tmp, self.images[:count]))
         masks_file = None
         if self.masks is not None:
             masks_file = f"{name}_masks.npy"
-            _write_atomic(self.out / masks_file, lambda f: np.save(f, self.masks[:count]))
+            write_with(self.out / masks_file, lambda tmp: np.save(tmp, self.masks[:count]))
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "count": count,
                 "images": f"{name}.npy", "masks": masks_file, "entries": self.entries,
                 "failures": self.failures}
-        _write_json(self.out / f"{name}.json", meta)
+        write_json(self.out / f"{name}.json", meta)
         return meta
 
 
@@ -274,6 +260,7 @@ def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, wo
     _check_arguments(dataset, size, workers, shard_size, on_error)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # what a killed run was writing
     (out / STORE_FILE).unlink(missing_ok=True)  # the store is incomplete until the end
     records = dataset.records
     n_shards = math.ceil(len(records) / shard_size)
@@ -330,13 +317,13 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
             rows.append(json.dumps(row, default=_json_value))
         failures.extend({"path": f["path"], "reason": f["reason"]} for f in meta["failures"])
         shards.append({"images": meta["images"], "masks": meta["masks"], "count": meta["count"]})
-    _write_atomic(out / MANIFEST_FILE, lambda f: f.write("".join(r + "\n" for r in rows).encode()))
+    write_text(out / MANIFEST_FILE, "".join(r + "\n" for r in rows))
     skipped_rows = list(dataset.skips.skipped)
     report = PrepareReport(store=out, n_ok=len(rows), n_failed=len(failures), failures=failures,
                            n_shards=len(metas), skipped_rows=skipped_rows)
-    _write_json(out / REPORT_FILE, {"n_ok": report.n_ok, "n_failed": report.n_failed,
+    write_json(out / REPORT_FILE, {"n_ok": report.n_ok, "n_failed": report.n_failed,
                                     "failures": failures, "skipped_rows": skipped_rows})
-    _write_json(out / STORE_FILE, {
+    write_json(out / STORE_FILE, {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "size": size, "count": len(rows),
         "dtype": "uint8", "classes": list(dataset.classes),
         "source": source or type(dataset).__name__, "shard_size": shard_size, "shards": shards,

@@ -42,6 +42,7 @@ from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.data.synthetic import FINDINGS, write_synthetic_dataset
 from maco_cxr.errors import ConfigError
+from maco_cxr._atomic import write_json, write_text
 from maco_cxr.hub import create_model, load
 from maco_cxr.inference import embed_dataset
 from maco_cxr.metrics import classification_report
@@ -205,8 +206,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                          title="pre-training losses (phantoms)")
     timings["total_s"] = round(time.perf_counter() - start, 1)
     summary = _summary(config, results, real, timings, rows, model_dir)
-    (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
-    (out / "index.html").write_text(_html(summary, results, real, config))
+    write_json(out / "summary.json", summary)
+    write_text(out / "index.html", _html(summary, results, real, config))
     done("report_s", now)
     stages.close()
     return summary
@@ -383,19 +384,6 @@ def _summary(config: DemoConfig, results: dict[str, Any], real: dict[str, Any] |
     summary["model_dir"] = str(model_dir)
     summary["timings"] = timings
     return summary
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: NaN -> None, paths -> strings."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _fmt(value: Any) -> str:

@@ -123,14 +123,15 @@ class PretrainAugment:
                 f"{list(self.scale)} must be [low, high] with 0 < low <= high")
 
 
-def check_device(device: str) -> None:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (shared by every runtime section)."""
-    require(device == "auto" or device.split(":")[0] in ("cpu", "cuda"), "device",
-            f"{device!r} is not auto, cpu, cuda or cuda:N")
-
-
-def check_resume(resume: str) -> None:
-    require(bool(resume.strip()), "resume", "must be auto, never or a checkpoint path")
+def check_run_control(runtime: Any) -> None:
+    """The checks every runtime section shares (device, resume, seed, cadences, stop step)."""
+    require(runtime.device == "auto" or runtime.device.split(":")[0] in ("cpu", "cuda"), "device",
+            f"{runtime.device!r} is not auto, cpu, cuda or cuda:N")
+    require(bool(runtime.resume.strip()), "resume", "must be auto, never or a checkpoint path")
+    require(runtime.seed >= 0, "seed", "must be >= 0")
+    for name in ("log_every", "save_every", "keep_last"):
+        require(getattr(runtime, name) >= 1, name, "must be >= 1")
+    require(runtime.stop_at_step is None or runtime.stop_at_step >= 1, "stop_at_step", "must be >= 1 or null")
 
 
 @dataclass
@@ -165,13 +166,7 @@ class PretrainRuntime:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        check_device(self.device)
-        check_resume(self.resume)
-        require(self.seed >= 0, "seed", "must be >= 0")
-        require(self.log_every >= 1, "log_every", "must be >= 1")
-        require(self.save_every >= 1, "save_every", "must be >= 1")
-        require(self.keep_last >= 1, "keep_last", "must be >= 1")
-        require(self.stop_at_step is None or self.stop_at_step >= 1, "stop_at_step", "must be >= 1 or null")
+        check_run_control(self)
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from maco_cxr._atomic import write_json
 from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.reports import report_text, sample_report_sentences, whole_report_text
@@ -257,9 +257,7 @@ class SkipLog:
         payload = {"skipped_when_indexing": len(self.index_time),
                    "replaced_during_training": self.replaced_count,
                    "indexing": self.index_time, "training": list(self.replaced.values())}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, path)
+        write_json(path, payload)
 
 
 def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bool,
@@ -307,4 +305,4 @@ def write_synthetic(path: Path, count: int, seed: int, size: int, workers: int =
     stamp.unlink(missing_ok=True)
     logger.info("writing %d synthetic phantoms (%d px) to %s", count, size, path)
     write_synthetic_dataset(path, count, seed, size=size, workers=workers)
-    stamp.write_text(json.dumps(settings))
+    write_json(stamp, settings)

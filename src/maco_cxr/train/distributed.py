@@ -33,13 +33,17 @@ written by global rank 0 and read by all ranks on resume).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from maco_cxr.errors import ConfigError
+from maco_cxr.train.rng import isolated_rng
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,32 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
                             world_size=info.world_size)
     return info
+
+
+@contextmanager
+def training_run(device: str, seed: int, output_dir: str | Path) -> Iterator[tuple[DistInfo, torch.device]]:
+    """The frame every training loop runs in: join the ``torchrun`` process group (gloo for
+    ``device="cpu"``), pick this process's device, seed the global generators for the run
+    (:func:`~maco_cxr.train.rng.isolated_rng`: the caller's states come back afterwards), and
+    leave the group at the end if this call joined it. A run that fails before writing
+    anything removes the output folder it created, so no empty folder is left behind."""
+    joined = not is_initialized()
+    info = init_distributed("gloo" if device == "cpu" else None)
+    folder = Path(output_dir)
+    created = info.is_master and not folder.exists()
+    try:
+        resolved = resolve_device(device, info)
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        with isolated_rng(seed, resolved):
+            yield info, resolved
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    finally:
+        if joined and info.distributed:
+            cleanup_distributed()
 
 
 def cleanup_distributed() -> None:

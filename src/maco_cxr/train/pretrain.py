@@ -60,7 +60,7 @@ from maco_cxr.train.data import PairDataset, ResumableSampler, SkipLog, make_loa
 from maco_cxr.train.distributed import DistInfo
 from maco_cxr.train.metrics_log import MetricsLog
 from maco_cxr.train.optim import build_adamw, param_groups
-from maco_cxr.train.rng import capture_rng_state, isolated_rng, restore_rng_state
+from maco_cxr.train.rng import capture_rng_state, restore_rng_state
 from maco_cxr.train.schedules import lr_multiplier, set_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -145,23 +145,9 @@ def pretrain(config: PretrainConfig) -> Path:
     directory of that step's checkpoint; rerunning with ``resume=auto`` continues it.
     """
     check_config(config)
-    joined = not dist_utils.is_initialized()
-    info = dist_utils.init_distributed("gloo" if config.runtime.device == "cpu" else None)
-    output_dir = Path(config.runtime.output_dir)
-    created = info.is_master and not output_dir.exists()
-    try:
-        device = dist_utils.resolve_device(config.runtime.device, info)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        with isolated_rng(config.runtime.seed, device):
-            return _Trainer(config, info, device).run()
-    except BaseException:
-        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
-            output_dir.rmdir()  # a run that failed before writing anything leaves no empty folder
-        raise
-    finally:
-        if joined and info.distributed:
-            dist_utils.cleanup_distributed()
+    runtime = config.runtime
+    with dist_utils.training_run(runtime.device, runtime.seed, runtime.output_dir) as (info, device):
+        return _Trainer(config, info, device).run()
 
 
 class _Window:

@@ -17,10 +17,8 @@ lists a missing or mismatched image.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maco_cxr._atomic import write_csv, write_text, write_with
 from maco_cxr.data.synthetic.findings import FINDINGS
 from maco_cxr.data.synthetic.phantom import generate_phantom
 from maco_cxr.errors import ConfigError
@@ -92,8 +91,8 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
               "seed": seed, "n": n, "size": size, "split_fractions": list(fractions),
               "p_normal": p_normal, "p_extra": p_extra, "negations": negations,
               "findings": list(FINDINGS), "counts": counts}
-    _write_text(out / "phantom_config.json", json.dumps(config, indent=2) + "\n")
-    _write_text(out / "README.md", _readme(n, seed, size, fractions, counts))
+    write_text(out / "phantom_config.json", json.dumps(config, indent=2) + "\n")
+    write_text(out / "README.md", _readme(n, seed, size, fractions, counts))
     manifest = out / "manifest.csv"
     _write_csv(manifest, MANIFEST_COLUMNS, [row.manifest for row in rows])
     logger.info("wrote %d phantoms to %s", n, out)
@@ -160,25 +159,11 @@ def _write_item(job: _Job, index: int) -> _Rows:
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(pixels).save(partial, format="PNG", compress_level=4)
-    os.replace(partial, path)
+    write_with(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG", compress_level=4))
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_csv(path, columns, ([row.get(c, "") for c in columns] for row in rows))
 
 
 def _counts(rows: Sequence[_Rows]) -> dict[str, int]:

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from maco_cxr._atomic import write_with
+from maco_cxr._atomic import write_csv, write_with
 from maco_cxr.config import from_dict, require
 from maco_cxr.data.augment import normalize_batch
-from maco_cxr.data.datasets.base import ChestXrayDataset, failure_of, is_failed
+from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.errors import DataError
 from maco_cxr.inference import autocast
 from maco_cxr.metrics import (
@@ -52,9 +52,8 @@ from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.tasks.finetune.backbone import load_backbone
 from maco_cxr.tasks.finetune.config import BackboneSection, FinetuneData, FinetuneOptim, FinetuneRuntime
-from maco_cxr.tasks.finetune.engine import FinetuneTask, Run, fit, read_training_sample
+from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, Run, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
-from maco_cxr.tasks.finetune.outputs import write_csv
 from maco_cxr.tasks.finetune.splits import FinetuneSplits
 
 __all__ = [
@@ -261,22 +260,6 @@ class _TrainImages(Dataset):
         return {"x": image, "labels": _labels(sample, self.num_classes), "replaced": replaced}
 
 
-class _EvalImages(Dataset):
-    def __init__(self, dataset: ChestXrayDataset, num_classes: int, preprocessing: dict[str, Any]) -> None:
-        self.dataset, self.num_classes, self.preprocessing = dataset, num_classes, preprocessing
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.dataset[index]
-        if is_failed(sample):
-            return {"index": index, "failure": failure_of(sample)}
-        return {"index": index, "path": sample["path"], "labels": _labels(sample, self.num_classes),
-                "patient": self.dataset.records[index].patient_id,
-                **FinetunedClassifier.prepare(sample["image"][0].numpy(), self.preprocessing)}
-
-
 class _Features(Dataset):
     """Cached pooled features of a split (linear probing), keyed like images are."""
 
@@ -359,7 +342,7 @@ class ClassifyTask(FinetuneTask):
     def _features(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run) -> _Features:
         """Pooled features of every image of ``dataset``, computed once (sharded, gathered)."""
         if id(dataset) not in self.cached:
-            items = _EvalImages(dataset, len(self.classes), model.preprocessing)
+            items = self._eval_images(dataset, model)
 
             def pool(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 x = model.normalise(torch.stack([item["x"] for item in batch]))
@@ -375,6 +358,11 @@ class ClassifyTask(FinetuneTask):
             self.cached[id(dataset)] = _Features(records, len(dataset))
         return self.cached[id(dataset)]
 
+    def _eval_images(self, dataset: ChestXrayDataset, model: FinetunedModel) -> EvalItems:
+        n = len(self.classes)
+        return EvalItems(dataset, FinetunedClassifier.prepare, model.preprocessing,
+                         lambda sample, record: {"labels": _labels(sample, n), "patient": record.patient_id})
+
     def train_items(self, dataset: ChestXrayDataset, run: Run, model: FinetunedModel) -> Dataset:
         if self.linear_cached:
             return self._features(dataset, model, run)
@@ -387,7 +375,7 @@ class ClassifyTask(FinetuneTask):
     def eval_items(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run, role: str) -> Dataset:
         if self.linear_cached:
             return self._features(dataset, model, run)
-        return _EvalImages(dataset, len(self.classes), model.preprocessing)
+        return self._eval_images(dataset, model)
 
     def loss(self, model: Any, batch: dict[str, Any], run: Run) -> dict[str, torch.Tensor]:
         core = model.module if hasattr(model, "module") else model

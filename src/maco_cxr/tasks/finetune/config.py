@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from maco_cxr.config import require
-from maco_cxr.train.config import check_device, check_resume
+from maco_cxr.train.config import check_run_control
 
 __all__ = ["BackboneSection", "DenseModel", "FinetuneData", "FinetuneOptim", "FinetuneRuntime", "RESUMABLE_CHANGES"]
 
@@ -128,13 +128,7 @@ class FinetuneRuntime:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        check_device(self.device)
-        check_resume(self.resume)
-        require(self.seed >= 0, "seed", "must be >= 0")
-        require(self.log_every >= 1, "log_every", "must be >= 1")
-        require(self.save_every >= 1, "save_every", "must be >= 1")
-        require(self.keep_last >= 1, "keep_last", "must be >= 1")
-        require(self.stop_at_step is None or self.stop_at_step >= 1, "stop_at_step", "must be >= 1 or null")
+        check_run_control(self)
 
 
 @dataclass

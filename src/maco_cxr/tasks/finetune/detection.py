@@ -41,9 +41,9 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision.models.detection import FasterRCNN
 
-from maco_cxr._atomic import write_with
+from maco_cxr._atomic import write_csv, write_with
 from maco_cxr.config import config_to_dict, from_dict, require
-from maco_cxr.data.datasets.base import ChestXrayDataset, Record, failure_of, is_failed
+from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.splits import official_rsna_detection_test
 from maco_cxr.errors import DataError
@@ -54,9 +54,8 @@ from maco_cxr.models.vit import MaskedViT
 from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet, set_sampling_seeds
 from maco_cxr.tasks.finetune.backbone import load_backbone
 from maco_cxr.tasks.finetune.config import DenseModel, FinetuneData, FinetuneOptim, FinetuneRuntime
-from maco_cxr.tasks.finetune.engine import FinetuneTask, Run, fit, read_training_sample
+from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, Run, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
-from maco_cxr.tasks.finetune.outputs import write_csv
 from maco_cxr.tasks.finetune.splits import RSNA_DETECTION_TEST, FinetuneSplits, build_splits, copy_with
 
 __all__ = ["DetectConfig", "DetectEval", "DetectInput", "DetectTask", "FinetunedDetector", "detect",
@@ -139,12 +138,6 @@ class DetectConfig:
 # ------------------------------------------------------------------------------------- model
 
 
-def _valid_region(box: Letterbox) -> np.ndarray:
-    valid = np.zeros((box.size, box.size), dtype=bool)
-    valid[box.pad_top:box.pad_top + box.new_height, box.pad_left:box.pad_left + box.new_width] = True
-    return valid
-
-
 def _fill_padding(image: np.ndarray, valid: np.ndarray, mean: float) -> np.ndarray:
     return np.where(valid, image, np.uint8(round(mean * 255))).astype(np.uint8)
 
@@ -169,7 +162,7 @@ class FinetunedDetector(FinetunedModel):
     @staticmethod
     def prepare(pixels: np.ndarray, preprocessing: dict[str, Any]) -> dict[str, Any]:
         box = Letterbox.fit(*pixels.shape, int(preprocessing["image_size"]))
-        image = _fill_padding(box.apply_image(pixels), _valid_region(box), preprocessing["mean"])
+        image = _fill_padding(box.apply_image(pixels), box.content_mask(), preprocessing["mean"])
         return {"x": torch.from_numpy(image)[None], "letterbox": box}
 
     def predict_prepared(self, items: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
@@ -221,7 +214,7 @@ def large_scale_jitter(pixels: np.ndarray, boxes: np.ndarray, size: int, scale_r
     and the boxes in the output frame (clipped; boxes narrower than 1 px dropped)."""
     side = max(16, round(size * rng.uniform(*scale_range)))
     box = Letterbox.fit(*pixels.shape, side)
-    canvas, valid = box.apply_image(pixels), _valid_region(box)
+    canvas, valid = box.apply_image(pixels), box.content_mask()
     out_boxes = box.boxes_to_letterbox(boxes) if len(boxes) else np.zeros((0, 4))
     image = np.zeros((size, size), dtype=np.uint8)
     mask = np.zeros((size, size), dtype=bool)
@@ -260,29 +253,6 @@ class _TrainItems(Dataset):
         return {"image": torch.from_numpy(_fill_padding(image, valid, self.cfg.pixel_mean))[None],
                 "boxes": torch.as_tensor(out_boxes, dtype=torch.float32),
                 "labels": torch.ones(len(out_boxes), dtype=torch.int64), "draw": draw, "replaced": replaced}
-
-
-class _EvalItems(Dataset):
-    """Prepared input + the true boxes (and the image, for the first overlays of a test)."""
-
-    def __init__(self, base: ChestXrayDataset, cfg: DetectInput, preprocessing: dict[str, Any],
-                 keep_examples: int) -> None:
-        self.base, self.cfg, self.preprocessing, self.keep_examples = base, cfg, preprocessing, keep_examples
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.base[index]
-        if is_failed(sample):
-            return {"index": index, "failure": failure_of(sample)}
-        pixels = sample["image"][0].numpy()
-        item = {"index": index, "path": sample.get("path", str(index)),
-                "truth": _selected(self.base.records[index], self.cfg.box_labels),
-                **FinetunedDetector.prepare(pixels, self.preprocessing)}
-        if index < self.keep_examples:
-            item["original"] = pixels
-        return item
 
 
 # -------------------------------------------------------------------------------------- task
@@ -359,7 +329,9 @@ class DetectTask(FinetuneTask):
 
     def eval_items(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run, role: str) -> Dataset:
         examples = self.config.evaluation.overlays if role == "test" else 0
-        return _EvalItems(dataset, self.config.input, model.preprocessing, examples)
+        labels = self.config.input.box_labels
+        return EvalItems(dataset, FinetunedDetector.prepare, model.preprocessing,
+                         lambda sample, record: {"truth": _selected(record, labels)}, examples)
 
     def loss(self, model: Any, batch: dict[str, Any], run: Run) -> dict[str, torch.Tensor]:
         items = batch["items"]

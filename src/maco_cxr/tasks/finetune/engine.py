@@ -66,10 +66,10 @@ from maco_cxr.train.checkpoint import (
 )
 from maco_cxr.train.metrics_log import MetricsLog
 from maco_cxr.train.optim import build_adamw, param_groups
-from maco_cxr.train.rng import capture_rng_state, isolated_rng, restore_rng_state
+from maco_cxr.train.rng import capture_rng_state, restore_rng_state
 from maco_cxr.train.schedules import lr_multiplier, set_learning_rate
 
-__all__ = ["FinetuneTask", "GlobalBatchSampler", "Run", "fit", "read_training_sample"]
+__all__ = ["EvalItems", "FinetuneTask", "GlobalBatchSampler", "Run", "fit", "read_training_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +250,33 @@ class FinetuneTask(ABC):
         return f"test {self.selection_metric} {metrics.get(self.selection_metric)}"
 
 
+class EvalItems(Dataset):
+    """A dataset's items for evaluation, built in the loader workers: the model's prepared input
+    (``prepare(pixels, preprocessing)``, the one predict path), what ``truth(sample, record)``
+    takes to score against, and for the first ``keep_examples`` items the original pixels
+    (overlays); ``{"index", "failure"}`` for an unreadable image."""
+
+    def __init__(self, dataset: ChestXrayDataset, prepare: Callable[[np.ndarray, dict[str, Any]], dict[str, Any]],
+                 preprocessing: dict[str, Any], truth: Callable[[dict[str, Any], Any], dict[str, Any]],
+                 keep_examples: int = 0) -> None:
+        self.dataset, self.prepare, self.preprocessing = dataset, prepare, preprocessing
+        self.truth, self.keep_examples = truth, keep_examples
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        if is_failed(sample):
+            return {"index": index, "failure": failure_of(sample)}
+        pixels = sample["image"][0].numpy()
+        item = {"index": index, "path": sample.get("path", str(index)),
+                **self.truth(sample, self.dataset.records[index]), **self.prepare(pixels, self.preprocessing)}
+        if index < self.keep_examples:
+            item["original"] = pixels
+        return item
+
+
 def read_training_sample(dataset: ChestXrayDataset, index: int) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Sample ``index``, or when its file cannot be read (``on_error="skip"`` datasets) the next
     readable one; returns it with the replaced files and why (the loop counts and lists them).
@@ -280,23 +307,8 @@ def fit(task: FinetuneTask) -> dict[str, Any]:
     ``{"stopped_at_step": k}``; running it again continues.
     """
     runtime = task.config.runtime
-    joined = not dist_utils.is_initialized()
-    info = dist_utils.init_distributed("gloo" if runtime.device == "cpu" else None)
-    out = Path(runtime.out)
-    created = info.is_master and not out.exists()
-    try:
-        device = dist_utils.resolve_device(runtime.device, info)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        with isolated_rng(runtime.seed, device):
-            return _Fit(task, info, device).run()
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a run that failed before writing anything leaves no empty folder
-        raise
-    finally:
-        if joined and info.distributed:
-            dist_utils.cleanup_distributed()
+    with dist_utils.training_run(runtime.device, runtime.seed, runtime.out) as (info, device):
+        return _Fit(task, info, device).run()
 
 
 class _Fit:

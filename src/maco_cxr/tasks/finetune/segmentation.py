@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from maco_cxr._atomic import write_with
+from maco_cxr._atomic import write_csv, write_with
 from maco_cxr.config import config_to_dict, from_dict, require
-from maco_cxr.data.datasets.base import ChestXrayDataset, Record, failure_of, is_failed
+from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.inference import autocast
@@ -53,9 +53,8 @@ from maco_cxr.models.upernet import (
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.tasks.finetune.backbone import load_backbone
 from maco_cxr.tasks.finetune.config import DenseModel, FinetuneData, FinetuneOptim, FinetuneRuntime
-from maco_cxr.tasks.finetune.engine import FinetuneTask, Run, fit, read_training_sample
+from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, Run, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
-from maco_cxr.tasks.finetune.outputs import write_csv
 from maco_cxr.tasks.finetune.splits import FinetuneSplits, copy_with
 
 __all__ = [
@@ -145,12 +144,6 @@ class SegmentConfig:
 # ------------------------------------------------------------------------------------- model
 
 
-def _valid_region(box: Letterbox) -> np.ndarray:
-    valid = np.zeros((box.size, box.size), dtype=bool)
-    valid[box.pad_top:box.pad_top + box.new_height, box.pad_left:box.pad_left + box.new_width] = True
-    return valid
-
-
 def _normalise(images: torch.Tensor, valid: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 ``[N, 1, S, S]`` -> float ``[N, 3, S, S]``; padding set to 0 (the normalised mean)."""
     x = (images.float() / 255.0 - mean) / std
@@ -167,7 +160,7 @@ class FinetunedSegmenter(FinetunedModel):
     @staticmethod
     def prepare(pixels: np.ndarray, preprocessing: dict[str, Any]) -> dict[str, Any]:
         box = Letterbox.fit(*pixels.shape, int(preprocessing["image_size"]))
-        return {"x": torch.from_numpy(box.apply_image(pixels))[None], "valid": torch.from_numpy(_valid_region(box)),
+        return {"x": torch.from_numpy(box.apply_image(pixels))[None], "valid": torch.from_numpy(box.content_mask()),
                 "letterbox": box}
 
     def probabilities(self, items: Sequence[dict[str, Any]]) -> list[np.ndarray]:
@@ -233,34 +226,12 @@ class _TrainItems(Dataset):
         pixels = sample["image"][0].numpy()
         mask = _mask_of(sample, self.cfg.missing_mask)
         box = Letterbox.fit(*pixels.shape, self.cfg.image_size)
-        image, target, valid = box.apply_image(pixels), box.apply_mask(mask), _valid_region(box)
+        image, target, valid = box.apply_image(pixels), box.apply_mask(mask), box.content_mask()
         target = np.where(valid, target, IGNORE_INDEX).astype(np.uint8)
         if np.random.default_rng([self.seed, draw]).random() < self.cfg.flip_p:
             image, target, valid = image[:, ::-1], target[:, ::-1], valid[:, ::-1]
         return {"image": torch.from_numpy(image.copy())[None], "target": torch.from_numpy(target.copy()),
                 "valid": torch.from_numpy(valid.copy()), "replaced": replaced}
-
-
-class _EvalItems(Dataset):
-    """Prepared input + the original mask (and the image, for the first overlays of a test)."""
-
-    def __init__(self, base: ChestXrayDataset, cfg: SegmentInput, preprocessing: dict[str, Any],
-                 keep_examples: int) -> None:
-        self.base, self.cfg, self.preprocessing, self.keep_examples = base, cfg, preprocessing, keep_examples
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.base[index]
-        if is_failed(sample):
-            return {"index": index, "failure": failure_of(sample)}
-        pixels = sample["image"][0].numpy()
-        item = {"index": index, "path": sample.get("path", str(index)), "mask": _mask_of(sample, self.cfg.missing_mask),
-                **FinetunedSegmenter.prepare(pixels, self.preprocessing)}
-        if index < self.keep_examples:
-            item["original"] = pixels
-        return item
 
 
 # ------------------------------------------------------------------------------------- task
@@ -322,7 +293,9 @@ class SegmentTask(FinetuneTask):
 
     def eval_items(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run, role: str) -> Dataset:
         examples = self.config.evaluation.overlays if role == "test" else 0
-        return _EvalItems(dataset, self.config.input, model.preprocessing, examples)
+        missing = self.config.input.missing_mask
+        return EvalItems(dataset, FinetunedSegmenter.prepare, model.preprocessing,
+                         lambda sample, record: {"mask": _mask_of(sample, missing)}, examples)
 
     def loss(self, model: Any, batch: dict[str, Any], run: Run) -> dict[str, torch.Tensor]:
         cfg = self.config.input

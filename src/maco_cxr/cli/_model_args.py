@@ -1,0 +1,86 @@
+"""The model and dataset arguments that `zeroshot`, `ground`, `retrieve` and `predict` share,
+and what they build from them (the model on its device, the dataset with its split)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from maco_cxr.cli._paths import existing_file, existing_path
+
+if TYPE_CHECKING:
+    from maco_cxr.data.datasets.base import ChestXrayDataset
+    from maco_cxr.models.maco import MacoModel
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, head counts of official checkpoints, --device, --batch-size, --workers."""
+    parser.add_argument("--model", required=True, type=existing_path, metavar="M",
+                        help="model directory (config.json + model.safetensors) or official maco.pth")
+    parser.add_argument("--text-heads", type=int, metavar="N",
+                        help="BERT heads of an official maco.pth (not stored in it; default width / 64)")
+    parser.add_argument("--vision-heads", type=int, metavar="N", help="ViT heads of an official maco.pth")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--workers", type=int, default=0, help="image-decoding processes (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """--dataset KIND --root DIR [--split] [--official-split | --split-file] [-o key=value]."""
+    parser.add_argument("--dataset", required=required, metavar="KIND",
+                        help="dataset adapter: manifest, cxr-real, nih, chexpert, rsna, siim, ms-cxr, ...")
+    parser.add_argument("--root", type=existing_path, metavar="DIR", help="dataset root folder (or manifest file)")
+    parser.add_argument("--split", default=None, help="the adapter's split (e.g. test, val)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--official-split", metavar="NAME",
+                        help="keep the images of the official MaCo split NAME (test, val, train_1, ...) "
+                        "with its labels (nih, chexpert, rsna, siim)")
+    chosen.add_argument("--split-file", type=existing_file, metavar="FILE",
+                        help="keep the images listed in FILE ('path label...' per line)")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra keyword argument of the dataset adapter (value parsed as YAML), "
+                        "e.g. -o annotations=ms_cxr.csv; repeatable")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip (and count and list) unusable rows and unreadable image files instead of "
+                        "stopping at the first")
+
+
+def load_model_from_args(args: argparse.Namespace) -> MacoModel:
+    import torch
+
+    from maco_cxr.hub import load
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load(args.model, args.text_heads, vision_heads=args.vision_heads, map_location=device)
+
+
+def build_dataset_from_args(args: argparse.Namespace, **extra: Any) -> ChestXrayDataset:
+    import yaml
+
+    from maco_cxr.data.datasets import build_dataset
+    from maco_cxr.errors import ConfigError
+
+    if args.root is None:
+        raise ConfigError(f"--dataset {args.dataset} needs --root DIR")
+    kwargs: dict[str, Any] = dict(extra)
+    for option in args.option:
+        if "=" not in option:
+            raise ConfigError(f"-o {option!r} is not of the form KEY=VALUE")
+        key, value = option.split("=", 1)
+        kwargs[key.strip()] = yaml.safe_load(value)
+    if args.split is not None:
+        kwargs["split"] = args.split
+    if args.skip_bad:
+        kwargs["on_error"] = "skip"
+    dataset = build_dataset(args.dataset, args.root, **kwargs)
+    if args.official_split or args.split_file:
+        from maco_cxr.data.splits import official_split_path, read_split_file, subset_by_split_file
+
+        path = args.split_file or official_split_path(args.dataset, args.official_split)
+        entries = read_split_file(path)
+        dataset = subset_by_split_file(dataset, entries, use_file_labels=bool(entries and len(entries[0].labels)),
+                                       on_error="skip" if args.skip_bad else "raise")
+    if len(dataset.skips):
+        print(f"note: {len(dataset.skips)} rows/files were skipped (first: {dataset.skips.skipped[0]})")
+    return dataset
