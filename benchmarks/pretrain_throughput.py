@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile the maco-cxr model")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="activation checkpointing in the maco-cxr model (memory for compute)")
     parser.add_argument("--no-baseline", action="store_true", help="time maco-cxr only")
     args = parser.parse_args(argv)
 
@@ -191,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     torch.manual_seed(0)
     model = create_model(config).to(device).train()
+    model.set_grad_checkpointing(args.grad_checkpointing)
     images, tokens = _inputs(config, args.batch, device)
     name = "maco-cxr (SDPA, " + ("bf16, fused AdamW" if device.type == "cuda" else "fp32, foreach AdamW") \
-        + (", compiled)" if args.compile else ")")
+        + (", compiled" if args.compile else "") + (", activation checkpointing" if args.grad_checkpointing else "") \
+        + ")"
     results.append(_run(name, lambda: _ours_step(model, images, tokens, device, args.compile), args.batch,
                         args.steps, args.warmup, device))
     del model

@@ -130,3 +130,20 @@ def test_unnormalised_float_images_warn_and_wrong_shapes_fail():
         model.encode_images(torch.randn(1, 3, 200, 200))
     with pytest.raises(DataError, match="448x448"):
         model.pretrain_losses(torch.zeros(1, 224, 224, dtype=torch.uint8), ["x"])
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_reconstruction_loss_on_one_grey_channel_and_on_the_removed_patches_only(norm_pix_loss):
+    """The fast path (grey target, gathered removed patches) equals the plain one."""
+    from maco_cxr.models.losses import reconstruction_loss
+
+    g = torch.Generator().manual_seed(0)
+    grey = torch.randn(3, 1, 16, 16, generator=g)
+    pred = torch.randn(3, 16, 4 * 4 * 3, generator=g)
+    mask = torch.zeros(3, 16)
+    for row in range(3):
+        mask[row, torch.randperm(16, generator=g)[:6]] = 1.0
+    plain = reconstruction_loss(pred, grey.expand(-1, 3, -1, -1).contiguous(), mask, norm_pix_loss)
+    fast = reconstruction_loss(pred, grey, mask, norm_pix_loss, num_masked=6)
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(reconstruction_loss(pred, grey, mask, norm_pix_loss), plain, rtol=1e-6, atol=1e-7)

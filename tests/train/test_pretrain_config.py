@@ -91,7 +91,7 @@ def test_file_typo_names_the_file_and_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     (["optim.lr=fast"], r"optim\.lr: 'fast' is not a number"),
     (["model.mask_ratio=half"], r"model\.mask_ratio: 'half' is not a number"),
-    (["runtime.compile=maybe"], r"runtime\.compile: expected true or false"),
+    (["runtime.compile=maybe"], r"runtime\.compile: 'maybe' is not true or false or one of 'auto'"),
     (["optim.batch_size=0"], r"optim\.batch_size: must be >= 1"),
     (["data.source=folder"], r"data\.source"),
     (["model.preset=huge"], r"model\.preset"),

@@ -186,3 +186,25 @@ def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path: Path) 
     with pytest.raises(Exception, match="no-data"):
         pretrain(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_message(manifest_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """runtime.compile tries torch.compile once on a batch of the training shape; when it fails the
+    run goes on eagerly and trains exactly what an eager run trains."""
+
+    def broken_compile(self, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C compiler for the inductor backend")
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    with caplog.at_level("WARNING", logger="maco_cxr.train.pretrain"):
+        final = pretrain(micro_config(manifest_dir, tmp_path / "compiled", optim={"max_steps": 2},
+                                      runtime={"compile": True}))
+    assert "torch.compile failed (RuntimeError: no C compiler" in caplog.text
+    eager = pretrain(micro_config(manifest_dir, tmp_path / "eager", optim={"max_steps": 2},
+                                  runtime={"compile": False}))
+    a, b = load(final).state_dict(), load(eager).state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -24,15 +24,37 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def reconstruction_loss(pred: torch.Tensor, target_images: torch.Tensor, mask: torch.Tensor,
-                        norm_pix_loss: bool) -> torch.Tensor:
-    """Mean over removed patches of the per-patch MSE. pred ``[N, L, P]``, mask ``[N, L]``."""
-    patch = int(round((pred.shape[-1] / target_images.shape[1]) ** 0.5))
+                        norm_pix_loss: bool, num_masked: int | None = None) -> torch.Tensor:
+    """Mean over removed patches of the per-patch MSE. pred ``[N, L, p*p*3]``, mask ``[N, L]``
+    (1 = removed), target ``[N, C, H, W]`` with C = 3, or C = 1 for a grey image (its one
+    channel is compared with each of the 3 predicted channels, as the replicated grey the
+    official code feeds, without materialising the copies).
+
+    ``num_masked``: how many patches each sample removes (MAE masking removes the same number
+    in every sample); given, only those patches are gathered and scored (static shapes, and
+    half the memory of the 448 px target and the fp32 prediction), else every patch is scored
+    and weighted by the mask. ``norm_pix_loss`` standardises each target patch over its
+    ``p*p*3`` values (unbiased variance + 1e-6), as the official code does.
+    """
+    out_channels = 3
+    channels = target_images.shape[1]
+    patch = int(round((pred.shape[-1] / out_channels) ** 0.5))
     target = patchify(target_images, patch)
+    if num_masked is not None:
+        ids = torch.argsort(mask, dim=1, descending=True, stable=True)[:, :num_masked]
+        pred = torch.gather(pred, 1, ids[..., None].expand(-1, -1, pred.shape[-1]))
+        target = torch.gather(target, 1, ids[..., None].expand(-1, -1, target.shape[-1]))
+    n, length = target.shape[:2]
+    target = target.float().reshape(n, length, patch * patch, channels)
+    pred = pred.float().reshape(n, length, patch * patch, out_channels)
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6) ** 0.5
-    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
+        values = patch * patch * out_channels
+        mean = target.mean(dim=(2, 3), keepdim=True)
+        squares = (target - mean).pow(2).sum(dim=(2, 3), keepdim=True) * (out_channels // channels)
+        target = (target - mean) / (squares / (values - 1) + 1e-6) ** 0.5
+    per_patch = (pred - target).pow(2).mean(dim=(2, 3))
+    if num_masked is not None:
+        return per_patch.mean()
     return (per_patch * mask).sum() / mask.sum()
 
 

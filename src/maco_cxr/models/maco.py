@@ -185,17 +185,23 @@ class MacoModel(nn.Module):
         if big.shape[-2:] != (size, size):
             raise DataError(f"pre-training images must be {size}x{size} (config.input_size); "
                             f"got {tuple(big.shape[-2:])}")
-        small = big
+        # a grey batch arrives as one channel seen three times (an expand view): resample and
+        # score that one channel instead of three identical copies
+        target = big[:, :1] if big.shape[1] == 3 and big.stride(1) == 0 else big
+        small = target
         if self.config.super_resolution:
-            small = F.interpolate(big, size=(self.config.vision.img_size,) * 2, mode="bicubic",
+            small = F.interpolate(target, size=(self.config.vision.img_size,) * 2, mode="bicubic",
                                   align_corners=False, antialias=False)
+        small = small.expand(-1, 3, -1, -1)
         if mask_noise is None:
             mask_noise = torch.rand(big.shape[0], self.config.vision.num_patches, device=big.device,
                                     generator=generator)
         latent, mask, ids_restore = self.visual.forward_masked(small, self.config.mask_ratio,
                                                                mask_noise.to(big.device))
         pred = self.decoder(latent, ids_restore)
-        rec = reconstruction_loss(pred, big, mask, self.config.norm_pix_loss)
+        num_patches = self.config.vision.num_patches
+        num_masked = num_patches - int(num_patches * (1 - self.config.mask_ratio))
+        rec = reconstruction_loss(pred, target, mask, self.config.norm_pix_loss, num_masked)
 
         image_embed = self.img_proj(latent[:, 1:]).mean(dim=1)
         text_embed = self.encode_texts(texts)

@@ -51,6 +51,15 @@ class PretrainData:
     time a report is seen; ``full`` = the whole report, sentences in order (the demo uses it:
     its short template reports lose the one sentence naming a finding to the draw too often).
     ``options``: extra keyword arguments of the dataset adapter.
+    ``exclude``: images pre-training must never draw (e.g. the test images of a downstream
+    evaluation): id-list files (one image id or path per line; official split files in the
+    ``path label...`` format; a CSV with an id column such as MS-CXR's ``dicom_id``; COCO
+    JSON) and/or inline ids. An image is excluded when an entry equals its file stem or the
+    last components of its path (:func:`maco_cxr.data.splits.find_listed`); the count is
+    logged and written to ``<output_dir>/excluded.json``, the metrics and the final model's
+    config. ``ms_cxr``: MS-CXR's annotations (or its dicom_id list), read only to count the
+    MS-CXR images left in MIMIC-CXR data (a warning when any is); without it a one-line
+    warning says the check could not run (see :func:`maco_cxr.data.prepare.apply_exclusions`).
     """
 
     source: Source = "store"
@@ -64,8 +73,13 @@ class PretrainData:
     synthetic_count: int = 64
     synthetic_seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    exclude: tuple[str, ...] | str = ()
+    ms_cxr: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):  # one file or id
+            self.exclude = (self.exclude,)
+        require(all(item.strip() for item in self.exclude), "exclude", "holds an empty entry; give files or ids")
         require(self.workers >= 0, "workers", "must be >= 0")
         require(self.synthetic_count >= 1, "synthetic_count", "must be >= 1")
         require(self.sections is None or len(self.sections) > 0, "sections",
@@ -139,7 +153,10 @@ class PretrainRuntime:
     """Devices, precision, logging, checkpoints and initialisation.
 
     ``device``: ``auto`` (the process's GPU under torchrun, else CPU), ``cpu`` or ``cuda``.
-    ``precision``: ``bf16`` autocast on CUDA (fp32 on CPU either way). ``save_every`` and
+    ``precision``: ``bf16`` autocast on CUDA (fp32 on CPU either way). ``compile``: ``auto``
+    (the default) compiles the model with ``torch.compile`` on CUDA and not on the CPU, ``true``
+    everywhere, ``false`` never; a compilation that fails is reported and the run goes on
+    eagerly. ``save_every`` and
     ``log_every`` count optimizer steps. ``resume``: ``auto`` continues from the newest complete
     checkpoint in ``output_dir`` when its config matches this one (a fresh run when there is
     none; an error naming the differing keys when it does not match), ``never`` always starts
@@ -151,7 +168,7 @@ class PretrainRuntime:
 
     device: str = "auto"
     precision: Precision = "bf16"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     grad_checkpointing: bool = False
     seed: int = 0
     output_dir: str = "runs/pretrain"
@@ -184,7 +201,7 @@ class PretrainConfig:
 # where it executes, not what it computes.
 RESUMABLE_CHANGES = ("runtime.progress", "runtime.log_every", "runtime.save_every", "runtime.keep_last",
                      "runtime.stop_at_step", "runtime.resume", "runtime.tensorboard", "runtime.device",
-                     "runtime.compile", "runtime.grad_checkpointing", "data.workers", "data.path",
+                     "runtime.compile", "runtime.grad_checkpointing", "data.workers", "data.path", "data.ms_cxr",
                      "runtime.output_dir", "runtime.init_mae", "runtime.init_from")
 
 

@@ -16,8 +16,9 @@ keeps its slice), so W processes with batch B train what one process with batch 
 (up to float rounding, and dropout, which draws per rank).
 
 Output directory: ``pretrain_config.yaml``, ``metrics.jsonl``/``metrics.csv`` (and
-``tensorboard/``), ``skipped.json``, ``checkpoints/step-N/`` and ``final/`` (the model,
-``maco_cxr.hub.load(final)``).
+``tensorboard/``), ``skipped.json``, ``excluded.json`` (the images ``data.exclude`` removed,
+never drawn; their count is also in every ``metrics.jsonl`` row and in the final model's
+config), ``checkpoints/step-N/`` and ``final/`` (the model, ``maco_cxr.hub.load(final)``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from maco_cxr.errors import CheckpointError, ConfigError
 from maco_cxr.hub import create_model, load as load_model, load_mae_weights, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.train import distributed as dist_utils
+from maco_cxr._atomic import write_json
 from maco_cxr.config import config_to_dict
 from maco_cxr.train.checkpoint import (
     MODEL_DIR,
@@ -68,6 +70,7 @@ logger = logging.getLogger(__name__)
 FINAL_DIR = "final"
 CONFIG_NAME = "pretrain_config.yaml"
 SKIPPED_NAME = "skipped.json"
+EXCLUDED_NAME = "excluded.json"
 
 
 @dataclass(frozen=True)
@@ -180,8 +183,13 @@ class _Trainer:
         dist_utils.barrier()
 
         size = config.model.input_size
-        source, index_skips = open_source(config.data, size, self.output_dir, is_master=info.is_master,
-                                          barrier=dist_utils.barrier)
+        source, index_skips, self.exclusion = open_source(config.data, size, self.output_dir,
+                                                          is_master=info.is_master, barrier=dist_utils.barrier)
+        if info.is_master:
+            write_json(self.output_dir / EXCLUDED_NAME, self.exclusion.to_dict())
+            if self.exclusion.count:
+                logger.info("%d images named by data.exclude are left out of pre-training (listed in %s)",
+                            self.exclusion.count, self.output_dir / EXCLUDED_NAME)
         self.dataset = PairDataset(source, size, runtime.seed, config.data.on_error, config.data.sections,
                                    config.data.text)
         self.schedule = plan_schedule(len(self.dataset), config.optim, info.world_size)
@@ -207,10 +215,13 @@ class _Trainer:
         if checkpoint is not None:
             self._resume(checkpoint)
 
+        self.augment = AugmentConfig(flip_p=config.augment.flip_p, degrees=config.augment.degrees,
+                                     scale=config.augment.scale, mean=config.model.image_mean,
+                                     std=config.model.image_std)
         if runtime.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        if runtime.compile:
-            self.model.compile()
+        if runtime.compile is True or (runtime.compile == "auto" and device.type == "cuda"):
+            self._compile()
         self.ddp: torch.nn.Module = self.model
         if info.distributed:
             self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
@@ -218,9 +229,6 @@ class _Trainer:
         self.gather = dist_utils.gather_with_grad if info.distributed else None
         self.loader = make_loader(self.dataset, self.sampler, self.model.tokenizer, workers=config.data.workers,
                                   pin_memory=device.type == "cuda", seed=_seed_for(runtime.seed, info.rank, 4))
-        self.augment = AugmentConfig(flip_p=config.augment.flip_p, degrees=config.augment.degrees,
-                                     scale=config.augment.scale, mean=config.model.image_mean,
-                                     std=config.model.image_std)
         self.metrics = None
         if info.is_master:
             save_pretrain_config(config, self.output_dir / CONFIG_NAME)
@@ -229,13 +237,46 @@ class _Trainer:
             self._describe(checkpoint)
 
     # ------------------------------------------------------------------------------ setup
+    def _compile(self) -> None:
+        """``torch.compile`` the model, tried once on a batch of the training shape (random
+        streams and gradients left as they were); a failure is reported and the run goes on
+        eagerly."""
+        self.model.compile()
+        config = self.config
+        size, length = config.model.input_size, config.model.text.max_length
+        images = torch.zeros(config.optim.batch_size, 1, size, size, dtype=torch.uint8, device=self.device)
+        ids = torch.zeros(images.shape[0], length, dtype=torch.long, device=self.device)
+        ids[:, 0] = 2
+        tokens = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+        gather = dist_utils.gather_with_grad if self.info.distributed else None
+        generator_state = self.generator.get_state()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with torch.no_grad():
+                    pixels, noise = self._randomise(images, config.model.vision.num_patches)
+                with self._autocast():
+                    out = self.model(pixels, tokens, noise, gather)
+                out["total"].backward()
+        except Exception as err:  # torch.compile raises many error types; any of them means: run eagerly
+            self.model._compiled_call_impl = None
+            if self.info.is_master:
+                first = str(err).splitlines()[0] if str(err) else ""
+                logger.warning("torch.compile failed (%s: %s); training without it. Set runtime.compile=false to "
+                               "skip the attempt.", type(err).__name__, first)
+        else:
+            if self.info.is_master:
+                logger.info("model compiled with torch.compile (first step traced)")
+        finally:
+            self.generator.set_state(generator_state)
+            self.model.zero_grad(set_to_none=True)
+
     def _describe(self, checkpoint: Path | None) -> None:
         s, optim = self.schedule, self.config.optim
         params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info(
-            "pre-training %.1fM parameters on %d samples, %d process(es) on %s: %d steps (%d per epoch, "
-            "warm-up %d), %d samples per step (batch %d x %d processes x accum %d), precision %s",
-            params / 1e6, s.num_samples, self.info.world_size, self.device, s.total_steps,
+            "pre-training %.1fM parameters on %d samples (%d excluded), %d process(es) on %s: %d steps (%d per "
+            "epoch, warm-up %d), %d samples per step (batch %d x %d processes x accum %d), precision %s",
+            params / 1e6, s.num_samples, self.exclusion.count, self.info.world_size, self.device, s.total_steps,
             s.steps_per_epoch, s.warmup_steps, s.global_batch, optim.batch_size, self.info.world_size,
             optim.accum_steps, self._precision())
         if checkpoint is not None:
@@ -379,6 +420,7 @@ class _Trainer:
             "images_per_s": window.steps * self.schedule.global_batch / elapsed,
             "max_mem_gb": max_memory_gb(self.device),
             "skipped": self.skips.replaced_count,
+            "excluded": self.exclusion.count,
         }
         assert self.metrics is not None
         self.metrics.write(row)
@@ -426,7 +468,8 @@ class _Trainer:
         final = self.output_dir / FINAL_DIR
         if self.info.is_master:
             save_pretrained(self.model, final, extra_config={
-                "pretraining": {"steps": self.schedule.total_steps, "config": config_to_dict(self.config)}})
+                "pretraining": {"steps": self.schedule.total_steps, "config": config_to_dict(self.config),
+                                "excluded": self.exclusion.summary()}})
             self.skips.write(self.output_dir / SKIPPED_NAME)
             logger.info("final model: %s (%d samples replaced, %d rows left out when indexing)", final,
                         self.skips.replaced_count, len(self.skips.index_time))
