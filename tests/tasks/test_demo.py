@@ -40,6 +40,11 @@ def test_quick_demo_writes_the_report(tmp_path, cxr_real_dir, capsys):
     assert "zero-shot macro AUC" in printed and "grounding mean CNR" in printed
     assert summary["data"]["report_negations"] is False and summary["data"]["training_text"] == "full"
     assert "without negations" in page and "whole reports" in page
+    assert "This is a <code>--quick</code> run" in page and summary["quick"] is True
+    assert "frozen image embeddings of 64 training phantoms" in page  # the count used, not a fixed number
+    assert summary["linear_probe_train_images"] == 64
+    assert summary["machine"]["cpu"] and "Where the time went" in page
+    assert "a --quick run: its numbers mean nothing" in printed
     config = yaml.safe_load((out / "run" / "pretrain_config.yaml").read_text())
     assert config["data"]["text"] == "full"
     phantom_config = json.loads((out / "data" / "train" / "phantom_config.json").read_text())

@@ -56,5 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if s["real_images"] is not None:
         print(f"  real radiographs: grounding mean CNR {s['real_images']['grounding_mean_cnr']:.3f} "
               "(trained on phantoms only: expected to be weak)")
-    print(f"total {s['timings']['total_s']:.0f} s; report: {config.out_dir / 'index.html'}")
+    stages = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in s["timings"].items() if k != "total_s")
+    rate = s["machine"]["pretraining_images_per_s"]
+    print(f"  wall time: {stages}; total {s['timings']['total_s']:.0f} s on {s['machine']['cpu']}"
+          + (f" (pre-training {rate:.0f} images/s)" if rate else ""))
+    if config.quick:
+        print("  (a --quick run: its numbers mean nothing)")
+    print(f"report: {config.out_dir / 'index.html'}")
     return 0

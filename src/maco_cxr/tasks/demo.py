@@ -109,6 +109,7 @@ class DemoConfig:
     negations: bool = False
     text: TextMode = "full"
     progress: bool = True
+    quick: bool = False
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -124,7 +125,7 @@ class DemoConfig:
     def quick(cls, out_dir: Path, **overrides: Any) -> DemoConfig:
         """A run of about a minute for tests: a few phantoms and steps (numbers mean nothing)."""
         values: dict[str, Any] = {"n_train": 64, "n_test": 24, "steps": 6, "batch_size": 16,
-                                  "warmup_steps": 2, "overlays": 2}
+                                  "warmup_steps": 2, "overlays": 2, "quick": True}
         return cls(out_dir=out_dir, **{**values, **overrides})
 
 
@@ -383,7 +384,23 @@ def _summary(config: DemoConfig, results: dict[str, Any], real: dict[str, Any] |
                        "training_text": config.text}
     summary["model_dir"] = str(model_dir)
     summary["timings"] = timings
+    summary["linear_probe_train_images"] = min(config.n_train, PROBE_IMAGES)
+    rates = sorted(r["images_per_s"] for r in rows[len(rows) // 2:] if r.get("images_per_s"))
+    summary["machine"] = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+                          "pretraining_images_per_s": rates[len(rates) // 2] if rates else None}
+    summary["quick"] = config.quick
     return summary
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` shows it (from /proc/cpuinfo; "unknown" elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _fmt(value: Any) -> str:
@@ -413,7 +430,7 @@ _MEANINGS = (
     ("mIoU", "Mean over thresholds 0.1..0.5 of the IoU between (map > t) and the box mask."),
     ("pointing game", "Fraction of items whose map maximum lies inside the box."),
     ("linear probe AUC", "Not zero-shot: a logistic regression per finding fitted on frozen image embeddings of "
-     f"{PROBE_IMAGES} training phantoms, scored on the held-out ones. It shows what the image side encodes; when it "
+     "{n_probe} training phantoms, scored on the held-out ones. It shows what the image side encodes; when it "
      "is far above the zero-shot AUC, the text side (the prompts' embeddings) is what falls short."),
     ("retrieval R@k", "Fraction of images whose report (or reports whose image) ranks in the top k by cosine "
      "similarity among all held-out pairs; identical report texts count as matches."),
@@ -452,7 +469,9 @@ def _html(summary: dict[str, Any], results: dict[str, Any], real: dict[str, Any]
         f"<td>{_fmt(summary['grounding_per_category_cnr'].get(k))}</td>"
         f"<td>{_fmt(summary['baseline_grounding_per_category_cnr'].get(k))}</td></tr>"
         for k, v in summary["zeroshot_per_class_auc"].items())
-    meanings = "".join(f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>" for a, b in _MEANINGS)
+    n_probe = summary["linear_probe_train_images"]
+    meanings = "".join(f"<dt>{html.escape(a)}</dt><dd>{html.escape(b.replace('{n_probe}', str(n_probe)))}</dd>"
+                       for a, b in _MEANINGS)
 
     def gallery(paths: list[Path]) -> str:
         return "".join(f'<figure><img src="{rel(p)}" width="256"><figcaption>{html.escape(Path(p).stem)}'
@@ -470,7 +489,15 @@ def _html(summary: dict[str, Any], results: dict[str, Any], real: dict[str, Any]
             f"{_fmt(r['grounding_pointing_game'])}; zero-shot AUC for consolidation on the images with finding "
             f"annotations {_fmt(r['zeroshot_consolidation_auc'])} (few images: treat as anecdotal).</p>"
             f"<div class='gallery'>{gallery(real['overlays'])}</div>")
-    timings = ", ".join(f"{html.escape(k)} {v:.0f} s" for k, v in summary["timings"].items())
+    timings = "".join(f"<tr><td>{html.escape(k.removesuffix('_s'))}</td><td>{v:.0f} s</td></tr>"
+                      for k, v in summary["timings"].items())
+    machine = summary["machine"]
+    rate = machine["pretraining_images_per_s"]
+    machine_line = (f"{html.escape(machine['cpu'])}, {machine['torch_threads']} torch threads; pre-training ran at "
+                    f"{rate:.0f} images/s" if rate else html.escape(machine["cpu"]))
+    quick_note = ("<p style='background:#fee;padding:8px;border:1px solid #c33'><b>This is a <code>--quick</code> run: "
+                  f"{config.n_train} phantoms and {config.steps} steps, to check that every stage works. Its numbers "
+                  "mean nothing; run <code>make demo</code> for the real demo.</b></p>") if config.quick else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>maco-cxr demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
@@ -478,6 +505,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
 td:first-child,th:first-child{{text-align:left}}.gallery{{display:flex;flex-wrap:wrap;gap:8px}}
 figure{{margin:0}}figcaption{{font-size:small}}</style></head><body>
 <h1>maco-cxr demo: MaCo pre-trained on synthetic phantoms</h1>
+{quick_note}
 <p>{config.n_train} training phantoms and {config.n_test} held-out phantoms (other seed), {config.image_size} px;
 the <code>tiny</code> MaCo (masked ViT + MAE decoder + BERT, correlation-weighted contrast) pre-trained for
 {config.steps} steps of {config.batch_size} image-report pairs on the CPU. Every number is measured on the
@@ -500,7 +528,9 @@ held-out phantoms, next to the same architecture with random weights. Phantoms a
 <h3>random weights</h3><div class="gallery">{gallery(results['random']['overlays'])}</div>
 <h2>Real radiographs</h2>{real_html}
 <h2>What each number means</h2><dl>{meanings}</dl>
-<p>Wall time: {timings}. Model: <code>{html.escape(str(summary['model_dir']))}</code>
-(load with <code>maco_cxr.hub.load</code>).</p>
+<h2>Where the time went</h2>
+<p>Machine: {machine_line}.</p>
+<table><tr><th>stage</th><th>wall time</th></tr>{timings}</table>
+<p>Model: <code>{html.escape(str(summary['model_dir']))}</code> (load with <code>maco_cxr.load</code>).</p>
 </body></html>
 """
