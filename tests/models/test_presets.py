@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pytest
 import torch
 
@@ -147,3 +148,19 @@ def test_reconstruction_loss_on_one_grey_channel_and_on_the_removed_patches_only
     fast = reconstruction_loss(pred, grey, mask, norm_pix_loss, num_masked=6)
     torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(reconstruction_loss(pred, grey, mask, norm_pix_loss), plain, rtol=1e-6, atol=1e-7)
+
+
+def test_without_correlation_weighting_the_loss_is_plain_symmetric_infonce():
+    from maco_cxr.models.losses import correlation_weighted_contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    loss, weights = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(10.0))
+    logits = 10.0 * torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T
+    targets = torch.arange(5)
+    expected = (torch.nn.functional.cross_entropy(logits, targets)
+                + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+    torch.testing.assert_close(loss, expected)
+    assert torch.equal(weights, torch.ones(5))
+    model = create_model(dataclasses.replace(preset("tiny"), correlation_weighting=False))
+    assert not model.patch_weight.weight.requires_grad

@@ -97,7 +97,9 @@ class MacoConfig:
     ``super_resolution``: the batch arrives at ``2 * vision.img_size`` and the decoder predicts
     ``2p x 2p`` patches of it (paper setting); otherwise the target is the encoder input.
     ``loss_weighting``: "paper" = rec_weight * rec + (1 - rec_weight) * con; "sum" = rec + con
-    (what the released code trains with).
+    (what the released code trains with). ``correlation_weighting``: MaCo's per-sample weights
+    softplus(a . v + b) of the contrastive terms (its mechanism); false gives plain symmetric
+    InfoNCE on the masked image (an ablation: the weights are fixed at 1 and not trained).
     """
 
     CONFIG_BASE_KEYS: ClassVar[tuple[str, ...]] = ("preset",)
@@ -111,6 +113,7 @@ class MacoConfig:
     temperature: float = 0.03
     loss_weighting: LossWeighting = "paper"
     rec_weight: float = 0.9
+    correlation_weighting: bool = True
     image_mean: float = IMAGE_MEAN
     image_std: float = IMAGE_STD
 

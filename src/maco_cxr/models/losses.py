@@ -61,7 +61,7 @@ def reconstruction_loss(pred: torch.Tensor, target_images: torch.Tensor, mask: t
 def correlation_weighted_contrastive_loss(
     image_embed: torch.Tensor,
     text_embed: torch.Tensor,
-    weight_logits: torch.Tensor,
+    weight_logits: torch.Tensor | None,
     inverse_temperature: torch.Tensor,
     gather: Gather | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,15 +71,18 @@ def correlation_weighted_contrastive_loss(
     With S = tau * normalize(z) normalize(t)^T and s = softplus(weight_logits):
     L = 1/4 [CE(diag(s) S) + CE(diag(s) S^T) + sum_i sbar_i CE_i(S) / sum sbar
     + sum_i sbar_i CE_i(S^T) / sum sbar], sbar = stop_gradient(s).
-    Returns the loss and the (global) weights s ``[N_global]``.
+    ``weight_logits=None``: every s_i = 1, which is plain symmetric InfoNCE (the ablation of
+    the mechanism). Returns the loss and the (global) weights s ``[N_global]``.
     """
     if gather is not None:
-        image_embed, text_embed, weight_logits = gather(image_embed), gather(text_embed), gather(weight_logits)
+        image_embed, text_embed = gather(image_embed), gather(text_embed)
+        weight_logits = gather(weight_logits) if weight_logits is not None else None
     z = F.normalize(image_embed.float(), dim=-1)
     t = F.normalize(text_embed.float(), dim=-1)
     logits_per_image = inverse_temperature * z @ t.t()
     logits_per_text = logits_per_image.t()
-    weights = F.softplus(weight_logits.float())
+    weights = (F.softplus(weight_logits.float()) if weight_logits is not None
+               else torch.ones(z.shape[0], 1, device=z.device))
     targets = torch.arange(z.shape[0], device=z.device)
     fixed = weights.detach().squeeze(-1)
     loss = (

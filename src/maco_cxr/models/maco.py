@@ -76,6 +76,8 @@ class MacoModel(nn.Module):
         nn.init.zeros_(self.img_proj.bias)
         nn.init.zeros_(self.patch_weight.weight)
         nn.init.zeros_(self.patch_weight.bias)
+        if not config.correlation_weighting:  # the ablation: weights fixed at 1, the prior stays uniform
+            self.patch_weight.requires_grad_(False)
 
     # ----------------------------------------------------------------------------- helpers
     @property
@@ -205,9 +207,11 @@ class MacoModel(nn.Module):
 
         image_embed = self.img_proj(latent[:, 1:]).mean(dim=1)
         text_embed = self.encode_texts(texts)
-        visible = (1 - mask).to(self.patch_weight.weight.dtype)
+        weight_logits = None
+        if self.config.correlation_weighting:
+            weight_logits = self.patch_weight((1 - mask).to(self.patch_weight.weight.dtype)).float()
         con, weights = correlation_weighted_contrastive_loss(
-            image_embed, text_embed, self.patch_weight(visible).float(), self.inverse_temperature, gather)
+            image_embed, text_embed, weight_logits, self.inverse_temperature, gather)
         if self.config.loss_weighting == "sum":
             total = rec + con
         else:
