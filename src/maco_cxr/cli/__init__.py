@@ -23,6 +23,7 @@ COMMANDS = (
     "zeroshot",
     "ground",
     "retrieve",
+    "predict",
     "finetune",
     "segment",
     "detect",
