@@ -1,5 +1,6 @@
 """The model and dataset arguments that `zeroshot`, `ground`, `retrieve` and `predict` share,
-and what they build from them (the model on its device, the dataset with its split)."""
+and what they build from them (the model on its device, the dataset with its split, the
+validation split that operating points are chosen on)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,48 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool) -> No
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip (and count and list) unusable rows and unreadable image files instead of "
                         "stopping at the first")
+
+
+def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
+    """--val-split NAME [--val-official-split NAME | --val-split-file FILE]: a validation split."""
+    group = parser.add_argument_group(
+        "validation split", "score a validation split of the same dataset first, with the same model, and "
+        "choose operating points (thresholds) on it that are then applied to the evaluated split. It is "
+        "built like the evaluated split (same --dataset, --root, -o options) with: the adapter split "
+        "--val-split (default: --split), and the official split or split file given here (the evaluated "
+        "split's --official-split / --split-file are not carried over)")
+    group.add_argument("--val-split", metavar="NAME", help="the adapter's validation split (e.g. val)")
+    chosen = group.add_mutually_exclusive_group()
+    chosen.add_argument("--val-official-split", metavar="NAME",
+                        help="keep the images of the official MaCo split NAME (e.g. val) for validation")
+    chosen.add_argument("--val-split-file", type=existing_file, metavar="FILE",
+                        help="keep the images listed in FILE ('path label...' per line) for validation")
+
+
+def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    """--bootstrap N (default 1000, 0 = off) and --seed S (default 0)."""
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of the 95%% confidence intervals (default 1000; 0 = none); "
+                        "whole patients are resampled when the dataset records patient ids, else images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+
+
+def wants_validation(args: argparse.Namespace) -> bool:
+    """True when any validation-split argument was given."""
+    return any(getattr(args, name, None) is not None
+               for name in ("val_split", "val_official_split", "val_split_file"))
+
+
+def build_validation_dataset_from_args(args: argparse.Namespace, *, inherit_split: bool = True,
+                                       **extra: Any) -> ChestXrayDataset:
+    """The validation dataset of :func:`add_validation_arguments`: the adapter split is
+    ``--val-split``, else ``--split`` (``inherit_split=False``: else none, e.g. for a separate
+    validation annotation file); ``extra`` are adapter keyword arguments."""
+    values = dict(vars(args))
+    values.update(split=args.val_split if args.val_split is not None else (args.split if inherit_split else None),
+                  official_split=getattr(args, "val_official_split", None),
+                  split_file=getattr(args, "val_split_file", None))
+    return build_dataset_from_args(argparse.Namespace(**values), **extra)
 
 
 def load_model_from_args(args: argparse.Namespace) -> MacoModel:

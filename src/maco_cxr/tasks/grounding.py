@@ -12,7 +12,14 @@ pixel grid through the recorded :class:`~maco_cxr.data.letterbox.Letterbox`. Eac
 pixel reads the map over the content area it became; the padding strips carry map values too
 (the model sees black there) but no original pixel maps onto them, so they never reach the
 returned map. The MS-CXR metrics are computed on the 224 grid (padding included), with the
-boxes mapped through the same letterbox, as the protocol does.
+boxes mapped through the same letterbox, as the protocol does; ground-truth masks (SIIM,
+COVID rural, CheXlocalize, manifest masks) are mapped there with ``Letterbox.apply_mask``
+(nearest neighbour).
+
+Evaluation reports (:func:`evaluate_grounding`) follow the official eval/common.py: the
+per-threshold IoU, Dice, precision and recall of ``Pipeline.test`` (its ``metric.csv``), the
+per-category threshold of ``Pipeline.get_opt_th`` chosen on a validation result and applied
+to the evaluated items, plus bootstrap intervals of the item-mean CNR and mIoU.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -30,26 +37,37 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from maco_cxr.data.datasets.base import failure_of, is_failed
+from maco_cxr.data.datasets.base import ChestXrayDataset, Record, failure_of, is_failed
 from maco_cxr.data.inputs import ImagesInput, is_single_image, load_images
 from maco_cxr.data.letterbox import Letterbox, letterbox_image
 from maco_cxr.data.reports import grounding_phrase
 from maco_cxr.errors import DataError
 from maco_cxr.inference import encode_texts, inference_mode, patch_embeddings
-from maco_cxr.metrics import boxes_to_mask, score_grounding, summarise_grounding
+from maco_cxr.metrics import (
+    DEFAULT_THRESHOLDS,
+    OPT_TH_THRESHOLDS,
+    boxes_to_mask,
+    grounding_metric_table,
+    grounding_threshold_metrics,
+    score_grounding,
+    select_grounding_thresholds,
+    summarise_grounding,
+)
 
 if TYPE_CHECKING:
-    from maco_cxr.data.datasets.base import ChestXrayDataset
     from maco_cxr.models.maco import MacoModel
 
 __all__ = [
+    "DEFAULT_PHRASE_TEMPLATE",
     "GroundingItem",
     "GroundingResult",
+    "GroundingTarget",
     "evaluate_grounding",
     "ground",
     "grounding_items",
     "grounding_map",
     "letterboxed_maps",
+    "mask_grounding_items",
     "phrase_query",
 ]
 
@@ -153,34 +171,75 @@ def ground(
 
 # ------------------------------------------------------------------------------ evaluation
 
+#: The phrase of a mask item (a category, pathology or mask label, not a report phrase):
+#: ``{c}`` becomes the category name. It is the official one (eval/utils.py ``load_siim_acr``,
+#: ``load_chexlocalize``: "Findings suggesting {category}."); the query is lower-cased by the
+#: official phrase processing.
+DEFAULT_PHRASE_TEMPLATE = "Findings suggesting {c}."
+
+GroundingTarget = Literal["auto", "boxes", "masks"]
+
 
 @dataclass
 class GroundingItem:
-    """One (image, phrase) pair: all boxes of the image with that phrase (xyxy, original pixels)."""
+    """One (image, phrase) pair and its ground truth in the original image geometry.
+
+    ``target="boxes"``: ``boxes`` (xyxy, original pixels) are all boxes of the image with that
+    phrase, rasterised on the letterboxed grid. ``target="mask"``: the ground truth is a
+    mask, mapped to the letterboxed grid with :meth:`Letterbox.apply_mask` (nearest), and
+    ``boxes`` is empty ``[0, 4]``. The mask is ``mask`` (0/1 ``[H, W]``) when given, else read
+    with the image: the record's mask (``dataset.read_mask``, e.g. SIIM's RLE) when
+    ``mask_part`` is None, else the part named ``mask_part``: a CheXlocalize pathology
+    (``read_pathology_masks``) or a manifest mask label (the union of its mask files).
+    """
 
     record_index: int
     phrase: str
     category: str
     boxes: np.ndarray
+    target: Literal["boxes", "mask"] = "boxes"
+    mask: np.ndarray | None = None
+    mask_part: str | None = None
 
 
 @dataclass
 class GroundingResult:
-    """Per-item scores (``rows``) and the aggregated figures (``summary``)."""
+    """Per-item scores (``rows``), the aggregated figures (``summary``) and the official table.
+
+    ``threshold_metrics[i]`` and ``opt_th_metrics[i]`` belong to ``rows[i]``: the per-threshold
+    IoU, Dice, precision and recall of the item (:func:`grounding_threshold_metrics`) on the
+    [-1, 1] scaled map at :data:`DEFAULT_THRESHOLDS` (the ``metric.csv`` figures) and on the
+    [0, 1] scaled map at :data:`OPT_TH_THRESHOLDS` (what a validation threshold search uses).
+    ``table`` is :func:`grounding_metric_table` of the rows, full precision.
+    """
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     overlays: list[Path]
     failures: list[dict[str, str]] = field(default_factory=list)
+    table: dict[str, list[Any]] = field(default_factory=dict)
+    threshold_metrics: list[dict[str, list[float]]] = field(default_factory=list)
+    opt_th_metrics: list[dict[str, list[float]]] = field(default_factory=list)
 
 
-def grounding_items(dataset: ChestXrayDataset, phrases: Sequence[str] | None = None
-                    ) -> list[GroundingItem]:
-    """Items of a dataset with boxes: boxes of one image grouped by lower-cased label.
+def grounding_items(dataset: ChestXrayDataset, phrases: Sequence[str] | None = None, *,
+                    target: GroundingTarget = "auto",
+                    phrase_template: str = DEFAULT_PHRASE_TEMPLATE) -> list[GroundingItem]:
+    """The (image, phrase) items of a dataset, with boxes or with masks as ground truth.
 
-    Category: ``meta["category"]`` of the record (MS-CXR), else the box meta ``category``
-    field, else the phrase. ``phrases``: keep only these labels (case-insensitive).
+    ``target="boxes"``: boxes of one image grouped by lower-cased label; category
+    ``meta["category"]`` of the record (MS-CXR), else the box meta ``category`` field, else
+    the phrase. ``target="masks"``: see :func:`mask_grounding_items` (``phrase_template``
+    applies to these only). ``target="auto"``: boxes when any record has boxes, else masks.
+    ``phrases``: keep only these labels (boxes) or categories (masks), case-insensitive.
     """
+    if target not in ("auto", "boxes", "masks"):
+        raise DataError(f"target must be 'auto', 'boxes' or 'masks'; got {target!r}")
+    if target == "auto":
+        has_boxes = any(r.boxes is not None and len(r.boxes) for r in dataset.records)
+        target = "boxes" if has_boxes or not _has_masks(dataset) else "masks"
+    if target == "masks":
+        return mask_grounding_items(dataset, phrases, phrase_template=phrase_template)
     wanted = None if phrases is None else {p.lower() for p in phrases}
     items: list[GroundingItem] = []
     for index, record in enumerate(dataset.records):
@@ -199,11 +258,76 @@ def grounding_items(dataset: ChestXrayDataset, phrases: Sequence[str] | None = N
     return items
 
 
+def _overrides_read_mask(dataset: ChestXrayDataset) -> bool:
+    return type(dataset).read_mask is not ChestXrayDataset.read_mask
+
+
+def _has_masks(dataset: ChestXrayDataset) -> bool:
+    return (hasattr(dataset, "pathology_pairs") or _overrides_read_mask(dataset)
+            or any(r.mask_paths for r in dataset.records))
+
+
+def mask_grounding_items(dataset: ChestXrayDataset, categories: Sequence[str] | None = None, *,
+                         phrase_template: str = DEFAULT_PHRASE_TEMPLATE) -> list[GroundingItem]:
+    """Items whose ground truth is a mask, one per (image, category), phrase from a template.
+
+    - CheXlocalize (an adapter with ``pathology_pairs``): one item per positive (image,
+      pathology) pair, that pathology's mask, category the pathology.
+    - Records with mask files (``covid-rural``, ``manifest`` masks.csv): one item per mask
+      label of the image (the union of its files with that label), category the label; a
+      blank label takes the dataset's class name when it has one class (COVID rural:
+      "Opacity"), else "mask".
+    - Other adapters that build masks themselves (SIIM's RLE): one item per record with a
+      positive label, its ``read_mask``; category the dataset's class (SIIM:
+      "Pneumothorax"), or the positive classes joined by "|".
+
+    The phrase is ``phrase_template`` with ``{c}`` replaced by the category (default
+    "Findings suggesting {c}.", the official phrase; "{c}" grounds the bare name; a template
+    without ``{c}`` is one phrase for all, e.g. the official COVID rural "Findings
+    suggesting pneumonia."). ``categories`` keeps only these (case-insensitive). Masks are
+    read with the images; an item whose mask is empty on the letterboxed grid is left out
+    of the evaluation and counted (``n_empty_mask``), as the official loaders drop images
+    without a mask.
+    """
+    if not isinstance(phrase_template, str) or not phrase_template.strip():
+        raise DataError(f"phrase_template {phrase_template!r} is empty; give e.g. 'Findings suggesting {{c}}.'")
+    wanted = None if categories is None else {c.lower() for c in categories}
+    items: list[GroundingItem] = []
+    empty = np.zeros((0, 4), np.float64)
+
+    def add(index: int, category: str, part: str | None) -> None:
+        if wanted is None or category.lower() in wanted:
+            items.append(GroundingItem(index, phrase_template.replace("{c}", category), category, empty,
+                                       target="mask", mask_part=part))
+
+    single = dataset.classes[0] if len(dataset.classes) == 1 else None
+    if hasattr(dataset, "pathology_pairs"):
+        for index, pathology in dataset.pathology_pairs(positive_only=True):
+            add(index, pathology, pathology)
+        return items
+    for index, record in enumerate(dataset.records):
+        if record.mask_paths:
+            labels = record.meta.get("mask_labels") or [""] * len(record.mask_paths)
+            if len(labels) != len(record.mask_paths):
+                raise DataError(f"record {record.image_path}: {len(labels)} mask labels for "
+                                f"{len(record.mask_paths)} mask files")
+            distinct = list(dict.fromkeys(str(label).strip() for label in labels))
+            for label in distinct:
+                category = label or single or "mask"
+                add(index, category, None if len(distinct) == 1 else label)
+        elif _overrides_read_mask(dataset) and record.labels is not None:
+            positive = [dataset.classes[k] for k in np.flatnonzero(np.asarray(record.labels) == 1.0)
+                        if k < len(dataset.classes)]
+            if positive:
+                add(index, single or "|".join(positive), None)
+    return items
+
+
 class _ItemImages(torch.utils.data.Dataset):
-    """Reads each image of the items once, letterboxed, with its items (DataLoader-friendly)."""
+    """Reads each image of the items once, letterboxed, with its items' letterboxed masks."""
 
     def __init__(self, dataset: ChestXrayDataset, items: Sequence[GroundingItem], size: int) -> None:
-        self.dataset, self.size = dataset, size
+        self.dataset, self.items, self.size = dataset, items, size
         by_record: dict[int, list[int]] = {}
         for i, item in enumerate(items):
             by_record.setdefault(item.record_index, []).append(i)
@@ -219,8 +343,65 @@ class _ItemImages(torch.utils.data.Dataset):
             return {"failure": failure_of(sample), "item_ids": item_ids}
         original = sample["image"][0].numpy()
         pixels, box = letterbox_image(original, self.size)
+        record = self.dataset.records[record_index]
+        try:
+            masks = self._masks(record_index, item_ids, sample, original.shape, box)
+        except DataError as err:
+            if self.dataset.on_error == "raise":
+                raise
+            return {"failure": {"path": str(record.image_path), "reason": str(err)}, "item_ids": item_ids}
         return {"pixels": pixels, "letterbox": box, "item_ids": item_ids, "original": original,
-                "path": str(self.dataset.records[record_index].image_path)}
+                "path": str(record.image_path), "patient": record.patient_id, "masks": masks}
+
+    def _masks(self, record_index: int, item_ids: list[int], sample: dict[str, Any],
+               shape: tuple[int, int], box: Letterbox) -> dict[int, np.ndarray]:
+        """Letterboxed bool masks ``[size, size]`` of the mask items of one image."""
+        out: dict[int, np.ndarray] = {}
+        parts: dict[str, np.ndarray] | None = None
+        record = self.dataset.records[record_index]
+        for i in item_ids:
+            item = self.items[i]
+            if item.target != "mask":
+                continue
+            if item.mask is not None:
+                mask = np.asarray(item.mask)
+            elif item.mask_part is None:
+                if "mask" not in sample:
+                    raise DataError(f"{record.image_path}: the dataset gives no mask for this image "
+                                    f"(item {item.phrase!r}); evaluate it with target='boxes'")
+                mask = sample["mask"].numpy()
+            elif hasattr(self.dataset, "read_pathology_masks"):
+                if parts is None:
+                    parts = self.dataset.read_pathology_masks(record_index)
+                if item.mask_part not in parts:
+                    raise DataError(f"{record.image_path}: no mask {item.mask_part!r}; the dataset has "
+                                    f"{sorted(parts)}")
+                mask = parts[item.mask_part]
+            else:
+                mask = self._labelled_mask(record, item.mask_part, shape)
+            if mask.shape != shape:
+                raise DataError(f"{record.image_path}: the mask of {item.phrase!r} is {list(mask.shape)} "
+                                f"but the image is {list(shape)}; masks must have the image's size")
+            out[i] = box.apply_mask((mask != 0).astype(np.uint8)) != 0
+        return out
+
+    @staticmethod
+    def _labelled_mask(record: Record, label: str, shape: tuple[int, int]) -> np.ndarray:
+        """Union of the record's mask files labelled ``label`` (a manifest's masks.csv)."""
+        from maco_cxr.data.io import read_mask
+
+        labels = [str(v).strip() for v in record.meta.get("mask_labels") or [""] * len(record.mask_paths)]
+        union = np.zeros(shape, dtype=np.uint8)
+        paths = [p for p, name in zip(record.mask_paths, labels) if name == label]
+        if not paths:
+            raise DataError(f"{record.image_path}: no mask file labelled {label!r} (labels: {labels})")
+        for path in paths:
+            mask = read_mask(path)
+            if mask.shape != shape:
+                raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                                f"{record.image_path} is {shape[1]}x{shape[0]}; masks must match their image")
+            union |= mask
+        return union
 
 
 def _collate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -238,12 +419,34 @@ def evaluate_grounding(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    validation: GroundingResult | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = 0.95,
 ) -> GroundingResult:
-    """CNR, mIoU and pointing game of every (image, phrase) item on the letterboxed 224 grid.
+    """CNR, mIoU, pointing game and the per-threshold figures of every (image, phrase) item.
 
-    Returns per-item rows and :func:`maco_cxr.metrics.summarise_grounding` of them, and
-    writes overlays (map over the original image, boxes in green) for the first ``overlays``
-    items into ``overlay_dir``.
+    Everything is computed on the letterboxed 224 grid (padding included), box items with
+    their boxes rasterised there, mask items with their mask mapped there (nearest); mask
+    items whose mask is empty there are left out (``summary["n_empty_mask"]``). Each row
+    holds the item's CNR, mIoU, pointing game and, from :func:`grounding_threshold_metrics`,
+    ``iou@t``, ``dice@t``, ``precision@t`` and ``recall@t`` for t in 0.1 ... 0.5 (map scaled
+    to [-1, 1], as the official ``Pipeline.test``). The summary is
+    :func:`maco_cxr.metrics.summarise_grounding` of the rows plus ``target``,
+    ``metric_table`` (:func:`grounding_metric_table`, also ``result.table``) and:
+
+    - ``validation`` (a result of this function on a validation split, same kind of items):
+      ``summary["opt_thresholds"]``, :func:`select_grounding_thresholds`: each category's
+      threshold maximising its mean validation IoU on the [0, 1] scaled map over
+      :data:`OPT_TH_THRESHOLDS` (official ``Pipeline.get_opt_th``, first stage), applied to
+      these items (rows gain ``opt_threshold`` and ``opt_iou``). Categories without
+      validation items are left out of it and listed.
+    - ``n_bootstrap > 0``: ``summary["ci"]``, seeded percentile bootstrap intervals
+      (:func:`bootstrap_mean_ci`) of the item-mean CNR and mIoU, resampling whole patients
+      when every item's record has a ``patient_id``, else whole images.
+
+    Overlays (map over the original image, boxes in green) of the first ``overlays`` items go
+    into ``overlay_dir``.
     """
     items = list(items if items is not None else grounding_items(dataset))
     unusable = [item for item in items if not grounding_phrase(item.phrase)]
@@ -252,15 +455,17 @@ def evaluate_grounding(
                        "processing (first: %r)", len(unusable), len(items), unusable[0].phrase)
         items = [item for item in items if grounding_phrase(item.phrase)]
     if not items:
-        raise DataError("the dataset has no boxes to ground (no record has boxes with usable labels)")
+        raise DataError("the dataset has nothing to ground (no record has boxes with usable labels or masks)")
     if overlays and overlay_dir is None:
         raise DataError("overlays > 0 needs an overlay_dir")
+    if n_bootstrap < 0:
+        raise DataError(f"n_bootstrap must be >= 0 (0 = no intervals); got {n_bootstrap}")
     size = model.config.vision.img_size
     loader = DataLoader(_ItemImages(dataset, items, size), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
-    rows: list[dict[str, Any] | None] = [None] * len(items)
+    scored: list[tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]] | None] = [None] * len(items)
     failures: list[dict[str, str]] = []
-    unread = 0
+    unread = empty = 0
     written: list[Path] = []
     if device is not None:
         model.to(device)
@@ -275,32 +480,116 @@ def evaluate_grounding(
         maps = letterboxed_maps(model, np.stack([s["pixels"] for s in batch]), phrases)
         for sample, image_maps in zip(batch, maps):
             for item_id, heatmap in zip(sample["item_ids"], image_maps):
-                rows[item_id] = {**_score(item_id, items[item_id], heatmap, sample["letterbox"],
-                                          size), "path": sample["path"]}
+                item = items[item_id]
+                if item.target == "mask":
+                    mask = sample["masks"][item_id]
+                    if not mask.any():
+                        empty += 1
+                        continue
+                else:
+                    mask = boxes_to_mask(sample["letterbox"].boxes_to_letterbox(item.boxes), size, size)
+                row, signed, unit = _score(item_id, item, heatmap, mask)
+                row.update(patient=sample["patient"] or "", path=sample["path"])
+                scored[item_id] = (row, signed, unit)
                 if item_id < overlays:
-                    written.append(_write_overlay(Path(overlay_dir), item_id, items[item_id],  # type: ignore[arg-type]
+                    written.append(_write_overlay(Path(overlay_dir), item_id, item,  # type: ignore[arg-type]
                                                   sample, heatmap))
-    done = [row for row in rows if row is not None]
+    done = [entry for entry in scored if entry is not None]
     if not done:
+        if empty:
+            raise DataError(f"every one of the {empty} mask items has an empty mask on the {size} grid; "
+                            "nothing to score")
         raise DataError(f"no image of the grounding items could be read ({len(failures)} failed; first: "
                         f"{failures[0]['path']}: {failures[0]['reason']})")
     if failures:
         logger.warning("grounding: %d unreadable images (%d items) left out; first: %s: %s", len(failures),
                        unread, failures[0]["path"], failures[0]["reason"])
-    summary = summarise_grounding((r["category"], r["cnr"], r["miou"], r["pointing"]) for r in done)
+    if empty:
+        logger.warning("grounding: %d mask items left out: their mask is empty on the %d grid", empty, size)
+    rows = [entry[0] for entry in done]
+    signed_metrics = [entry[1] for entry in done]
+    unit_metrics = [entry[2] for entry in done]
+    summary = summarise_grounding((r["category"], r["cnr"], r["miou"], r["pointing"]) for r in rows)
     summary["n_left_out"] = len(unusable)
     summary["n_unreadable_items"] = unread
-    return GroundingResult(done, summary, sorted(written), failures)
+    summary["n_empty_mask"] = empty
+    targets = sorted({r["target"] for r in rows})
+    summary["target"] = targets[0] if len(targets) == 1 else "mixed"
+    table = grounding_metric_table((r["category"], m, r["cnr"], r["pointing"]) for r, m in zip(rows, signed_metrics))
+    summary["metric_table"] = table
+    if validation is not None:
+        summary["opt_thresholds"] = _apply_validation_thresholds(validation, rows, unit_metrics)
+    if n_bootstrap:
+        summary["ci"] = _bootstrap_intervals(rows, n_bootstrap, seed, confidence)
+    return GroundingResult(rows, summary, sorted(written), failures, table, signed_metrics, unit_metrics)
 
 
-def _score(item_id: int, item: GroundingItem, heatmap: np.ndarray, box: Letterbox, size: int,
-           ) -> dict[str, Any]:
-    mask = boxes_to_mask(box.boxes_to_letterbox(item.boxes), size, size)
+def _threshold_key(name: str, threshold: float) -> str:
+    return f"{name}@{threshold:g}"
+
+
+def _score(item_id: int, item: GroundingItem, heatmap: np.ndarray, mask: np.ndarray,
+           ) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]]:
+    """The row of one item and its per-threshold metrics (signed, then unit scaling)."""
     scores = score_grounding(heatmap, mask)
-    return {"item": item_id, "record": item.record_index, "phrase": item.phrase,
-            "query": phrase_query(item.phrase), "category": item.category,
-            "n_boxes": len(item.boxes), "cnr": scores.cnr, "miou": scores.miou,
-            "pointing": bool(scores.pointing)}
+    signed = grounding_threshold_metrics(heatmap, mask, DEFAULT_THRESHOLDS, scaling="signed")
+    unit = grounding_threshold_metrics(heatmap, mask, OPT_TH_THRESHOLDS, scaling="unit")
+    row: dict[str, Any] = {
+        "item": item_id, "record": item.record_index, "phrase": item.phrase,
+        "query": phrase_query(item.phrase), "category": item.category, "n_boxes": len(item.boxes),
+        "cnr": scores.cnr, "miou": scores.miou, "pointing": bool(scores.pointing),
+        "target": item.target, "mask_pixels": int(np.count_nonzero(mask)),
+    }
+    for name in ("iou", "dice", "precision", "recall"):
+        for t, value in zip(signed["thresholds"], signed[name]):
+            row[_threshold_key(name, t)] = value
+    return row, signed, unit
+
+
+def _apply_validation_thresholds(validation: GroundingResult, rows: list[dict[str, Any]],
+                                 unit_metrics: list[dict[str, list[float]]]) -> dict[str, Any]:
+    """Per-category thresholds chosen on ``validation``, applied to ``rows`` (which gain
+    ``opt_threshold`` / ``opt_iou``)."""
+    if not validation.rows or len(validation.opt_th_metrics) != len(validation.rows):
+        raise DataError("the validation result has no per-item threshold metrics; build it with "
+                        "evaluate_grounding on the validation split")
+    val_rows = [(r["category"], m) for r, m in zip(validation.rows, validation.opt_th_metrics)]
+    known = {category for category, _ in val_rows}
+    chosen = [i for i, r in enumerate(rows) if r["category"] in known]
+    missing = sorted({r["category"] for r in rows} - known)
+    if not chosen:
+        raise DataError(f"no test category has validation items (test: {missing}, validation: "
+                        f"{sorted(known)}); validate on a split with the same categories")
+    if missing:
+        logger.warning("grounding: categories %s have no validation items; no threshold is chosen for "
+                       "them", missing)
+    selection = select_grounding_thresholds(val_rows, [(rows[i]["category"], unit_metrics[i]) for i in chosen])
+    grid = list(OPT_TH_THRESHOLDS)
+    for i, row in enumerate(rows):
+        entry = selection["per_category"].get(row["category"])
+        if entry is None:
+            row.update(opt_threshold=float("nan"), opt_iou=float("nan"))
+        else:
+            k = grid.index(entry["threshold"])
+            row.update(opt_threshold=entry["threshold"], opt_iou=unit_metrics[i]["iou"][k])
+    return {**selection, "scaling": "unit", "searched": grid, "iou_rule": "only_pos",
+            "n_val": len(val_rows), "n_test_without_validation": len(rows) - len(chosen),
+            "categories_without_validation": missing}
+
+
+def _bootstrap_intervals(rows: list[dict[str, Any]], n_resamples: int, seed: int,
+                         confidence: float) -> dict[str, Any]:
+    from maco_cxr.metrics import bootstrap_mean_ci  # here: it loads scikit-learn
+
+    by_patient = all(r["patient"] for r in rows)
+    groups = [r["patient"] if by_patient else str(r["record"]) for r in rows]
+    out: dict[str, Any] = {"unit": "patient" if by_patient else "image", "n_groups": len(set(groups)),
+                           "n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    for key in ("cnr", "miou"):
+        ci = bootstrap_mean_ci([r[key] for r in rows], groups=groups, n_resamples=n_resamples,
+                               confidence=confidence, seed=seed)
+        out[key] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_valid": ci.n_valid}
+    return out
 
 
 def _write_overlay(folder: Path, item_id: int, item: GroundingItem, sample: dict[str, Any],
@@ -311,5 +600,4 @@ def _write_overlay(folder: Path, item_id: int, item: GroundingItem, sample: dict
     box: Letterbox = sample["letterbox"]
     slug = "".join(ch if ch.isalnum() else "-" for ch in item.phrase.lower()).strip("-")[:40]
     return save_overlay(folder / f"{item_id:04d}_{slug}.png", original, box.map_to_original(heatmap),
-                        boxes=item.boxes, title=item.phrase)
-
+                        boxes=item.boxes if len(item.boxes) else None, title=item.phrase)

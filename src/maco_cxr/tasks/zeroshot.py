@@ -6,7 +6,12 @@ prompts, neither L2-normalised; an image with embedding z (unnormalised, from al
 tokens) scores p_c = softmax([z . P_c, z . N_c])[0]. Images are resized (shorter side to 224,
 bilinear) and centre-cropped to 224 (:mod:`maco_cxr.inference`), each on its own, so an
 image's score never depends on the other images of the call. The prompts are encoded once
-per call.
+per call (or once for several datasets: pass ``build_class_prototypes``'s result as
+``prototypes``).
+
+:func:`summarise_zero_shot` turns scores into figures to act on: seeded bootstrap intervals
+of AUC and F1, thresholds chosen on a validation result (Youden's J, maximum F1) applied to
+the test scores next to the fixed 0.5, and calibration (reliability curve, ECE).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ __all__ = [
     "build_class_prototypes",
     "evaluate_zero_shot",
     "score_embeddings",
+    "summarise_zero_shot",
     "zero_shot",
 ]
 
@@ -87,14 +93,16 @@ def zero_shot(
 
 @dataclass
 class ZeroShotResult:
-    """Scores and labels of a zero-shot evaluation over a dataset, row-aligned with ``paths``;
-    ``failures`` lists the files that could not be read (left out, counted)."""
+    """Scores and labels of a zero-shot evaluation over a dataset, row-aligned with ``paths``
+    and ``patient_ids`` (None where the dataset records none); ``failures`` lists the files
+    that could not be read (left out, counted)."""
 
     classes: tuple[str, ...]
     scores: np.ndarray  # float32 [N, C]
     labels: np.ndarray  # float32 [N, C], NaN = unknown
     paths: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    patient_ids: list[str | None] = field(default_factory=list)
 
 
 def evaluate_zero_shot(
@@ -108,13 +116,17 @@ def evaluate_zero_shot(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    prototypes: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ZeroShotResult:
     """Score every image of ``dataset``, streaming (images are read by a DataLoader).
 
     classes: names to score (default ``dataset.classes``); label_columns: the dataset label
     column of each class (default: the position of each name in ``dataset.classes``, matched
     case-insensitively). Records without labels get NaN rows. Unreadable files of an
-    ``on_error="skip"`` dataset are left out and listed in ``failures``.
+    ``on_error="skip"`` dataset are left out and listed in ``failures``. ``prototypes``:
+    ``(P [C, D], N [C, D])`` of :func:`build_class_prototypes` for these classes, to score
+    several datasets (a validation and a test split) with one prompt encoding; ``prompts``
+    is then unused.
     """
     classes = tuple(classes if classes is not None else dataset.classes)
     if not classes:
@@ -123,7 +135,13 @@ def evaluate_zero_shot(
         label_columns = _label_columns(classes, tuple(dataset.classes))
     if len(label_columns) != len(classes):
         raise DataError(f"{len(label_columns)} label columns given for {len(classes)} classes")
-    positive, negative = build_class_prototypes(model, classes, prompts, device=device)
+    if prototypes is None:
+        positive, negative = build_class_prototypes(model, classes, prompts, device=device)
+    else:
+        positive, negative = prototypes
+        if positive.shape[0] != len(classes) or negative.shape[0] != len(classes):
+            raise DataError(f"prototypes have {positive.shape[0]} positive and {negative.shape[0]} negative "
+                            f"rows for {len(classes)} classes; build them for these classes")
     embedded = embed_dataset(model, dataset, batch_size=batch_size, workers=num_workers, device=device,
                              progress=progress, desc="zero-shot")
     scores = score_embeddings(embedded.embeddings, positive, negative).numpy()
@@ -137,7 +155,9 @@ def evaluate_zero_shot(
     if embedded.failures:
         logger.warning("zero-shot: %d unreadable files left out (first: %s: %s)", len(embedded.failures),
                        embedded.failures[0]["path"], embedded.failures[0]["reason"])
-    return ZeroShotResult(classes, scores.astype(np.float32), labels, embedded.paths, embedded.failures)
+    patients = [dataset.records[index].patient_id for index in embedded.indices]
+    return ZeroShotResult(classes, scores.astype(np.float32), labels, embedded.paths, embedded.failures,
+                          patients)
 
 
 def _label_columns(classes: tuple[str, ...], available: tuple[str, ...]) -> list[int | None]:
@@ -151,3 +171,151 @@ def _label_columns(classes: tuple[str, ...], available: tuple[str, ...]) -> list
         logger.warning("classes %s have no label column in the dataset (its classes: %s); their "
                        "labels are unknown (NaN) and their metrics undefined", missing, list(available))
     return columns
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def _known_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC over the known labels of one class, as scikit-learn's ``roc_auc_score`` (the
+    Mann-Whitney statistic with tied scores counted half), in numpy: it runs once per
+    bootstrap draw. ValueError when only one label value is left, as scikit-learn."""
+    from scipy.stats import rankdata
+
+    keep = ~np.isnan(truth)
+    positive, values = truth[keep] == 1.0, score[keep]
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("only one class present in y_true; ROC AUC is not defined")
+    ranks = rankdata(values)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _f1_weighted(truth: np.ndarray, score: np.ndarray, threshold: float) -> float:
+    """scikit-learn ``f1_score(average="weighted", zero_division=0)`` at ``score > threshold``
+    over the known labels of one class (counted in numpy: it runs once per bootstrap draw)."""
+    keep = ~np.isnan(truth)
+    labels, pred = truth[keep] == 1.0, score[keep] > threshold
+    if labels.size == 0:
+        return float("nan")
+    total = 0.0
+    for value in (True, False):
+        support = int(np.sum(labels == value))
+        if support:
+            tp = int(np.sum((labels == value) & (pred == value)))
+            fp = int(np.sum((labels != value) & (pred == value)))
+            total += support * 2 * tp / (2 * tp + fp + (support - tp))
+    return total / labels.size
+
+
+def _ci_dict(ci: Any) -> dict[str, Any]:
+    return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_valid": ci.n_valid}
+
+
+def _bootstrap_report(result: ZeroShotResult, n_resamples: int, seed: int, confidence: float,
+                      threshold: float) -> dict[str, Any]:
+    from maco_cxr.metrics import bootstrap_metric_ci
+
+    labels, scores = result.labels.astype(np.float64), result.scores.astype(np.float64)
+    by_patient = bool(result.patient_ids) and len(result.patient_ids) == len(labels) and all(result.patient_ids)
+    groups = list(result.patient_ids) if by_patient else None
+    options: dict[str, Any] = {"groups": groups, "n_resamples": n_resamples, "confidence": confidence,
+                               "seed": seed}
+    metrics = {"auc": _known_auc, "f1_weighted": lambda y, s: _f1_weighted(y, s, threshold)}
+    per_class: dict[str, dict[str, Any]] = {}
+    defined: dict[str, list[int]] = {key: [] for key in metrics}
+    for k, name in enumerate(result.classes):
+        per_class[name] = {}
+        for key, metric in metrics.items():
+            try:
+                point = metric(labels[:, k], scores[:, k])
+            except ValueError:
+                point = float("nan")
+            if np.isnan(point):
+                per_class[name][key] = None
+                continue
+            defined[key].append(k)
+            per_class[name][key] = _ci_dict(bootstrap_metric_ci(metric, labels[:, k], scores[:, k], **options))
+    means: dict[str, Any] = {}
+    for key, name in (("auc", "macro_auc"), ("f1_weighted", "mean_f1_weighted")):
+        columns = defined[key]
+        if not columns:
+            means[name] = None
+            continue
+
+        def mean_over_classes(y: np.ndarray, s: np.ndarray, metric=metrics[key], columns=columns) -> float:
+            # a draw in which one of the classes is undefined gives NaN (skipped), so that every
+            # replicate averages the same classes as the point estimate
+            return float(np.mean([metric(y[:, k], s[:, k]) for k in columns]))
+
+        means[name] = _ci_dict(bootstrap_metric_ci(mean_over_classes, labels, scores, **options))
+    return {"unit": "patient" if by_patient else "image",
+            "n_groups": len(set(groups)) if groups is not None else len(labels),
+            "n_resamples": n_resamples, "seed": seed, "confidence": confidence, "threshold": threshold,
+            **means, "per_class": per_class}
+
+
+def _calibration_report(result: ZeroShotResult, n_bins: int) -> dict[str, Any]:
+    from maco_cxr.metrics import reliability_curve
+
+    def curve(truth: np.ndarray, prob: np.ndarray) -> dict[str, Any] | None:
+        if not np.any(~np.isnan(truth)):
+            return None
+        c = reliability_curve(truth, prob, n_bins)
+        return {"ece": c.ece, "n": c.n, "mean_predicted": c.mean_predicted.tolist(),
+                "observed_frequency": c.observed_frequency.tolist(), "counts": c.counts.tolist()}
+
+    labels, scores = result.labels.astype(np.float64), result.scores.astype(np.float64)
+    return {"n_bins": n_bins, "pooled": curve(labels.ravel(), scores.ravel()),
+            "per_class": {name: curve(labels[:, k], scores[:, k]) for k, name in enumerate(result.classes)}}
+
+
+def summarise_zero_shot(
+    result: ZeroShotResult,
+    validation: ZeroShotResult | None = None,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    n_bins: int = 10,
+    fixed_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Intervals, operating points and calibration of a zero-shot result (a test split).
+
+    Returns ``{"ci", "operating_points", "calibration"}``:
+
+    - ``ci`` (None when ``n_bootstrap`` is 0): seeded percentile bootstrap intervals
+      (:func:`~maco_cxr.metrics.bootstrap_metric_ci`) of each class's AUC and weighted F1 at
+      ``fixed_threshold`` (the official F1) and of their means over classes (``macro_auc``,
+      ``mean_f1_weighted``), each ``{"estimate", "low", "high", "n_valid"}`` (None for a class
+      whose figure is undefined). Whole patients are resampled when every image has a
+      ``patient_id`` (``unit`` "patient"), else images; every figure uses the same draws.
+    - ``operating_points`` (None without ``validation``): for ``"youden"`` (Youden's J) and
+      ``"max_f1"`` (F1 of the positive label), each class's threshold chosen on the
+      validation scores (:func:`~maco_cxr.metrics.select_thresholds`) and the test F1,
+      accuracy, sensitivity and specificity at it and at ``fixed_threshold``
+      (:func:`~maco_cxr.metrics.apply_thresholds`).
+    - ``calibration``: the reliability curve and ECE (:func:`~maco_cxr.metrics.reliability_curve`,
+      ``n_bins`` equal bins) of each class and of all known (image, class) pairs pooled.
+    """
+    from maco_cxr.metrics import apply_thresholds, select_thresholds
+
+    if n_bootstrap < 0:
+        raise DataError(f"n_bootstrap must be >= 0 (0 = no intervals); got {n_bootstrap}")
+    report: dict[str, Any] = {
+        "ci": _bootstrap_report(result, n_bootstrap, seed, confidence, fixed_threshold) if n_bootstrap else None,
+        "operating_points": None,
+        "calibration": _calibration_report(result, n_bins),
+    }
+    if validation is not None:
+        if tuple(validation.classes) != tuple(result.classes):
+            raise DataError(f"the validation result scores classes {list(validation.classes)} but the test "
+                            f"result {list(result.classes)}; score both with the same classes")
+        points: dict[str, Any] = {"n_val_images": len(validation.paths), "fixed_threshold": fixed_threshold}
+        for method in ("youden", "max_f1"):
+            chosen = select_thresholds(validation.labels, validation.scores, result.classes, method)
+            points[method] = apply_thresholds(result.labels, result.scores, result.classes, chosen,
+                                              fixed=fixed_threshold)
+        report["operating_points"] = points
+    return report
