@@ -27,6 +27,7 @@ COMMANDS = (
     "finetune",
     "segment",
     "detect",
+    "reproduce",
     "demo",
     "serve",
 )

@@ -12,9 +12,16 @@ Layout of ``STORE/``:
   ``[k * shard_size, (k + 1) * shard_size)``.
 - ``manifest.jsonl``: one row per stored image (see :func:`_manifest_row`).
 - ``prepare_report.json``: ``{"n_ok", "n_failed", "failures": [{"path", "reason"}],
-  "skipped_rows": [{"where", "reason"}]}`` (the last: rows the dataset adapter skipped).
-- ``store.json``: size, count, classes, format version, source; written last, so its presence
-  means the store is complete.
+  "skipped_rows": [{"where", "reason"}], "n_excluded", "excluded"}`` (``skipped_rows``: rows
+  the dataset adapter skipped; ``excluded``: what ``exclude`` removed, see :class:`Exclusion`).
+- ``store.json``: size, count, classes, format version, source, the exclusion summary; written
+  last, so its presence means the store is complete.
+
+Exclusion (``exclude``, ``maco-cxr prepare --exclude FILE...``): images named by id lists
+(one id or path per line, official split files, MS-CXR's annotations; see
+:func:`maco_cxr.data.splits.read_id_list`) or given inline are left out before anything is
+decoded, and counted. On MIMIC-CXR, MS-CXR images left in the data are counted and warned
+about when MS-CXR's annotations are known (:func:`apply_exclusions`).
 
 Resuming: every file is written atomically (temporary file + ``os.replace``) and a shard's JSON
 is written after its arrays, so a rerun after a kill reuses each shard whose JSON, arrays and
@@ -24,13 +31,15 @@ inputs (image and mask paths, size) match, and prepares the rest.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
 import math
 import multiprocessing
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +49,10 @@ from tqdm.auto import tqdm
 
 from maco_cxr._atomic import remove_stale_temporaries, write_json, write_text, write_with
 from maco_cxr.data.datasets.base import ChestXrayDataset, OnError, Record
+from maco_cxr.data.datasets.mimic import MimicCxrJpg
 from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
+from maco_cxr.data.splits import IdList, SplitEntry, find_listed, read_id_list
 from maco_cxr.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +75,142 @@ class PrepareReport:
     n_shards: int = 0
     n_reused_shards: int = 0
     skipped_rows: list[dict[str, str]] = field(default_factory=list)  # the adapter's skips
+    exclusion: Exclusion | None = None  # what ``exclude`` removed (None: nothing asked)
+
+    @property
+    def n_excluded(self) -> int:
+        return 0 if self.exclusion is None else self.exclusion.count
+
+
+# --------------------------------------------------------------------------------- exclusion
+
+# Suffixes that make an ``exclude`` item a file even when it does not exist (an error then,
+# never silently an id that matches nothing).
+_LIST_SUFFIXES = (".txt", ".csv", ".gz", ".json", ".tsv", ".lst")
+MS_CXR_FILE = "MS-CXR's annotation CSV/JSON or a list of its dicom_ids"
+
+
+@dataclass
+class Exclusion:
+    """What an exclusion removed from a set of images, and the MS-CXR check.
+
+    ``sources``: one entry per list file (``{"source", "format", "entries", "unmatched",
+    "images"}``, ``images`` = the images it named) and one for the inline ids;
+    ``excluded``: the paths of the removed images; ``ms_cxr``: ``None`` when the check does
+    not apply (not MIMIC-CXR), else ``{"checked", "annotations", "images", "remaining"}``
+    (``images``: MS-CXR images among the data before exclusion, ``remaining``: after).
+    """
+
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    ms_cxr: dict[str, Any] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.excluded)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the list of paths (what ``store.json`` and the run config keep)."""
+        return {"n_excluded": self.count, "sources": [dict(s) for s in self.sources], "ms_cxr": self.ms_cxr}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "excluded": list(self.excluded)}
+
+
+def read_exclusions(items: Sequence[str], key: str = "exclude") -> tuple[list[IdList], list[str]]:
+    """Split ``items`` into id-list files (read) and inline ids.
+
+    An item naming an existing file is read with :func:`read_id_list`; an item ending like a
+    list file (.txt, .csv, .gz, .json, .tsv, .lst) that does not exist raises
+    :class:`ConfigError` naming ``key``; anything else is an inline id or path.
+    """
+    if isinstance(items, str):
+        raise ConfigError(f"give a list of files or ids, not the string {items!r}", key=key)
+    lists: list[IdList] = []
+    inline: list[str] = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        path = Path(text).expanduser()
+        if path.is_file():
+            lists.append(read_id_list(path))
+        elif text.lower().endswith(_LIST_SUFFIXES):
+            raise ConfigError(f"{text!r} looks like a list file but does not exist", key=key)
+        else:
+            inline.append(text)
+    return lists, inline
+
+
+def apply_exclusions(records: Sequence[Record], exclude: Sequence[str] = (), *,
+                     ms_cxr: str | os.PathLike[str] | None = None, check_ms_cxr: bool = False,
+                     key: str = "data.exclude", log: bool = True) -> tuple[list[int], Exclusion]:
+    """The indices of ``records`` to keep once ``exclude`` is applied, and what was removed.
+
+    ``exclude``: id-list files and inline ids (:func:`read_exclusions`); an image is removed
+    when any entry names it (:func:`maco_cxr.data.splits.find_listed`). With
+    ``check_ms_cxr`` (the data is MIMIC-CXR, where MS-CXR's grounding images come from) the
+    MS-CXR images still in the data are counted: their ids come from the ``ms_cxr`` file
+    (annotations or a dicom_id list) and from any exclusion file that is MS-CXR's
+    annotation file. A count above zero is a
+    warning (the grounding evaluation would test on pre-training images); when no MS-CXR
+    file is known, a one-line warning says so and how to exclude them. ``key`` names the
+    setting in messages (``data.exclude`` or ``--exclude``); ``log=False`` stays quiet
+    (ranks other than 0).
+    """
+    lists, inline = read_exclusions(exclude, key)
+    removed: set[int] = set()
+    exclusion = Exclusion()
+    for id_list in lists:
+        listed, unmatched = find_listed(records, id_list.entries)
+        removed |= listed
+        exclusion.sources.append({"source": id_list.source, "format": id_list.format,
+                                  "entries": len(id_list.entries), "unmatched": len(unmatched),
+                                  "images": len(listed)})
+    if inline:
+        entries = [SplitEntry(text, np.zeros(0, dtype=np.float32), k + 1) for k, text in enumerate(inline)]
+        listed, unmatched = find_listed(records, entries)
+        removed |= listed
+        exclusion.sources.append({"source": "inline", "format": "ids", "entries": len(entries),
+                                  "unmatched": len(unmatched), "images": len(listed)})
+        if unmatched and log:
+            logger.warning("%s: %d of %d inline ids name no image (first: %r); if it was meant as a file, "
+                           "that file does not exist", key, len(unmatched), len(entries), unmatched[0].path)
+    kept = [i for i in range(len(records)) if i not in removed]
+    exclusion.excluded = [str(records[i].image_path) for i in sorted(removed)]
+    if log and (lists or inline):
+        described = "; ".join(f"{s['source']}: {s['images']} images ({s['entries']} entries, "
+                              f"{s['unmatched']} naming none)" for s in exclusion.sources)
+        logger.info("%s: left out %d of %d images (%s)", key, len(removed), len(records), described)
+    if check_ms_cxr:
+        ms_lists = ([read_id_list(ms_cxr)] if ms_cxr else []) + [i for i in lists if i.is_ms_cxr]
+        exclusion.ms_cxr = _check_ms_cxr(records, removed, ms_lists, key, log)
+    return kept, exclusion
+
+
+def _check_ms_cxr(records: Sequence[Record], removed: set[int], ms_lists: list[IdList], key: str,
+                  log: bool) -> dict[str, Any]:
+    """Count MS-CXR images among MIMIC-CXR records (before and after exclusion) and say so."""
+    if not ms_lists:
+        if log:
+            setting = key.startswith("data.")
+            logger.warning("MS-CXR images may be among these MIMIC-CXR images (not checked: no MS-CXR file "
+                           "given), and MS-CXR grounding would then test on pre-training images; exclude them with "
+                           "%s, FILE being %s (only count them with %s)", f"{key}=[FILE]" if setting else f"{key} FILE",
+                           MS_CXR_FILE, "data.ms_cxr=FILE" if setting else "--ms-cxr FILE")
+        return {"checked": False, "annotations": [], "images": None, "remaining": None}
+    entries = [entry for id_list in ms_lists for entry in id_list.entries]
+    listed, _ = find_listed(records, entries)
+    remaining = sorted(listed - removed)
+    files = sorted({id_list.source for id_list in ms_lists})
+    if log and remaining:
+        logger.warning("%d MS-CXR images (%s) are among these MIMIC-CXR images; MS-CXR grounding would test on "
+                       "images the model was pre-trained on: add %s to %s (first: %s)", len(remaining),
+                       ", ".join(files), files[0], key, records[remaining[0]].image_path)
+    elif log:
+        logger.info("MS-CXR check (%s): none of its images is left among these MIMIC-CXR images (%d were "
+                    "excluded)", ", ".join(files), len(listed))
+    return {"checked": True, "annotations": files, "images": len(listed), "remaining": len(remaining)}
 
 
 @dataclass
@@ -249,14 +396,26 @@ def _check_arguments(dataset: ChestXrayDataset, size: int, workers: int, shard_s
 
 def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, workers: int = 0,
                     shard_size: int = 1024, on_error: OnError = "skip", progress: bool = False,
-                    source: str | None = None) -> PrepareReport:
+                    source: str | None = None, exclude: Sequence[str] = (),
+                    ms_cxr: str | os.PathLike[str] | None = None) -> PrepareReport:
     """Decode, letterbox and store every record of ``dataset`` in ``out`` (see module doc).
 
     ``on_error="skip"`` records each unreadable file in ``prepare_report.json`` and goes on;
     ``"raise"`` stops at the first one with a :class:`DataError` naming it (shards finished
     before it are kept, so a rerun resumes). ``source`` names the dataset kind in
-    ``store.json`` (default: the adapter's class name).
+    ``store.json`` (default: the adapter's class name). ``exclude``: id-list files and inline
+    ids of images to leave out (counted in both JSON files); ``ms_cxr``: an MS-CXR file used
+    only to count MS-CXR images left in MIMIC-CXR data (see :func:`apply_exclusions`).
     """
+    exclusion = None
+    if exclude or ms_cxr or _is_mimic(dataset, source):
+        kept, exclusion = apply_exclusions(dataset.records, exclude, ms_cxr=ms_cxr,
+                                           check_ms_cxr=_is_mimic(dataset, source), key="--exclude")
+        if len(kept) < len(dataset.records):
+            dataset = copy.copy(dataset)
+            dataset.records = [dataset.records[i] for i in kept]
+            if not dataset.records:
+                raise DataError(f"--exclude left out all {exclusion.count} images; nothing to prepare")
     _check_arguments(dataset, size, workers, shard_size, on_error)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,13 +458,17 @@ def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, wo
             if item.source_index == writer.indices[-1]:
                 metas[writer.shard] = writer.write()
                 writer = None
-    report = _finish(dataset, out, size, shard_size, metas, source)
+    report = _finish(dataset, out, size, shard_size, metas, source, exclusion)
     report.n_reused_shards = n_shards - len(pending)
     return report
 
 
+def _is_mimic(dataset: ChestXrayDataset, source: str | None) -> bool:
+    return isinstance(dataset, MimicCxrJpg) or source == "mimic-cxr"
+
+
 def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
-            metas: dict[int, dict], source: str | None) -> PrepareReport:
+            metas: dict[int, dict], source: str | None, exclusion: Exclusion | None = None) -> PrepareReport:
     """Write manifest, report and (last) store.json from the shards' JSON files."""
     rows: list[str] = []
     failures: list[dict[str, str]] = []
@@ -320,14 +483,17 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
     write_text(out / MANIFEST_FILE, "".join(r + "\n" for r in rows))
     skipped_rows = list(dataset.skips.skipped)
     report = PrepareReport(store=out, n_ok=len(rows), n_failed=len(failures), failures=failures,
-                           n_shards=len(metas), skipped_rows=skipped_rows)
+                           n_shards=len(metas), skipped_rows=skipped_rows, exclusion=exclusion)
     write_json(out / REPORT_FILE, {"n_ok": report.n_ok, "n_failed": report.n_failed,
-                                    "failures": failures, "skipped_rows": skipped_rows})
+                                    "failures": failures, "skipped_rows": skipped_rows,
+                                    "n_excluded": report.n_excluded,
+                                    "excluded": None if exclusion is None else exclusion.to_dict()})
     write_json(out / STORE_FILE, {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "size": size, "count": len(rows),
         "dtype": "uint8", "classes": list(dataset.classes),
         "source": source or type(dataset).__name__, "shard_size": shard_size, "shards": shards,
-        "n_failed": len(failures),
+        "n_failed": len(failures), "n_excluded": report.n_excluded,
+        "exclusion": None if exclusion is None else exclusion.summary(),
     })
     if failures:
         shown = "; ".join(f"{f['path']}: {f['reason']}" for f in failures[:5])
@@ -337,5 +503,8 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
     if skipped_rows:
         logger.warning("the dataset adapter skipped %d rows before preparing (listed under "
                        "skipped_rows in %s)", len(skipped_rows), out / REPORT_FILE)
+    if exclusion is not None and exclusion.count:
+        logger.info("%d images were left out by --exclude (listed under excluded in %s)", exclusion.count,
+                    out / REPORT_FILE)
     logger.info("prepared %d images at %dx%d into %s", len(rows), size, size, out)
     return report

@@ -32,21 +32,26 @@ from maco_cxr.data.datasets.base import (
     Record,
     SkipReport,
     check_on_error,
+    csv_columns,
+    iter_csv,
 )
 from maco_cxr.errors import ConfigError, DataError
 
 __all__ = [
     "DetectionEntry",
+    "IdList",
     "SplitEntry",
     "deduplicate_splits",
     "detection_split_entries",
     "detection_split_overlaps",
+    "find_listed",
     "label_fraction",
     "load_official_split",
     "official_rsna_detection_test",
     "official_rsna_detection_test_path",
     "official_split_path",
     "read_coco_detection_split",
+    "read_id_list",
     "read_split_file",
     "rsna_detection_test_overlaps",
     "split_overlaps",
@@ -236,6 +241,127 @@ def subset_by_split_file(
     subset.records = selected
     subset.skips = skips
     return subset
+
+
+# --- lists of image ids (exclusion lists) -----------------------------------------------------
+
+IdFormat = Literal["lines", "csv", "ms-cxr-csv", "json", "ms-cxr-json"]
+# CSV columns that name an image, most specific first (MS-CXR and MIMIC: dicom_id; manifests:
+# image_path; MS-CXR also: path; CheXpert: Path; NIH: Image Index; RSNA: patientId; SIIM: ImageId)
+_ID_COLUMNS = ("dicom_id", "image_path", "path", "Path", "Image Index", "patientId", "ImageId")
+_MS_CXR_COLUMNS = {"dicom_id", "label_text", "category_name"}
+
+
+@dataclass(frozen=True, eq=False)
+class IdList:
+    """The images one file lists, as :class:`SplitEntry` (no labels) for :func:`find_listed`.
+
+    ``format``: ``lines`` (one id or path per line, the first whitespace-separated token, so
+    split files in the ``path label...`` format work as they are), ``csv`` (an id column),
+    ``json`` (a COCO-style ``images`` list or a list of strings), and ``ms-cxr-csv`` /
+    ``ms-cxr-json`` when the file is MS-CXR's annotation file (``dicom_id`` with
+    ``label_text``/``category_name`` columns; or ``images`` with ``dicom_id`` plus
+    ``annotations`` holding ``label_text``).
+    """
+
+    source: str
+    entries: tuple[SplitEntry, ...]
+    format: IdFormat
+
+    @property
+    def is_ms_cxr(self) -> bool:
+        return self.format.startswith("ms-cxr")
+
+
+def _entry(text: str, line: int) -> SplitEntry:
+    return SplitEntry(text.strip(), np.zeros(0, dtype=np.float32), line)
+
+
+def read_id_list(path: str | os.PathLike[str]) -> IdList:
+    """The image ids or paths a file lists (see :class:`IdList` for the formats).
+
+    Text lists: blank lines and lines starting with ``#`` are ignored. CSV (``.csv``,
+    ``.csv.gz``): the first of the columns dicom_id, image_path, path, Path, Image Index,
+    patientId, ImageId that the header has; a header with none of them raises
+    :class:`DataError` naming the columns found. JSON (``.json``): ``images[i]`` gives its
+    ``dicom_id``, else ``path``, else ``file_name``; a top-level list holds ids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (an exclusion list: one image id or path per line, a split "
+                        "file, a CSV with an id column or MS-CXR's annotation file)")
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return _csv_id_list(path)
+    if name.endswith(".json"):
+        return _json_id_list(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the id list ({err})") from err
+    entries = [_entry(text.split()[0], number) for number, text in enumerate(lines, start=1)
+               if text.strip() and not text.lstrip().startswith("#")]
+    return IdList(str(path), tuple(entries), "lines")
+
+
+def _csv_id_list(path: Path) -> IdList:
+    columns = csv_columns(path)
+    column = next((c for c in _ID_COLUMNS if c in columns), None)
+    if column is None:
+        raise DataError(f"{path}: no column naming images; expected one of {list(_ID_COLUMNS)}, the "
+                        f"columns are {columns}")
+    entries = [_entry(row.get(column) or "", line) for line, row in iter_csv(path, [column])
+               if (row.get(column) or "").strip()]
+    ms_cxr = column == "dicom_id" and len(_MS_CXR_COLUMNS & set(columns)) >= 2
+    return IdList(str(path), tuple(entries), "ms-cxr-csv" if ms_cxr else "csv")
+
+
+def _json_id_list(path: Path) -> IdList:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot read the JSON id list ({err})") from err
+    if isinstance(data, list):
+        if not all(isinstance(item, str) for item in data):
+            raise DataError(f"{path}: a top-level JSON list must hold image ids (strings)")
+        return IdList(str(path), tuple(_entry(item, k + 1) for k, item in enumerate(data) if item.strip()),
+                      "json")
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DataError(f"{path}: expected a COCO-style object with an 'images' list, or a list of ids")
+    entries = []
+    for k, image in enumerate(images):
+        value = next((image.get(key) for key in ("dicom_id", "path", "file_name")
+                      if isinstance(image, dict) and isinstance(image.get(key), str)), None)
+        if value is None:
+            raise DataError(f"{path}: images[{k}] has no 'dicom_id', 'path' or 'file_name'")
+        entries.append(_entry(value, k + 1))
+    annotations = data.get("annotations") or []
+    ms_cxr = (any(isinstance(i, dict) and "dicom_id" in i for i in images)
+              and any(isinstance(a, dict) and "label_text" in a for a in annotations))
+    return IdList(str(path), tuple(entries), "ms-cxr-json" if ms_cxr else "json")
+
+
+def find_listed(records: Sequence[Record], entries: Sequence[SplitEntry]) -> tuple[set[int], list[SplitEntry]]:
+    """Indices of the records some entry names, and the entries that name no record.
+
+    The matching rule of :func:`subset_by_split_file`: an entry names a record when it equals
+    the last components of the record's image path or ``meta["relative_path"]``, or, for a
+    one-component entry, the image's file stem (a MIMIC/MS-CXR ``dicom_id``, an RSNA
+    ``patientId``, a SIIM UID).
+    """
+    if not entries:
+        return set(), []
+    index = _MatchIndex(records, {len(_parts(e.path)) for e in entries})
+    listed: set[int] = set()
+    unmatched: list[SplitEntry] = []
+    for entry in entries:
+        found = index.find(entry.path)
+        if found:
+            listed.update(found)
+        else:
+            unmatched.append(entry)
+    return listed, unmatched
 
 
 def label_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[int]:

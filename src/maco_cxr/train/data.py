@@ -9,6 +9,10 @@ copy); augmentation and normalisation happen there (:mod:`maco_cxr.data.augment`
 Bad samples: with ``on_error="raise"`` a :class:`DataError` names the file, the record and the
 field; with ``"skip"`` the sample is replaced by the next loadable one (deterministically) and
 the replacement travels with the batch, so the loop counts and reports it (``skipped.json``).
+
+Excluded images (``data.exclude``) are removed from the source before the sampler is built, so
+no index the loop can draw names one; :func:`open_source` returns what was removed
+(``excluded.json``).
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maco_cxr._atomic import write_json
+from maco_cxr.data.datasets.base import Record
 from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
+from maco_cxr.data.prepare import Exclusion, apply_exclusions
 from maco_cxr.data.reports import report_text, sample_report_sentences, whole_report_text
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.data.tokenizer import ReportTokenizer
@@ -260,9 +266,21 @@ class SkipLog:
         write_json(path, payload)
 
 
+class OpenedSource(NamedTuple):
+    """The pairs to train on, the rows the adapter left out when indexing (``on_error="skip"``)
+    and what ``data.exclude`` removed."""
+
+    source: PairSource
+    index_skips: list[dict[str, str]]
+    exclusion: Exclusion
+
+
+_MIMIC_SOURCES = ("mimic-cxr", "MimicCxrJpg")
+
+
 def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bool,
-                barrier: Any) -> tuple[PairSource, list[dict[str, str]]]:
-    """The configured pairs plus the rows left out while indexing (``on_error="skip"``)."""
+                barrier: Any) -> OpenedSource:
+    """The configured pairs without the excluded images (see :class:`OpenedSource`)."""
     if cfg.source == "store":
         from maco_cxr.data.store import PreparedStore
 
@@ -270,15 +288,23 @@ def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bo
         if store.size != size:
             raise ConfigError(f"data.path: the store {cfg.path} holds {store.size} px images but the "
                               f"model trains on {size} px (model input_size); prepare it with --size {size}")
-        rows = range(len(store))
+        rows = list(range(len(store)))
         if cfg.split is not None:
             rows = [i for i, row in enumerate(store.rows) if row.get("split") == cfg.split]
             if not rows:
                 found = sorted({str(row.get("split")) for row in store.rows})
                 raise DataError(f"{cfg.path}: no row has split {cfg.split!r} (splits found: {found}); "
                                 "set data.split to one of them, or null for all rows")
-        return StoreSource(store, rows), []
+        records = [Record(image_path=Path(str(store.rows[i].get("path"))), meta=store.rows[i].get("meta") or {})
+                   for i in rows]
+        mimic = store.info.get("source") in _MIMIC_SOURCES
+        ms_cxr = cfg.ms_cxr or (_store_ms_cxr_file(store.info) if mimic else None)
+        kept, exclusion = apply_exclusions(records, cfg.exclude, ms_cxr=ms_cxr, check_ms_cxr=mimic,
+                                           log=is_master)
+        _check_not_empty(kept, exclusion)
+        return OpenedSource(StoreSource(store, [rows[k] for k in kept]), [], exclusion)
     from maco_cxr.data.datasets import build_dataset
+    from maco_cxr.data.datasets.mimic import MimicCxrJpg
 
     kind, path = cfg.kind, cfg.path
     if cfg.source == "synthetic":
@@ -291,7 +317,25 @@ def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bo
     if cfg.split is not None:
         options.setdefault("split", cfg.split)
     dataset = build_dataset(kind, path, on_error=cfg.on_error, **options)
-    return RecordSource(dataset, str(path)), list(dataset.skips.skipped)
+    kept, exclusion = apply_exclusions(dataset.records, cfg.exclude, ms_cxr=cfg.ms_cxr,
+                                       check_ms_cxr=isinstance(dataset, MimicCxrJpg), log=is_master)
+    _check_not_empty(kept, exclusion)
+    if len(kept) < len(dataset.records):
+        dataset.records = [dataset.records[i] for i in kept]
+    return OpenedSource(RecordSource(dataset, str(path)), list(dataset.skips.skipped), exclusion)
+
+
+def _store_ms_cxr_file(info: dict[str, Any]) -> str | None:
+    """The MS-CXR file a MIMIC-CXR store was checked against when it was prepared, if it still exists."""
+    check = (info.get("exclusion") or {}).get("ms_cxr") or {}
+    files = [f for f in check.get("annotations") or [] if Path(f).is_file()]
+    return files[0] if files else None
+
+
+def _check_not_empty(kept: list[int], exclusion: Exclusion) -> None:
+    if not kept and exclusion.count:
+        raise DataError(f"data.exclude left out all {exclusion.count} images of the training data; check "
+                        "data.exclude and data.split")
 
 
 def write_synthetic(path: Path, count: int, seed: int, size: int, workers: int = 0) -> None:

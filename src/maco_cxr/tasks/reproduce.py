@@ -1,0 +1,713 @@
+"""Reproduce the paper's evaluation protocol on the datasets at hand, as one table.
+
+:func:`reproduce` runs *cells*, each one evaluation of the paper (``docs/protocols.md``):
+
+- ``zeroshot-{nih,rsna,siim,chexpert}``: zero-shot classification of the official test
+  split with the official prompts (section 2; SIIM with its own set), macro AUC / F1 / ACC;
+- ``grounding-ms-cxr``: MS-CXR phrase grounding (section 3), CNR and mIoU;
+- ``linear-{nih,chexpert,rsna}-F`` and ``finetune-...-F``: the shipped classification recipe
+  ``configs/finetune/<dataset>_F.yaml`` (section 4), linear probe = ``model.mode=linear_probe``;
+- ``segment-{siim,covid-rural}-F``: ``configs/segment/{siim,covid}_F.yaml`` (section 5);
+- ``detect-rsna-F``: ``configs/detect/rsna_F.yaml`` (section 6);
+
+with F the label fraction in % (1, 10, 100). Each cell calls the library functions its CLI
+command calls (:func:`~maco_cxr.tasks.zeroshot.evaluate_zero_shot`,
+:func:`~maco_cxr.tasks.grounding.evaluate_grounding`,
+:func:`~maco_cxr.tasks.finetune.finetune_classifier`, :func:`~maco_cxr.tasks.finetune.segment`,
+:func:`~maco_cxr.tasks.finetune.detect`) and records that command line. Its outputs go to
+``OUT/<cell>/`` with ``cell.json`` (status, metrics, command, what it was computed from); a
+failing cell is recorded with its error and the run goes on; a rerun reuses every cell whose
+``cell.json`` says done with the same settings (a killed fine-tuning cell resumes from its
+checkpoint). ``OUT/reproduce.json`` and ``OUT/reproduce.md`` hold the table: our number,
+the published one (:func:`load_published`, each with its table and row), the difference and
+the command, rewritten after every cell.
+
+The data file (``data.yaml``, read with the one config grammar) names the dataset roots;
+datasets left out are skipped and listed::
+
+    nih: {root: /data/nih}
+    chexpert: {root: /data/CheXpert-v1.0-small}
+    rsna: {root: /data/rsna}
+    siim: {root: /data/siim}
+    ms_cxr: {root: /data/mimic-cxr-jpg, annotations: /data/ms-cxr/MS_CXR_Local_Alignment_v1.0.0.csv}
+    covid_rural: {root: /data/covid-rural, train_split: train.txt, val_split: val.txt, test_split: test.txt}
+    mimic: {root: /data/mimic-cxr-jpg}   # MS-CXR's image root when ms_cxr.root is not given
+
+``options`` (adapter keyword arguments) and the split keys apply to every cell of a dataset.
+``quick`` runs tiny schedules (2 steps, 32-64 px inputs, small heads) for tests and smoke
+runs; the outputs say so in every cell and at the top of the table: not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from maco_cxr._atomic import write_csv, write_json, write_text
+from maco_cxr.config import Override, load_config, require, yaml_load
+from maco_cxr.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from maco_cxr.models.maco import MacoModel
+
+__all__ = [
+    "DATASETS",
+    "FRACTIONS",
+    "TASKS",
+    "Cell",
+    "CellResult",
+    "DatasetPaths",
+    "PublishedResult",
+    "ReproduceData",
+    "ReproduceOptions",
+    "ReproduceReport",
+    "load_published",
+    "load_reproduce_data",
+    "plan_cells",
+    "reproduce",
+]
+
+logger = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("zeroshot", "grounding", "linear", "finetune", "segment", "detect")
+DATASETS: tuple[str, ...] = ("nih", "chexpert", "rsna", "siim", "ms-cxr", "covid-rural")
+FRACTIONS: tuple[int, ...] = (1, 10, 100)
+TASK_DATASETS: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("nih", "rsna", "siim", "chexpert"),
+    "grounding": ("ms-cxr",),
+    "linear": ("nih", "chexpert", "rsna"),
+    "finetune": ("nih", "chexpert", "rsna"),
+    "segment": ("siim", "covid-rural"),
+    "detect": ("rsna",),
+}
+_WITH_FRACTION = ("linear", "finetune", "segment", "detect")
+_CONFIG_FOLDER = {"linear": "finetune", "finetune": "finetune", "segment": "segment", "detect": "detect"}
+_CONFIG_STEM = {"covid-rural": "covid"}
+_COMMAND = {"linear": "finetune", "finetune": "finetune", "segment": "segment", "detect": "detect"}
+# display: label, factor from the library's value, unit
+METRICS: dict[str, tuple[str, float, str]] = {
+    "auc": ("AUC", 100.0, "%"), "f1": ("F1 (weighted)", 100.0, "%"), "acc": ("ACC", 100.0, "%"),
+    "cnr": ("CNR", 1.0, ""), "miou": ("mIoU", 1.0, ""), "pointing": ("pointing game", 100.0, "%"),
+    "dice": ("Dice (per image, all images)", 100.0, "%"), "dice_fg": ("Dice (foreground, pooled)", 100.0, "%"),
+    "mdice": ("mDice (background + foreground)", 100.0, "%"),
+    "ap": ("AP@[.5:.95]", 100.0, "%"), "ap50": ("AP50", 100.0, "%"), "ap75": ("AP75", 100.0, "%"),
+}
+PRIMARY: dict[str, tuple[str, ...]] = {"zeroshot": ("auc",), "grounding": ("cnr", "miou"), "linear": ("auc",),
+                                       "finetune": ("auc",), "segment": ("dice",), "detect": ("ap",)}
+# zero-shot: adapter split and options holding the official test list's images, and the prompts
+_ZEROSHOT: dict[str, tuple[str | None, dict[str, Any], str]] = {
+    "nih": (None, {}, "default"),
+    "chexpert": ("valid", {"frontal_only": False}, "default"),  # the test list is valid.csv, laterals included
+    "rsna": ("test", {}, "default"),  # stage_2_test_images
+    "siim": ("train", {}, "siim"),  # the SIIM test list names dicom-images-train images (labelled by the RLE)
+}
+# quick mode: the schedule and sizes of a smoke run (never comparable to the paper)
+_QUICK: dict[str, tuple[str, ...]] = {
+    "classify": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "model.img_size=32",
+                 "eval.batch_size=8", "eval.bootstrap=0", "runtime.log_every=1"),
+    "segment": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "input.image_size=64",
+                "head.channels=16", "head.aux_channels=8", "head.pool_scales=[1, 2]", "evaluation.every=0",
+                "evaluation.overlays=0", "evaluation.bootstrap=0", "evaluation.batch_size=4",
+                "runtime.log_every=1"),
+    "detect": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "input.image_size=64",
+               "detector.out_channels=16", "detector.box_head_convs=1", "detector.box_head_fc=32",
+               "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=50",
+               "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=50",
+               "detector.box_batch_size_per_image=32", "model.grad_checkpointing=false", "evaluation.every=0",
+               "evaluation.overlays=0", "evaluation.batch_size=4", "runtime.log_every=1"),
+}
+QUICK_NOTE = ("QUICK MODE: tiny schedules (2 optimisation steps, 32-64 px inputs, small heads) for tests and "
+              "smoke runs; these numbers are NOT comparable to the paper's")
+CELL_FILE = "cell.json"
+JSON_NAME = "reproduce.json"
+MARKDOWN_NAME = "reproduce.md"
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+@dataclass
+class DatasetPaths:
+    """One dataset of the data file.
+
+    ``root``: the dataset folder (absent: the dataset is skipped). ``options``: keyword
+    arguments of its adapter, for every cell. ``annotations``: MS-CXR's annotation file
+    (``ms_cxr`` only). ``train_split``/``val_split``/``test_split``: split files replacing the
+    recipes' lists (COVID rural has no official lists and needs all three).
+    """
+
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    annotations: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    test_split: str | None = None
+
+
+@dataclass
+class ReproduceData:
+    """The data file of ``maco-cxr reproduce --data``: one section per dataset (see the module
+    docstring). ``mimic``: the MIMIC-CXR-JPG root, MS-CXR's images when ``ms_cxr.root`` is absent."""
+
+    nih: DatasetPaths = field(default_factory=DatasetPaths)
+    chexpert: DatasetPaths = field(default_factory=DatasetPaths)
+    rsna: DatasetPaths = field(default_factory=DatasetPaths)
+    siim: DatasetPaths = field(default_factory=DatasetPaths)
+    ms_cxr: DatasetPaths = field(default_factory=DatasetPaths)
+    covid_rural: DatasetPaths = field(default_factory=DatasetPaths)
+    mimic: DatasetPaths = field(default_factory=DatasetPaths)
+
+    def entry(self, dataset: str) -> DatasetPaths:
+        return getattr(self, dataset.replace("-", "_"))
+
+    def root_of(self, dataset: str) -> str | None:
+        if dataset == "ms-cxr":
+            return self.ms_cxr.root or self.mimic.root
+        return self.entry(dataset).root
+
+
+def load_reproduce_data(path: str | Path | None, overrides: Sequence[str | Override] = ()) -> ReproduceData:
+    """The data file (YAML) plus ``key=value`` overrides (``nih.root=/data/nih``)."""
+    return load_config(ReproduceData, path, overrides)
+
+
+@dataclass
+class ReproduceOptions:
+    """What to run and how (the ``maco-cxr reproduce`` flags).
+
+    ``tasks``/``fractions``/``datasets``: the cells to run (``datasets`` None = all).
+    ``quick``: tiny schedules, labelled not comparable. ``device``: torch device (None: cuda
+    if available, else cpu; fine-tuning cells: their ``runtime.device``). ``workers``: loader
+    processes. ``batch_size``: images per forward pass of the zero-shot and grounding cells.
+    ``skip_bad``: skip (and count) rows, files and split entries that are missing or unreadable
+    instead of failing the cell. ``configs``: the folder of the shipped recipes (default: the
+    ``configs/`` of the working directory or of the source checkout). ``overlays``: grounding
+    overlays per cell.
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    fractions: tuple[int, ...] = FRACTIONS
+    datasets: tuple[str, ...] | None = None
+    quick: bool = False
+    device: str | None = None
+    workers: int = 0
+    batch_size: int = 32
+    skip_bad: bool = False
+    configs: str | None = None
+    overlays: int = 8
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        self.fractions = tuple(int(f) for f in self.fractions)
+        if self.datasets is not None:
+            self.datasets = tuple(d.replace("_", "-") for d in self.datasets)
+        bad = [t for t in self.tasks if t not in TASKS]
+        require(not bad, "tasks", f"{bad} are not tasks; choose from {list(TASKS)}")
+        bad = [f for f in self.fractions if f not in FRACTIONS]
+        require(not bad, "fractions", f"{bad} are not label fractions of the paper; choose from {list(FRACTIONS)}")
+        bad = [d for d in self.datasets or () if d not in DATASETS]
+        require(not bad, "datasets", f"{bad} are not datasets; choose from {list(DATASETS)}")
+        require(self.workers >= 0, "workers", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.overlays >= 0, "overlays", "must be >= 0")
+
+
+# -------------------------------------------------------------------------------- published
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """One published number: the cell and metric it belongs to, its value in display units,
+    and where in the paper it was read."""
+
+    cell: str
+    metric: str
+    value: float
+    unit: str
+    source: str
+
+
+def load_published(path: str | Path | None = None) -> tuple[dict[tuple[str, str], PublishedResult], dict[str, Any]]:
+    """The shipped table of published results (``assets/published/maco_paper.yaml``):
+    ``{(cell, metric): PublishedResult}`` and the file's other keys (paper, doi, not_found)."""
+    source = Path(path) if path is not None else Path(str(files("maco_cxr").joinpath("assets", "published",
+                                                                                     "maco_paper.yaml")))
+    try:
+        data = yaml_load(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{source}: cannot read the published results ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise DataError(f"{source}: expected a mapping with 'results' (cell -> metric, value, unit, source)")
+    table: dict[tuple[str, str], PublishedResult] = {}
+    for cell, entry in data["results"].items():
+        where = f"{source}: results.{cell}"
+        if not isinstance(entry, dict) or set(entry) != {"metric", "value", "unit", "source"}:
+            raise DataError(f"{where}: expected exactly metric, value, unit and source")
+        if entry["metric"] not in METRICS or not isinstance(entry["value"], (int, float)):
+            raise DataError(f"{where}: metric {entry['metric']!r} must be one of {sorted(METRICS)} with a numeric "
+                            "value")
+        if not str(entry["source"]).strip():
+            raise DataError(f"{where}: every published number needs its source (table, row, column)")
+        table[(str(cell), entry["metric"])] = PublishedResult(str(cell), entry["metric"], float(entry["value"]),
+                                                              str(entry["unit"]), str(entry["source"]))
+    return table, {k: v for k, v in data.items() if k != "results"}
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation of the protocol: a task on a dataset (at a label fraction in %)."""
+
+    task: str
+    dataset: str
+    fraction: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}-{self.dataset}" + ("" if self.fraction is None else f"-{self.fraction}")
+
+
+def plan_cells(data: ReproduceData, options: ReproduceOptions) -> tuple[list[Cell], dict[str, str]]:
+    """The selected cells whose dataset has a root, and the selected datasets skipped (why)."""
+    wanted = options.datasets or DATASETS
+    skipped = {d: (f"{d.replace('-', '_')}.root is not set in the data file" if d != "ms-cxr" else
+                   "ms_cxr.root (or mimic.root) is not set in the data file")
+               for d in wanted if data.root_of(d) is None
+               and any(d in TASK_DATASETS[t] for t in options.tasks)}
+    cells = []
+    for task in options.tasks:
+        for dataset in TASK_DATASETS[task]:
+            if dataset not in wanted or dataset in skipped:
+                continue
+            fractions: Sequence[int | None] = options.fractions if task in _WITH_FRACTION else (None,)
+            cells += [Cell(task, dataset, fraction) for fraction in fractions]
+    return cells, skipped
+
+
+@dataclass
+class CellResult:
+    """What one cell produced; ``status``: done (run now), reused (done by an earlier run) or
+    failed (``error`` says why, ``traceback`` where)."""
+
+    id: str
+    task: str
+    dataset: str
+    fraction: int | None
+    status: Literal["done", "reused", "failed"]
+    command: str
+    out: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+    quick: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    traceback: str | None = None
+
+
+@dataclass
+class ReproduceReport:
+    """All cells of a run, the datasets skipped, and the two files written."""
+
+    cells: list[CellResult]
+    skipped_datasets: dict[str, str]
+    quick: bool
+    json_path: Path
+    markdown_path: Path
+
+    @property
+    def failed(self) -> list[CellResult]:
+        return [c for c in self.cells if c.status == "failed"]
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _yaml_text(value: Any) -> str:
+    """``value`` as the text of a ``key=value`` argument that reads back as ``value``."""
+    if isinstance(value, str):
+        try:
+            if yaml_load(value) == value:
+                return value
+        except Exception:  # any YAML error: quote it
+            pass
+    return json.dumps(value)
+
+
+def _option_args(options: dict[str, Any]) -> list[str]:
+    """Adapter options as the ``-o KEY=VALUE`` arguments of zeroshot / ground."""
+    return [arg for key, value in options.items() for arg in ("-o", f"{key}={_yaml_text(value)}")]
+
+
+class _Context:
+    """What every cell of one run shares: the model (loaded once, on first use), the data,
+    the options and the output folder."""
+
+    def __init__(self, model: str | Path, data: ReproduceData, out: Path, options: ReproduceOptions) -> None:
+        self.model_path = str(model)
+        self.data, self.out, self.options = data, out, options
+        self._model: MacoModel | None = None
+        self._configs: Path | None = None
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        return self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def model(self) -> MacoModel:
+        if self._model is None:
+            from maco_cxr.hub import load
+
+            self._model = load(self.model_path, map_location=self.device)
+        return self._model
+
+    def configs(self) -> Path:
+        if self._configs is None:
+            candidates = ([Path(self.options.configs)] if self.options.configs else
+                          [Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"])
+            found = next((c for c in candidates if (c / "finetune" / "nih_1.yaml").is_file()), None)
+            if found is None:
+                raise ConfigError(f"no folder of shipped recipes (finetune/, segment/, detect/) at "
+                                  f"{', '.join(map(str, candidates))}; pass --configs DIR (the repository's "
+                                  "configs/)", key="configs")
+            self._configs = found.resolve()
+        return self._configs
+
+    def common_args(self) -> list[str]:
+        """--batch-size/--workers/--device/--skip-bad of the zeroshot and ground commands."""
+        args = ["--batch-size", str(self.options.batch_size), "--workers", str(self.options.workers)]
+        if self.options.device:
+            args += ["--device", self.options.device]
+        return args + (["--skip-bad"] if self.options.skip_bad else [])
+
+
+# ------------------------------------------------------------------------------------ runners
+
+
+@dataclass
+class _Runner:
+    """A cell's deferred computation with its command line and settings (compared with an
+    earlier run's before anything is computed)."""
+
+    run: Callable[[], dict[str, Any]]
+    command: list[str]
+    settings: dict[str, Any]
+
+
+def _adapter_kwargs(entry: DatasetPaths, split: str | None, extra: dict[str, Any], skip_bad: bool) -> dict[str, Any]:
+    kwargs = {**extra, **entry.options}
+    if split is not None:
+        kwargs["split"] = split
+    if skip_bad:
+        kwargs["on_error"] = "skip"
+    return kwargs
+
+
+def _zeroshot(cell: Cell, ctx: _Context, out: Path) -> _Runner:
+    from maco_cxr.data.datasets import build_dataset
+    from maco_cxr.data.splits import official_split_path, read_split_file, subset_by_split_file
+    from maco_cxr.metrics import classification_report
+    from maco_cxr.tasks.prompts import resolve_prompts
+    from maco_cxr.tasks.zeroshot import evaluate_zero_shot
+
+    entry, root = ctx.data.entry(cell.dataset), ctx.data.root_of(cell.dataset)
+    split, extra, prompts = _ZEROSHOT[cell.dataset]
+    options = {**extra, **entry.options}
+    chosen = ["--split-file", entry.test_split] if entry.test_split else ["--official-split", "test"]
+    command = ["maco-cxr", "zeroshot", "--model", ctx.model_path, "--dataset", cell.dataset, "--root", str(root),
+               *(["--split", split] if split else []), *chosen, *_option_args(options), "--prompts", prompts,
+               *ctx.common_args(), "--bootstrap", "0", "--out", str(out)]
+    settings = {"root": root, "split": split, "options": options, "test": entry.test_split or "official test",
+                "prompts": prompts}
+
+    def run() -> dict[str, Any]:
+        dataset = build_dataset(cell.dataset, root, **_adapter_kwargs(entry, split, extra, ctx.options.skip_bad))
+        entries = read_split_file(entry.test_split or official_split_path(cell.dataset, "test"))
+        dataset = subset_by_split_file(dataset, entries, use_file_labels=bool(entries and len(entries[0].labels)),
+                                       on_error="skip" if ctx.options.skip_bad else "raise")
+        classes = tuple(dataset.classes)
+        table = resolve_prompts(classes, prompts)
+        result = evaluate_zero_shot(ctx.model(), dataset, classes, table, batch_size=ctx.options.batch_size,
+                                    num_workers=ctx.options.workers, progress=ctx.options.progress)
+        report = classification_report(result.labels, result.scores, classes)
+        write_csv(out / "scores.csv", ["path", *(f"score:{c}" for c in classes), *(f"label:{c}" for c in classes)],
+                  ([path, *(f"{s:.6f}" for s in scores), *("" if math.isnan(v) else int(v) for v in labels)]
+                   for path, scores, labels in zip(result.paths, result.scores, result.labels)))
+        write_json(out / "summary.json", {"dataset": cell.dataset, "n_images": len(result.paths),
+                                          "classes": list(classes), "prompts": prompts, **report,
+                                          "n_skipped_rows": len(dataset.skips), "n_unreadable": len(result.failures)})
+        return {"auc": report["mean_auc"], "f1": report["mean_f1_weighted"], "acc": report["mean_acc"],
+                "n_images": len(result.paths)}
+
+    return _Runner(run, command, settings)
+
+
+def _grounding(cell: Cell, ctx: _Context, out: Path) -> _Runner:
+    from maco_cxr.data.datasets import build_dataset
+    from maco_cxr.tasks.grounding import evaluate_grounding, grounding_items
+
+    entry, root = ctx.data.ms_cxr, ctx.data.root_of("ms-cxr")
+    command = ["maco-cxr", "ground", "--model", ctx.model_path, "--dataset", "ms-cxr", "--root", str(root),
+               "--annotations", str(entry.annotations), *_option_args(entry.options), "--overlays",
+               str(ctx.options.overlays), *ctx.common_args(), "--bootstrap", "0", "--out", str(out)]
+    settings = {"root": root, "annotations": entry.annotations, "options": entry.options}
+
+    def run() -> dict[str, Any]:
+        if not entry.annotations:
+            raise ConfigError("is required: MS-CXR's annotation file (CSV or COCO JSON)", key="ms_cxr.annotations")
+        dataset = build_dataset("ms-cxr", root, annotations=entry.annotations,
+                                **_adapter_kwargs(entry, None, {}, ctx.options.skip_bad))
+        result = evaluate_grounding(ctx.model(), dataset, items=grounding_items(dataset),
+                                    overlays=ctx.options.overlays, overlay_dir=out / "overlays",
+                                    batch_size=ctx.options.batch_size, num_workers=ctx.options.workers,
+                                    progress=ctx.options.progress)
+        columns = list(result.rows[0])
+        write_csv(out / "items.csv", columns, ([row[c] for c in columns] for row in result.rows))
+        summary = result.summary
+        write_json(out / "summary.json", {"dataset": "ms-cxr", **summary, "n_unreadable": len(result.failures)})
+        return {"cnr": summary["cnr"], "miou": summary["miou"], "pointing": summary.get("pointing"),
+                "n_items": summary.get("n")}
+
+    return _Runner(run, command, settings)
+
+
+def _recipe(cell: Cell, ctx: _Context, out: Path) -> _Runner:
+    """A fine-tuning cell (classification, linear probe, segmentation, detection) on its recipe."""
+    from maco_cxr.tasks.finetune import ClassifyConfig, DetectConfig, SegmentConfig, detect, finetune_classifier
+    from maco_cxr.tasks.finetune import segment as segment_run
+
+    entry, root = ctx.data.entry(cell.dataset), ctx.data.root_of(cell.dataset)
+    config_path = (ctx.configs() / _CONFIG_FOLDER[cell.task]
+                   / f"{_CONFIG_STEM.get(cell.dataset, cell.dataset)}_{cell.fraction}.yaml")
+    keys: list[tuple[str, Any]] = [(f"data.options.{k}", v) for k, v in entry.options.items()]
+    keys += [(f"data.{role}_split", getattr(entry, f"{role}_split")) for role in ("train", "val", "test")
+             if getattr(entry, f"{role}_split") is not None]
+    if ctx.options.skip_bad:
+        keys.append(("data.on_error", "skip"))
+    kind = {"linear": "classify", "finetune": "classify"}.get(cell.task, cell.task)
+    quick = [tuple(item.split("=", 1)) for item in _QUICK[kind]] if ctx.options.quick else []
+    watch = [("data.workers", ctx.options.workers)] + ([("runtime.device", ctx.options.device)]
+                                                      if ctx.options.device else [])
+    overrides = [Override("model.source", ctx.model_path, "--model"), Override("data.root", str(root), "--root"),
+                 Override("runtime.out", str(out), "--out")]
+    command = ["maco-cxr", _COMMAND[cell.task], "--config", str(config_path), "--model", ctx.model_path,
+               "--root", str(root), "--out", str(out)]
+    if cell.task == "linear":
+        overrides.append(Override("model.mode", "linear_probe", "--mode"))
+        command += ["--mode", "linear_probe"]
+    for key, value in [*keys, *watch]:
+        overrides.append(Override(key, value, "reproduce"))
+        command.append(f"{key}={_yaml_text(value)}")
+    text_overrides = [f"{key}={value}" for key, value in quick]
+    command += text_overrides
+    settings = {"root": root, "config": str(config_path), "mode": "linear_probe" if cell.task == "linear" else None,
+                "overrides": [f"{k}={_yaml_text(v)}" for k, v in keys] + text_overrides}
+    kinds: dict[str, tuple[type, Callable[[Any], dict[str, Any]]]] = {
+        "classify": (ClassifyConfig, finetune_classifier), "segment": (SegmentConfig, segment_run),
+        "detect": (DetectConfig, detect)}
+    config_kind, train = kinds[kind]
+
+    def run() -> dict[str, Any]:
+        config = load_config(config_kind, config_path, [*overrides, *text_overrides])
+        metrics = train(config)
+        if "stopped_at_step" in metrics:
+            raise DataError(f"the run stopped at step {metrics['stopped_at_step']} (runtime.stop_at_step); "
+                            "rerun to continue it")
+        test = metrics["test"]
+        if kind == "classify":
+            return {"auc": test["mean_auc"], "n_test": test["n_images"], "best_step": metrics.get("best_step"),
+                    "steps": metrics.get("steps")}
+        if kind == "segment":
+            return {"dice": test["dice_per_image_mean"], "dice_fg": test["dice_foreground_dataset"],
+                    "mdice": test["dice_mean_over_classes"], "n_test": test["n_images"]}
+        return {"ap": test["AP"], "ap50": test["AP50"], "ap75": test["AP75"], "n_test": test["n_images"]}
+
+    return _Runner(run, command, settings)
+
+
+_RUNNERS: dict[str, Callable[[Cell, _Context, Path], _Runner]] = {
+    "zeroshot": _zeroshot, "grounding": _grounding, "linear": _recipe, "finetune": _recipe, "segment": _recipe,
+    "detect": _recipe}
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def _identity(cell: Cell, ctx: _Context, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a cell's numbers depend on (not where or how fast it ran): reuse needs equality."""
+    return json.loads(json.dumps({"cell": cell.id, "model": str(Path(ctx.model_path).resolve()),
+                                  "quick": ctx.options.quick, "skip_bad": ctx.options.skip_bad, **settings},
+                                 default=str))
+
+
+def _run_cell(cell: Cell, ctx: _Context) -> CellResult:
+    out = ctx.out / cell.id
+    runner = _RUNNERS[cell.task](cell, ctx, out)
+    command = shlex.join(runner.command)
+    identity = _identity(cell, ctx, runner.settings)
+    base = dict(id=cell.id, task=cell.task, dataset=cell.dataset, fraction=cell.fraction, command=command,
+                out=str(out), quick=ctx.options.quick, settings=identity)
+    previous = _read_cell(out)
+    if previous is not None and previous.get("status") in ("done", "reused"):
+        if previous.get("settings") == identity:
+            logger.info("%s: reusing the result in %s", cell.id, out / CELL_FILE)
+            return CellResult(**{**base, "status": "reused", "metrics": previous.get("metrics", {}),
+                                 "seconds": float(previous.get("seconds", 0.0))})
+        changed = sorted(k for k in {*identity, *previous.get("settings", {})}
+                         if identity.get(k) != previous.get("settings", {}).get(k))
+        return CellResult(**{**base, "status": "failed",
+                             "error": f"{out} holds a finished result computed with other settings (differing: "
+                                      f"{', '.join(changed)}); remove the folder or choose another --out"})
+    logger.info("%s: running (%s)", cell.id, command)
+    start = time.perf_counter()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = runner.run()
+    except Exception as err:  # a failing cell is recorded and the run goes on
+        seconds = time.perf_counter() - start
+        logger.warning("%s failed after %.1f s: %s: %s", cell.id, seconds, type(err).__name__, err)
+        result = CellResult(**{**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                               "seconds": seconds, "traceback": traceback.format_exc(limit=-8)})
+    else:
+        result = CellResult(**{**base, "status": "done", "metrics": metrics,
+                               "seconds": time.perf_counter() - start})
+        logger.info("%s done in %.1f s: %s", cell.id, result.seconds, _describe_metrics(cell.task, metrics))
+    write_json(out / CELL_FILE, asdict(result))
+    return result
+
+
+def _read_cell(out: Path) -> dict[str, Any] | None:
+    path = out / CELL_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("%s is unreadable; the cell runs again", path)
+        return None
+
+
+def _describe_metrics(task: str, metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{METRICS[m][0]} {_shown(metrics.get(m), m)}" for m in PRIMARY[task])
+
+
+def _shown(value: Any, metric: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value * METRICS[metric][1]:.{1 if METRICS[metric][2] == '%' else 3}f}"
+
+
+def reproduce(model: str | Path, data: ReproduceData, out: str | Path,
+              options: ReproduceOptions | None = None, *, data_file: str | None = None) -> ReproduceReport:
+    """Run the selected cells of the paper's protocol (see the module docstring) into ``out``.
+
+    ``model``: a MaCo model directory or official ``maco.pth``. ``data``: the dataset roots
+    (:func:`load_reproduce_data`); ``data_file`` is only recorded. Returns every cell's
+    result; ``out/reproduce.json`` and ``out/reproduce.md`` hold the table (rewritten after
+    each cell, so a long run can be watched).
+    """
+    options = options or ReproduceOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(model, data, out, options)
+    cells, skipped = plan_cells(data, options)
+    for dataset, reason in skipped.items():
+        logger.warning("reproduce: skipping %s (%s)", dataset, reason)
+    if any(cell.task in _WITH_FRACTION for cell in cells):
+        ctx.configs()  # a missing recipe folder is one clear error, not one per cell
+    published, about = load_published()
+    results: list[CellResult] = []
+    report = ReproduceReport(results, skipped, options.quick, out / JSON_NAME, out / MARKDOWN_NAME)
+    logger.info("reproduce: %d cells (%s)%s", len(cells), ", ".join(c.id for c in cells),
+                "; quick mode, not comparable" if options.quick else "")
+    for cell in cells:
+        results.append(_run_cell(cell, ctx))
+        _write_report(report, ctx, published, about, data_file)
+    if not cells:
+        _write_report(report, ctx, published, about, data_file)
+    return report
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def _rows(result: CellResult, published: dict[tuple[str, str], PublishedResult]) -> list[dict[str, Any]]:
+    """One table row per primary metric of a cell: ours, the paper's, the difference."""
+    rows = []
+    for metric in PRIMARY[result.task]:
+        label, factor, unit = METRICS[metric]
+        value = result.metrics.get(metric)
+        ours = None if value is None or not math.isfinite(float(value)) else round(float(value) * factor, 4)
+        paper = published.get((result.id, metric))
+        rows.append({"cell": result.id, "metric": metric, "label": label, "unit": unit, "ours": ours,
+                     "paper": None if paper is None else paper.value,
+                     "diff": None if paper is None or ours is None else round(ours - paper.value, 4),
+                     "source": None if paper is None else paper.source})
+    return rows
+
+
+def _write_report(report: ReproduceReport, ctx: _Context, published: dict[tuple[str, str], PublishedResult],
+                  about: dict[str, Any], data_file: str | None) -> None:
+    options = ctx.options
+    not_found = about.get("not_found") or {}
+    payload = {
+        "model": ctx.model_path, "data": data_file, "out": str(ctx.out), "quick": options.quick,
+        "note": QUICK_NOTE if options.quick else None, "options": asdict(options),
+        "published": {"paper": about.get("paper"), "doi": about.get("doi"), "read_from": about.get("read_from"),
+                      "not_found": not_found},
+        "skipped_datasets": report.skipped_datasets,
+        "cells": [{**asdict(c), "rows": _rows(c, published)} for c in report.cells],
+    }
+    write_json(report.json_path, payload)
+    write_text(report.markdown_path, _markdown(report, ctx, published, about))
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown(report: ReproduceReport, ctx: _Context, published: dict[tuple[str, str], PublishedResult],
+              about: dict[str, Any]) -> str:
+    lines = [f"# MaCo reproduction: {ctx.model_path}", ""]
+    if report.quick:
+        lines += [f"> **{QUICK_NOTE}.**", ""]
+    lines += [f"Published numbers: {' '.join(str(about.get('paper', '')).split())} (doi {about.get('doi')}), "
+              "shipped in `maco_cxr/assets/published/maco_paper.yaml`; each row names its table, row and column. "
+              "Differences are ours minus the paper's, in the metric's unit.", "",
+              "| cell | metric | ours | paper | diff | paper source | status |", "|---|---|---|---|---|---|---|"]
+    for result in report.cells:
+        for row in _rows(result, published):
+            digits = 1 if row["unit"] == "%" else 3
+            unit = f" ({row['unit']})" if row["unit"] else ""
+            paper = _fmt(row["paper"], digits) if row["paper"] is not None else "not found"
+            status = result.status + (" (quick)" if result.quick else "")
+            ours = _fmt(row["ours"], digits) if result.status in ("done", "reused") else "failed"
+            lines.append(f"| {result.id} | {row['label']}{unit} | {ours} | {paper} | {_fmt(row['diff'], digits)} | "
+                         f"{row['source'] or '-'} | {status} |")
+    failed = [r for r in report.cells if r.status == "failed"]
+    if failed:
+        lines += ["", "## Failed cells", ""] + [f"- `{r.id}`: {r.error}" for r in failed]
+    if report.skipped_datasets:
+        lines += ["", "## Skipped datasets", ""] + [f"- {d}: {why}" for d, why in report.skipped_datasets.items()]
+    tasks = sorted({r.task for r in report.cells if not any((r.id, m) in published for m in PRIMARY[r.task])})
+    not_found = about.get("not_found") or {}
+    if tasks:
+        lines += ["", "## Published numbers not found", ""]
+        lines += [f"- {task}: {' '.join(str(not_found.get(task, 'not in the shipped table')).split())}"
+                  for task in tasks]
+    lines += ["", "## Commands", "", "Each cell ran the library functions of this command (outputs in its folder):",
+              ""]
+    lines += [f"- `{r.id}`: `{r.command}`" for r in report.cells]
+    return "\n".join(lines) + "\n"
