@@ -281,3 +281,44 @@ def plot_reliability_diagram(
     if title is not None:
         top.set_title(title)
     return _save_figure(figure, path)
+
+
+def plot_variant_comparison(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    *,
+    reference: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """One panel per metric; per variant every seed's value as a dot and their mean as a bar.
+
+    values: ``{metric: {variant: [value per seed]}}`` (variants in display order; NaN values
+    are left out). ``reference``: a variant whose mean is drawn as a dashed line across the
+    panel, so a difference can be read against the seed spread of both.
+    """
+    metrics = list(values)
+    if not metrics:
+        raise DataError("plot_variant_comparison: no metrics to plot")
+    variants = list(values[metrics[0]])
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    figure = _figure(figsize=(4.6 * columns, 0.35 * len(variants) + 2.6 * rows), layout="constrained")
+    for k, metric in enumerate(metrics):
+        axes = figure.add_subplot(rows, columns, k + 1)
+        for position, variant in enumerate(variants):
+            points = np.asarray([v for v in values[metric].get(variant, ()) if not np.isnan(v)], dtype=float)
+            if points.size == 0:
+                continue
+            axes.barh(position, points.mean(), color="#9ecae1", height=0.6)
+            axes.plot(points, np.full(points.size, position), "o", color="#08519c", markersize=4)
+        if reference is not None and values[metric].get(reference):
+            known = [v for v in values[metric][reference] if not np.isnan(v)]
+            if known:
+                axes.axvline(float(np.mean(known)), color="#555", linestyle="--", linewidth=1)
+        axes.set_yticks(range(len(variants)), variants if k % columns == 0 else [""] * len(variants))
+        axes.invert_yaxis()
+        axes.set_title(metric, fontsize=10)
+        axes.grid(axis="x", alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    return _save_figure(figure, path)

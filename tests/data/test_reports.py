@@ -10,6 +10,8 @@ import pytest
 from maco_cxr.data.reports import (
     extract_sections,
     grounding_phrase,
+    negate_sentence,
+    negation_counterfactual,
     report_text,
     sample_report_sentences,
     split_sentences,
@@ -198,3 +200,28 @@ def test_sampling_of_section_text() -> None:
     pieces = _sampled_pieces(sample_report_sentences(text, random.Random(7)))
     full = {piece.strip().lower() for piece in text.split(".") if piece.strip()}
     assert pieces and set(pieces) <= full
+
+
+def test_negate_sentence_flips_polarity_in_prompt_phrasing() -> None:
+    assert negate_sentence("no pneumothorax") == "there is pneumothorax"
+    assert negate_sentence("there is no pleural effusion") == "there is pleural effusion"
+    assert negate_sentence("there are no nodules") == "there are nodules"
+    assert negate_sentence("no evidence of edema") == "there is edema"
+    assert negate_sentence("without focal opacity") == "there is focal opacity"
+    assert negate_sentence("there is a small right pleural effusion") == "there is no small right pleural effusion"
+    assert negate_sentence("there are bilateral effusions") == "there are no bilateral effusions"
+    assert negate_sentence("mild cardiomegaly") == "no mild cardiomegaly"
+    assert negate_sentence(negate_sentence("there is edema")) == "there is edema"
+
+
+def test_negation_counterfactual_changes_exactly_one_sentence() -> None:
+    text = "mild cardiomegaly. no pneumothorax. the trachea is midline. "
+    for seed in range(20):
+        out = negation_counterfactual(text, random.Random(seed))
+        before, after = text.split(". ")[:-1], out.split(". ")[:-1]
+        assert out.endswith(". ") and len(after) == 3
+        changed = [k for k in range(3) if before[k] != after[k]]
+        assert len(changed) == 1 and after[changed[0]] == negate_sentence(before[changed[0]])
+    picks = {negation_counterfactual(text, random.Random(seed)) for seed in range(40)}
+    assert len(picks) == 3
+    assert negation_counterfactual("", random.Random(0)) == ""

@@ -165,3 +165,21 @@ def test_without_correlation_weighting_the_loss_is_plain_symmetric_infonce():
     assert torch.equal(weights, torch.ones(5))
     model = create_model(dataclasses.replace(preset("tiny"), correlation_weighting=False))
     assert not model.patch_weight.weight.requires_grad
+
+
+def test_hard_negative_texts_widen_only_the_image_to_text_softmax():
+    from maco_cxr.models.losses import correlation_weighted_contrastive_loss
+
+    g = torch.Generator().manual_seed(1)
+    z, t, hard = (torch.randn(4, 8, generator=g) for _ in range(3))
+    loss, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0), negative_text_embed=hard)
+    unit = torch.nn.functional.normalize
+    logits = 5.0 * unit(z, dim=-1) @ unit(t, dim=-1).T
+    widened = torch.cat([logits, 5.0 * unit(z, dim=-1) @ unit(hard, dim=-1).T], dim=1)
+    targets = torch.arange(4)
+    expected = (torch.nn.functional.cross_entropy(widened, targets)
+                + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+    torch.testing.assert_close(loss, expected)
+    same, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0), negative_text_embed=-t)
+    plain, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0))
+    assert same > plain

@@ -68,6 +68,6 @@ def test_demo_options_reach_the_config(monkeypatch, tmp_path):
     with pytest.raises(_Captured):
         main(["demo", "--out", str(tmp_path), "--negations", "--text", "sentences", "--real-root", "none"])
     assert seen["config"].negations is True and seen["config"].text == "sentences"
-    assert seen["config"].real_root is None
+    assert seen["config"].real_root is None and seen["config"].quick is False
     with pytest.raises(ConfigError, match="text='lines'"):
         demo.DemoConfig(out_dir=tmp_path, text="lines")

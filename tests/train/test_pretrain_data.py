@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maco_cxr.data.datasets import build_dataset
-from maco_cxr.data.reports import sample_report_sentences
+from maco_cxr.data.reports import negation_counterfactual, sample_report_sentences
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.train.config import load_pretrain_config
@@ -92,6 +92,23 @@ def test_collate_tokenizes_and_keeps_uint8(tmp_path: Path) -> None:
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 1, 64, 64)
     assert batch["tokens"]["input_ids"].shape == (3, 16)
     assert torch.equal(batch["index"], torch.tensor([0, 1, 2]))
+
+
+def test_negation_negatives_flip_one_sentence_reproducibly_and_are_tokenized(tmp_path: Path) -> None:
+    folder = write_manifest(tmp_path, 3, ("No pneumothorax. Mild cardiomegaly. The trachea is midline.",) * 3)
+    dataset = build_dataset("manifest", folder)
+    pairs = PairDataset(RecordSource(dataset, str(folder)), 64, seed=11, text="full", negation_negatives=True)
+    sample = pairs[(2, 1)]
+    assert sample["text"] == "no pneumothorax. mild cardiomegaly. the trachea is midline. "
+    expected = negation_counterfactual(sample["text"], random.Random("maco-negation:11:2:1"))
+    assert sample["negative_text"] == expected == pairs[(2, 1)]["negative_text"] != sample["text"]
+    assert {pairs[(epoch, 1)]["negative_text"] for epoch in range(12)} == {
+        "there is pneumothorax. mild cardiomegaly. the trachea is midline. ",
+        "no pneumothorax. no mild cardiomegaly. the trachea is midline. ",
+        "no pneumothorax. mild cardiomegaly. no the trachea is midline. "}
+    batch = PairCollate(ReportTokenizer.from_file(None, 16))([pairs[(0, i)] for i in range(3)])
+    assert batch["negative_tokens"]["input_ids"].shape == batch["tokens"]["input_ids"].shape == (3, 16)
+    assert "negative_text" not in _pairs(folder)[(0, 1)]
 
 
 def test_missing_image_raises_naming_file_line_and_field(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ COMMANDS = (
     "detect",
     "reproduce",
     "demo",
+    "ablate",
     "serve",
 )
 

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("steps", "n_train", "n_test", "seed", "negations", "text"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    config = DemoConfig.quick(args.out, **overrides) if args.quick else DemoConfig(out_dir=args.out, **overrides)
+    config = DemoConfig.quick_run(args.out, **overrides) if args.quick else DemoConfig(out_dir=args.out, **overrides)
     s = run_demo(config)
     print(f"\nheld-out phantoms ({config.n_test}), pre-trained vs random weights:")
     print(f"  zero-shot macro AUC   {s['zeroshot_macro_auc']:.3f}  vs  {s['baseline_zeroshot_macro_auc']:.3f}")

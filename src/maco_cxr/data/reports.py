@@ -15,8 +15,8 @@ from typing import Literal
 
 from maco_cxr.errors import ConfigError
 
-__all__ = ["extract_sections", "grounding_phrase", "report_text", "sample_report_sentences", "whole_report_text",
-           "split_sentences"]
+__all__ = ["extract_sections", "grounding_phrase", "negate_sentence", "negation_counterfactual", "report_text",
+           "sample_report_sentences", "whole_report_text", "split_sentences"]
 
 Section = Literal["findings", "impression"]
 
@@ -115,6 +115,39 @@ def whole_report_text(text: str) -> str:
     reports short and complete enough that dropping sentences only adds label noise."""
     pieces = (piece.strip() for piece in text.split("."))
     return "".join(piece.lower() + ". " for piece in pieces if piece and piece.lower() != "none")
+
+
+_DENIAL = re.compile(r"^(?:there (?P<verb>is|are) no|no evidence of|no|without)\s+(?P<rest>.+)$")
+_ASSERTION = re.compile(r"^there (?P<verb>is|are)(?: (?:a|an))?\s+(?P<rest>.+)$")
+
+
+def negate_sentence(sentence: str) -> str:
+    """One lower-cased training sentence with its polarity flipped, in the zero-shot prompts'
+    phrasing: ``"no pneumothorax"`` / ``"there is no X"`` / ``"no evidence of X"`` ->
+    ``"there is X"``; ``"there is a X"`` -> ``"there is no X"``; anything else ``S`` -> ``"no S"``.
+
+    Rule-based on purpose: the counterfactual only has to differ from the true sentence in its
+    negation, so that telling them apart forces the text tower to read "no".
+    """
+    denial = _DENIAL.match(sentence)
+    if denial:
+        return f"there {denial['verb'] or 'is'} {denial['rest']}"
+    assertion = _ASSERTION.match(sentence)
+    if assertion:
+        return f"there {assertion['verb']} no {assertion['rest']}"
+    return f"no {sentence}"
+
+
+def negation_counterfactual(text: str, rng: random.Random) -> str:
+    """``text`` (a training text as :func:`sample_report_sentences` joins it) with one randomly
+    chosen sentence negated (:func:`negate_sentence`): a report the image contradicts, used as
+    a hard negative so that the contrastive loss rewards reading negation."""
+    pieces = [piece.strip() for piece in text.split(". ") if piece.strip()]
+    if not pieces:
+        return text
+    flip = rng.randrange(len(pieces))
+    pieces[flip] = negate_sentence(pieces[flip].removesuffix("."))
+    return "".join(piece.removesuffix(".") + ". " for piece in pieces)
 
 
 def grounding_phrase(text: str) -> str:

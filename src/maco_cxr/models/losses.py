@@ -64,6 +64,7 @@ def correlation_weighted_contrastive_loss(
     weight_logits: torch.Tensor | None,
     inverse_temperature: torch.Tensor,
     gather: Gather | None = None,
+    negative_text_embed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MaCo's contrastive loss with per-sample correlation weights.
 
@@ -72,23 +73,32 @@ def correlation_weighted_contrastive_loss(
     L = 1/4 [CE(diag(s) S) + CE(diag(s) S^T) + sum_i sbar_i CE_i(S) / sum sbar
     + sum_i sbar_i CE_i(S^T) / sum sbar], sbar = stop_gradient(s).
     ``weight_logits=None``: every s_i = 1, which is plain symmetric InfoNCE (the ablation of
-    the mechanism). Returns the loss and the (global) weights s ``[N_global]``.
+    the mechanism). ``negative_text_embed`` ``[N, D]`` (not in the paper): extra texts every
+    image is contrasted against, e.g. each report with one sentence's negation flipped; they
+    widen the image -> text rows of S to ``[N, 2N]`` and leave text -> image as it is.
+    Returns the loss and the (global) weights s ``[N_global]``.
     """
     if gather is not None:
         image_embed, text_embed = gather(image_embed), gather(text_embed)
         weight_logits = gather(weight_logits) if weight_logits is not None else None
+        negative_text_embed = gather(negative_text_embed) if negative_text_embed is not None else None
     z = F.normalize(image_embed.float(), dim=-1)
     t = F.normalize(text_embed.float(), dim=-1)
     logits_per_image = inverse_temperature * z @ t.t()
     logits_per_text = logits_per_image.t()
+    if negative_text_embed is not None:
+        hard = F.normalize(negative_text_embed.float(), dim=-1)
+        logits_per_image = torch.cat([logits_per_image, inverse_temperature * z @ hard.t()], dim=1)
     weights = (F.softplus(weight_logits.float()) if weight_logits is not None
                else torch.ones(z.shape[0], 1, device=z.device))
     targets = torch.arange(z.shape[0], device=z.device)
     fixed = weights.detach().squeeze(-1)
+    # the class weights of the hard-negative columns never apply (no image targets them)
+    fixed_wide = F.pad(fixed, (0, logits_per_image.shape[1] - fixed.shape[0]), value=1.0)
     loss = (
         F.cross_entropy(logits_per_image * weights, targets)
         + F.cross_entropy(logits_per_text * weights, targets)
-        + F.cross_entropy(logits_per_image, targets, weight=fixed)
+        + F.cross_entropy(logits_per_image, targets, weight=fixed_wide)
         + F.cross_entropy(logits_per_text, targets, weight=fixed)
     ) / 4
     return loss, weights.squeeze(-1)

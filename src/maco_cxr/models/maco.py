@@ -173,12 +173,15 @@ class MacoModel(nn.Module):
         *,
         generator: torch.Generator | None = None,
         gather: Gather | None = None,
+        negative_texts: Sequence[str] | TokenBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """Both pre-training losses on a batch.
 
         images: uint8 ``[N, S, S]`` / ``[N, 1, S, S]`` or normalised float ``[N, 1|3, S, S]`` with
         S = ``config.input_size`` (448 in the paper setting). texts: strings or a token batch.
         mask_noise ``[N, L]``: uniform noise deciding the mask (drawn when None).
+        negative_texts: one extra text per image that the image must score below its own (see
+        :func:`~maco_cxr.models.losses.correlation_weighted_contrastive_loss`; None = the paper).
         Returns ``rec``, ``con``, ``total``, ``mask`` (1 = removed), ``ids_restore``, ``pred``,
         ``latent``, ``image_embed``, ``text_embed``, ``weights``.
         """
@@ -210,8 +213,9 @@ class MacoModel(nn.Module):
         weight_logits = None
         if self.config.correlation_weighting:
             weight_logits = self.patch_weight((1 - mask).to(self.patch_weight.weight.dtype)).float()
+        negative_embed = None if negative_texts is None else self.encode_texts(negative_texts)
         con, weights = correlation_weighted_contrastive_loss(
-            image_embed, text_embed, weight_logits, self.inverse_temperature, gather)
+            image_embed, text_embed, weight_logits, self.inverse_temperature, gather, negative_embed)
         if self.config.loss_weighting == "sum":
             total = rec + con
         else:
@@ -223,6 +227,7 @@ class MacoModel(nn.Module):
         }
 
     def forward(self, images: torch.Tensor, texts: Sequence[str] | TokenBatch,
-                mask_noise: torch.Tensor | None = None, gather: Gather | None = None) -> dict[str, torch.Tensor]:
+                mask_noise: torch.Tensor | None = None, gather: Gather | None = None,
+                negative_texts: Sequence[str] | TokenBatch | None = None) -> dict[str, torch.Tensor]:
         """Pre-training forward (what DDP wraps): see :meth:`pretrain_losses`."""
-        return self.pretrain_losses(images, texts, mask_noise, gather=gather)
+        return self.pretrain_losses(images, texts, mask_noise, gather=gather, negative_texts=negative_texts)

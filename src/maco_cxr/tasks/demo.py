@@ -37,6 +37,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from maco_cxr.config import apply_overrides
 from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset
@@ -83,6 +84,9 @@ class DemoConfig:
     (~100 images/s of pre-training), longer when the cores are shared.
 
     ``real_root``: a cxr-real style manifest folder to try the trained model on (None = skip).
+    ``pretrain_overrides``: ``key=value`` changes to the pre-training config in the one config
+    grammar (``model.mask_ratio=0.75``, ``data.negation_negatives=true``): how ``maco-cxr
+    ablate`` varies the recipe.
     ``negations``: phantom reports also deny absent findings ("No pneumothorax."), as real
     reports do; ``text``: ``full`` reports or the official ``sentences`` draw (see
     :class:`~maco_cxr.train.config.PretrainData`). The defaults (no negations, full reports) are
@@ -110,6 +114,7 @@ class DemoConfig:
     text: TextMode = "full"
     progress: bool = True
     quick: bool = False
+    pretrain_overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -122,7 +127,7 @@ class DemoConfig:
             raise ConfigError(f"demo n_train={self.n_train} is smaller than batch_size={self.batch_size}")
 
     @classmethod
-    def quick(cls, out_dir: Path, **overrides: Any) -> DemoConfig:
+    def quick_run(cls, out_dir: Path, **overrides: Any) -> DemoConfig:
         """A run of about a minute for tests: a few phantoms and steps (numbers mean nothing)."""
         values: dict[str, Any] = {"n_train": 64, "n_test": 24, "steps": 6, "batch_size": 16,
                                   "warmup_steps": 2, "overlays": 2, "quick": True}
@@ -218,7 +223,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 
 def _pretrain_config(config: DemoConfig, model: MacoConfig, train_dir: Path) -> PretrainConfig:
-    return PretrainConfig(
+    recipe = PretrainConfig(
         model=model,
         data=PretrainData(source="manifest", path=str(train_dir), kind="manifest", split=None,
                         workers=config.workers, text=config.text),
@@ -229,6 +234,7 @@ def _pretrain_config(config: DemoConfig, model: MacoConfig, train_dir: Path) -> 
                               output_dir=str(config.out_dir / "run"), log_every=max(1, min(10, config.steps // 10)),
                               save_every=config.steps, keep_last=1, resume="never", progress=config.progress),
     )
+    return apply_overrides(recipe, config.pretrain_overrides, source="demo pretrain_overrides")
 
 
 def _random_model(model_config: MacoConfig, seed: int) -> MacoModel:
@@ -382,6 +388,7 @@ def _summary(config: DemoConfig, results: dict[str, Any], real: dict[str, Any] |
     summary["data"] = {"n_train": config.n_train, "n_test": config.n_test, "image_size": config.image_size,
                        "seed": config.seed, "classes": list(FINDINGS), "report_negations": config.negations,
                        "training_text": config.text}
+    summary["pretrain_overrides"] = list(config.pretrain_overrides)
     summary["model_dir"] = str(model_dir)
     summary["timings"] = timings
     summary["linear_probe_train_images"] = min(config.n_train, PROBE_IMAGES)

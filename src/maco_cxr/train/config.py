@@ -60,6 +60,10 @@ class PretrainData:
     config. ``ms_cxr``: MS-CXR's annotations (or its dicom_id list), read only to count the
     MS-CXR images left in MIMIC-CXR data (a warning when any is); without it a one-line
     warning says the check could not run (see :func:`maco_cxr.data.prepare.apply_exclusions`).
+    ``negation_negatives`` (not in the paper; off reproduces it): every image is also contrasted
+    against its own training text with one sentence's negation flipped
+    (:func:`maco_cxr.data.reports.negation_counterfactual`), a hard negative that only a text
+    tower reading "no" can tell apart; see ``maco-cxr ablate`` for what it changes.
     """
 
     source: Source = "store"
@@ -75,6 +79,7 @@ class PretrainData:
     options: dict[str, Any] = field(default_factory=dict)
     exclude: tuple[str, ...] | str = ()
     ms_cxr: str | None = None
+    negation_negatives: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, str):  # one file or id

@@ -34,7 +34,7 @@ from maco_cxr.data.datasets.base import Record
 from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.prepare import Exclusion, apply_exclusions
-from maco_cxr.data.reports import report_text, sample_report_sentences, whole_report_text
+from maco_cxr.data.reports import negation_counterfactual, report_text, sample_report_sentences, whole_report_text
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.train.config import PretrainData, OnError, TextMode
@@ -96,10 +96,13 @@ class StoreSource:
 class PairDataset(Dataset):
     """``(epoch, index)`` -> ``{"image": uint8 [1, S, S], "text": str, "index": int,
     "skipped": [{"path", "reason"}]}`` with the official sentence sampling of the report
-    (``text="full"``: the whole report instead)."""
+    (``text="full"``: the whole report instead); with ``negation_negatives`` also
+    ``"negative_text"``, the text with one sentence's negation flipped (drawn from its own
+    seeded generator, so resume sees the same counterfactuals)."""
 
     def __init__(self, source: PairSource, size: int, seed: int, on_error: OnError = "raise",
-                 sections: Sequence[str] | None = None, text: TextMode = "sentences") -> None:
+                 sections: Sequence[str] | None = None, text: TextMode = "sentences",
+                 negation_negatives: bool = False) -> None:
         if len(source) == 0:
             raise DataError("the training dataset is empty; check data.path and data.split")
         self.source = source
@@ -108,6 +111,7 @@ class PairDataset(Dataset):
         self.on_error = on_error
         self.sections = tuple(sections) if sections else None
         self.text = text
+        self.negation_negatives = negation_negatives
 
     def __len__(self) -> int:
         return len(self.source)
@@ -135,8 +139,12 @@ class PairDataset(Dataset):
             raise DataError(f"field 'report' has no {' or '.join(self.sections).upper()} section")
         if not text:
             raise DataError("field 'report' has no sentence (only '.', 'none' or whitespace)")
-        return {"image": torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0), "text": text,
-                "index": index}
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0), "text": text,
+                  "index": index}
+        if self.negation_negatives:
+            flip_rng = random.Random(f"maco-negation:{self.seed}:{epoch}:{index}")
+            sample["negative_text"] = negation_counterfactual(text, flip_rng)
+        return sample
 
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         epoch, index = key
@@ -159,18 +167,22 @@ class PairDataset(Dataset):
 
 
 class PairCollate:
-    """Stack uint8 images ``[B, 1, S, S]`` and tokenize the texts (runs in loader workers)."""
+    """Stack uint8 images ``[B, 1, S, S]`` and tokenize the texts, and the negation-flipped
+    texts when the samples have them (runs in loader workers)."""
 
     def __init__(self, tokenizer: ReportTokenizer) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        batch = {
             "image": torch.stack([s["image"] for s in samples]),
             "tokens": self.tokenizer([s["text"] for s in samples]),
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
             "skipped": [item for s in samples for item in s["skipped"]],
         }
+        if "negative_text" in samples[0]:
+            batch["negative_tokens"] = self.tokenizer([s["negative_text"] for s in samples])
+        return batch
 
 
 class ResumableSampler(Sampler[SampleKey]):

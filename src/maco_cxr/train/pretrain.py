@@ -191,7 +191,7 @@ class _Trainer:
                 logger.info("%d images named by data.exclude are left out of pre-training (listed in %s)",
                             self.exclusion.count, self.output_dir / EXCLUDED_NAME)
         self.dataset = PairDataset(source, size, runtime.seed, config.data.on_error, config.data.sections,
-                                   config.data.text)
+                                   config.data.text, config.data.negation_negatives)
         self.schedule = plan_schedule(len(self.dataset), config.optim, info.world_size)
         self.sampler = ResumableSampler(len(self.dataset), config.optim.batch_size,
                                         self.schedule.micro_batches_per_epoch, seed=runtime.seed,
@@ -255,7 +255,8 @@ class _Trainer:
                 with torch.no_grad():
                     pixels, noise = self._randomise(images, config.model.vision.num_patches)
                 with self._autocast():
-                    out = self.model(pixels, tokens, noise, gather)
+                    negatives = tokens if self.config.data.negation_negatives else None
+                    out = self.model(pixels, tokens, noise, gather, negatives)
                 out["total"].backward()
         except Exception as err:  # torch.compile raises many error types; any of them means: run eagerly
             self.model._compiled_call_impl = None
@@ -376,13 +377,16 @@ class _Trainer:
             self.pending_skips.extend(batch["skipped"])
             images = batch["image"].to(self.device, non_blocking=True)
             tokens = {k: v.to(self.device, non_blocking=True) for k, v in batch["tokens"].items()}
+            negatives = None
+            if "negative_tokens" in batch:
+                negatives = {k: v.to(self.device, non_blocking=True) for k, v in batch["negative_tokens"].items()}
             with torch.no_grad():
                 pixels, noise = self._randomise(images, num_patches)
             last = micro == accum - 1
             sync = self.ddp.no_sync() if self.info.distributed and not last else nullcontext()
             with sync:
                 with self._autocast():
-                    out = self.ddp(pixels, tokens, noise, self.gather)
+                    out = self.ddp(pixels, tokens, noise, self.gather, negatives)
                 (out["total"] / accum).backward()
             sums += torch.stack([out["rec"].detach(), out["con"].detach(), out["total"].detach()]).float()
         if self.config.optim.clip_grad is not None:
