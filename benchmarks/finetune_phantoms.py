@@ -141,7 +141,7 @@ def finetune_run(args: argparse.Namespace, spec: dict[str, Any], data: Path, mod
         f"optim.name={args.optimizer}", f"optim.lr={args.lr}", f"optim.weight_decay={args.weight_decay}",
         f"optim.layer_decay={'null' if args.layer_decay is None else args.layer_decay}",
         f"optim.steps={steps}", f"optim.warmup_steps={min(50, steps // 10)}",
-        f"eval.every={min(args.eval_every, steps)}", f"data.workers={args.workers}", f"runtime.seed={args.seed}",
+        f"evaluation.every={min(args.eval_every, steps)}", f"data.workers={args.workers}", f"runtime.seed={args.seed}",
         f"augment.crop_scale=[{args.crop_scale[0]}, {args.crop_scale[1]}]",
     ]
     command = ["maco-cxr", "finetune", "--model", source, "--dataset", "manifest", "--root", str(data),

@@ -183,3 +183,19 @@ def test_hard_negative_texts_widen_only_the_image_to_text_softmax():
     same, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0), negative_text_embed=-t)
     plain, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0))
     assert same > plain
+
+
+def test_trimmed_padding_gives_the_same_text_embeddings():
+    from maco_cxr.models.text import trim_padding
+
+    model = create_model(preset("tiny")).eval()
+    texts = ["no pneumothorax. ", "there is a small right pleural effusion. mild cardiomegaly. "]
+    full = model.tokenizer(texts)
+    trimmed = trim_padding(full)
+    longest = int(full["attention_mask"].sum(1).max())
+    assert trimmed["input_ids"].shape[1] == -(-longest // 8) * 8 < full["input_ids"].shape[1]
+    assert torch.equal(trimmed["input_ids"], full["input_ids"][:, :trimmed["input_ids"].shape[1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_texts(trimmed), model.encode_texts(full), rtol=0, atol=1e-6)
+    untouched = {k: v[:, :3] for k, v in full.items()}
+    assert trim_padding(untouched) is untouched

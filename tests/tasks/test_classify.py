@@ -42,7 +42,7 @@ from maco_cxr.train.schedules import set_learning_rate
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
 PHANTOM_CLASSES = ("cardiomegaly", "consolidation", "edema", "nodule", "pleural effusion", "pneumothorax")
 TINY_RUN = ["model.preset=tiny", "model.img_size=32", "data.workers=0", "optim.batch_size=8",
-            "optim.warmup_steps=1", "optim.lr=0.05", "eval.batch_size=16", "eval.bootstrap=20",
+            "optim.warmup_steps=1", "optim.lr=0.05", "evaluation.batch_size=16", "evaluation.bootstrap=20",
             "runtime.device=cpu", "runtime.log_every=1"]
 
 
@@ -226,7 +226,7 @@ def test_shipped_configs_hold_the_official_recipe(dataset, fraction):
     assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.clip_grad) == ("sgd", 0.9, 0.0, 1.0)
     assert (cfg.optim.batch_size, cfg.optim.accum_steps, cfg.optim.schedule) == (96, 1, "cosine")
     assert cfg.optim.layer_decay is None and cfg.model.drop_path_rate == 0.1
-    assert (cfg.model.img_size, cfg.model.mode, cfg.eval.every) == (224, "finetune", None)
+    assert (cfg.model.img_size, cfg.model.mode, cfg.evaluation.every) == (224, "finetune", None)
     assert cfg.augment.crop_scale == (0.08, 1.0) and cfg.augment.crop_ratio == pytest.approx((0.75, 4 / 3))
 
 
@@ -333,7 +333,7 @@ def _initial_model(config: ClassifyConfig):
 def test_linear_probe_keeps_the_encoder_frozen(phantoms, tmp_path, cache):
     out = tmp_path / "probe"
     config = _config(phantoms, out, "model.mode=linear_probe", f"model.cache_features={str(cache).lower()}",
-                     "optim.steps=4", "eval.every=2")
+                     "optim.steps=4", "evaluation.every=2")
     metrics = _run(config)
     assert metrics["mode"] == "linear_probe" and metrics["model"]["mode"] == "linear_probe"
     initial = _initial_model(config).state_dict()
@@ -351,7 +351,7 @@ def test_linear_probe_keeps_the_encoder_frozen(phantoms, tmp_path, cache):
 
 def test_best_model_is_the_best_validation_step(phantoms, tmp_path):
     out = tmp_path / "run"
-    config = _config(phantoms, out, "optim.steps=6", "eval.every=1", "optim.lr=0.5")
+    config = _config(phantoms, out, "optim.steps=6", "evaluation.every=1", "optim.lr=0.5")
     metrics = _run(config)
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     val = [(r["step"], r["val_mean_auc"]) for r in rows if "val_mean_auc" in r]
@@ -375,7 +375,7 @@ def test_best_model_is_the_best_validation_step(phantoms, tmp_path):
 
 def test_cxr_real_with_sparse_labels(cxr_real_dir, tmp_path):
     out = tmp_path / "real"
-    config = _config(cxr_real_dir, out, "data.kind=cxr-real", "data.test_name=val", "optim.steps=2", "eval.every=2")
+    config = _config(cxr_real_dir, out, "data.kind=cxr-real", "data.test_name=val", "optim.steps=2", "evaluation.every=2")
     metrics = _run(config)
     assert metrics["data"]["counts"] == {"train": 19, "val": 7, "test": 7}
     test = metrics["test"]
@@ -392,7 +392,7 @@ def test_cli_end_to_end(phantoms, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         code = main(["finetune", "--model", "none", "--dataset", "manifest", "--root", str(phantoms),
-                     "--fraction", "50", "--out", str(out), "optim.steps=3", "eval.every=3", *TINY_RUN])
+                     "--fraction", "50", "--out", str(out), "optim.steps=3", "evaluation.every=3", *TINY_RUN])
     assert code == 0
     printed = capsys.readouterr().out
     assert "test mean AUC" in printed and "pneumothorax" in printed and "best validation AUC" in printed

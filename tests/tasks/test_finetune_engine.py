@@ -40,8 +40,8 @@ COMMON = ["data.workers=0", "model.preset=tiny", "model.source=none", "runtime.d
           "optim.weight_decay=0"]
 TASKS = {
     "classify": (ClassifyConfig, finetune_classifier,
-                 ["model.img_size=32", "optim.batch_size=8", "optim.lr=0.05", "optim.steps=4", "eval.every=2",
-                  "eval.bootstrap=20"]),
+                 ["model.img_size=32", "optim.batch_size=8", "optim.lr=0.05", "optim.steps=4", "evaluation.every=2",
+                  "evaluation.bootstrap=20"]),
     "segment": (SegmentConfig, segment,
                 ["input.image_size=64", "optim.batch_size=4", "optim.steps=4", "optim.lr=0.05", "evaluation.every=2",
                  "evaluation.bootstrap=20", "evaluation.overlays=2", "input.missing_mask=empty", "head.dropout=0",
@@ -248,8 +248,8 @@ def test_the_global_batch_must_split_over_processes_and_micro_steps(phantoms: Pa
 
 def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(phantoms: Path, tmp_path: Path) -> None:
     """Two micro-steps of 4 train what one step of 8 trains (the loss is a mean over known labels)."""
-    whole = _run("classify", phantoms, tmp_path / "whole", "optim.steps=2", "eval.every=2", "eval.bootstrap=0")
-    split = _run("classify", phantoms, tmp_path / "split", "optim.steps=2", "eval.every=2", "eval.bootstrap=0",
+    whole = _run("classify", phantoms, tmp_path / "whole", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0")
+    split = _run("classify", phantoms, tmp_path / "split", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0",
                  "optim.accum_steps=2")
     assert whole["test"]["n_images"] == split["test"]["n_images"]
     a = load_file(tmp_path / "whole" / "final" / "model.safetensors")

@@ -90,7 +90,10 @@ def test_collate_tokenizes_and_keeps_uint8(tmp_path: Path) -> None:
     pairs = _pairs(write_manifest(tmp_path, 3))
     batch = PairCollate(ReportTokenizer.from_file(None, 16))([pairs[(0, i)] for i in range(3)])
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 1, 64, 64)
-    assert batch["tokens"]["input_ids"].shape == (3, 16)
+    ids = batch["tokens"]["input_ids"]
+    assert ids.shape[0] == 3 and ids.shape[1] % 8 == 0 and ids.shape[1] <= 16  # trailing padding trimmed
+    assert torch.equal(ids, PairCollate(ReportTokenizer.from_file(None, 16)).tokenizer(
+        [pairs[(0, i)]["text"] for i in range(3)])["input_ids"][:, :ids.shape[1]])
     assert torch.equal(batch["index"], torch.tensor([0, 1, 2]))
 
 
@@ -107,7 +110,7 @@ def test_negation_negatives_flip_one_sentence_reproducibly_and_are_tokenized(tmp
         "no pneumothorax. no mild cardiomegaly. the trachea is midline. ",
         "no pneumothorax. mild cardiomegaly. no the trachea is midline. "}
     batch = PairCollate(ReportTokenizer.from_file(None, 16))([pairs[(0, i)] for i in range(3)])
-    assert batch["negative_tokens"]["input_ids"].shape == batch["tokens"]["input_ids"].shape == (3, 16)
+    assert batch["negative_tokens"]["input_ids"].shape[0] == batch["tokens"]["input_ids"].shape[0] == 3
     assert "negative_text" not in _pairs(folder)[(0, 1)]
 
 

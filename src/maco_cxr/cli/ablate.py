@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the demo (phantoms -> pre-training -> held-out evaluation) once per variant and seed, "
         "then write OUT/ablation.md, ablation.csv, ablation.png and index.html: zero-shot AUC, grounding CNR, "
         "linear-probe AUC, retrieval R@10 and wall time per variant against the seed spread. Finished runs "
-        "are reused, so an interrupted ablation continues. Each run takes as long as a demo (about 9 minutes "
-        "on 2 idle CPU cores at ~100 pre-training images/s); --steps lowers the budget. Variants: "
+        "are reused, so an interrupted ablation continues. Each run takes as long as a demo (about 8 minutes "
+        "on 2 CPU cores at ~155 pre-training images/s); --steps lowers the budget. Variants: "
         + "; ".join(f"{v.name}: {v.description}" for v in VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("ablation-report"), help="report folder")
     parser.add_argument("--variants", nargs="+", choices=names, default=names, metavar="NAME",

@@ -25,7 +25,7 @@ from maco_cxr.errors import DataError
 from maco_cxr.models.config import MacoConfig
 from maco_cxr.models.decoder import MaeDecoder
 from maco_cxr.models.losses import Gather, correlation_weighted_contrastive_loss, reconstruction_loss
-from maco_cxr.models.text import TextEncoder
+from maco_cxr.models.text import TextEncoder, trim_padding
 from maco_cxr.models.vit import MaskedViT
 
 TokenBatch = dict[str, torch.Tensor]
@@ -127,7 +127,7 @@ class MacoModel(nn.Module):
         else:
             if isinstance(texts, str):
                 texts = [texts]
-            batch = self.tokenizer(list(texts))
+            batch = trim_padding(self.tokenizer(list(texts)))
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # ----------------------------------------------------------------------------- inference

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from maco_cxr.models.config import TextConfig
 
-__all__ = ["Bert", "TextEncoder"]
+__all__ = ["Bert", "TextEncoder", "trim_padding"]
 
 _INIT_STD = 0.02  # BERT's initializer_range
 
@@ -181,3 +181,19 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.bert(input_ids, attention_mask, token_type_ids)[1]
+
+
+def trim_padding(batch: dict[str, torch.Tensor], multiple: int = 8) -> dict[str, torch.Tensor]:
+    """``batch`` without the trailing columns that are padding in every row (kept to a multiple
+    of ``multiple``, so a compiled text tower sees few distinct lengths).
+
+    Why: the ids are padded to ``max_length`` (100 officially) but reports are often far
+    shorter (the demo's median is 14 ids of 64); padded keys are masked out of attention and
+    the embedding is read at [CLS], so the dropped columns never change a result, only cost.
+    """
+    mask = batch["attention_mask"]
+    longest = int(mask.sum(dim=1).max()) if mask.numel() else mask.shape[1]
+    keep = min(mask.shape[1], max(multiple, -(-longest // multiple) * multiple))
+    if keep == mask.shape[1] or bool(mask[:, keep:].any()):
+        return batch
+    return {name: value[:, :keep] for name, value in batch.items()}

@@ -113,7 +113,7 @@ _ZEROSHOT: dict[str, tuple[str | None, dict[str, Any], str]] = {
 # quick mode: the schedule and sizes of a smoke run (never comparable to the paper)
 _QUICK: dict[str, tuple[str, ...]] = {
     "classify": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "model.img_size=32",
-                 "eval.batch_size=8", "eval.bootstrap=0", "runtime.log_every=1"),
+                 "evaluation.batch_size=8", "evaluation.bootstrap=0", "runtime.log_every=1"),
     "segment": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "input.image_size=64",
                 "head.channels=16", "head.aux_channels=8", "head.pool_scales=[1, 2]", "evaluation.every=0",
                 "evaluation.overlays=0", "evaluation.bootstrap=0", "evaluation.batch_size=4",

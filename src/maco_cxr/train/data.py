@@ -37,6 +37,7 @@ from maco_cxr.data.prepare import Exclusion, apply_exclusions
 from maco_cxr.data.reports import negation_counterfactual, report_text, sample_report_sentences, whole_report_text
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.models.text import trim_padding
 from maco_cxr.train.config import PretrainData, OnError, TextMode
 
 logger = logging.getLogger(__name__)
@@ -176,12 +177,12 @@ class PairCollate:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = {
             "image": torch.stack([s["image"] for s in samples]),
-            "tokens": self.tokenizer([s["text"] for s in samples]),
+            "tokens": trim_padding(self.tokenizer([s["text"] for s in samples])),
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
             "skipped": [item for s in samples for item in s["skipped"]],
         }
         if "negative_text" in samples[0]:
-            batch["negative_tokens"] = self.tokenizer([s["negative_text"] for s in samples])
+            batch["negative_tokens"] = trim_padding(self.tokenizer([s["negative_text"] for s in samples]))
         return batch
 
 

@@ -130,7 +130,7 @@ class ClassifyConfig:
     model: ClassifyModel = field(default_factory=ClassifyModel)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     augment: ClassifyAugment = field(default_factory=ClassifyAugment)
-    eval: ClassifyEval = field(default_factory=ClassifyEval)
+    evaluation: ClassifyEval = field(default_factory=ClassifyEval)
     runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/finetune"))
 
 
@@ -353,7 +353,7 @@ class ClassifyTask(FinetuneTask):
 
             was_training = model.training
             model.eval()
-            records, _ = run.map_items(items, pool, self.config.eval.batch_size, "features")
+            records, _ = run.map_items(items, pool, self.config.evaluation.batch_size, "features")
             model.train(was_training)
             self.cached[id(dataset)] = _Features(records, len(dataset))
         return self.cached[id(dataset)]
@@ -417,7 +417,7 @@ class ClassifyTask(FinetuneTask):
             for method in ("youden", "max_f1"):
                 thresholds = select_thresholds(val_labels, val_scores, self.classes, method=method)
                 metrics[f"at_val_{method}_threshold"] = apply_thresholds(labels, scores, self.classes, thresholds)
-        replicates = self.config.eval.bootstrap
+        replicates = self.config.evaluation.bootstrap
         if replicates:
             patients = [r["patient"] for r in records]
             groups = patients if all(p is not None for p in patients) else None
@@ -435,12 +435,12 @@ class ClassifyTask(FinetuneTask):
 
     def eval_every(self, n_train: int) -> int:
         optim = self.config.optim
-        every = self.config.eval.every or math.ceil(10 * n_train / optim.batch_size)
+        every = self.config.evaluation.every or math.ceil(10 * n_train / optim.batch_size)
         return max(1, min(every, optim.steps))
 
     @property
     def eval_batch_size(self) -> int:
-        return self.config.eval.batch_size
+        return self.config.evaluation.batch_size
 
     def write_outputs(self, out: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any],
                       model: FinetunedModel, log_rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -164,4 +164,4 @@ class DenseModel(BackboneSection):
 RESUMABLE_CHANGES = ("runtime.progress", "runtime.log_every", "runtime.save_every", "runtime.keep_last",
                      "runtime.stop_at_step", "runtime.resume", "runtime.tensorboard", "runtime.device",
                      "data.workers", "data.root", "model.grad_checkpointing", "runtime.out",
-                     "eval.batch_size", "evaluation.batch_size", "evaluation.overlays")
+                     "evaluation.batch_size", "evaluation.overlays")
