@@ -99,6 +99,14 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(message, key=key)
 
 
+def require_at_least(section: Any, **minimums: int | float) -> None:
+    """``require(getattr(section, name) >= low)`` for every ``name=low`` (None values pass: a
+    field that may be null checks itself for null)."""
+    for name, low in minimums.items():
+        value = getattr(section, name)
+        require(value is None or value >= low, name, f"must be >= {low}" + (" or null" if value is None else ""))
+
+
 # ----------------------------------------------------------------------------- values
 
 

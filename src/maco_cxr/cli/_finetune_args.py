@@ -75,22 +75,24 @@ def build_config(kind: type, args: argparse.Namespace, extra: list[Any] = ()) ->
     return load_config(kind, args.config, [*flag_overrides(args), *extra, *parse_overrides(args.overrides)])
 
 
-def is_master() -> bool:
-    """Rank 0 (or the only process) prints; the others stay quiet."""
+def run_task(kind: type, train: Any, args: argparse.Namespace, extra: list[Any] = ()) -> tuple[Any, Any] | None:
+    """Build the config, run ``train(config)`` and return ``(config, metrics)`` to report, or
+    None on ranks other than 0 (they stay quiet) and for a run stopped by
+    ``runtime.stop_at_step`` (it says how to continue)."""
     from maco_cxr.train.distributed import world_info_from_env
 
+    config = build_config(kind, args, extra)
     master = world_info_from_env().is_master
     if not master:
         logging.getLogger().setLevel(logging.WARNING)
-    return master
-
-
-def stopped(metrics: dict[str, Any], out: Any) -> bool:
+    metrics = train(config)
+    if not master:
+        return None
     if "stopped_at_step" in metrics:
         print(f"stopped at step {metrics['stopped_at_step']} (runtime.stop_at_step); run the same command again "
-              f"to continue from the checkpoint in {out}")
-        return True
-    return False
+              f"to continue from the checkpoint in {args.out}")
+        return None
+    return config, metrics
 
 
 def fmt(value: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, build_config, fmt, is_master, stopped
+from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, fmt, run_task
 
 
 def register(subparsers: Any) -> None:
@@ -27,11 +27,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from maco_cxr.tasks.finetune import DetectConfig, detect
 
-    config = build_config(DetectConfig, args)
-    master = is_master()
-    metrics = detect(config)
-    if not master or stopped(metrics, args.out):
+    done = run_task(DetectConfig, detect, args)
+    if done is None:
         return 0
+    config, metrics = done
     test = metrics["test"]
     print(f"test ({test['n_images']} images, {test['n_boxes']} boxes); model from step {metrics['best_step']} "
           f"({metrics['selection']})")

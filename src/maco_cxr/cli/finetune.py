@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, build_config, fmt, is_master, stopped
+from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, fmt, run_task
 
 
 def register(subparsers: Any) -> None:
@@ -31,11 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from maco_cxr.tasks.finetune import ClassifyConfig, finetune_classifier
 
     extra = [Override("model.mode", args.mode, "--mode")] if args.mode is not None else []
-    config = build_config(ClassifyConfig, args, extra)
-    master = is_master()
-    metrics = finetune_classifier(config)
-    if not master or stopped(metrics, args.out):
+    done = run_task(ClassifyConfig, finetune_classifier, args, extra)
+    if done is None:
         return 0
+    config, metrics = done
     test = metrics["test"]
     ci = test.get("mean_auc_ci95")
     interval = f" (95 % CI {fmt(ci['low'])}-{fmt(ci['high'])})" if ci else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, build_config, fmt, is_master, stopped
+from maco_cxr.cli._finetune_args import TORCHRUN_HINT, add_common_arguments, fmt, run_task
 
 
 def register(subparsers: Any) -> None:
@@ -30,11 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from maco_cxr.tasks.finetune import SegmentConfig, segment
     from maco_cxr.tasks.finetune.segmentation import METRIC_NAMES
 
-    config = build_config(SegmentConfig, args)
-    master = is_master()
-    metrics = segment(config)
-    if not master or stopped(metrics, args.out):
+    done = run_task(SegmentConfig, segment, args)
+    if done is None:
         return 0
+    config, metrics = done
     test = metrics["test"]
     print(f"test ({test['n_images']} images, {test['n_empty_targets']} with an empty mask; target "
           f"{', '.join(metrics['target_labels'])}); model from step {metrics['best_step']} ({metrics['selection']})")

@@ -35,7 +35,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from maco_cxr._atomic import write_csv, write_with
-from maco_cxr.config import from_dict, require
+from maco_cxr.config import from_dict, require, require_at_least
 from maco_cxr.data.augment import normalize_batch
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.errors import DataError
@@ -117,9 +117,7 @@ class ClassifyEval:
     bootstrap: int = 1000
 
     def __post_init__(self) -> None:
-        require(self.every is None or self.every >= 1, "every", "must be >= 1 or null")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        require(self.bootstrap >= 0, "bootstrap", "must be >= 0")
+        require_at_least(self, every=1, batch_size=1, bootstrap=0)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from torchvision.models.detection import FasterRCNN
 
 from maco_cxr._atomic import write_csv, write_with
-from maco_cxr.config import config_to_dict, from_dict, require
+from maco_cxr.config import config_to_dict, from_dict, require, require_at_least
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.splits import official_rsna_detection_test
@@ -108,9 +108,7 @@ class DetectEval:
     overlay_score: float = 0.5
 
     def __post_init__(self) -> None:
-        require(self.every >= 0, "every", "must be >= 0")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        require(self.overlays >= 0, "overlays", "must be >= 0")
+        require_at_least(self, every=0, batch_size=1, overlays=0)
 
 
 def _paper_optim() -> FinetuneOptim:
@@ -118,8 +116,6 @@ def _paper_optim() -> FinetuneOptim:
     return FinetuneOptim(name="adamw", lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.7,
                          clip_grad=None, batch_size=32, steps=5600, warmup_steps=250, schedule="cosine",
                          warmup_start=0.01, final=0.01)
-
-
 
 
 @dataclass

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from maco_cxr._atomic import write_csv, write_with
-from maco_cxr.config import config_to_dict, from_dict, require
+from maco_cxr.config import config_to_dict, from_dict, require, require_at_least
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.errors import ConfigError, DataError
@@ -109,11 +109,8 @@ class SegmentEval:
     bootstrap: int = 1000
 
     def __post_init__(self) -> None:
-        require(self.every >= 0, "every", "must be >= 0")
+        require_at_least(self, every=0, batch_size=1, overlays=0, bootstrap=0)
         require(0.0 < self.threshold < 1.0, "threshold", "must be in (0, 1)")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        require(self.overlays >= 0, "overlays", "must be >= 0")
-        require(self.bootstrap >= 0, "bootstrap", "must be >= 0")
 
 
 def _paper_optim() -> FinetuneOptim:
