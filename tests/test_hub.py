@@ -145,6 +145,12 @@ def test_every_public_name_resolves():
         assert getattr(maco_cxr, name) is not None, name
 
 
+def test_predict_folder_is_the_predict_command():
+    from maco_cxr.tasks.predict import predict
+
+    assert maco_cxr.predict_folder is predict
+
+
 # ------------------------------------------------------------------------ SHA-256 checks
 
 

@@ -35,6 +35,7 @@ _EXPORTS = {
     "zero_shot": "maco_cxr.tasks.zeroshot",
     "ground": "maco_cxr.tasks.grounding",
     "retrieve": "maco_cxr.tasks.retrieval",
+    "predict_folder": "maco_cxr.tasks.predict",
     "MacoError": "maco_cxr.errors",
     "pretrain": "maco_cxr.train.pretrain",
     "PretrainConfig": "maco_cxr.train.config",
@@ -50,9 +51,14 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+# Exports whose module name would be ambiguous at the top level (a fine-tuned model has its own
+# ``predict(images)``).
+_RENAMED = {"predict_folder": "predict"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     raise AttributeError(f"module 'maco_cxr' has no attribute {name!r}")
 
 

@@ -58,7 +58,7 @@ def test_health_reports_model_device_tasks_classes_and_limits(client):
     assert body["model"]["name"] == "tiny-maco" and body["model"]["kind"] == "maco"
     assert body["model"]["parameters"] > 0 and "ViT" in body["model"]["vision"]
     assert body["device"] == "cpu"
-    assert body["tasks"] == {"classification": True, "zero_shot": True, "grounding": True}
+    assert body["tasks"] == {"classification": True, "zero_shot": True, "grounding": True, "maps": False}
     assert body["classes"]["default"] == list(CLASS_SETS["chexpert"])
     assert body["classes"]["editable"] is True and body["classes"]["sets"]["nih"] == list(CLASS_SETS["nih"])
     assert body["limits"]["max_upload_bytes"] == 50 * 2**20
@@ -92,7 +92,7 @@ def test_docs_ui_is_off_and_the_openapi_schema_describes_analyze(client):
 def test_unknown_paths_and_methods_answer_json(client):
     assert client.get("/api/nothing").status_code == 404
     response = client.get("/api/analyze")
-    assert response.status_code == 405 and "detail" in response.json()
+    assert response.status_code == 405 and "error" in response.json()
 
 
 # ----------------------------------------------------------------------------- analyze: results
@@ -238,7 +238,7 @@ _FORM = {"content-type": "multipart/form-data; boundary=b0undary"}
 def test_bad_requests_get_a_json_message(client, kwargs, status, words):
     response = client.post("/api/analyze", **kwargs)
     assert response.status_code == status, response.text
-    detail = response.json()["detail"]
+    detail = response.json()["error"]
     assert isinstance(detail, str) and words in detail
 
 
@@ -248,17 +248,17 @@ def test_colour_dicom_is_refused_with_the_readers_message(client):
     buffer = io.BytesIO()
     dataset.save_as(buffer)
     response = _post(client, buffer.getvalue(), name="colour.dcm")
-    assert response.status_code == 400 and "colour DICOM" in response.json()["detail"]
+    assert response.status_code == 400 and "colour DICOM" in response.json()["error"]
 
 
 def test_uploads_over_the_size_limit_get_413(backend):
     client = _app_client(backend, max_upload_bytes=10_000)
     response = _post(client, DICOM_MONO2)  # 127 kB, refused from its Content-Length
-    assert response.status_code == 413 and "upload limit of" in response.json()["detail"]
+    assert response.status_code == 413 and "upload limit of" in response.json()["error"]
     body = _multipart([("file", "a.dcm", DICOM_MONO2.read_bytes())])
     chunks = (body[i:i + 4096] for i in range(0, len(body), 4096))  # chunked: no Content-Length
     response = client.post("/api/analyze", content=chunks, headers=_FORM)
-    assert response.status_code == 413 and "upload limit" in response.json()["detail"]
+    assert response.status_code == 413 and "upload limit" in response.json()["error"]
     assert _post(client, PNG_SQUARE.read_bytes()[:9000], name="small.png").status_code == 400  # under it
 
 
@@ -282,7 +282,7 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding(backend, monkeyp
                           (DICOM_MONO2.read_bytes(), "a.dcm")):
         response = _post(client, payload, name=name)
         assert response.status_code == 413, name
-        assert "pixels" in response.json()["detail"] and "--max-pixels" in response.json()["detail"]
+        assert "pixels" in response.json()["error"] and "--max-pixels" in response.json()["error"]
 
 
 def test_a_decompression_bomb_past_pillows_own_limit_is_413(client):
@@ -332,7 +332,7 @@ def test_file_names_and_contents_never_reach_the_log(client, caplog):
 
 
 def test_error_messages_name_the_upload_by_its_suffix_only(client):
-    detail = _post(client, b"junk", name="Doe-Jane.png").json()["detail"]
+    detail = _post(client, b"junk", name="Doe-Jane.png").json()["error"]
     assert "Doe-Jane" not in detail and detail.startswith("upload.png:")
 
 
@@ -385,7 +385,7 @@ def test_an_unexpected_failure_is_a_500_json_without_the_upload(backend, caplog)
     client = TestClient(create_app(replace(backend, predict=broken)))
     with caplog.at_level("ERROR"):
         response = _post(client, PNG_SQUARE, name="Doe-Jane.png")
-    assert response.status_code == 500 and "internal error" in response.json()["detail"]
+    assert response.status_code == 500 and "internal error" in response.json()["error"]
     assert "Doe-Jane" not in caplog.text
 
 
@@ -417,7 +417,8 @@ def test_a_fine_tuned_classifier_plugs_in_as_one_backend():
     client = TestClient(create_app(classifier_backend(model, name="siim-finetuned")))
     health = client.get("/api/health").json()
     assert health["model"]["kind"] == "finetuned-classifier"
-    assert health["tasks"] == {"classification": True, "zero_shot": False, "grounding": False}
+    assert health["tasks"] == {"classification": True, "zero_shot": False, "grounding": False,
+                               "maps": False}
     assert health["classes"] == {"default": ["Pneumothorax", "No Finding"], "editable": False, "sets": {}}
     body = _post(client, DICOM_MONO2).json()
     brightness = read_image(DICOM_MONO2).mean() / 255.0
@@ -427,7 +428,7 @@ def test_a_fine_tuned_classifier_plugs_in_as_one_backend():
     assert list(_post(client, PNG_SQUARE, classes="No Finding").json()["scores"]) == ["No Finding"]
     for data, words in (({"phrase": "edema"}, "no phrase grounding"), ({"classes": "Edema"}, "only its own")):
         response = _post(client, PNG_SQUARE, **data)
-        assert response.status_code == 400 and words in response.json()["detail"]
+        assert response.status_code == 400 and words in response.json()["error"]
 
 
 def test_a_fine_tuned_classifier_directory_is_served_with_its_own_predictions(tmp_path):
@@ -450,3 +451,75 @@ def test_a_fine_tuned_classifier_directory_is_served_with_its_own_predictions(tm
     expected = model.predict(read_image(PNG_SQUARE))[0].tolist()
     assert list(body["scores"]) == ["Edema", "Pneumothorax"]
     assert list(body["scores"].values()) == pytest.approx(expected, abs=1e-6)
+
+
+def _tiny_vision():
+    from maco_cxr.models.config import VisionConfig
+
+    return VisionConfig(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2)
+
+
+def test_a_fine_tuned_segmenter_directory_shows_its_probability_map(tmp_path):
+    """The map is the segmenter's foreground probability in the image's own grid; the mask of
+    its predict() is that map at the saved threshold; the class score is the map's maximum."""
+    from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD
+    from maco_cxr.models.upernet import UperNetConfig, UperNetSegmenter
+    from maco_cxr.models.vit import MaskedViT
+    from maco_cxr.serve import load_backend
+    from maco_cxr.tasks.finetune import load_finetuned
+    from maco_cxr.tasks.finetune.model_io import save_finetuned
+    from maco_cxr.tasks.finetune.segmentation import FinetunedSegmenter
+
+    torch.manual_seed(0)
+    net = UperNetSegmenter(MaskedViT(_tiny_vision()), UperNetConfig(channels=16, pool_scales=(1, 2), aux_channels=0,
+                                                                   blocks=(0, 0, 1, 1)))
+    preprocessing = {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD, "threshold": 0.5}
+    save_finetuned(FinetunedSegmenter(net, ("lung",), preprocessing), tmp_path / "best")
+    backend = load_backend(tmp_path / "best", device="cpu")
+    client = TestClient(create_app(backend))
+    health = client.get("/api/health").json()
+    assert health["model"]["kind"] == "finetuned-segmenter" and health["tasks"]["maps"] is True
+    assert health["tasks"]["grounding"] is False and health["classes"]["default"] == ["lung"]
+    body = _post(client, PNG_WIDE).json()
+    pixels = read_image(PNG_WIDE)
+    model = load_finetuned(tmp_path / "best")
+    prediction = backend.predict(pixels, None, None)
+    assert prediction.heatmap.shape == pixels.shape
+    np.testing.assert_array_equal(prediction.heatmap >= 0.5, model.predict(pixels)[0] > 0)
+    assert body["scores"] == pytest.approx({"lung": float(prediction.heatmap.max())})
+    assert body["heatmap_range"][1] == pytest.approx(float(prediction.heatmap.max()))
+    shown = _png(body["heatmap_png"])
+    assert shown.shape == (*pixels.shape, 3)
+    np.testing.assert_array_equal(shown, overlay_heatmap(pixels, prediction.heatmap, alpha=1.0))
+    assert "lung probability" in body["map"] and body["query"] is None and "boxes" not in body
+    response = _post(client, PNG_SQUARE, phrase="lung")
+    assert response.status_code == 400 and "no phrase grounding" in response.json()["error"]
+
+
+def test_a_fine_tuned_detector_directory_lists_and_draws_its_boxes(tmp_path):
+    from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD
+    from maco_cxr.models.vit import MaskedViT
+    from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet
+    from maco_cxr.serve import load_backend
+    from maco_cxr.tasks.finetune import load_finetuned
+    from maco_cxr.tasks.finetune.detection import FinetunedDetector
+    from maco_cxr.tasks.finetune.model_io import save_finetuned
+
+    torch.manual_seed(0)
+    config = ViTDetConfig(out_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_head_convs=1, box_head_fc=16,
+                          box_detections_per_img=5)
+    net = build_vitdet(MaskedViT(_tiny_vision()), config, 64, IMAGE_MEAN, IMAGE_STD)
+    save_finetuned(FinetunedDetector(net, ("nodule",), {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD},
+                                     config), tmp_path / "best")
+    client = TestClient(create_app(load_backend(tmp_path / "best", device="cpu")))
+    assert client.get("/api/health").json()["model"]["kind"] == "finetuned-detector"
+    body = _post(client, PNG_WIDE).json()
+    expected = load_finetuned(tmp_path / "best").predict(read_image(PNG_WIDE))
+    assert len(body["boxes"]) == len(expected["boxes"]) > 0
+    np.testing.assert_allclose([b["box"] for b in body["boxes"]], expected["boxes"], atol=1e-3)
+    assert {b["label"] for b in body["boxes"]} == {"nodule"}
+    assert body["scores"] == pytest.approx({"nodule": float(expected["scores"].max())})
+    assert body["heatmap_range"] == pytest.approx([0.0, float(expected["scores"].max())])
+    x0, y0, x1, y1 = (int(round(v)) for v in expected["boxes"][int(np.argmax(expected["scores"]))])
+    assert x0 <= body["peak"]["x"] < x1 and y0 <= body["peak"]["y"] < y1
+    assert body["map"].startswith(f"{len(expected['boxes'])} boxes")

@@ -23,9 +23,11 @@ from maco_cxr.serve.backend import (
     Prediction,
     PredictFn,
     classifier_backend,
+    detector_backend,
     load_backend,
     maco_backend,
     resolve_device,
+    segmenter_backend,
 )
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "ServeLimits",
     "classifier_backend",
     "create_app",
+    "detector_backend",
     "load_backend",
     "maco_backend",
     "resolve_device",
+    "segmenter_backend",
 ]

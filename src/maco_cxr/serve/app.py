@@ -16,7 +16,7 @@ the backend's, CheXpert-5 for MaCo). It answers 200 with JSON::
                            for DICOM, modality, photometric and the LUT/window applied
     model, timings_ms
 
-Errors are JSON ``{"detail": message}``: 400 when the upload cannot be used (empty, not an
+Errors are JSON ``{"error": message}`` (unknown paths and methods too): 400 when the upload cannot be used (empty, not an
 image, corrupt or truncated, unsupported DICOM) or the phrase or class list is unusable; 413
 when the file is over ``--max-upload-mb`` or the image over ``--max-pixels``; 422 when the
 request is not a well-formed multipart form with a ``file`` field; 500 for a bug.
@@ -44,6 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maco_cxr.errors import ConfigError, MacoError
 from maco_cxr.serve.backend import Backend, Prediction
@@ -99,7 +100,11 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -113,7 +118,7 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
             "model": {"name": backend.name, "kind": backend.kind, **backend.summary},
             "device": backend.device,
             "tasks": {"classification": True, "zero_shot": backend.classes_editable,
-                      "grounding": backend.grounding},
+                      "grounding": backend.grounding, "maps": backend.maps},
             "classes": {"default": list(backend.default_classes), "editable": backend.classes_editable,
                         "sets": {k: list(v) for k, v in backend.class_sets.items()}},
             "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
@@ -157,7 +162,7 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
         except Exception:
             # the traceback names no file (uploads are "upload.<suffix>") and holds no pixels
             logger.exception("analysis failed")
-            return JSONResponse({"detail": "internal error while analysing the image; the server "
+            return JSONResponse({"error": "internal error while analysing the image; the server "
                                  "log has the traceback"}, status_code=500)
 
     return app
@@ -212,6 +217,9 @@ def _response(backend: Backend, pixels: np.ndarray, image_format: str, dicom: di
         out["heatmap_png"] = _png_base64(overlay_heatmap(pixels, heat, alpha=1.0))
         out["heatmap_range"] = [float(finite.min()), float(finite.max())]
         out["peak"] = {"x": int(col), "y": int(row)}
+        out["map"] = prediction.map_name
+    if prediction.boxes:
+        out["boxes"] = list(prediction.boxes)
     return out
 
 

@@ -11,6 +11,9 @@ of model is one function that builds a :class:`Backend`:
   ``predict(uint8 [H, W]) -> probabilities [K]`` (the fine-tuned models' ``predict`` takes
   images as :mod:`maco_cxr.data.inputs` does). Its classes are fixed and it has no grounding,
   so the page hides the phrase box and the class editor.
+- :func:`segmenter_backend`, :func:`detector_backend`: a fine-tuned segmenter (its foreground
+  probability map over the image; score = the map's maximum) or detector (its boxes, listed and
+  drawn as a map of the best box score covering each pixel; score per class = its best box).
 
 :func:`load_backend` picks the builder for a path given to ``maco-cxr serve --model``.
 """
@@ -36,9 +39,11 @@ __all__ = [
     "Prediction",
     "PredictFn",
     "classifier_backend",
+    "detector_backend",
     "load_backend",
     "maco_backend",
     "resolve_device",
+    "segmenter_backend",
 ]
 
 
@@ -46,11 +51,15 @@ __all__ = [
 class Prediction:
     """One image's predictions: ``scores`` class -> probability (in the order asked) and, when a
     phrase was given, its heatmap, float32 ``[H, W]`` in the image's original pixel grid, and
-    ``query``, the phrase as the model read it (after the official phrase processing)."""
+    ``query``, the phrase as the model read it (after the official phrase processing). A
+    fine-tuned dense model gives its own map without a phrase, ``map_name`` says what it shows,
+    and a detector lists ``boxes`` (``label``, ``score``, ``box`` xyxy in original pixels)."""
 
     scores: dict[str, float]
     heatmap: np.ndarray | None = None
     query: str | None = None
+    map_name: str | None = None
+    boxes: tuple[dict[str, Any], ...] = ()
 
 
 PredictFn = Callable[[np.ndarray, "str | None", "Sequence[str] | None"], Prediction]
@@ -66,7 +75,8 @@ class Backend:
     """A model as the viewer sees it.
 
     ``classes_editable``: any class list may be scored (zero-shot); otherwise ``default_classes``
-    are the model's fixed outputs. ``grounding``: ``predict`` accepts a phrase. ``input_size``:
+    are the model's fixed outputs. ``grounding``: ``predict`` accepts a phrase. ``maps``: every
+    prediction carries a map of its own (a fine-tuned segmenter or detector). ``input_size``:
     the side of the model's square input (the grounding letterbox). ``classify_geometry``: how
     the image is brought to the classifier's input, in words, for the page. ``class_sets``:
     named class lists the page offers (editable backends).
@@ -83,6 +93,7 @@ class Backend:
     classify_geometry: str
     summary: dict[str, Any] = field(default_factory=dict)
     class_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    maps: bool = False
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -135,23 +146,14 @@ def classifier_backend(model: _Classifier, *, name: str = "classifier", device: 
     present) gives ``input_size`` for the page.
     """
     classes = tuple(model.classes)
-    task = getattr(model, "task", "classification")
-    if task != "classification":
-        raise DataError(f"model {name!r} is a fine-tuned {task} model; the viewer shows class scores, so it "
-                        "serves classifiers (and MaCo models) only")
 
     def predict(image: np.ndarray, phrase: str | None, wanted: Sequence[str] | None) -> Prediction:
-        if phrase:
-            raise DataError(f"model {name!r} is a fine-tuned classifier: it has no phrase grounding")
-        unknown = [c for c in wanted or () if c not in classes]
-        if unknown:
-            raise DataError(f"model {name!r} scores only its own classes {list(classes)}; not {unknown}")
+        _check_fixed_request(name, "classifier", classes, phrase, wanted)
         probabilities = torch.as_tensor(model.predict(image)).float().reshape(-1).tolist()
         if len(probabilities) != len(classes):
             raise DataError(f"model {name!r} returned {len(probabilities)} probabilities for "
                             f"{len(classes)} classes")
-        scores = dict(zip(classes, probabilities))
-        return Prediction({c: scores[c] for c in wanted} if wanted else scores)
+        return Prediction(_wanted(dict(zip(classes, probabilities)), wanted))
 
     size = int(dict(getattr(model, "preprocessing", {}) or {}).get("input_size", 224))
     return Backend(
@@ -160,6 +162,79 @@ def classifier_backend(model: _Classifier, *, name: str = "classifier", device: 
         classify_geometry=f"the model's own preprocessing (input {size})",
         summary={"classes": len(classes)},
     )
+
+
+def segmenter_backend(model: Any, *, name: str = "segmenter", device: str | None = None) -> Backend:
+    """A fine-tuned segmenter (:class:`~maco_cxr.tasks.finetune.segmentation.FinetunedSegmenter`):
+    its foreground probability over the image, in the image's own grid, as the map; the score
+    of its class is the map's maximum."""
+    from maco_cxr.inference import inference_mode
+
+    classes = tuple(model.classes)
+    size = int(model.preprocessing["image_size"])
+
+    def predict(image: np.ndarray, phrase: str | None, wanted: Sequence[str] | None) -> Prediction:
+        _check_fixed_request(name, "segmenter", classes, phrase, wanted)
+        with inference_mode(model, device):
+            probability = model.probabilities([model.prepare(image, model.preprocessing)])[0]
+        scores = {c: float(np.nanmax(probability)) for c in classes}
+        return Prediction(_wanted(scores, wanted), heatmap=np.asarray(probability, dtype=np.float32),
+                          map_name=f"{' + '.join(classes)} probability (mask where >= "
+                                   f"{model.preprocessing['threshold']:g})")
+
+    return Backend(
+        name=name, kind="finetuned-segmenter", device=str(device or "cpu"), predict=predict,
+        default_classes=classes, classes_editable=False, grounding=False, input_size=size,
+        classify_geometry=f"letterbox to {size} x {size} (the segmenter's input)",
+        summary={"classes": len(classes)}, maps=True,
+    )
+
+
+def detector_backend(model: Any, *, name: str = "detector", device: str | None = None) -> Backend:
+    """A fine-tuned detector (:class:`~maco_cxr.tasks.finetune.detection.FinetunedDetector`): its
+    boxes (xyxy, original pixels), a map of the best box score covering each pixel, and per
+    class the score of its best box (0 without one)."""
+    classes = tuple(model.classes)
+    size = int(model.preprocessing["image_size"])
+
+    def predict(image: np.ndarray, phrase: str | None, wanted: Sequence[str] | None) -> Prediction:
+        _check_fixed_request(name, "detector", classes, phrase, wanted)
+        found = model.predict(image, device=device)
+        scores = dict.fromkeys(classes, 0.0)
+        heat = np.zeros(image.shape, dtype=np.float32)
+        boxes = []
+        for box, score, label in zip(found["boxes"], found["scores"], found["labels"]):
+            cls = classes[int(label) - 1]
+            scores[cls] = max(scores[cls], float(score))
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            np.maximum(heat[y0:y1, x0:x1], float(score), out=heat[y0:y1, x0:x1])
+            boxes.append({"label": cls, "score": float(score), "box": [float(v) for v in box]})
+        return Prediction(_wanted(scores, wanted), heatmap=heat, boxes=tuple(boxes),
+                          map_name=f"{len(boxes)} boxes, best score per pixel")
+
+    return Backend(
+        name=name, kind="finetuned-detector", device=str(device or "cpu"), predict=predict,
+        default_classes=classes, classes_editable=False, grounding=False, input_size=size,
+        classify_geometry=f"letterbox to {size} x {size} (the detector's input)",
+        summary={"classes": len(classes)}, maps=True,
+    )
+
+
+def _check_fixed_request(name: str, kind: str, classes: tuple[str, ...], phrase: str | None,
+                         wanted: Sequence[str] | None) -> None:
+    if phrase:
+        raise DataError(f"model {name!r} is a fine-tuned {kind}: it has no phrase grounding")
+    unknown = [c for c in wanted or () if c not in classes]
+    if unknown:
+        raise DataError(f"model {name!r} scores only its own classes {list(classes)}; not {unknown}")
+
+
+def _wanted(scores: dict[str, float], wanted: Sequence[str] | None) -> dict[str, float]:
+    return {c: scores[c] for c in wanted} if wanted else scores
+
+
+_FINETUNED_BACKENDS = {"classification": classifier_backend, "segmentation": segmenter_backend,
+                       "detection": detector_backend}
 
 
 def _is_finetuned(path: Path) -> bool:
@@ -179,6 +254,7 @@ def load_backend(path: str | Path, *, device: str = "auto") -> Backend:
     if _is_finetuned(path):
         from maco_cxr.tasks.finetune import load_finetuned
 
-        return classifier_backend(load_finetuned(path, map_location=device), name=path.name, device=device)
+        model = load_finetuned(path, map_location=device)
+        return _FINETUNED_BACKENDS[model.task](model, name=path.name, device=device)
     model = load(path, map_location=device)
     return maco_backend(model, name=path.stem if path.is_file() else path.name, device=device)
