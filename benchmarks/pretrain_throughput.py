@@ -22,6 +22,7 @@ run in fp32. The script only prints; it never asserts and exits 0 (out-of-memory
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import resource
 import sys
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "maco-cxr (SDPA, " + ("bf16, fused AdamW" if device.type == "cuda" else "fp32, foreach AdamW") \
         + (", compiled" if args.compile else "") + (", activation checkpointing" if args.grad_checkpointing else "") \
         + ")"
-    results.append(_run(name, lambda: _ours_step(model, images, tokens, device, args.compile), args.batch,
+    results.append(_run(name, functools.partial(_ours_step, model, images, tokens, device, args.compile), args.batch,
                         args.steps, args.warmup, device))
     del model
     gc.collect()
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = _official_style(create_model(config).to(device).train())
         results.append(_run("official style (eager attention, " + ("fp16 + GradScaler" if device.type == "cuda"
                             else "fp32") + ", foreach AdamW)",
-                            lambda: _baseline_step(baseline, images, tokens, device), args.batch, args.steps,
+                            functools.partial(_baseline_step, baseline, images, tokens, device), args.batch, args.steps,
                             args.warmup, device))
         del baseline
         gc.collect()
