@@ -45,6 +45,8 @@ def test_every_variant_builds_a_valid_pretraining_config(tmp_path) -> None:
     assert seen["paper-loss"].model.loss_weighting == "paper"
     assert seen["mask-0.75"].model.mask_ratio == 0.75
     assert seen["official-text"].data.text == "sentences"
+    assert seen["negations"].data.text == "full" and seen["official-text+batch-64"].data.text == "sentences"
+    assert seen["official-text+batch-64"].optim.batch_size == 2 * seen["official-text"].optim.batch_size == 64
     assert seen["official-text+negation-negatives"].data.negation_negatives is True
     assert seen["maco"].data.negation_negatives is False
     assert seen["maco"].model.text.vocab_size == 100  # the demo's model survives the override round trip

@@ -67,6 +67,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("mask-0.75", "mask ratio 0.75", pretrain=("model.mask_ratio=0.75",)),
     Variant("official-text", "the official data recipe: reports deny absent findings, random sentence draws",
             demo=_OFFICIAL_TEXT),
+    Variant("negations", "reports deny absent findings, read whole (the official reports without the "
+            "sentence draws)", demo={"negations": True}),
+    Variant("official-text+batch-64", "the official data recipe with twice the contrastive batch (64 pairs "
+            "per step, so twice the images seen)", demo={**_OFFICIAL_TEXT, "batch_size": 64}),
     Variant("official-text+negation-negatives", "the official data recipe, and every image also contrasted "
             "against its own text with one sentence's negation flipped (data.negation_negatives)",
             demo=_OFFICIAL_TEXT, pretrain=("data.negation_negatives=true",)),
