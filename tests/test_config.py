@@ -144,3 +144,14 @@ def test_every_shipped_config_loads(path, tmp_path):
     again = load_pretrain_config(tmp_path / "saved.yaml") if kind is PretrainConfig else load_config(
         kind, tmp_path / "saved.yaml")
     assert again == config
+
+
+def test_minimums_name_the_key_and_say_null_only_where_it_is_allowed():
+    from maco_cxr.tasks.finetune.classification import ClassifyEval
+    from maco_cxr.tasks.finetune.segmentation import SegmentEval
+
+    assert ClassifyEval(every=None).every is None
+    with pytest.raises(ConfigError, match=r"every.*must be >= 1 or null"):
+        ClassifyEval(every=0)
+    with pytest.raises(ConfigError, match=r"batch_size.*must be >= 1$"):
+        SegmentEval(batch_size=0)

@@ -100,11 +100,12 @@ def require(condition: bool, key: str, message: str) -> None:
 
 
 def require_at_least(section: Any, **minimums: int | float) -> None:
-    """``require(getattr(section, name) >= low)`` for every ``name=low`` (None values pass: a
-    field that may be null checks itself for null)."""
+    """``require(getattr(section, name) >= low)`` for every ``name=low`` of a dataclass section;
+    None passes where the field's type allows it (and the message then says "or null")."""
+    nullable = {f.name for f in fields(section) if "None" in str(f.type)}
     for name, low in minimums.items():
         value = getattr(section, name)
-        require(value is None or value >= low, name, f"must be >= {low}" + (" or null" if value is None else ""))
+        require(value is None or value >= low, name, f"must be >= {low}" + (" or null" if name in nullable else ""))
 
 
 # ----------------------------------------------------------------------------- values

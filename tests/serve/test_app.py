@@ -28,6 +28,7 @@ from maco_cxr.tasks.grounding import ground, phrase_query
 from maco_cxr.tasks.prompts import CLASS_SETS
 from maco_cxr.tasks.zeroshot import zero_shot
 from tests.serve.conftest import DICOM_MONO1, DICOM_MONO2, PNG_SQUARE, PNG_WIDE
+from tests.tiny_finetuned import save_tiny_detector, save_tiny_segmenter
 
 
 # truncated DICOMs make pydicom warn (naming "upload.dcm"); that is expected here
@@ -453,28 +454,13 @@ def test_a_fine_tuned_classifier_directory_is_served_with_its_own_predictions(tm
     assert list(body["scores"].values()) == pytest.approx(expected, abs=1e-6)
 
 
-def _tiny_vision():
-    from maco_cxr.models.config import VisionConfig
-
-    return VisionConfig(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2)
-
-
 def test_a_fine_tuned_segmenter_directory_shows_its_probability_map(tmp_path):
     """The map is the segmenter's foreground probability in the image's own grid; the mask of
     its predict() is that map at the saved threshold; the class score is the map's maximum."""
-    from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD
-    from maco_cxr.models.upernet import UperNetConfig, UperNetSegmenter
-    from maco_cxr.models.vit import MaskedViT
     from maco_cxr.serve import load_backend
     from maco_cxr.tasks.finetune import load_finetuned
-    from maco_cxr.tasks.finetune.model_io import save_finetuned
-    from maco_cxr.tasks.finetune.segmentation import FinetunedSegmenter
 
-    torch.manual_seed(0)
-    net = UperNetSegmenter(MaskedViT(_tiny_vision()), UperNetConfig(channels=16, pool_scales=(1, 2), aux_channels=0,
-                                                                   blocks=(0, 0, 1, 1)))
-    preprocessing = {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD, "threshold": 0.5}
-    save_finetuned(FinetunedSegmenter(net, ("lung",), preprocessing), tmp_path / "best")
+    save_tiny_segmenter(tmp_path / "best")
     backend = load_backend(tmp_path / "best", device="cpu")
     client = TestClient(create_app(backend))
     health = client.get("/api/health").json()
@@ -497,20 +483,10 @@ def test_a_fine_tuned_segmenter_directory_shows_its_probability_map(tmp_path):
 
 
 def test_a_fine_tuned_detector_directory_lists_and_draws_its_boxes(tmp_path):
-    from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD
-    from maco_cxr.models.vit import MaskedViT
-    from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet
     from maco_cxr.serve import load_backend
     from maco_cxr.tasks.finetune import load_finetuned
-    from maco_cxr.tasks.finetune.detection import FinetunedDetector
-    from maco_cxr.tasks.finetune.model_io import save_finetuned
 
-    torch.manual_seed(0)
-    config = ViTDetConfig(out_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_head_convs=1, box_head_fc=16,
-                          box_detections_per_img=5)
-    net = build_vitdet(MaskedViT(_tiny_vision()), config, 64, IMAGE_MEAN, IMAGE_STD)
-    save_finetuned(FinetunedDetector(net, ("nodule",), {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD},
-                                     config), tmp_path / "best")
+    save_tiny_detector(tmp_path / "best")
     client = TestClient(create_app(load_backend(tmp_path / "best", device="cpu")))
     assert client.get("/api/health").json()["model"]["kind"] == "finetuned-detector"
     body = _post(client, PNG_WIDE).json()

@@ -18,12 +18,13 @@ from maco_cxr.data.io import read_image
 from maco_cxr.errors import ConfigError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.inference import encode_images
-from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig, preset
+from maco_cxr.models.config import preset
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.tasks import predict as predict_module
 from maco_cxr.tasks.finetune import load_finetuned
 from maco_cxr.tasks.finetune.model_io import save_finetuned
 from maco_cxr.tasks.grounding import ground
+from tests.tiny_finetuned import save_tiny_detector, save_tiny_segmenter, tiny_vision
 from maco_cxr.tasks.predict import predict
 from maco_cxr.tasks.zeroshot import zero_shot
 
@@ -228,10 +229,6 @@ def test_a_list_file_with_relative_and_missing_entries(model_dir, folder, tmp_pa
     assert [Path(r["path"]).name for r in failures] == ["missing.png"] and "no such file" in failures[0]["reason"].lower()
 
 
-def _tiny_vision() -> VisionConfig:
-    return VisionConfig(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2)
-
-
 def test_a_fine_tuned_classifier_folder_gives_its_probabilities(folder, tmp_path):
     from maco_cxr.models.classifier import ClassifierModel
     from maco_cxr.tasks.finetune.classification import (
@@ -240,7 +237,7 @@ def test_a_fine_tuned_classifier_folder_gives_its_probabilities(folder, tmp_path
     )
 
     torch.manual_seed(0)
-    net = ClassifierModel(MaskedViT(_tiny_vision()), 2)
+    net = ClassifierModel(MaskedViT(tiny_vision()), 2)
     torch.nn.init.normal_(net.head.weight, std=0.5)
     save_finetuned(FinetunedClassifier(net, ("Edema", "Pneumothorax"), classifier_preprocessing(64)), tmp_path / "best")
     result = predict(tmp_path / "best", [folder], tmp_path / "out", batch_size=4)
@@ -254,14 +251,7 @@ def test_a_fine_tuned_classifier_folder_gives_its_probabilities(folder, tmp_path
 
 
 def test_a_fine_tuned_segmenter_folder_writes_masks_in_the_original_grid(folder, tmp_path):
-    from maco_cxr.models.upernet import UperNetConfig, UperNetSegmenter
-    from maco_cxr.tasks.finetune.segmentation import FinetunedSegmenter
-
-    torch.manual_seed(0)
-    net = UperNetSegmenter(MaskedViT(_tiny_vision()), UperNetConfig(channels=16, pool_scales=(1, 2), aux_channels=0,
-                                                                   blocks=(0, 0, 1, 1)))
-    preprocessing = {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD, "threshold": 0.5}
-    save_finetuned(FinetunedSegmenter(net, ("lung",), preprocessing), tmp_path / "best")
+    save_tiny_segmenter(tmp_path / "best")
     inputs = [folder / "a.png", folder / "sub" / "d.dcm"]
     result = predict(tmp_path / "best", inputs, tmp_path / "out")
     rows = _rows(result.out / "predictions.csv")
@@ -276,15 +266,7 @@ def test_a_fine_tuned_segmenter_folder_writes_masks_in_the_original_grid(folder,
 
 
 def test_a_fine_tuned_detector_folder_writes_its_boxes(folder, tmp_path):
-    from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet
-    from maco_cxr.tasks.finetune.detection import FinetunedDetector
-
-    torch.manual_seed(0)
-    config = ViTDetConfig(out_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_head_convs=1, box_head_fc=16,
-                          box_detections_per_img=5)
-    net = build_vitdet(MaskedViT(_tiny_vision()), config, 64, IMAGE_MEAN, IMAGE_STD)
-    save_finetuned(FinetunedDetector(net, ("nodule",), {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD},
-                                     config), tmp_path / "best")
+    save_tiny_detector(tmp_path / "best")
     path = folder / "a.png"
     result = predict(tmp_path / "best", [path], tmp_path / "out")
     row = _rows(result.out / "predictions.csv")[0]
