@@ -105,8 +105,8 @@ def test_save_is_atomic_and_replaces_existing(tmp_path):
     save_pretrained(model, tmp_path / "m")
     save_pretrained(model, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors",
-                                                                  "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [".maco-cxr.json", "config.json",
+                                                                  "model.safetensors", "tokenizer.json"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

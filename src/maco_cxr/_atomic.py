@@ -9,6 +9,11 @@ most a hidden ``.tmp-*`` leftover that :func:`remove_stale_temporaries` clears.
 The permission step matters: ``tempfile.mkdtemp`` creates 0700 directories and the
 safetensors writer 0600 files, which would make a model saved on a shared cluster private to
 its creator.
+
+Folders follow one rule (:func:`claim_output_folder`, :func:`atomic_directory`): a writer uses a
+new or empty folder, or one that this package wrote before for the same purpose, recognised by the
+marker file :data:`MARKER_NAME` it leaves inside; any other folder is refused with the files it
+holds, never filled or emptied.
 """
 
 from __future__ import annotations
@@ -24,9 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from maco_cxr._version import __version__
+from maco_cxr.errors import OutputFolderError
+
 __all__ = [
+    "MARKER_NAME",
     "TEMP_PREFIX",
     "atomic_directory",
+    "claim_output_folder",
     "atomic_file",
     "json_ready",
     "remove_stale_temporaries",
@@ -37,6 +47,8 @@ __all__ = [
 ]
 
 TEMP_PREFIX = ".tmp-"
+MARKER_NAME = ".maco-cxr.json"
+_LISTED_FILES = 5
 
 
 def _umask() -> int:
@@ -62,7 +74,8 @@ def _publishable(path: Path) -> None:
 
 
 def _replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``; an existing directory there is swapped out, then removed."""
+    """Move ``tmp`` to ``final``; an existing directory there (checked to be ours) is swapped out,
+    then removed."""
     if final.is_dir() and not final.is_symlink():
         old = final.with_name(f"{TEMP_PREFIX}old.{final.name}")
         shutil.rmtree(old, ignore_errors=True)
@@ -73,17 +86,80 @@ def _replace(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute, so that ``.`` or ``x/..`` have a name and a parent."""
+    return Path(path).expanduser().resolve()
+
+
+def _marker_kind(folder: Path) -> str | None:
+    """The kind recorded in ``folder``'s marker, or None when it has no readable marker."""
+    try:
+        marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("written_by") != "maco-cxr":
+        return None
+    return str(marker.get("kind"))
+
+
+def _check_ours(folder: Path, kind: str, verb: str) -> bool:
+    """True when ``folder`` holds a ``kind`` output of this package, False when it is absent or
+    empty; raises :class:`OutputFolderError` for anything else."""
+    if not folder.exists() and not folder.is_symlink():
+        return False
+    if not folder.is_dir():
+        raise OutputFolderError(f"{folder}: exists and is not a folder; choose another output folder")
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return False
+    found = _marker_kind(folder)
+    if found == kind:
+        return True
+    shown = ", ".join(entries[:_LISTED_FILES]) + (f" and {len(entries) - _LISTED_FILES} more"
+                                                  if len(entries) > _LISTED_FILES else "")
+    whose = (f"maco-cxr wrote it as a {found} output, not a {kind} output" if found is not None
+             else "maco-cxr did not write it (no " + MARKER_NAME + " marker)")
+    raise OutputFolderError(f"{folder}: refusing to {verb} a folder that holds files ({shown}): {whose}. "
+                            "Choose a new or empty folder, or move those files away yourself")
+
+
+def _marker(kind: str) -> dict[str, str]:
+    return {"written_by": "maco-cxr", "version": __version__, "kind": kind}
+
+
+def claim_output_folder(path: str | os.PathLike[str], kind: str) -> Path:
+    """The output folder ``path`` for a writer that adds files to it (a report, a run, a store):
+    created when new, marked when empty, reused when this package's ``kind`` writer marked it
+    before; any other folder raises :class:`OutputFolderError` naming it and its files.
+
+    Returns the resolved path.
+    """
+    folder = _resolved(path)
+    if not _check_ours(folder, kind, "write into"):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / MARKER_NAME, _marker(kind))
+    return folder
+
+
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes ``path`` when the block succeeds.
 
+    ``path`` must be absent, empty, or a ``kind`` folder this package wrote (its marker, which the
+    new folder gets too); anything else raises :class:`OutputFolderError` before any work is done.
     On an exception the temporary directory is removed and ``path`` is left as it was.
     """
-    final = Path(path)
+    final = _resolved(path)
+    _check_ours(final, kind, "replace")
+    if final.is_dir() and (Path.cwd() == final or final in Path.cwd().parents):
+        raise OutputFolderError(f"{final}: is the current working directory or holds it; replacing it would "
+                                "leave this shell in a deleted folder. Name a new subfolder instead, e.g. "
+                                f"{final / 'out'}")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{final.name}.", dir=final.parent))
     try:
         yield tmp
+        write_json(tmp / MARKER_NAME, _marker(kind))
         _publishable(tmp)
         _replace(tmp, final)
     except BaseException:

@@ -45,3 +45,19 @@ class ImageReadError(DataError):
 
 class CheckpointError(MacoError, ValueError):
     """A checkpoint is missing tensors, has unexpected ones, or has the wrong shapes."""
+
+
+class OutputFolderError(MacoError, FileExistsError):
+    """An output folder holds files this package did not write, so it is neither filled nor replaced."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a resumable run; ``where`` says how far it got (e.g. ``"step 120"``, ``"chunk 3"``).
+
+    A ``KeyboardInterrupt`` subclass so that code which lets Ctrl-C through still does; the CLI prints
+    one line from it instead of a traceback.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(where)

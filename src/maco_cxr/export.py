@@ -335,7 +335,7 @@ def model_card(model: MacoModel, metadata: dict[str, Any] | None = None,
                formats: Sequence[str] = ("onnx",), source: str | None = None) -> str:
     """``MODEL_CARD.md`` of an export: architecture, training data (from ``metadata``, the model's
     ``config.json``, else "unknown"), preprocessing, intended use, limitations, how to run it."""
-    from maco_cxr import __version__
+    from maco_cxr._version import __version__
 
     c = model.config
     files = ", ".join(f"`{name}{SUFFIXES[fmt]}`" for fmt in formats for name in GRAPHS)
@@ -468,7 +468,7 @@ def export(model: MacoModel, directory: str | Path, *, formats: Sequence[ExportF
     result = ExportResult(Path(directory), [])
     digests: dict[str, str] = {}
     try:
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, "export") as tmp:
             for spec in specs:
                 example = _example_inputs(model, spec.name, 2, generator)
                 trial = _example_inputs(model, spec.name, 3, generator) if check else ()
@@ -490,7 +490,7 @@ def export(model: MacoModel, directory: str | Path, *, formats: Sequence[ExportF
             model.tokenizer.save(tmp / "tokenizer.json")
             write_json(tmp / "preprocessing.json", preprocessing_contract(model))
             write_text(tmp / "MODEL_CARD.md", model_card(model, metadata, formats, source))
-            from maco_cxr import __version__
+            from maco_cxr._version import __version__
             from maco_cxr.hub import file_sha256
 
             digests = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}

@@ -410,7 +410,7 @@ def load_official(path: str | Path, *, text_heads: int | None = None, vision_hea
 def save_pretrained(model: MacoModel, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
     """Write the package format (``model.safetensors``, ``config.json``, ``tokenizer.json``)
     atomically: a kill leaves the old directory or the new one, never half of one."""
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, "model") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in clean_state_dict(model.state_dict()).items()
                  if not _is_optional_buffer(k)}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -739,7 +739,7 @@ def _stream(engine: _Engine, loader: DataLoader, parts: Path, number: int, total
 
 def _write_part(folder: Path, records: list[dict[str, Any]], vectors: list[np.ndarray]) -> None:
     """One chunk's records (and embeddings), published in one rename."""
-    with atomic_directory(folder) as tmp:
+    with atomic_directory(folder, "predict-journal-part") as tmp:
         write_json(tmp / _ROWS_NAME, {"records": records})
         if vectors:
             stacked = np.concatenate(vectors)

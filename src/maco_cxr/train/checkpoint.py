@@ -97,7 +97,7 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any],
     ``model.safetensors`` inside); ``state`` (plain types and tensors) goes to ``STATE_NAME``.
     """
     final = checkpoint_root(output_dir) / f"step-{step:08d}"
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, "checkpoint") as tmp:
         write_model(tmp / MODEL_DIR)
         torch.save({"format_version": STATE_VERSION, **state}, tmp / STATE_NAME)
     if keep_last is not None:

@@ -112,7 +112,7 @@ class FinetunedModel(nn.Module, ABC):
 
 def save_finetuned(model: FinetunedModel, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` atomically into ``directory``."""
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, "finetuned-model") as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         write_json(tmp / CONFIG_NAME, {"format_version": FORMAT_VERSION, "task": model.task,
