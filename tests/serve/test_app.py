@@ -59,10 +59,13 @@ def test_health_reports_model_device_tasks_classes_and_limits(client):
     assert body["model"]["name"] == "tiny-maco" and body["model"]["kind"] == "maco"
     assert body["model"]["parameters"] > 0 and "ViT" in body["model"]["vision"]
     assert body["device"] == "cpu"
-    assert body["tasks"] == {"classification": True, "zero_shot": True, "grounding": True, "maps": False}
+    assert body["tasks"] == {"classification": True, "zero_shot": True, "grounding": True,
+                             "segmentation": False, "detection": False, "maps": False}
     assert body["classes"]["default"] == list(CLASS_SETS["chexpert"])
     assert body["classes"]["editable"] is True and body["classes"]["sets"]["nih"] == list(CLASS_SETS["nih"])
+    assert body["scores"].startswith("zero-shot probability")
     assert body["limits"]["max_upload_bytes"] == 50 * 2**20
+    assert body["limits"]["max_concurrent_uploads"] == 4
 
 
 def test_page_is_one_self_contained_file_locked_down_by_its_headers(client):
@@ -195,8 +198,38 @@ def test_classes_are_comma_separated_trimmed_and_deduplicated(client, model):
     assert list(body["scores"]) == ["Pneumothorax", "Edema", "Lung Opacity"]
     expected = zero_shot(model, read_image(PNG_SQUARE), ["Pneumothorax", "Edema", "Lung Opacity"])[0]
     np.testing.assert_allclose(list(body["scores"].values()), expected.numpy(), atol=1e-6)
-    empty = _post(client, PNG_SQUARE, classes=" , ").json()
-    assert list(empty["scores"]) == list(CLASS_SETS["chexpert"])
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("Pneumothorax\nPleural Effusion\nEdema", ["Pneumothorax", "Pleural Effusion", "Edema"]),
+    ("Pneumothorax\r\n\r\nPleural   Effusion,\n Edema\n", ["Pneumothorax", "Pleural Effusion", "Edema"]),
+    ("Pneumothorax, Pleural Effusion\nedema\nEdema", ["Pneumothorax", "Pleural Effusion", "edema"]),
+])
+def test_classes_one_per_line_are_separate_classes(client, model, text, names):
+    """The page's textarea: each line is a class (commas still separate), never merged into one."""
+    body = _post(client, PNG_SQUARE, classes=text).json()
+    assert list(body["scores"]) == names
+    expected = zero_shot(model, read_image(PNG_SQUARE), names)[0]
+    np.testing.assert_allclose(list(body["scores"].values()), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"classes": ""}, "holds no class name"),
+    ({"classes": ",,"}, "holds no class name"),
+    ({"classes": " , \n ,"}, "holds no class name"),
+    ({"phrase": "   "}, "'phrase' field is empty"),
+    ({"phrase": ""}, "'phrase' field is empty"),
+])
+def test_blank_classes_or_phrase_are_refused_not_read_as_the_defaults(client, data, words):
+    response = _post(client, PNG_SQUARE, **data)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert words in error and "leave the field out" in error
+
+
+def test_left_out_classes_and_phrase_are_the_defaults(client):
+    body = _post(client, PNG_SQUARE).json()
+    assert list(body["scores"]) == list(CLASS_SETS["chexpert"]) and body["phrase"] is None
 
 
 # ----------------------------------------------------------------------------- analyze: errors
@@ -338,9 +371,15 @@ def test_error_messages_name_the_upload_by_its_suffix_only(client):
 
 
 def test_host_header_check_guards_against_dns_rebinding(backend):
-    app = create_app(backend, allowed_hosts=["127.0.0.1", "localhost"])
-    assert TestClient(app, base_url="http://evil.example").get("/api/health").status_code == 400
-    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/health").status_code == 200
+    app = create_app(backend, allowed_hosts=["127.0.0.1", "localhost", "::1"])
+    for base in ("http://evil.example", "http://evil.example:8000", "http://[::2]:8000", "http://127.0.0.2"):
+        response = TestClient(app, base_url=base).get("/api/health")
+        assert response.status_code == 400, base
+        assert "invalid Host header" in response.json()["error"]
+        assert response.headers["cache-control"] == "no-store"
+    for base in ("http://127.0.0.1:8000", "http://localhost", "http://LocalHost:8000", "http://[::1]:8000",
+                 "http://[::1]"):
+        assert TestClient(app, base_url=base).get("/api/health").status_code == 200, base
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -360,7 +399,7 @@ def test_requests_from_several_tabs_are_served_correctly_one_model_call_at_a_tim
             with lock:
                 active[0] -= 1
 
-    client = TestClient(create_app(replace(backend, predict=predict)))
+    client = TestClient(create_app(replace(backend, predict=predict), ServeLimits(max_concurrent_uploads=8)))
     jobs = [(PNG_SQUARE, "edema"), (PNG_WIDE, "left lung"), (DICOM_MONO1, None), (DICOM_MONO2, "pneumothorax")] * 2
 
     def run(job):
@@ -377,6 +416,124 @@ def test_requests_from_several_tabs_are_served_correctly_one_model_call_at_a_tim
         assert body["scores"] == pytest.approx(reference["scores"], abs=1e-6)
         assert body.get("heatmap_png") == reference.get("heatmap_png")
         assert (body["width"], body["height"]) == (reference["width"], reference["height"])
+
+
+def test_uploads_beyond_the_cap_get_503_with_retry_after_and_their_slots_come_back(backend, monkeypatch):
+    """Two uploads held in decoding fill a cap of 2: a third is refused at once with 503 and
+    Retry-After (the health endpoint is not capped); once they finish, uploads pass again."""
+    import maco_cxr.serve.app as app_module
+
+    entered, release = threading.Semaphore(0), threading.Event()
+    decode = app_module.decode_upload
+
+    def held_decode(*args, **kwargs):
+        entered.release()
+        assert release.wait(timeout=30), "the test never released the held uploads"
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "decode_upload", held_decode)
+    client = _app_client(backend, max_concurrent_uploads=2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            held = [pool.submit(_post, client, PNG_SQUARE) for _ in range(2)]
+            assert all(entered.acquire(timeout=30) for _ in held)  # both hold a slot now
+            busy = _post(client, PNG_SQUARE)
+            health = client.get("/api/health")
+        finally:
+            release.set()
+        answers = [future.result(timeout=60) for future in held]
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert busy.json()["error"] == ("the viewer is busy: 2 uploads are already in progress (maco-cxr serve "
+                                    "--max-concurrent-uploads); send this one again in 2 s")
+    assert health.status_code == 200 and health.json()["limits"]["max_concurrent_uploads"] == 2
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert answers[0].json()["scores"] == answers[1].json()["scores"]
+    assert [_post(client, PNG_SQUARE).status_code for _ in range(3)] == [200] * 3  # slots came back
+
+
+def test_refused_and_failed_uploads_give_their_slot_back(backend):
+    def broken(image, phrase, classes):
+        raise RuntimeError("boom")
+
+    client = _app_client(backend, max_concurrent_uploads=1, max_upload_bytes=200_000)
+    statuses = [_post(client, b"junk", name="a.png").status_code,  # 400
+                _post(client, DICOM_MONO2.read_bytes() * 2, name="a.dcm").status_code,  # 413
+                client.post("/api/analyze", content=_multipart([("phrase", None, b"x")]),
+                            headers=_FORM).status_code]  # 422
+    failing = TestClient(create_app(replace(backend, predict=broken), ServeLimits(max_concurrent_uploads=1)))
+    statuses += [_post(failing, PNG_SQUARE).status_code, _post(failing, PNG_SQUARE).status_code]  # 500
+    assert statuses == [400, 413, 422, 500, 500]
+    assert _post(client, PNG_SQUARE).status_code == 200
+
+
+def test_a_slow_upload_holds_its_slot_while_its_body_arrives(backend, monkeypatch):
+    """A real uvicorn server on 127.0.0.1 with a cap of 1: while one client is still sending its
+    body, another upload gets 503; the slow one then completes (200) and frees the slot."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    import maco_cxr.serve.app as app_module
+
+    reading = threading.Event()
+    read_form = app_module.read_form
+
+    async def watched_read_form(*args, **kwargs):
+        reading.set()  # the slot is taken before the body is read
+        return await read_form(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "read_form", watched_read_form)
+    app = create_app(backend, ServeLimits(max_concurrent_uploads=1))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/api/analyze"
+        body = _multipart([("file", "a.png", PNG_SQUARE.read_bytes())])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(f"POST /api/analyze HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                         f"Content-Type: {_FORM['content-type']}\r\nContent-Length: {len(body)}\r\n"
+                         f"\r\n".encode() + body[:len(body) // 2])
+            assert reading.wait(timeout=30), "the slow upload never reached the app"
+            busy = httpx.post(url, files={"file": ("b.png", PNG_SQUARE.read_bytes())}, timeout=30)
+            slow.sendall(body[len(body) // 2:])
+            status_line = slow.makefile("rb").readline()
+        after = httpx.post(url, files={"file": ("c.png", PNG_SQUARE.read_bytes())}, timeout=30)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2" and "busy" in busy.json()["error"]
+    assert status_line.startswith(b"HTTP/1.1 200")
+    assert after.status_code == 200 and list(after.json()["scores"]) == list(CLASS_SETS["chexpert"])
+
+
+def test_the_byte_limit_is_checked_as_the_body_streams_in():
+    """A 1 MB file against a 100 kB limit is refused after ~100 kB of the body was read, not
+    after buffering all of it."""
+    import asyncio
+
+    from maco_cxr.serve.uploads import UploadError, read_form
+
+    body = _multipart([("file", "a.png", bytes(1_000_000))])
+    pulled = []
+
+    async def chunks():
+        for start in range(0, len(body), 4096):
+            pulled.append(start)
+            yield body[start:start + 4096]
+
+    with pytest.raises(UploadError, match="larger than the upload limit") as refused:
+        asyncio.run(read_form(_FORM["content-type"], chunks(), max_file_bytes=100_000))
+    assert refused.value.status == 413
+    assert len(pulled) == 100_000 // 4096 + 1 and len(body) // 4096 > 240
 
 
 def test_an_unexpected_failure_is_a_500_json_without_the_upload(backend, caplog):
@@ -419,7 +576,8 @@ def test_a_fine_tuned_classifier_plugs_in_as_one_backend():
     health = client.get("/api/health").json()
     assert health["model"]["kind"] == "finetuned-classifier"
     assert health["tasks"] == {"classification": True, "zero_shot": False, "grounding": False,
-                               "maps": False}
+                               "segmentation": False, "detection": False, "maps": False}
+    assert health["scores"].startswith("the fine-tuned classifier's probability")
     assert health["classes"] == {"default": ["Pneumothorax", "No Finding"], "editable": False, "sets": {}}
     body = _post(client, DICOM_MONO2).json()
     brightness = read_image(DICOM_MONO2).mean() / 255.0
@@ -464,8 +622,11 @@ def test_a_fine_tuned_segmenter_directory_shows_its_probability_map(tmp_path):
     backend = load_backend(tmp_path / "best", device="cpu")
     client = TestClient(create_app(backend))
     health = client.get("/api/health").json()
-    assert health["model"]["kind"] == "finetuned-segmenter" and health["tasks"]["maps"] is True
-    assert health["tasks"]["grounding"] is False and health["classes"]["default"] == ["lung"]
+    assert health["model"]["kind"] == "finetuned-segmenter"
+    assert health["tasks"] == {"classification": False, "zero_shot": False, "grounding": False,
+                               "segmentation": True, "detection": False, "maps": True}
+    assert health["classes"]["default"] == ["lung"] and health["model"]["target_labels"] == ["lung"]
+    assert "highest foreground probability" in health["scores"] and "'lung'" in health["scores"]
     body = _post(client, PNG_WIDE).json()
     pixels = read_image(PNG_WIDE)
     model = load_finetuned(tmp_path / "best")
@@ -482,13 +643,37 @@ def test_a_fine_tuned_segmenter_directory_shows_its_probability_map(tmp_path):
     assert response.status_code == 400 and "no phrase grounding" in response.json()["error"]
 
 
+def test_a_segmenter_of_several_labels_reports_one_score_for_their_union(tmp_path):
+    """Its one output map is the union of the target labels: one score named for the union,
+    not the same number repeated under each label."""
+    from maco_cxr.serve import load_backend
+
+    save_tiny_segmenter(tmp_path / "best", classes=("left lung", "right lung"))
+    backend = load_backend(tmp_path / "best", device="cpu")
+    client = TestClient(create_app(backend))
+    health = client.get("/api/health").json()
+    assert health["classes"]["default"] == ["left lung + right lung"]
+    assert health["model"]["target_labels"] == ["left lung", "right lung"]
+    assert "the union of ['left lung', 'right lung']" in health["scores"]
+    assert health["tasks"]["classification"] is False and health["tasks"]["segmentation"] is True
+    body = _post(client, PNG_WIDE).json()
+    heatmap = backend.predict(read_image(PNG_WIDE), None, None).heatmap
+    assert body["scores"] == pytest.approx({"left lung + right lung": float(heatmap.max())})
+    assert body["map"].startswith("left lung + right lung probability")
+    response = _post(client, PNG_WIDE, classes="left lung")
+    assert response.status_code == 400 and "'left lung + right lung'" in response.json()["error"]
+
+
 def test_a_fine_tuned_detector_directory_lists_and_draws_its_boxes(tmp_path):
     from maco_cxr.serve import load_backend
     from maco_cxr.tasks.finetune import load_finetuned
 
     save_tiny_detector(tmp_path / "best")
     client = TestClient(create_app(load_backend(tmp_path / "best", device="cpu")))
-    assert client.get("/api/health").json()["model"]["kind"] == "finetuned-detector"
+    health = client.get("/api/health").json()
+    assert health["model"]["kind"] == "finetuned-detector"
+    assert health["tasks"] == {"classification": False, "zero_shot": False, "grounding": False,
+                               "segmentation": False, "detection": True, "maps": True}
     body = _post(client, PNG_WIDE).json()
     expected = load_finetuned(tmp_path / "best").predict(read_image(PNG_WIDE))
     assert len(body["boxes"]) == len(expected["boxes"]) > 0

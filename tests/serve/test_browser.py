@@ -1,10 +1,12 @@
 """The viewer in a real headless Chromium: upload a DICOM, type a phrase, see the overlay and bars.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``,
-``/usr/bin/chromedriver``; ``.ci/run`` installs them). Selenium drives the system driver, so no
-browser is downloaded. When the browser cannot start the test FAILS with the reason; set
-``MACO_SKIP_BROWSER=1`` to skip it on a machine without Chromium. ``MACO_SERVE_SCREENSHOT=PATH``
-also writes the final screenshot there.
+``/usr/bin/chromedriver``; ``make test`` and ``.ci/run`` install them through
+``.ci/ensure-browser`` when they can). Selenium drives the system driver, so no browser is
+downloaded. Without them the test is SKIPPED with the reason, except under CI (``CI=true``),
+where it FAILS (:mod:`tests.serve.browser_env`); a browser that is there but cannot start
+always fails. ``MACO_SKIP_BROWSER=1`` skips it. ``MACO_SERVE_SCREENSHOT=PATH`` also writes the
+final screenshot there.
 """
 
 from __future__ import annotations
@@ -17,26 +19,22 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.serve.browser_env import INSTALL_HINT, browser_paths, check_browser
 from tests.serve.conftest import DICOM_MONO1
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM, CHROMEDRIVER = browser_paths()
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1440,1000")
 PHRASE = "right pleural effusion"
+CLASSES = ("Pneumothorax", "Pleural Effusion", "Cardiomegaly")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(os.environ.get("MACO_SKIP_BROWSER") == "1", reason="MACO_SKIP_BROWSER=1"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _free_port() -> int:
@@ -78,11 +76,11 @@ def server(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    hint = ("install Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; "
-            ".ci/run does), or set MACO_SKIP_BROWSER=1 to skip this test")
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not path.exists():
-            pytest.fail(f"{path} is missing: {hint}")
+    check = check_browser()
+    if check.action == "skip":
+        pytest.skip(check.reason)
+    if check.action == "fail":
+        pytest.fail(check.reason)
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
@@ -99,7 +97,7 @@ def browser(tmp_path_factory):
     except WebDriverException as exc:
         log = folder / "chromedriver.log"
         pytest.fail(f"headless Chromium did not start ({exc.msg}); chromedriver log:\n"
-                    f"{log.read_text()[-2000:] if log.exists() else '(none)'}\n{hint}")
+                    f"{log.read_text()[-2000:] if log.exists() else '(none)'}\n{INSTALL_HINT}")
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
@@ -122,7 +120,7 @@ def _analyze_requests(driver) -> int:
         "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/analyze')).length")
 
 
-def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(server, browser, tmp_path):
+def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server, tmp_path):
     url, log_path = server
     driver = browser
     driver.get(url + "/")
@@ -184,6 +182,21 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(server, browser
     driver.find_element("id", "analyze").click()
     _wait(driver, lambda d: not d.find_element("id", "error").is_displayed()
           and d.find_element("id", "status").text.startswith("Done"), "the analysis after the error")
+
+    # an emptied class list is refused with the server's message, not scored as the defaults
+    classes = driver.find_element("id", "classes")
+    classes.clear()
+    driver.find_element("id", "analyze").click()
+    _wait(driver, lambda d: d.find_element("id", "error").is_displayed(), "the empty class list error")
+    assert "holds no class name" in driver.find_element("id", "error").text
+
+    # one class per line: each line is its own class
+    classes.send_keys("\n".join(CLASSES))
+    driver.find_element("id", "analyze").click()
+    _wait(driver, lambda d: not d.find_element("id", "error").is_displayed()
+          and [e.text for e in d.find_elements("css selector", "#scores .score-row .name")] == list(CLASSES),
+          "the scores of the classes typed one per line")
+    assert driver.find_element("id", "classes").get_attribute("value") == "\n".join(CLASSES)
 
     shot = tmp_path / "viewer.png"
     driver.save_screenshot(str(shot))

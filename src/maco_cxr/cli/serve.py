@@ -13,7 +13,7 @@ from maco_cxr.cli._paths import existing_path
 logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = 'the web viewer needs FastAPI and uvicorn: pip install "maco-cxr[serve]"'
-_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,14 +28,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else makes the viewer, and the "
                         "patient images sent to it, reachable from the network)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default 8000)")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:0, ...")
     parser.add_argument("--max-upload-mb", type=float, default=50.0, metavar="MB",
                         help="largest accepted file, in MiB (default 50); larger uploads get HTTP 413")
     parser.add_argument("--max-pixels", type=int, default=25_000_000, metavar="N",
                         help="largest accepted image, in pixels (default 25,000,000, e.g. 5000 x 5000); "
                         "checked from the header before decoding; larger images get HTTP 413")
+    parser.add_argument("--max-concurrent-uploads", type=int, default=4, metavar="N",
+                        help="uploads held in memory at once (default 4: at most N x --max-upload-mb of "
+                        "uploads); more get HTTP 503 with Retry-After")
     parser.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """argparse type of ``--port``: a whole number 1-65535 (the socket layer raises a bare
+    OverflowError for anything larger)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 65535, not {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 65535 (a TCP port), not {port}")
+    return port
 
 
 def is_loopback(host: str) -> bool:
@@ -53,15 +68,16 @@ def build_app(args: argparse.Namespace) -> Any:
     _require_serve_extra()
     from maco_cxr.serve import ServeLimits, create_app, load_backend
 
-    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                         max_concurrent_uploads=args.max_concurrent_uploads)
     backend = load_backend(args.model, device=args.device)
     loopback = is_loopback(args.host)
     if not loopback:
         logger.warning("binding to %s: the viewer, and every patient image uploaded to it, is reachable from "
                        "the network (no authentication, no TLS); use the default 127.0.0.1 unless you mean "
                        "it", args.host)
-    # Host header check against DNS rebinding (Starlette's check cannot parse IPv6 literals)
-    hosts = [*_LOOPBACK_NAMES, args.host] if loopback and ":" not in args.host else None
+    # Host header check against DNS rebinding: on loopback, only loopback names reach the viewer
+    hosts = [*_LOOPBACK_NAMES, args.host] if loopback else None
     return create_app(backend, limits, allowed_hosts=hosts)
 
 

@@ -12,8 +12,13 @@ of model is one function that builds a :class:`Backend`:
   images as :mod:`maco_cxr.data.inputs` does). Its classes are fixed and it has no grounding,
   so the page hides the phrase box and the class editor.
 - :func:`segmenter_backend`, :func:`detector_backend`: a fine-tuned segmenter (its foreground
-  probability map over the image; score = the map's maximum) or detector (its boxes, listed and
-  drawn as a map of the best box score covering each pixel; score per class = its best box).
+  probability map over the image; ONE score, the map's maximum, named for its target: the
+  segmenter predicts the union of its target labels, so it has no per-label score) or detector
+  (its boxes, listed and drawn as a map of the best box score covering each pixel; score per
+  class = its best box).
+
+The ``/api/health`` task flags are the backend's own (``classification``, ``segmentation``,
+``detection``, ...): true only for what its predictions really are.
 
 :func:`load_backend` picks the builder for a path given to ``maco-cxr serve --model``.
 """
@@ -75,11 +80,14 @@ class Backend:
     """A model as the viewer sees it.
 
     ``classes_editable``: any class list may be scored (zero-shot); otherwise ``default_classes``
-    are the model's fixed outputs. ``grounding``: ``predict`` accepts a phrase. ``maps``: every
-    prediction carries a map of its own (a fine-tuned segmenter or detector). ``input_size``:
-    the side of the model's square input (the grounding letterbox). ``classify_geometry``: how
-    the image is brought to the classifier's input, in words, for the page. ``class_sets``:
-    named class lists the page offers (editable backends).
+    are the names of the model's fixed scores. ``grounding``: ``predict`` accepts a phrase.
+    ``maps``: every prediction carries a map of its own (a fine-tuned segmenter or detector).
+    ``classification``, ``segmentation``, ``detection``: what the scores and maps are (image
+    class probabilities; a foreground map; boxes), so ``/api/health`` claims only what the model
+    does; ``scores_meaning`` says it in words for the page. ``input_size``: the side of the
+    model's square input (the grounding letterbox). ``classify_geometry``: how the image is
+    brought to the model's input, in words, for the page. ``class_sets``: named class lists the
+    page offers (editable backends).
     """
 
     name: str
@@ -94,6 +102,10 @@ class Backend:
     summary: dict[str, Any] = field(default_factory=dict)
     class_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     maps: bool = False
+    classification: bool = True
+    segmentation: bool = False
+    detection: bool = False
+    scores_meaning: str = "probability of each class for the whole image"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -129,6 +141,7 @@ def maco_backend(model: MacoModel, *, name: str = "maco", device: str | None = N
                            f"{vision.patch_size}, input {size}",
                  "parameters": sum(p.numel() for p in model.parameters())},
         class_sets=dict(CLASS_SETS),
+        scores_meaning="zero-shot probability of each class (the image's similarity to the class prompts)",
     )
 
 
@@ -161,32 +174,40 @@ def classifier_backend(model: _Classifier, *, name: str = "classifier", device: 
         default_classes=classes, classes_editable=False, grounding=False, input_size=size,
         classify_geometry=f"the model's own preprocessing (input {size})",
         summary={"classes": len(classes)},
+        scores_meaning="the fine-tuned classifier's probability of each of its classes",
     )
 
 
 def segmenter_backend(model: Any, *, name: str = "segmenter", device: str | None = None) -> Backend:
     """A fine-tuned segmenter (:class:`~maco_cxr.tasks.finetune.segmentation.FinetunedSegmenter`):
-    its foreground probability over the image, in the image's own grid, as the map; the score
-    of its class is the map's maximum."""
+    its foreground probability over the image, in the image's own grid, as the map, and one
+    score, the map's maximum. The segmenter predicts ONE foreground, the union of its target
+    labels (``model.classes``), so the score is named for that union (``"left lung + right
+    lung"``): a score per label would repeat one number as if it were several."""
     from maco_cxr.inference import inference_mode
 
-    classes = tuple(model.classes)
+    labels = tuple(model.classes)
+    target = " + ".join(labels)
     size = int(model.preprocessing["image_size"])
+    threshold = float(model.preprocessing["threshold"])
 
     def predict(image: np.ndarray, phrase: str | None, wanted: Sequence[str] | None) -> Prediction:
-        _check_fixed_request(name, "segmenter", classes, phrase, wanted)
+        _check_fixed_request(name, "segmenter", (target,), phrase, wanted)
         with inference_mode(model, device):
             probability = model.probabilities([model.prepare(image, model.preprocessing)])[0]
-        scores = {c: float(np.nanmax(probability)) for c in classes}
-        return Prediction(_wanted(scores, wanted), heatmap=np.asarray(probability, dtype=np.float32),
-                          map_name=f"{' + '.join(classes)} probability (mask where >= "
-                                   f"{model.preprocessing['threshold']:g})")
+        return Prediction({target: float(np.nanmax(probability))},
+                          heatmap=np.asarray(probability, dtype=np.float32),
+                          map_name=f"{target} probability (mask where >= {threshold:g})")
 
+    union = f"the union of {list(labels)}" if len(labels) > 1 else repr(labels[0])
     return Backend(
         name=name, kind="finetuned-segmenter", device=str(device or "cpu"), predict=predict,
-        default_classes=classes, classes_editable=False, grounding=False, input_size=size,
+        default_classes=(target,), classes_editable=False, grounding=False, input_size=size,
         classify_geometry=f"letterbox to {size} x {size} (the segmenter's input)",
-        summary={"classes": len(classes)}, maps=True,
+        summary={"target_labels": list(labels), "outputs": "one foreground probability map"},
+        maps=True, classification=False, segmentation=True,
+        scores_meaning=f"highest foreground probability of the map (the target: {union}); the map "
+                       "shows where; it is not a classifier's probability",
     )
 
 
@@ -216,7 +237,8 @@ def detector_backend(model: Any, *, name: str = "detector", device: str | None =
         name=name, kind="finetuned-detector", device=str(device or "cpu"), predict=predict,
         default_classes=classes, classes_editable=False, grounding=False, input_size=size,
         classify_geometry=f"letterbox to {size} x {size} (the detector's input)",
-        summary={"classes": len(classes)}, maps=True,
+        summary={"classes": len(classes)}, maps=True, classification=False, detection=True,
+        scores_meaning="score of the best box of each class (0 when it has no box)",
     )
 
 

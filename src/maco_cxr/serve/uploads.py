@@ -50,7 +50,8 @@ class _Part:
 
 @dataclass(frozen=True)
 class UploadForm:
-    """The fields of ``POST /api/analyze``: the file's bytes, its suffix and the text fields."""
+    """The fields of ``POST /api/analyze``: the file's bytes, its suffix and the text fields
+    (stripped; None when left out, ``""`` when sent blank)."""
 
     data: bytes
     suffix: str
@@ -160,13 +161,14 @@ def body_limit(max_file_bytes: int) -> int:
 
 
 def _text(part: _Part | None) -> str | None:
+    """The field's text, stripped; None when the field was left out ("" when sent blank, which
+    the app refuses rather than read as left out)."""
     if part is None:
         return None
     try:
-        text = part.data.decode("utf-8").strip()
+        return part.data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise UploadError(400, f"form field {part.name!r} is not UTF-8 text") from None
-    return text or None
 
 
 def _megabytes(n: int) -> str:
