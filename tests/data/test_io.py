@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maco_cxr.data.io import is_dicom, read_image, read_mask
+from maco_cxr.data.io import ImageInfo, is_dicom, read_image, read_image_with_info, read_mask
 from maco_cxr.errors import DataError, ImageReadError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "cxr-real"
@@ -307,10 +307,89 @@ def test_empty_dcm_file(tmp_path: Path) -> None:
         read_image(tmp_path / "empty.dcm")
 
 
-def test_dicom_colour_rejected(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "rgb.dcm", np.zeros((2, 2, 3), np.uint8), bits_stored=8,
-                        photometric="RGB", samples=3)
-    with pytest.raises(ImageReadError, match=r"rgb\.dcm: colour DICOM .*'RGB'"):
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's ITU-R 601-2 luma in integers (L = R 299/1000 + G 587/1000 + B 114/1000, rounded)."""
+    rgb = rgb.astype(np.int64)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def test_dicom_rgb_becomes_the_luma_of_a_colour_png(tmp_path: Path) -> None:
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (200, 0, 0)  # L = 59.8 -> 60, as for the colour PNG above
+    rgb[0, 1] = (0, 200, 0)
+    rgb[1, 2] = (10, 20, 250)
+    path = _write_dicom(tmp_path / "rgb.dcm", rgb, bits_stored=8, photometric="RGB", samples=3)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    pixels, info = read_image_with_info(path)
+    assert pixels[0, 0] == 60 and pixels[0, 1] == 117
+    np.testing.assert_array_equal(pixels, _luma(rgb))
+    np.testing.assert_array_equal(pixels, read_image(tmp_path / "rgb.png"))
+    assert info == ImageInfo("DICOM", "RGB", True)
+    assert info.note == "colour DICOM (RGB) converted to grey (ITU-R 601-2 luma)"
+
+
+def test_dicom_16_bit_rgb_maps_its_stored_range_then_luma(tmp_path: Path) -> None:
+    rgb = np.zeros((1, 2, 3), np.uint16)
+    rgb[0, 0] = (4095, 4095, 4095)
+    rgb[0, 1] = (2048, 0, 0)  # 2048 * 255 / 4095 = 127.5 -> 128; luma 128 * 0.299 = 38.3 -> 38
+    path = _write_dicom(tmp_path / "rgb12.dcm", rgb, bits_stored=12, photometric="RGB", samples=3)
+    np.testing.assert_array_equal(read_image(path), [[255, 38]])
+
+
+def test_dicom_palette_colour_uses_its_lookup_table(tmp_path: Path) -> None:
+    lut = np.arange(256, dtype=np.uint16) * 257  # 16-bit entries: index i -> grey level i
+    red = lut.copy()
+    red[3] = 0  # index 3 is pure green and blue: (0, 771, 771) of 65535 -> (0, 3, 3) -> L 2
+    descriptor = [256, 0, 16]
+    path = _write_dicom(tmp_path / "palette.dcm", np.array([[0, 3], [128, 255]], np.uint8),
+                        bits_stored=8, photometric="PALETTE COLOR", extra={
+                            "RedPaletteColorLookupTableDescriptor": descriptor,
+                            "GreenPaletteColorLookupTableDescriptor": descriptor,
+                            "BluePaletteColorLookupTableDescriptor": descriptor,
+                            "RedPaletteColorLookupTableData": red.tobytes(),
+                            "GreenPaletteColorLookupTableData": lut.tobytes(),
+                            "BluePaletteColorLookupTableData": lut.tobytes()})
+    pixels, info = read_image_with_info(path)
+    np.testing.assert_array_equal(pixels, [[0, 2], [128, 255]])
+    assert info.converted_from_colour and info.mode == "PALETTE COLOR"
+
+
+def test_grey_files_report_no_colour_conversion(tmp_path: Path) -> None:
+    grey = _write_dicom(tmp_path / "g.dcm", np.zeros((2, 2), np.uint8), bits_stored=8)
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "c.png")
+    assert read_image_with_info(grey)[1] == ImageInfo("DICOM", "MONOCHROME2", False)
+    assert read_image_with_info(tmp_path / "g.png")[1] == ImageInfo("PNG", "L", False)
+    assert read_image_with_info(tmp_path / "g.png")[1].note is None
+    assert read_image_with_info(tmp_path / "c.png")[1] == ImageInfo("PNG", "RGB", True)
+
+
+def test_dicom_rgb_header_with_one_sample_is_refused(tmp_path: Path) -> None:
+    path = _write_dicom(tmp_path / "rgb1.dcm", np.zeros((2, 2), np.uint8), bits_stored=8,
+                        photometric="RGB")
+    with pytest.raises(ImageReadError, match=r"rgb1\.dcm: colour DICOM .*'RGB'.*SamplesPerPixel 1"):
+        read_image(path)
+
+
+def test_dicom_unknown_or_missing_photometric_is_named(tmp_path: Path) -> None:
+    path = _write_dicom(tmp_path / "hsv.dcm", np.zeros((2, 2, 3), np.uint8), bits_stored=8,
+                        photometric="HSV", samples=3)
+    with pytest.raises(ImageReadError, match=r"hsv\.dcm: unsupported PhotometricInterpretation 'HSV'"):
+        read_image(path)
+    path = _write_dicom(tmp_path / "none.dcm", np.zeros((2, 2), np.uint8), bits_stored=8, photometric="")
+    with pytest.raises(ImageReadError, match=r"none\.dcm: .*no \(0028,0004\) PhotometricInterpretation"):
+        read_image(path)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_dicom_malformed_number_names_the_tag(tmp_path: Path) -> None:
+    path = _write_dicom(tmp_path / "bad.dcm", np.zeros((2, 2), np.uint8), bits_stored=8,
+                        extra={"NumberOfFrames": 12})
+    data = path.read_bytes()
+    element = b"\x28\x00\x08\x00IS\x02\x0012"  # (0028,0008) NumberOfFrames = "12"
+    assert data.count(element) == 1
+    path.write_bytes(data.replace(element, element[:-2] + b"1A"))
+    with pytest.raises(ImageReadError, match=r"bad\.dcm: .*\(0028,0008\) NumberOfFrames holds '1A'"):
         read_image(path)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import maco_cxr.data.prepare as prepare_module
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
-from maco_cxr.data.io import read_image
+from maco_cxr.data.io import ImageInfo, read_image, read_image_with_info
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.prepare import prepare_dataset
 from maco_cxr.errors import DataError, ImageReadError
@@ -147,11 +147,11 @@ def test_resume_after_kill_reads_only_missing_shards(tmp_path: Path,
         (store / name).unlink()
     reads: list[str] = []
 
-    def counting_read(path: Path) -> np.ndarray:
+    def counting_read(path: Path) -> tuple[np.ndarray, ImageInfo]:
         reads.append(Path(path).name)
-        return read_image(path)
+        return read_image_with_info(path)
 
-    monkeypatch.setattr(prepare_module, "read_image", counting_read)
+    monkeypatch.setattr(prepare_module, "read_image_with_info", counting_read)
     report = prepare_dataset(dataset, store, SIZE, shard_size=3)
     assert reads == ["img6.png"]
     assert report.n_reused_shards == 2
@@ -163,12 +163,12 @@ def test_strict_failure_then_rerun_equals_fresh_run(tmp_path: Path,
     dataset = _dataset(tmp_path / "src")
     prepare_dataset(dataset, tmp_path / "fresh", SIZE, shard_size=2)
 
-    def failing_read(path: Path) -> np.ndarray:
+    def failing_read(path: Path) -> tuple[np.ndarray, ImageInfo]:
         if Path(path).name == "img3.png":
             raise ImageReadError(f"{path}: simulated crash")
-        return read_image(path)
+        return read_image_with_info(path)
 
-    monkeypatch.setattr(prepare_module, "read_image", failing_read)
+    monkeypatch.setattr(prepare_module, "read_image_with_info", failing_read)
     with pytest.raises(DataError, match="img3.png"):
         prepare_dataset(dataset, tmp_path / "store", SIZE, shard_size=2, on_error="raise")
     monkeypatch.undo()

@@ -13,12 +13,24 @@ see identical pixels for the same file. Conventions:
 - EXIF orientation is applied, so the array is what an image viewer shows.
 - DICOM: Modality LUT (or Rescale Slope/Intercept), then VOI LUT or Window Center/Width when
   present, then a linear map of that step's output range to 0..255; MONOCHROME1 is inverted.
-  Colour and multi-frame DICOMs are rejected.
+  Colour DICOMs (RGB, YBR_FULL, YBR_FULL_422, YBR_RCT/ICT, PALETTE COLOR: secondary captures
+  of radiographs) are converted to RGB by pydicom's colour-space conversion (``convert_color_space``,
+  ``apply_color_lut`` for palettes), mapped to 8 bits by their stored range and reduced to grey
+  with the same luma as colour PNG/JPEG. Multi-frame DICOMs are rejected.
+- Compressed DICOM: pydicom decodes with the plugins this package depends on. pylibjpeg-libjpeg
+  covers JPEG Baseline, Extended (12-bit), Lossless and JPEG-LS, pylibjpeg-openjpeg JPEG 2000
+  and HTJ2K: wheels for Linux, macOS and Windows on every supported Python, maintained with
+  pydicom. python-gdcm was not chosen: pydicom's GDCM plugin refuses 12-bit JPEG Extended,
+  which PACS exports use, and it is a 40 MB install; pyjpegls reads only JPEG-LS. Note that
+  pylibjpeg-libjpeg is GPL-3.0 (the rest is MIT).
 - Nothing partially decoded is ever returned: a truncated or corrupt file raises
   :class:`~maco_cxr.errors.ImageReadError` naming the file and the reason.
 
+:func:`read_image_with_info` also returns an :class:`ImageInfo` (format, stored colour mode,
+whether colour was reduced to grey) so ``prepare`` and ``predict`` can report conversions.
 :func:`read_image_bytes` decodes bytes held in memory (an upload to the web viewer) through
 the same code, so a file and its bytes give identical pixels; nothing is written to disk.
+:func:`check_image_size` is the size rule inference applies before scoring or grounding.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -38,15 +51,49 @@ from maco_cxr.errors import ImageReadError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["is_dicom", "read_image", "read_image_bytes", "read_mask"]
+__all__ = ["MAX_ASPECT_RATIO", "MIN_IMAGE_SIDE", "ImageInfo", "check_image_size", "is_dicom",
+           "read_image", "read_image_bytes", "read_image_bytes_with_info", "read_image_with_info",
+           "read_mask"]
+
+#: Inference refuses images with a shorter side below this many pixels (see :func:`check_image_size`).
+MIN_IMAGE_SIDE = 32
+#: ... or whose longer side is more than this many times the shorter one.
+MAX_ASPECT_RATIO = 10.0
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
                Image.DecompressionBombError)
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_DECODER_HINT = ("for compressed transfer syntaxes other than JPEG baseline install "
-                 "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or `python-gdcm`")
+_GREY_MODES = ("1", "L", "LA", "La", "I", "F", *_SIXTEEN_BIT_MODES)  # Pillow modes without colour
+_GREY_DICOM = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR_DICOM = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420",
+                 "PALETTE COLOR")
+_LUMA = "ITU-R 601-2 luma"
+_DECODER_HINT = ("the decoders maco-cxr depends on are missing: reinstall it, or "
+                 "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """How a file's pixels were stored, beyond the pixels themselves.
+
+    ``format``: ``"DICOM"`` or Pillow's format name (``"PNG"``, ``"JPEG"``...); ``mode``: the
+    DICOM Photometric Interpretation or the Pillow mode of the file (``"MONOCHROME1"``,
+    ``"YBR_FULL_422"``, ``"L"``, ``"RGB"``...); ``converted_from_colour``: the stored image had
+    colour channels (or a palette) that were reduced to grey, so a report can say so.
+    """
+
+    format: str
+    mode: str
+    converted_from_colour: bool
+
+    @property
+    def note(self) -> str | None:
+        """One line for reports when the image was colour, else ``None``."""
+        if not self.converted_from_colour:
+            return None
+        return f"colour {self.format} ({self.mode}) converted to grey ({_LUMA})"
 
 
 class _MemoryFile(BytesIO):
@@ -91,6 +138,11 @@ def _has_dicom_magic(header: bytes) -> bool:
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a PNG, JPEG or DICOM file as uint8 grey ``[H, W]`` (see the module docstring)."""
+    return read_image_with_info(path)[0]
+
+
+def read_image_with_info(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
+    """:func:`read_image`'s pixels and how they were stored (e.g. colour reduced to grey)."""
     path = _existing_file(path)
     if is_dicom(path):
         return _read_dicom(path)
@@ -104,11 +156,39 @@ def read_image_bytes(data: bytes, name: str) -> np.ndarray:
     messages, and its ``.dcm``/``.dicom`` suffix marks DICOM as the file reader's suffix does;
     otherwise the ``DICM`` magic at byte 128 decides. Nothing is written to disk.
     """
+    return read_image_bytes_with_info(data, name)[0]
+
+
+def read_image_bytes_with_info(data: bytes, name: str) -> tuple[np.ndarray, ImageInfo]:
+    """:func:`read_image_bytes`'s pixels and their :class:`ImageInfo`."""
     data = bytes(data)
     source = _MemoryFile(data, name)
     if Path(name).suffix.lower() in _DICOM_SUFFIXES or _has_dicom_magic(data[:132]):
         return _read_dicom(source)
     return _read_pillow(source)
+
+
+def check_image_size(shape: tuple[int, ...], where: str = "image") -> None:
+    """Refuse an image too small or too elongated to be a radiograph the model can score.
+
+    A shorter side below :data:`MIN_IMAGE_SIDE` px or an aspect ratio above
+    :data:`MAX_ASPECT_RATIO` (a thumbnail, an icon, a 1-pixel strip) would be blown up to the
+    model's input and scored or grounded as if it were a chest X-ray. The reader itself does not
+    apply this rule (tools and tests read small images); inference does, before encoding.
+    Raises :class:`ImageReadError` naming ``where``, the size found and the limit.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    short, long = min(height, width), max(height, width)
+    if short < MIN_IMAGE_SIDE:
+        raise ImageReadError(
+            f"{where}: the image is {width}x{height} px (width x height); a radiograph needs at least "
+            f"{MIN_IMAGE_SIDE} px on each side to be scored or grounded. Check that this is the "
+            "full image and not a thumbnail or icon, or leave it out")
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImageReadError(
+            f"{where}: the image is {width}x{height} px (width x height), {long / short:.1f} times longer "
+            f"than wide; at most {MAX_ASPECT_RATIO:g}:1 can be scored or grounded as a radiograph. Check "
+            "that this is the full image and not a strip or a cropped border, or leave it out")
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
@@ -119,7 +199,11 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = _existing_file(path)
     if is_dicom(path):
-        _, stored = _decode_dicom(path)
+        dataset, stored, colour = _decode_dicom(path)
+        if colour == "PALETTE COLOR":
+            stored = _palette_to_rgb(path, stored, dataset)[0]
+        if stored.ndim == 3:
+            stored = stored.any(axis=-1)
         return (stored != 0).astype(np.uint8)
     image = _open_pillow(path)
     if image.mode == "P":
@@ -149,6 +233,7 @@ def _open_pillow(path: _Source) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             oriented = ImageOps.exif_transpose(image)
+            oriented.format = image.format
     except _PIL_ERRORS as exc:
         raise ImageReadError(
             f"{path}: cannot decode the image ({type(exc).__name__}: {exc}); the file is "
@@ -157,15 +242,21 @@ def _open_pillow(path: _Source) -> Image.Image:
     return oriented
 
 
-def _read_pillow(path: _Source) -> np.ndarray:
+def _luma(image: Image.Image) -> np.ndarray:
+    """Grey of a colour image: Pillow's ITU-R 601-2 luma, for PNG/JPEG and colour DICOM alike."""
+    return np.array(image.convert("RGB").convert("L"), dtype=np.uint8)
+
+
+def _read_pillow(path: _Source) -> tuple[np.ndarray, ImageInfo]:
     image = _open_pillow(path)
     mode = image.mode
+    info = ImageInfo(str(image.format or "unknown"), mode, mode not in _GREY_MODES)
     if mode == "L":
-        return np.array(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8), info
     if mode == "1":
-        return np.asarray(image, dtype=np.uint8) * np.uint8(255)
+        return np.asarray(image, dtype=np.uint8) * np.uint8(255), info
     if mode in _SIXTEEN_BIT_MODES or (mode == "I" and image.format == "PNG"):
-        return _linear_to_uint8(np.asarray(image).astype(np.float64), 0.0, 65535.0)
+        return _linear_to_uint8(np.asarray(image).astype(np.float64), 0.0, 65535.0), info
     if mode in ("I", "F"):
         raise ImageReadError(
             f"{path}: unsupported pixel mode {mode!r} ({image.format} with 32-bit pixels); "
@@ -179,11 +270,10 @@ def _read_pillow(path: _Source) -> np.ndarray:
     elif mode == "RGBa":
         image = image.convert("RGBA")
     if image.mode in ("LA", "RGBA"):
-        values = np.asarray(image)
-        alpha = values[..., -1].astype(np.float64) / 255.0
-        colour = image.convert("RGB" if image.mode == "RGBA" else "L").convert("L")
-        return np.rint(np.asarray(colour, dtype=np.float64) * alpha).astype(np.uint8)
-    return np.array(image.convert("RGB").convert("L"), dtype=np.uint8)
+        alpha = np.asarray(image)[..., -1].astype(np.float64) / 255.0
+        colour = image.convert("RGB") if image.mode == "RGBA" else image.convert("L")
+        return np.rint(_luma(colour).astype(np.float64) * alpha).astype(np.uint8), info
+    return _luma(image), info
 
 
 def _linear_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -203,8 +293,26 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
-def _decode_dicom(path: _Source) -> tuple[Dataset, np.ndarray]:
-    """Read and validate a single-frame grey DICOM; return it and its stored pixel values."""
+def _whole_number(path: _Source, dataset: Dataset, keyword: str, default: int) -> int:
+    """A DICOM integer element, ``default`` when absent or empty; a malformed value names the tag."""
+    if keyword not in dataset:
+        return default
+    element = dataset[keyword]
+    value = element.value
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(
+            f"{path}: the DICOM header element {element.tag} {keyword} holds {value!r}, not a whole "
+            "number; the header is malformed: fix that element or export the image again"
+        ) from exc
+
+
+def _decode_dicom(path: _Source) -> tuple[Dataset, np.ndarray, str]:
+    """Read and validate a single-frame DICOM; return it, its decoded pixels and their colour
+    space as pydicom's decoder returns it (grey, ``"RGB"`` or ``"PALETTE COLOR"`` indices)."""
     pydicom = _import_pydicom()
     try:
         dataset = pydicom.dcmread(path, force=True)
@@ -213,34 +321,81 @@ def _decode_dicom(path: _Source) -> tuple[Dataset, np.ndarray]:
         raise ImageReadError(f"{path}: cannot parse the DICOM file ({exc})") from exc
     if "PixelData" not in dataset:
         raise ImageReadError(f"{path}: {_why_no_pixel_data(path, dataset)}")
-    photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
-    samples = int(dataset.get("SamplesPerPixel", 1))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
-        raise ImageReadError(
-            f"{path}: colour DICOM (PhotometricInterpretation {photometric or 'missing'!r}, "
-            f"SamplesPerPixel {samples}); only grey MONOCHROME1/MONOCHROME2 radiographs "
-            "are supported"
-        )
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    frames = _whole_number(path, dataset, "NumberOfFrames", 1)
     if frames != 1:
         raise ImageReadError(
             f"{path}: multi-frame DICOM ({frames} frames); export the frame you need as a "
             "single-frame file"
         )
-    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "unknown")
+    photometric = _photometric(dataset)
+    samples = _whole_number(path, dataset, "SamplesPerPixel", 1)
+    if not photometric:
+        raise ImageReadError(
+            f"{path}: the DICOM header has no (0028,0004) PhotometricInterpretation, so its pixels "
+            "cannot be interpreted; the file is incomplete: export the image again")
+    if photometric not in _GREY_DICOM + _COLOUR_DICOM:
+        raise ImageReadError(
+            f"{path}: unsupported PhotometricInterpretation {photometric!r}; readable are "
+            f"{', '.join(_GREY_DICOM + _COLOUR_DICOM)}")
+    expected = 3 if photometric not in _GREY_DICOM + ("PALETTE COLOR",) else 1
+    if samples != expected:
+        kind = "grey" if photometric in _GREY_DICOM else "colour"
+        raise ImageReadError(
+            f"{path}: {kind} DICOM (PhotometricInterpretation {photometric!r}) with SamplesPerPixel "
+            f"{samples}, but {photometric} needs {expected}; the header contradicts itself: "
+            "export the image again")
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"):
+        _whole_number(path, dataset, keyword, 0)
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not syntax:
+        raise ImageReadError(
+            f"{path}: the DICOM file meta has no (0002,0010) TransferSyntaxUID, so the pixel data "
+            "cannot be decoded; export the image again")
     try:
-        stored = dataset.pixel_array
+        stored, decoded = _decode_pixels(dataset, syntax)
     except (RuntimeError, NotImplementedError, ValueError, OSError, EOFError, AttributeError,
-            struct.error) as exc:
+            KeyError, TypeError, struct.error) as exc:
         raise ImageReadError(
-            f"{path}: cannot decode the DICOM pixel data (transfer syntax {syntax}): {exc}; "
-            f"{_DECODER_HINT}"
-        ) from exc
-    if stored.ndim != 2:
+            f"{path}: cannot decode the DICOM pixel data (transfer syntax {syntax.name}): "
+            f"{exc}; {_decode_advice(exc)}") from exc
+    expected_ndim = 3 if decoded == "RGB" else 2
+    if stored.ndim != expected_ndim:
         raise ImageReadError(
-            f"{path}: DICOM pixel array has shape {stored.shape}; expected one grey frame"
+            f"{path}: DICOM pixel array has shape {stored.shape}; expected one {decoded} frame"
         )
-    return dataset, stored
+    return dataset, stored, decoded
+
+
+def _photometric(dataset: Dataset) -> str:
+    return str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
+
+
+def _decode_pixels(dataset: Dataset, syntax: Any) -> tuple[np.ndarray, str]:
+    """pydicom's decode (as ``Dataset.pixel_array``) and the colour space it returned.
+
+    pydicom converts YBR_FULL(_422) to RGB with ``convert_color_space`` and its JPEG/JPEG 2000
+    plugins return YBR_RCT/ICT/PARTIAL_420 as RGB; anything still YBR is converted here.
+    """
+    from pydicom.pixels import as_pixel_options, convert_color_space, get_decoder
+
+    stored, meta = get_decoder(syntax).as_array(dataset, **as_pixel_options(dataset))
+    decoded = str(meta.get("photometric_interpretation", _photometric(dataset))).strip().upper()
+    if decoded in ("YBR_FULL", "YBR_FULL_422"):
+        stored, decoded = convert_color_space(stored, decoded, "RGB"), "RGB"
+    if decoded not in _GREY_DICOM + ("RGB", "PALETTE COLOR"):
+        raise NotImplementedError(f"pydicom returned the pixels as {decoded}, which has no RGB conversion")
+    return stored, decoded
+
+
+def _decode_advice(exc: BaseException) -> str:
+    """What to do about a decode failure: install the decoders, or the data is broken."""
+    text = str(exc)
+    if any(words in text for words in ("missing dependencies", "No module named", "does not support")):
+        return _DECODER_HINT  # without pylibjpeg only Pillow is tried, which refuses 12-bit JPEG
+    if isinstance(exc, NotImplementedError):
+        return "pydicom has no decoder for this transfer syntax: export the image uncompressed"
+    return "the pixel data is truncated or corrupt (re-copy or re-export the file)"
 
 
 def _why_no_pixel_data(path: _Source, dataset: Dataset) -> str:
@@ -307,10 +462,42 @@ def _has_window(dataset: Dataset) -> bool:
     return all(dataset.get(key) not in (None, "") for key in ("WindowCenter", "WindowWidth"))
 
 
-def _read_dicom(path: _Source) -> np.ndarray:
+def _read_dicom(path: _Source) -> tuple[np.ndarray, ImageInfo]:
+    dataset, stored, decoded = _decode_dicom(path)
+    photometric = _photometric(dataset)
+    info = ImageInfo("DICOM", photometric, photometric not in _GREY_DICOM)
+    if decoded in _GREY_DICOM:
+        return _dicom_grey(path, dataset, stored), info
+    if decoded == "PALETTE COLOR":
+        rgb, depth = _palette_to_rgb(path, stored, dataset)
+        low, high = 0.0, float(2**depth - 1)
+    else:
+        rgb = stored
+        low, high = _stored_range(dataset)
+    rgb8 = _linear_to_uint8(np.asarray(rgb, dtype=np.float64), low, high)
+    if rgb8.shape[-1] == 4:  # a palette with an alpha LUT: composite on black, as for PNG
+        alpha = rgb8[..., 3].astype(np.float64) / 255.0
+        return np.rint(_luma(Image.fromarray(rgb8[..., :3])) * alpha).astype(np.uint8), info
+    return _luma(Image.fromarray(rgb8)), info
+
+
+def _palette_to_rgb(path: _Source, indices: np.ndarray, dataset: Dataset) -> tuple[np.ndarray, int]:
+    """pydicom's ``apply_color_lut`` and the palette's nominal bits per entry (8 or 16)."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(indices, dataset)
+        depth = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+    except (ValueError, AttributeError, TypeError, IndexError, KeyError, struct.error) as exc:
+        raise ImageReadError(
+            f"{path}: invalid palette colour lookup table in the DICOM header ({exc})") from exc
+    return rgb, depth if depth in (8, 16) else 8 * rgb.dtype.itemsize
+
+
+def _dicom_grey(path: _Source, dataset: Dataset, stored: np.ndarray) -> np.ndarray:
+    """Modality LUT, VOI LUT or window, then 0..255; MONOCHROME1 inverted (see module doc)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    dataset, stored = _decode_dicom(path)
     try:
         values = apply_modality_lut(stored, dataset)
         low, high = _modality_range(dataset)
@@ -331,6 +518,6 @@ def _read_dicom(path: _Source) -> np.ndarray:
     if high == low:
         raise ImageReadError(f"{path}: the DICOM LUT/window output range is empty ({low})")
     grey = _linear_to_uint8(np.asarray(values, dtype=np.float64), low, high)
-    if str(dataset.PhotometricInterpretation).strip().upper() == "MONOCHROME1":
+    if _photometric(dataset) == "MONOCHROME1":
         grey = np.uint8(255) - grey
     return grey

@@ -12,8 +12,10 @@ Layout of ``STORE/``:
   ``[k * shard_size, (k + 1) * shard_size)``.
 - ``manifest.jsonl``: one row per stored image (see :func:`_manifest_row`).
 - ``prepare_report.json``: ``{"n_ok", "n_failed", "failures": [{"path", "reason"}],
-  "skipped_rows": [{"where", "reason"}], "n_excluded", "excluded"}`` (``skipped_rows``: rows
-  the dataset adapter skipped; ``excluded``: what ``exclude`` removed, see :class:`Exclusion`).
+  "skipped_rows": [{"where", "reason"}], "n_excluded", "excluded", "n_colour_converted",
+  "colour_converted": [{"path", "colour"}]}`` (``skipped_rows``: rows the dataset adapter
+  skipped; ``excluded``: what ``exclude`` removed, see :class:`Exclusion`; ``colour_converted``:
+  stored images that were colour, e.g. ``"DICOM YBR_FULL_422"``, and were reduced to grey).
 - ``store.json``: size, count, classes, format version, source, the exclusion summary; written
   last, so its presence means the store is complete.
 
@@ -39,6 +41,7 @@ import math
 import multiprocessing
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +53,7 @@ from tqdm.auto import tqdm
 from maco_cxr._atomic import remove_stale_temporaries, write_json, write_text, write_with
 from maco_cxr.data.datasets.base import ChestXrayDataset, OnError, Record
 from maco_cxr.data.datasets.mimic import MimicCxrJpg
-from maco_cxr.data.io import read_image
+from maco_cxr.data.io import read_image_with_info
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.splits import IdList, SplitEntry, find_listed, read_id_list
 from maco_cxr.errors import ConfigError, DataError
@@ -76,6 +79,7 @@ class PrepareReport:
     n_reused_shards: int = 0
     skipped_rows: list[dict[str, str]] = field(default_factory=list)  # the adapter's skips
     exclusion: Exclusion | None = None  # what ``exclude`` removed (None: nothing asked)
+    colour_converted: list[dict[str, str]] = field(default_factory=list)  # colour images made grey
 
     @property
     def n_excluded(self) -> int:
@@ -222,6 +226,7 @@ class _Item:
     mask: np.ndarray | None = None
     letterbox: dict[str, Any] | None = None
     reason: str | None = None
+    colour: str | None = None  # "FORMAT MODE" of a colour image reduced to grey
 
 
 def shard_name(shard: int) -> str:
@@ -232,7 +237,7 @@ def shard_name(shard: int) -> str:
 def _prepare_record(dataset: ChestXrayDataset, source_index: int, size: int) -> _Item:
     record = dataset.records[source_index]
     try:
-        pixels = read_image(record.image_path)
+        pixels, info = read_image_with_info(record.image_path)
         height, width = pixels.shape
         letterbox = Letterbox.fit(height, width, size)
         image = letterbox.apply_image(pixels)
@@ -244,6 +249,7 @@ def _prepare_record(dataset: ChestXrayDataset, source_index: int, size: int) -> 
         image=np.ascontiguousarray(image, dtype=np.uint8),
         mask=None if mask is None else np.asarray(letterbox.apply_mask(mask), dtype=np.uint8),
         letterbox=letterbox.to_dict(),
+        colour=f"{info.format} {info.mode}" if info.converted_from_colour else None,
     )
 
 
@@ -334,7 +340,8 @@ class _ShardWriter:
                 self.masks = np.zeros_like(self.images)
             self.masks[offset] = item.mask
         self.entries.append({"source_index": item.source_index, "offset": offset,
-                             "letterbox": item.letterbox, "has_mask": item.mask is not None})
+                             "letterbox": item.letterbox, "has_mask": item.mask is not None,
+                             "colour": item.colour})
 
     def write(self) -> dict[str, Any]:
         name = shard_name(self.shard)
@@ -472,6 +479,7 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
     """Write manifest, report and (last) store.json from the shards' JSON files."""
     rows: list[str] = []
     failures: list[dict[str, str]] = []
+    converted: list[dict[str, str]] = []
     shards: list[dict[str, Any]] = []
     for shard in sorted(metas):
         meta = metas[shard]
@@ -479,15 +487,19 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
             row = _manifest_row(len(rows), shard, entry, dataset.records[entry["source_index"]])
             rows.append(json.dumps(row, default=_json_value))
         failures.extend({"path": f["path"], "reason": f["reason"]} for f in meta["failures"])
+        converted.extend({"path": str(dataset.records[e["source_index"]].image_path), "colour": e["colour"]}
+                         for e in meta["entries"] if e.get("colour"))
         shards.append({"images": meta["images"], "masks": meta["masks"], "count": meta["count"]})
     write_text(out / MANIFEST_FILE, "".join(r + "\n" for r in rows))
     skipped_rows = list(dataset.skips.skipped)
     report = PrepareReport(store=out, n_ok=len(rows), n_failed=len(failures), failures=failures,
-                           n_shards=len(metas), skipped_rows=skipped_rows, exclusion=exclusion)
+                           n_shards=len(metas), skipped_rows=skipped_rows, exclusion=exclusion,
+                           colour_converted=converted)
     write_json(out / REPORT_FILE, {"n_ok": report.n_ok, "n_failed": report.n_failed,
                                     "failures": failures, "skipped_rows": skipped_rows,
                                     "n_excluded": report.n_excluded,
-                                    "excluded": None if exclusion is None else exclusion.to_dict()})
+                                    "excluded": None if exclusion is None else exclusion.to_dict(),
+                                    "n_colour_converted": len(converted), "colour_converted": converted})
     write_json(out / STORE_FILE, {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "size": size, "count": len(rows),
         "dtype": "uint8", "classes": list(dataset.classes),
@@ -500,6 +512,11 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
         logger.warning("%d of %d images could not be read and are not in the store (listed in "
                        "%s): %s%s", len(failures), len(rows) + len(failures), out / REPORT_FILE,
                        shown, " ..." if len(failures) > 5 else "")
+    if converted:
+        kinds = Counter(c["colour"] for c in converted)
+        logger.info("%d of %d images were colour (%s) and were converted to grey (ITU-R 601-2 luma, as "
+                    "read_image does); listed under colour_converted in %s", len(converted), len(rows),
+                    ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()), out / REPORT_FILE)
     if skipped_rows:
         logger.warning("the dataset adapter skipped %d rows before preparing (listed under "
                        "skipped_rows in %s)", len(skipped_rows), out / REPORT_FILE)
