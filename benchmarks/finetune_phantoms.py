@@ -74,7 +74,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=96,
                         help="fine-tuning batch, global over the processes (the recipe's 96)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
-                        help="adamw (with --layer-decay: configs/finetune/adamw_lld.yaml) or sgd (the official "
+                        help="adamw (with --layer-decay: the adamw_lld recipe) or sgd (the official "
                         "recipe, momentum 0.9, clip 1.0; give --lr, --weight-decay 0 and --layer-decay none)")
     parser.add_argument("--lr", type=float, default=1e-3, help="lr of every fine-tuning run")
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -128,7 +128,7 @@ def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
         runtime=PretrainRuntime(device=args.device, seed=args.seed, output_dir=str(out / "run"), log_every=10,
                               save_every=args.pretrain_steps, keep_last=1, resume="auto"),
     )
-    return pretrain(config)
+    return pretrain(config).model_dir
 
 
 def finetune_run(args: argparse.Namespace, spec: dict[str, Any], data: Path, model: Path
@@ -152,7 +152,7 @@ def finetune_run(args: argparse.Namespace, spec: dict[str, Any], data: Path, mod
         f"model.mode={spec['mode']}", f"runtime.device={args.device}", f"runtime.out={out}", *overrides])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return finetune_classifier(cfg), command
+        return dict(finetune_classifier(cfg).summary), command
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ import torch
 
 from maco_cxr.config import load_config
 from maco_cxr.data.synthetic import write_synthetic_dataset
-from maco_cxr.tasks.finetune import DetectConfig, SegmentConfig, detect, segment
+from maco_cxr.tasks.finetune import DetectConfig, SegmentConfig, train_detector, train_segmenter
 from maco_cxr.tasks.finetune.segmentation import METRIC_NAMES
 
 SEG_LABELS = "[pneumothorax, pleural effusion]"
@@ -104,7 +104,7 @@ def run_segment(args: argparse.Namespace, data: Path, source: str) -> tuple[dict
     config = load_config(SegmentConfig, None, [
         f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"runtime.device={args.device}",
         f"runtime.out={out}", *overrides])
-    return segment(config), command
+    return dict(train_segmenter(config).summary), command
 
 
 def run_detect(args: argparse.Namespace, data: Path, source: str) -> tuple[dict[str, Any], list[str]]:
@@ -119,7 +119,7 @@ def run_detect(args: argparse.Namespace, data: Path, source: str) -> tuple[dict[
     config = load_config(DetectConfig, None, [
         f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"runtime.device={args.device}",
         f"runtime.out={out}", *overrides])
-    return detect(config), command
+    return dict(train_detector(config).summary), command
 
 
 def main() -> None:

@@ -35,6 +35,6 @@ run end_to_end 140 $PY benchmarks/pretrain_end_to_end.py --preset base --batch 2
 run inference 60 $PY benchmarks/inference_throughput.py --preset base --batch 512 --device cuda --workers 12 \
   --store-images 8192
 run pretrain_torchrun_tiny 60 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m maco_cxr pretrain \
-  --config configs/pretrain/tiny-synthetic.yaml --no-progress runtime.device=cuda runtime.output_dir=/tmp/gpu-pretrain \
+  --config tiny-synthetic --no-progress runtime.device=cuda runtime.output_dir=/tmp/gpu-pretrain \
   runtime.resume=never data.synthetic_count=64 data.workers=4 optim.epochs=2
 tail -n 3 /tmp/gpu-pretrain/metrics.csv 2>/dev/null | tee -a "$OUT/pretrain_torchrun_tiny.txt"

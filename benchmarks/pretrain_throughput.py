@@ -37,7 +37,7 @@ from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.data.augment import AugmentConfig, augment_batch, normalize_batch
 from maco_cxr.hub import create_model
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.train.optim import build_adamw, param_groups
+from maco_cxr.runtime.optim import build_adamw, param_groups
 
 
 @dataclass

@@ -7,7 +7,6 @@ import json
 import math
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from maco_cxr.cli import main
-from maco_cxr.config import load_config
+from maco_cxr.config import load_config, recipe_folder
 from maco_cxr.data.io import read_image
 from maco_cxr.data.splits import official_split_path, read_split_file
 from maco_cxr.data.synthetic import write_synthetic_dataset
@@ -28,18 +27,19 @@ from maco_cxr.tasks.finetune import ClassifyConfig, finetune_classifier, load_fi
 from maco_cxr.tasks.finetune.classification import (
     ClassifyAugment,
     ClassifyTask,
+    auc_classes_text,
     eval_transform,
     masked_bce_with_logits,
     random_resized_crop_params,
     train_transform,
 )
 from maco_cxr.tasks.finetune.config import FinetuneData
-from maco_cxr.tasks.finetune.engine import _Fit
+from maco_cxr.tasks.finetune.engine import build_optimizer
 from maco_cxr.tasks.finetune.splits import build_splits
-from maco_cxr.train.rng import isolated_rng
-from maco_cxr.train.schedules import set_learning_rate
+from maco_cxr.runtime.rng import isolated_rng
+from maco_cxr.runtime.schedules import set_learning_rate
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
+CONFIGS = recipe_folder() / "finetune"
 PHANTOM_CLASSES = ("cardiomegaly", "consolidation", "edema", "nodule", "pleural effusion", "pneumothorax")
 TINY_RUN = ["model.preset=tiny", "model.img_size=32", "data.workers=0", "optim.batch_size=8",
             "optim.warmup_steps=1", "optim.lr=0.05", "evaluation.batch_size=16", "evaluation.bootstrap=20",
@@ -64,7 +64,7 @@ def _run(config: ClassifyConfig) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # undefined AUCs of tiny validation sets
-            return finetune_classifier(config)
+            return dict(finetune_classifier(config).summary)
     finally:
         torch.set_num_threads(threads)
 
@@ -76,9 +76,8 @@ def _classifier(depth: int = 2, num_classes: int = 3) -> ClassifierModel:
 
 
 def _engine_optimizer(task, model) -> torch.optim.Optimizer:
-    """The optimiser the fine-tuning loop builds for ``model`` (``_Fit._optimizer``), lrs at multiplier 1."""
-    optimizer = _Fit._optimizer(SimpleNamespace(optim=task.config.optim, task=task, model=model,
-                                                device=torch.device("cpu")))
+    """The optimiser the fine-tuning loop builds for ``model`` (``build_optimizer``), lrs at multiplier 1."""
+    optimizer = build_optimizer(task.config.optim, task, model, torch.device("cpu"))
     set_learning_rate(optimizer, 1.0)
     return optimizer
 
@@ -385,6 +384,28 @@ def test_cxr_real_with_sparse_labels(cxr_real_dir, tmp_path):
         assert (written["test"]["per_class_auc"][name] is None) == math.isnan(auc)
     assert written["test"]["per_class_auc"]["COVID-19"] is not None  # val holds COVID-19 positives and negatives
     assert written["best_step"] == 2 and written["test"]["bootstrap"]["replicates"] == 20
+
+
+def test_cli_names_the_classes_left_out_of_the_mean_auc_without_raw_warnings(cxr_real_dir, tmp_path, capsys):
+    """cxr-real's 7 validation images (the test split here) hold no Pneumocystis positive: its AUC is
+    undefined, the mean is over the other 5 classes, and the output says so in words once, with no
+    RuntimeWarning (and its source line) printed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["finetune", "--model", "none", "--dataset", "cxr-real", "--root", str(cxr_real_dir),
+                     "--out", str(tmp_path / "real"), "data.test_name=val", "optim.steps=2",
+                     "evaluation.every=2", *TINY_RUN])
+    assert code == 0
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+    printed = capsys.readouterr().out
+    assert "over 5 of 6 classes (7 test images)" in printed
+    reason = "no positive among its 7 known labels"
+    assert f"Pneumocystis                 n/a  ({reason} in the test split" in printed
+    test = json.loads((tmp_path / "real" / "metrics.json").read_text())["test"]
+    assert test["auc_undefined"] == {"Pneumocystis": reason} and test["n_classes_in_mean"] == 5
+    assert auc_classes_text(test) == f"over 5 of 6 classes (Pneumocystis: {reason})"
+    defined = [v for v in test["per_class_auc"].values() if v is not None]
+    assert len(defined) == 5 and test["mean_auc"] == pytest.approx(np.mean(defined))
 
 
 def test_cli_end_to_end(phantoms, tmp_path, capsys):

@@ -8,7 +8,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from maco_cxr.cli import main
-from maco_cxr.config import load_config
+from maco_cxr.config import load_config, recipe_folder
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.synthetic import write_synthetic_dataset
@@ -24,16 +23,16 @@ from maco_cxr.errors import DataError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.models.vitdet import ViTDetConfig
-from maco_cxr.tasks.finetune import DetectConfig, detect, load_finetuned
+from maco_cxr.tasks.finetune import DetectConfig, load_finetuned, train_detector
 from maco_cxr.tasks.finetune import detection as detect_module
-from maco_cxr.tasks.finetune import engine
 from maco_cxr.tasks.finetune.backbone import load_backbone
 from maco_cxr.tasks.finetune.detection import DetectTask, FinetunedDetector, _selected, large_scale_jitter
+from maco_cxr.tasks.finetune.engine import build_optimizer
 from maco_cxr.tasks.finetune.splits import FinetuneSplits
-from maco_cxr.train.rng import isolated_rng
-from maco_cxr.train.schedules import set_learning_rate
+from maco_cxr.runtime.rng import isolated_rng
+from maco_cxr.runtime.schedules import set_learning_rate
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detect"
+CONFIGS = recipe_folder() / "detect"
 SMALL = ["input.image_size=64", "detector.out_channels=16", "detector.box_head_convs=1", "detector.box_head_fc=32",
          "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=50",
          "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=50",
@@ -93,15 +92,14 @@ def _run(*overrides: str) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return detect(_config(*overrides))
+        return dict(train_detector(_config(*overrides)).summary)
     finally:
         torch.set_num_threads(threads)
 
 
 def _engine_optimizer(task: DetectTask, model: FinetunedDetector) -> torch.optim.Optimizer:
-    """The optimiser the fine-tuning loop builds (``_Fit._optimizer``), lrs at multiplier 1."""
-    optimizer = engine._Fit._optimizer(SimpleNamespace(optim=task.config.optim, task=task, model=model,
-                                                       device=torch.device("cpu")))
+    """The optimiser the fine-tuning loop builds (``build_optimizer``), lrs at multiplier 1."""
+    optimizer = build_optimizer(task.config.optim, task, model, torch.device("cpu"))
     set_learning_rate(optimizer, 1.0)
     return optimizer
 

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from maco_cxr._atomic import json_ready
 from maco_cxr.config import load_config
 from maco_cxr.data.io import read_image
 from maco_cxr.data.synthetic import write_synthetic_dataset
@@ -25,12 +27,12 @@ from maco_cxr.tasks.finetune import (
     ClassifyConfig,
     DetectConfig,
     SegmentConfig,
-    detect,
     finetune_classifier,
     load_finetuned,
-    segment,
+    train_detector,
+    train_segmenter,
 )
-from maco_cxr.tasks.finetune.engine import GlobalBatchSampler
+from maco_cxr.tasks.finetune.engine import FitResult, GlobalBatchSampler, describe_validation
 from maco_cxr.tasks.finetune.splits import build_splits
 
 # SGD everywhere: AdamW turns float noise in near-zero gradients into lr-sized steps, which would
@@ -42,11 +44,11 @@ TASKS = {
     "classify": (ClassifyConfig, finetune_classifier,
                  ["model.img_size=32", "optim.batch_size=8", "optim.lr=0.05", "optim.steps=4", "evaluation.every=2",
                   "evaluation.bootstrap=20"]),
-    "segment": (SegmentConfig, segment,
+    "segment": (SegmentConfig, train_segmenter,
                 ["input.image_size=64", "optim.batch_size=4", "optim.steps=4", "optim.lr=0.05", "evaluation.every=2",
                  "evaluation.bootstrap=20", "evaluation.overlays=2", "input.missing_mask=empty", "head.dropout=0",
                  "data.options.mask_labels=[pneumothorax, pleural effusion]"]),
-    "detect": (DetectConfig, detect,
+    "detect": (DetectConfig, train_detector,
                ["data.kind=manifest", "input.image_size=64",
                 "optim.batch_size=4", "optim.steps=4", "optim.lr=0.02", "evaluation.every=2", "evaluation.overlays=2"]),
 }
@@ -57,7 +59,7 @@ def _config(task: str, root: Path, out: Path, *extra: str):
     return load_config(kind, None, [f"data.root={root}", f"runtime.out={out}", *COMMON, *overrides, *extra])
 
 
-def _run(task: str, root: Path, out: Path, *extra: str) -> dict:
+def _run(task: str, root: Path, out: Path, *extra: str) -> FitResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # undefined AUCs of tiny validation sets
         return TASKS[task][1](_config(task, root, out, *extra))
@@ -81,12 +83,12 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from maco_cxr.train.distributed import cleanup_distributed, init_distributed
+    from maco_cxr.runtime.distributed import cleanup_distributed, init_distributed
 
     init_distributed("gloo")
     try:
-        for task in TASKS:
-            _run(task, Path(root), Path(out) / task)
+        results = {task: asdict(_run(task, Path(root), Path(out) / task)) for task in TASKS}
+        (Path(out) / f"results-rank{rank}.json").write_text(json.dumps(json_ready(results)))
     finally:
         cleanup_distributed()
 
@@ -140,6 +142,15 @@ def test_two_processes_train_what_one_process_trains(task: str, one_process: Pat
 
 
 @pytest.mark.slow
+def test_every_rank_returns_the_same_result(two_processes: Path) -> None:
+    rank0, rank1 = (json.loads((two_processes / f"results-rank{rank}.json").read_text()) for rank in range(2))
+    assert rank0 == rank1
+    for task in TASKS:
+        written = json.loads((two_processes / task / "metrics.json").read_text())
+        assert rank0[task]["summary"] == written and rank0[task]["step"] == rank0[task]["total_steps"] == 4
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(task: str, phantoms: Path, one_process: Path,
                                                                      tmp_path: Path) -> None:
@@ -147,7 +158,7 @@ def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(task: str, p
     torch.set_num_threads(1)
     try:
         stopped = _run(task, phantoms, tmp_path / "run", "runtime.stop_at_step=2", "runtime.resume=auto")
-        assert stopped == {"stopped_at_step": 2}
+        assert stopped.stopped_at_step == 2 and stopped.summary == {} and stopped.metrics_path is None
         assert not (tmp_path / "run" / "metrics.json").exists()
         _run(task, phantoms, tmp_path / "run", "runtime.resume=auto")
     finally:
@@ -222,6 +233,14 @@ def test_reloaded_detector_reproduces_the_test_metrics(phantoms: Path, one_proce
         assert scores[key] == pytest.approx(metrics["test"][key], abs=1e-9), key
 
 
+def test_the_validation_schedule_is_described_as_it_runs() -> None:
+    assert describe_validation(1000, 12) == "validation at the end only (every 1000 > 12 steps)"
+    assert describe_validation(0, 12) == "validation at the end only (step 12; evaluation.every=0)"
+    assert describe_validation(12, 12) == "validation at the end only (step 12)"
+    assert describe_validation(4, 12) == "validation every 4 steps, 3 in all"
+    assert describe_validation(5, 12) == "validation every 5 steps and at the end (step 12), 3 in all"
+
+
 def test_global_batch_sampler_shards_every_micro_batch_and_resumes() -> None:
     whole = GlobalBatchSampler(10, seed=4, micro_batch=4)
     stream = iter(whole)
@@ -251,7 +270,7 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(phantoms: P
     whole = _run("classify", phantoms, tmp_path / "whole", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0")
     split = _run("classify", phantoms, tmp_path / "split", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0",
                  "optim.accum_steps=2")
-    assert whole["test"]["n_images"] == split["test"]["n_images"]
+    assert whole.test["n_images"] == split.test["n_images"]
     a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
     b = load_file(tmp_path / "split" / "final" / "model.safetensors")
     for name in a:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from maco_cxr.cli import main
-from maco_cxr.config import load_config
+from maco_cxr.config import load_config, recipe_folder
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.rle import rle_encode
 from maco_cxr.data.synthetic import write_synthetic_dataset
@@ -23,9 +25,9 @@ from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.models.upernet import IGNORE_INDEX, SegmentationOutput
-from maco_cxr.tasks.finetune import SegmentConfig, load_finetuned, segment
+from maco_cxr.tasks.finetune import SegmentConfig, load_finetuned, train_segmenter
 from maco_cxr.tasks.finetune.backbone import load_backbone
-from maco_cxr.tasks.finetune.engine import Run, _Fit
+from maco_cxr.tasks.finetune.engine import build_optimizer
 from maco_cxr.tasks.finetune.segmentation import (
     METRIC_NAMES,
     FinetunedSegmenter,
@@ -34,11 +36,12 @@ from maco_cxr.tasks.finetune.segmentation import (
     _normalise,
     _TrainItems,
 )
-from maco_cxr.train.distributed import DistInfo
-from maco_cxr.train.rng import isolated_rng
-from maco_cxr.train.schedules import set_learning_rate
+from maco_cxr.runtime.distributed import DistInfo
+from maco_cxr.runtime.loop import Run
+from maco_cxr.runtime.rng import isolated_rng
+from maco_cxr.runtime.schedules import set_learning_rate
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "segment"
+CONFIGS = recipe_folder() / "segment"
 PHANTOM_MASKS = "data.options={mask_labels: [pneumothorax, pleural effusion]}"
 SMALL = ["input.image_size=64", "head.channels=16", "head.aux_channels=8", "head.pool_scales=[1, 2]",
          "optim.batch_size=2", "optim.warmup_steps=1", "optim.lr=1e-3", "data.workers=0", "evaluation.overlays=2",
@@ -77,7 +80,7 @@ def _run(*overrides: str) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return segment(load_config(SegmentConfig, None, [*SMALL, *overrides]))
+        return dict(train_segmenter(load_config(SegmentConfig, None, [*SMALL, *overrides])).summary)
     finally:
         torch.set_num_threads(threads)
 
@@ -166,8 +169,7 @@ def test_layerwise_lr_scales_follow_065_per_block(phantoms: Path) -> None:
     task, model, summary = _built(phantoms, "model.preset=tiny", "input.image_size=64", "head.channels=8")
     depth = len(model.net.backbone.blocks)
     assert summary["feature_blocks_0_based"] == [0, 1, 2, 3] and depth == 4 and task.num_layers(model) == 4
-    optimizer = _Fit._optimizer(SimpleNamespace(optim=task.config.optim, task=task, model=model,
-                                                device=torch.device("cpu")))
+    optimizer = build_optimizer(task.config.optim, task, model, torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.AdamW)
     set_learning_rate(optimizer, 0.5)
     by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
@@ -219,6 +221,26 @@ def test_several_mask_labels_need_a_choice(phantoms: Path) -> None:
     lone = load_config(SegmentConfig, None, [f"data.root={phantoms}", "data.options={mask_labels: [pneumothorax]}"])
     with pytest.raises(DataError, match=r"val split has no image with a mask annotation.*data\.options\.mask_labels"):
         SegmentTask(lone).splits()
+
+
+def test_the_mask_labels_error_suggests_only_labels_the_dataset_has(phantoms: Path) -> None:
+    config = load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=empty"])
+    with pytest.raises(ConfigError) as err:
+        SegmentTask(config).splits()
+    message = str(err.value)
+    carried = re.findall(r"([a-z][a-z ]*) \(\d+ images\)", message.split(". Name")[0].split(": ", 1)[1])
+    assert "pneumothorax" in carried and "pleural effusion" in carried and "lungs" not in message
+    suggested = re.findall(r"data\.options\.mask_labels=\[([^\]]*)\]", message)
+    assert suggested == [carried[0], f"{carried[0]}, {carried[1]}"]  # the most frequent labels
+    # the suggestion, as written, is accepted
+    chosen = load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=empty",
+                                               f"data.options.mask_labels=[{suggested[1]}]"])
+    assert SegmentTask(chosen).splits().notes["target_labels"] == [s.strip() for s in suggested[1].split(",")]
+    # a label no mask carries is refused, also where images without a mask count as empty
+    absent = load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=empty",
+                                               "data.options.mask_labels=[lungs]"])
+    with pytest.raises(DataError, match=r"no training image has a mask labelled lungs \(data\.options\.mask_labels"):
+        SegmentTask(absent).splits()
 
 
 def test_train_items_letterbox_ignore_padding_and_flip_by_draw(phantoms: Path) -> None:
@@ -299,10 +321,13 @@ def test_evaluation_scores_in_original_geometry_with_named_figures(cxr_real_dir:
 # ------------------------------------------------------------------------------------- runs
 
 
-def test_segment_trains_on_cxr_real_lungs(cxr_real_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    metrics = _run("data.kind=manifest", f"data.root={cxr_real_dir}", "data.test_name=val",
-                   "data.options={mask_labels: [lungs]}", f"model.source={tiny_model_dir}", "optim.steps=3",
-                   "evaluation.every=2", f"runtime.out={tmp_path / 'run'}")
+def test_segment_trains_on_cxr_real_lungs(cxr_real_dir: Path, tiny_model_dir: Path, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="maco_cxr"):
+        metrics = _run("data.kind=manifest", f"data.root={cxr_real_dir}", "data.test_name=val",
+                       "data.options={mask_labels: [lungs]}", f"model.source={tiny_model_dir}",
+                       "optim.steps=3", "evaluation.every=2", f"runtime.out={tmp_path / 'run'}")
+    assert "validation every 2 steps and at the end (step 3), 2 in all" in caplog.text
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == metrics["test"]
     assert metrics["data"]["counts"] == {"train": 18, "val": 6, "test": 6}
     assert metrics["data"]["skipped_without_mask"] == {"train": 1, "val": 1, "test": 1}

@@ -12,10 +12,10 @@ import torch
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.train import checkpoint as ckpt
+from maco_cxr.runtime import checkpoint as ckpt
 from maco_cxr.config import from_dict
 from maco_cxr.train.config import PretrainConfig
-from maco_cxr.train.rng import capture_rng_state, isolated_rng, restore_rng_state
+from maco_cxr.runtime.rng import capture_rng_state, isolated_rng, restore_rng_state
 
 from .conftest import MICRO_MODEL
 
@@ -52,6 +52,30 @@ def test_keep_last_prunes_the_oldest(tmp_path: Path, model: MacoModel) -> None:
         ckpt.save_checkpoint(tmp_path, step, _state(step), _writer(model), keep_last=2)
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000004"
+
+
+def test_an_interrupted_prune_leaves_only_a_hidden_temporary(tmp_path: Path, model: MacoModel,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while an old checkpoint is deleted: no half-deleted folder keeps a checkpoint's name."""
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, _state(step), _writer(model))
+    real_rmtree = ckpt.shutil.rmtree
+
+    def interrupted(path: Path, ignore_errors: bool = False) -> None:
+        if not ignore_errors:
+            (Path(path) / "trainer_state.pt").unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 3, _state(3), _writer(model), keep_last=2)
+    monkeypatch.undo()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == [".tmp-old.step-00000001", "step-00000002", "step-00000003"]
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3]
+    ckpt.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
 
 
 def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, model: MacoModel,

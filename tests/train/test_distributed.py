@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
+from maco_cxr._atomic import json_ready
 from maco_cxr.hub import create_model
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.config import from_dict
 from maco_cxr.train.config import PretrainConfig
-from maco_cxr.train.distributed import (
+from maco_cxr.runtime.distributed import (
     DistInfo,
     all_reduce_mean,
     cleanup_distributed,
@@ -84,7 +87,8 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         _gradients(rank, world, info, Path(out))
         config = micro_config(Path(data), Path(out) / "run", optim={"batch_size": 2, "max_steps": 3},
                               runtime={"save_every": 2})
-        pretrain(config)
+        result = pretrain(config)
+        (Path(out) / f"result-rank{rank}.json").write_text(json.dumps(json_ready(asdict(result))))
     finally:
         cleanup_distributed()
 
@@ -123,7 +127,7 @@ def test_training_loop_on_two_processes_matches_one_process(two_processes: Path,
     single = pretrain(micro_config(two_processes / "data", tmp_path / "one",
                                    optim={"batch_size": 4, "max_steps": 3}, runtime={"save_every": 2}))
     two = load_file(two_processes / "run" / "final" / "model.safetensors")
-    one = load_file(single / "model.safetensors")
+    one = load_file(single.model_dir / "model.safetensors")
     assert two.keys() == one.keys()
     # The attention key bias has an exactly zero gradient (q . b_k is the same for every key of
     # a query, and softmax ignores it), so its update is Adam-normalised float noise, up to lr
@@ -138,6 +142,14 @@ def test_training_loop_on_two_processes_matches_one_process(two_processes: Path,
     checkpoints = sorted(p.name for p in (two_processes / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-00000002", "step-00000003"]
     assert len((two_processes / "run" / "metrics.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_every_rank_returns_the_same_result(two_processes: Path) -> None:
+    rank0, rank1 = (json.loads((two_processes / f"result-rank{rank}.json").read_text()) for rank in range(2))
+    assert rank0 == rank1 == {"model_dir": str(two_processes / "run" / "final"),
+                              "output_dir": str(two_processes / "run"), "step": 3, "total_steps": 3,
+                              "samples_replaced": 0, "rows_skipped": 0, "excluded": 0}
 
 
 def _compiled_worker(rank: int, world: int, port: int, data: str, out: str) -> None:

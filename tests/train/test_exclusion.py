@@ -48,7 +48,7 @@ def test_pretraining_never_draws_an_excluded_image(tmp_path: Path, monkeypatch: 
                           data={"exclude": [str(listed), "img_010"]})  # inline: the file stem
     drawn = _drawn(monkeypatch, RecordSource)
     with caplog.at_level(logging.INFO, logger="maco_cxr"):
-        final = pretrain(config)
+        final = pretrain(config).model_dir
 
     excluded = {str(folder / f"img_{i:03d}.png") for i in (3, 5, 10)}
     kept = {str(folder / f"img_{i:03d}.png") for i in range(12)} - excluded

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from maco_cxr.train.metrics_log import FIELDS, MetricsLog
+from maco_cxr.runtime.metrics_log import FIELDS, MetricsLog
 
 
 def _steps(folder: Path) -> tuple[list[int], list[int]]:

@@ -8,7 +8,7 @@ import pytest
 
 from maco_cxr.models.config import preset
 from maco_cxr.errors import ConfigError
-from maco_cxr.config import config_to_dict, from_dict
+from maco_cxr.config import config_to_dict, from_dict, recipe_folder
 from maco_cxr.train.config import (
     PretrainConfig,
     check_config,
@@ -17,7 +17,7 @@ from maco_cxr.train.config import (
     save_pretrain_config,
 )
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+CONFIGS = recipe_folder() / "pretrain"
 
 
 def test_defaults_are_the_paper_recipe() -> None:

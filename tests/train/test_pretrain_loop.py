@@ -19,10 +19,10 @@ from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.reports import sample_report_sentences
 from maco_cxr.errors import CheckpointError, ConfigError, DataError
 from maco_cxr.hub import load
-from maco_cxr.train.checkpoint import list_checkpoints, load_trainer_state
+from maco_cxr.runtime.checkpoint import list_checkpoints, load_trainer_state
 from maco_cxr.train.config import replace
 from maco_cxr.train.pretrain import plan_schedule, pretrain
-from maco_cxr.train.schedules import lr_multiplier
+from maco_cxr.runtime.schedules import lr_multiplier
 
 from .conftest import REPORTS, micro_config, write_manifest
 
@@ -52,14 +52,14 @@ def test_resumed_run_ends_with_identical_weights(manifest_dir: Path, tmp_path: P
     text sampling, augmentation, masks and dropout (text dropout 0.1 here)."""
     sections = {"optim": {"batch_size": 2, "accum_steps": 2, "max_steps": 5, "warmup_steps": 2},
                 "runtime": {"save_every": 3}, "model": {"text": {"dropout": 0.1}}}
-    whole = pretrain(micro_config(manifest_dir, tmp_path / "whole", **sections))
+    whole = pretrain(micro_config(manifest_dir, tmp_path / "whole", **sections)).model_dir
     split = micro_config(manifest_dir, tmp_path / "split", **sections)
-    stopped = pretrain(replace(split, runtime={"stop_at_step": 3}))
+    stopped = pretrain(replace(split, runtime={"stop_at_step": 3})).model_dir
     assert stopped == tmp_path / "split" / "checkpoints" / "step-00000003" / "model"
     assert not (tmp_path / "split" / "final").exists()
     state = load_trainer_state(stopped.parent)
     assert (state["step"], state["epoch"], state["sampler"]) == (3, 1, {"epoch": 1, "micro_batch": 2})
-    resumed = pretrain(split)
+    resumed = pretrain(split).model_dir
 
     a, b = _weights(whole), _weights(resumed)
     assert a.keys() == b.keys()
@@ -96,7 +96,7 @@ def test_resume_refuses_a_run_with_other_settings(manifest_dir: Path, tmp_path: 
 
 def test_outputs_and_final_model(manifest_dir: Path, tmp_path: Path) -> None:
     final = pretrain(micro_config(manifest_dir, tmp_path / "run", optim={"max_steps": 4},
-                                  runtime={"save_every": 1, "keep_last": 2}))
+                                  runtime={"save_every": 1, "keep_last": 2})).model_dir
     run = tmp_path / "run"
     assert final == run / "final"
     model = load(final)
@@ -114,10 +114,10 @@ def test_outputs_and_final_model(manifest_dir: Path, tmp_path: Path) -> None:
 
 
 def test_init_from_starts_at_the_given_weights(manifest_dir: Path, tmp_path: Path) -> None:
-    first = pretrain(micro_config(manifest_dir, tmp_path / "a", optim={"max_steps": 2}))
+    first = pretrain(micro_config(manifest_dir, tmp_path / "a", optim={"max_steps": 2})).model_dir
     config = micro_config(manifest_dir, tmp_path / "b", optim={"max_steps": 1, "lr": 1e-12, "warmup_steps": 0},
                           runtime={"init_from": str(first)})
-    second = _weights(pretrain(config))
+    second = _weights(pretrain(config).model_dir)
     for name, tensor in _weights(first).items():
         torch.testing.assert_close(second[name], tensor, atol=1e-8, rtol=0, msg=name)
 
@@ -159,7 +159,7 @@ def test_overfits_eight_pairs_until_retrieval_is_perfect(manifest_dir: Path, tmp
                           optim={"batch_size": 8, "max_steps": 200, "warmup_steps": 5, "lr": 3e-3,
                                  "weight_decay": 0.0},
                           augment={"enabled": False}, runtime={"save_every": 1000})
-    final = pretrain(config)
+    final = pretrain(config).model_dir
     rows = _rows(tmp_path / "run")
     first, last = rows[:5], rows[-5:]
     for key in ("rec", "con"):
@@ -201,10 +201,10 @@ def test_a_failing_compile_falls_back_to_eager_with_a_message(manifest_dir: Path
     monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
     with caplog.at_level("WARNING", logger="maco_cxr.train.pretrain"):
         final = pretrain(micro_config(manifest_dir, tmp_path / "compiled", optim={"max_steps": 2},
-                                      runtime={"compile": True}))
+                                      runtime={"compile": True})).model_dir
     assert "torch.compile failed (RuntimeError: no C compiler" in caplog.text
     eager = pretrain(micro_config(manifest_dir, tmp_path / "eager", optim={"max_steps": 2},
-                                  runtime={"compile": False}))
+                                  runtime={"compile": False})).model_dir
     a, b = load(final).state_dict(), load(eager).state_dict()
     for name in a:
         assert torch.equal(a[name], b[name]), name

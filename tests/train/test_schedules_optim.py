@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from maco_cxr.train.optim import build_adamw, param_groups, vit_layer_id
-from maco_cxr.train.schedules import lr_multiplier, set_learning_rate
+from maco_cxr.runtime.optim import build_adamw, param_groups, vit_layer_id
+from maco_cxr.runtime.schedules import lr_multiplier, set_learning_rate
 
 
 def test_warmup_then_cosine() -> None:

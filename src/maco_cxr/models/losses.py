@@ -1,7 +1,7 @@
 """MaCo's two pre-training losses, as pure functions of tensors.
 
 ``correlation_weighted_contrastive_loss`` takes an optional ``gather`` that concatenates a
-tensor across processes WITH gradient (see :func:`maco_cxr.train.distributed.gather_with_grad`);
+tensor across processes WITH gradient (see :func:`maco_cxr.runtime.distributed.gather_with_grad`);
 with it, every rank computes the loss of the global batch, so 2 processes on half batches give
 the same loss and gradients as 1 process on the whole batch.
 """

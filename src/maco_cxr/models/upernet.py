@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from maco_cxr.config import require
 from maco_cxr.errors import ConfigError
+from maco_cxr.models.config import SegmentationLossWeights, UperNetConfig
 from maco_cxr.models.vit import MaskedViT
 
 __all__ = [
@@ -63,35 +63,6 @@ def feature_blocks(depth: int, paper_blocks: Sequence[int] = PAPER_BLOCKS, paper
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     return tuple(max(1, math.floor(b * depth / paper_depth + 0.5)) - 1 for b in paper_blocks)
-
-
-@dataclass
-class UperNetConfig:
-    """Head sizes. Paper setting (ViT-B): channels 768, pool scales 1/2/3/6, aux 256, dropout 0.1.
-
-    ``channels`` None = the backbone's width (768 for ViT-B, the paper's value); ``aux_channels``
-    None = a third of it (256 for ViT-B), 0 = no auxiliary head; so a small backbone gets a
-    head of its own size. ``blocks``: 0-based ViT blocks feeding the four levels (None =
-    :func:`feature_blocks`).
-    """
-
-    channels: int | None = None
-    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
-    aux_channels: int | None = None
-    aux_level: int = 2
-    dropout: float = 0.1
-    num_classes: int = 1
-    blocks: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        require(self.blocks is None or len(self.blocks) == 4, "blocks",
-                f"need 4 block indices (one per level), got {self.blocks}")
-        require(self.channels is None or self.channels >= 1, "channels", "must be >= 1 or null")
-        require(self.aux_channels is None or self.aux_channels >= 0, "aux_channels",
-                "must be >= 0 (0 = no aux head) or null")
-        require(0 <= self.aux_level < 4, "aux_level", f"{self.aux_level} is not a level in 0..3")
-        require(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
-        require(self.num_classes >= 1, "num_classes", "must be >= 1")
 
 
 @dataclass
@@ -213,18 +184,6 @@ class UperNetSegmenter(nn.Module):
         return SegmentationOutput(logits=logits, aux_logits=aux)
 
 
-@dataclass(frozen=True)
-class SegmentationLossWeights:
-    """Paper weights: focal x2.0 + Dice x1.0 on the decode head, x0.8 / x0.4 on the aux head."""
-
-    focal: float = 2.0
-    dice: float = 1.0
-    aux_focal: float = 0.8
-    aux_dice: float = 0.4
-    gamma: float = 2.0
-    alpha: float = 0.5
-
-
 def masked_focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, alpha: float = 0.5,
                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Sigmoid focal loss ``-a_t (1 - p_t)^gamma log p_t`` averaged over the valid pixels.
@@ -259,7 +218,7 @@ def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, eps: float =
 
 
 def segmentation_loss(output: SegmentationOutput, target: torch.Tensor,
-                      weights: SegmentationLossWeights = SegmentationLossWeights(),
+                      weights: SegmentationLossWeights = SegmentationLossWeights(),  # noqa: B008 - frozen
                       ignore_index: int = IGNORE_INDEX) -> dict[str, torch.Tensor]:
     """Weighted focal + Dice losses of both heads; logits are resized to the target first.
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +29,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from maco_cxr.config import require
 from maco_cxr.errors import ConfigError
+from maco_cxr.models.config import PAPER_ANCHOR_SIZES, ViTDetConfig
 from maco_cxr.models.vit import MaskedViT
 
 __all__ = [
@@ -43,60 +42,7 @@ __all__ = [
     "build_vitdet",
 ]
 
-PAPER_ANCHOR_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)  # at 1024 px, one size per level p2..p6
 
-
-@dataclass
-class ViTDetConfig:
-    """Pyramid and detector settings (defaults: ViTDet at 1024 px, 2 classes incl. background).
-
-    ``out_channels`` None = a third of the backbone's width, rounded to a multiple of 16 (256
-    for ViT-B, the paper's value); ``box_head_fc`` None = 4 x ``out_channels`` (1024 for
-    ViT-B); so a small backbone gets a detector of its own size. ``anchor_sizes``: one per
-    level (p2..p5, plus p6 with ``top_pool``); None scales ``PAPER_ANCHOR_SIZES`` by
-    ``image_size / 1024``. ``rpn_*`` / ``box_*`` are torchvision's Faster R-CNN arguments of
-    the same names.
-    """
-
-    out_channels: int | None = None
-    scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
-    top_pool: bool = True
-    anchor_sizes: tuple[float, ...] | None = None
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_conv_depth: int = 2
-    box_head_convs: int = 4
-    box_head_fc: int | None = None
-    num_classes: int = 2
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 1000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.scales if s not in (4.0, 2.0, 1.0, 0.5)]
-        require(not bad, "scales", f"{bad} not supported; choose from 4, 2, 1, 0.5")
-        require(self.anchor_sizes is None or len(self.anchor_sizes) == self.num_levels, "anchor_sizes",
-                f"{len(self.anchor_sizes or ())} sizes for {self.num_levels} pyramid levels; give one size per "
-                "level (p6 counts with top_pool)")
-        require(self.num_classes >= 2, "num_classes", "counts the background: it must be >= 2")
-        for name in ("out_channels", "box_head_fc"):
-            require(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 or null")
-        require(self.rpn_conv_depth >= 1, "rpn_conv_depth", "must be >= 1")
-        require(self.box_head_convs >= 0, "box_head_convs", "must be >= 0")
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.scales) + int(self.top_pool)
-
-    def anchors_for(self, image_size: int) -> tuple[float, ...]:
-        if self.anchor_sizes is not None:
-            return self.anchor_sizes
-        factor = image_size / 1024.0
-        return tuple(max(1.0, a * factor) for a in PAPER_ANCHOR_SIZES[: self.num_levels])
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from maco_cxr._atomic import write_csv, write_with
-from maco_cxr.config import from_dict, require, require_at_least
+from maco_cxr.config import from_dict
 from maco_cxr.data.augment import normalize_batch
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.errors import DataError
@@ -50,9 +51,15 @@ from maco_cxr.metrics import (
 from maco_cxr.models.classifier import ClassifierModel
 from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 from maco_cxr.models.vit import MaskedViT
+from maco_cxr.runtime.loop import Run
 from maco_cxr.tasks.finetune.backbone import load_backbone
-from maco_cxr.tasks.finetune.config import BackboneSection, FinetuneData, FinetuneOptim, FinetuneRuntime
-from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, Run, fit, read_training_sample
+from maco_cxr.tasks.finetune.config import (
+    ClassifyAugment,
+    ClassifyConfig,
+    ClassifyEval,
+    ClassifyModel,
+)
+from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, FitResult, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
 from maco_cxr.tasks.finetune.splits import FinetuneSplits
 
@@ -63,74 +70,16 @@ __all__ = [
     "ClassifyModel",
     "ClassifyTask",
     "FinetunedClassifier",
+    "auc_classes_text",
     "eval_transform",
     "finetune_classifier",
     "masked_bce_with_logits",
     "random_resized_crop_params",
     "train_transform",
+    "undefined_auc",
 ]
 
 logger = logging.getLogger(__name__)
-
-Mode = Literal["finetune", "linear_probe"]
-
-
-# ------------------------------------------------------------------------------------ config
-
-
-@dataclass
-class ClassifyModel(BackboneSection):
-    """The encoder, its input size and the mode (``finetune`` or ``linear_probe``)."""
-
-    img_size: int = 224
-    mode: Mode = "finetune"
-    cache_features: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.img_size >= 1, "img_size", "must be >= 1")
-
-
-@dataclass
-class ClassifyAugment:
-    """Training augmentation: RandomResizedCrop to ``model.img_size`` and horizontal flip."""
-
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-
-    def __post_init__(self) -> None:
-        require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale",
-                f"{list(self.crop_scale)} must be [low, high] in (0, 1]")
-        require(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
-                f"{list(self.crop_ratio)} must be [low, high] with 0 < low <= high")
-        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
-
-
-@dataclass
-class ClassifyEval:
-    """Validation every ``every`` steps (None = ~10 epochs' worth, at least once); test-time
-    ``bootstrap`` replicates for the confidence intervals (0 = none)."""
-
-    every: int | None = None
-    batch_size: int = 256
-    bootstrap: int = 1000
-
-    def __post_init__(self) -> None:
-        require_at_least(self, every=1, batch_size=1, bootstrap=0)
-
-
-@dataclass
-class ClassifyConfig:
-    """A classification fine-tuning run (defaults: the official SGD recipe, 1 % schedule)."""
-
-    data: FinetuneData = field(default_factory=FinetuneData)
-    model: ClassifyModel = field(default_factory=ClassifyModel)
-    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
-    augment: ClassifyAugment = field(default_factory=ClassifyAugment)
-    evaluation: ClassifyEval = field(default_factory=ClassifyEval)
-    runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/finetune"))
-
 
 # -------------------------------------------------------------------------------- transforms
 
@@ -295,14 +244,44 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- task
 
 
-def _mean_auc(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str]) -> tuple[float, np.ndarray]:
-    """Mean of the defined per-class AUCs (NaN when none is); classes with one label value are
-    expected in small validation sets, so their warnings are silenced."""
+# What maco_cxr.metrics warns about, once per class and call, when an AUC, a ROC curve, a threshold or
+# bootstrap replicates are undefined: a run names those classes once, in words, instead (metrics.json,
+# the summary line, one log line), so no warning with a source line reaches the command's output.
+_REPORTED_UNDEFINED = (r"AUC of .* is undefined", r"ROC curve is undefined", r"no \w+ threshold for ",
+                       r"\d+ of \d+ bootstrap replicates gave an undefined value")
+
+
+@contextmanager
+def _undefined_reported() -> Iterator[None]:
+    """Silence exactly the warnings of :data:`_REPORTED_UNDEFINED` (any other still shows)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        for message in _REPORTED_UNDEFINED:
+            warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
+        yield
+
+
+def _mean_auc(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str]) -> tuple[float, np.ndarray]:
+    """Mean of the defined per-class AUCs (NaN when none is); a class whose known labels take one
+    value has none (see :func:`undefined_auc`)."""
+    with _undefined_reported():
         aucs = roc_auc_per_class(labels, scores, classes)
     finite = aucs[np.isfinite(aucs)]
     return (float(finite.mean()) if finite.size else math.nan), aucs
+
+
+def undefined_auc(labels: np.ndarray, classes: Sequence[str]) -> dict[str, str]:
+    """Why each class without an AUC has none (labels ``[N, C]``, NaN unknown): its known labels
+    are all positive, all negative, or there are none."""
+    reasons = {}
+    for k, name in enumerate(classes):
+        known = labels[~np.isnan(labels[:, k]), k]
+        if known.size == 0:
+            reasons[name] = "no known label"
+        elif np.all(known == 0):
+            reasons[name] = f"no positive among its {known.size} known labels"
+        elif np.all(known == 1):
+            reasons[name] = f"no negative among its {known.size} known labels"
+    return reasons
 
 
 class ClassifyTask(FinetuneTask):
@@ -400,27 +379,36 @@ class ClassifyTask(FinetuneTask):
         labels = np.stack([r["labels"] for r in records])
         scores = np.stack([r["scores"] for r in records])
         mean_auc, aucs = _mean_auc(labels, scores, self.classes)
+        left_out = undefined_auc(labels, self.classes)
         return {"mean_auc": mean_auc, "per_class_auc": dict(zip(self.classes, map(float, aucs))),
-                "n_images": len(records)}
+                "n_images": len(records), "n_classes_in_mean": len(self.classes) - len(left_out),
+                "auc_undefined": left_out}
 
     def evaluate_test(self, records: Sequence[dict[str, Any]],
                       val_records: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
         metrics = self.evaluate(records)
         labels = np.stack([r["labels"] for r in records])
         scores = np.stack([r["scores"] for r in records])
-        metrics["report_at_0.5"] = classification_report(labels, scores, self.classes)
+        with _undefined_reported():
+            metrics["report_at_0.5"] = classification_report(labels, scores, self.classes)
         if val_records:
             val_labels = np.stack([r["labels"] for r in val_records])
             val_scores = np.stack([r["scores"] for r in val_records])
+            no_threshold = undefined_auc(val_labels, self.classes)
+            if no_threshold:
+                named = "; ".join(f"{name} ({why} in the validation split)"
+                                  for name, why in no_threshold.items())
+                logger.warning("no threshold chosen on validation for %s: its at_val_youden_threshold and "
+                               "at_val_max_f1_threshold figures are n/a", named)
             for method in ("youden", "max_f1"):
-                thresholds = select_thresholds(val_labels, val_scores, self.classes, method=method)
+                with _undefined_reported():
+                    thresholds = select_thresholds(val_labels, val_scores, self.classes, method=method)
                 metrics[f"at_val_{method}_threshold"] = apply_thresholds(labels, scores, self.classes, thresholds)
         replicates = self.config.evaluation.bootstrap
         if replicates:
             patients = [r["patient"] for r in records]
             groups = patients if all(p is not None for p in patients) else None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
+            with _undefined_reported():
                 metrics["mean_auc_ci95"] = asdict(bootstrap_metric_ci(
                     lambda y, s: _mean_auc(y, s, self.classes)[0], labels, scores, n_resamples=replicates,
                     seed=self.config.runtime.seed, groups=groups))
@@ -450,24 +438,37 @@ class ClassifyTask(FinetuneTask):
         write_csv(out / "predictions.csv", header,
                   ([r["path"], *["" if math.isnan(v) else int(v) for v in r["labels"]],
                     *[f"{s:.6f}" for s in r["scores"]]] for r in records))
-        write_with(out / "roc.png", lambda tmp: plot_roc_curves(labels, scores, self.classes, tmp,
-                                                                title=f"test ROC ({self.config.model.mode})"))
+        title = f"test ROC ({self.config.model.mode})"
+        with _undefined_reported():
+            write_with(out / "roc.png",
+                       lambda tmp: plot_roc_curves(labels, scores, self.classes, tmp, title=title))
         write_with(out / "training_curves.png",
                    lambda tmp: plot_training_curves(log_rows, ["loss", "lr", "val_mean_auc"], tmp))
         return {"classes": list(self.classes), "mode": self.config.model.mode}
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
-        return f"test mean AUC {metrics['mean_auc']:.4f} over {len(self.classes)} classes"
+        return f"test mean AUC {metrics['mean_auc']:.4f} {auc_classes_text(metrics)}"
 
 
-def finetune_classifier(config: ClassifyConfig) -> dict[str, Any]:
+def auc_classes_text(metrics: dict[str, Any]) -> str:
+    """Which classes a split's mean AUC averages, e.g. ``over 5 of 6 classes (Pneumocystis: no
+    positive among its 7 known labels)``."""
+    left_out = metrics.get("auc_undefined") or {}
+    total = len(metrics["per_class_auc"])
+    if not left_out:
+        return f"over {total} classes"
+    reasons = "; ".join(f"{name}: {why}" for name, why in left_out.items())
+    return f"over {total - len(left_out)} of {total} classes ({reasons})"
+
+
+def finetune_classifier(config: ClassifyConfig) -> FitResult:
     """Train, select on validation AUC, test; write the run folder ``config.runtime.out``.
 
     Writes ``metrics.json`` (``test``: per-class and mean AUC with a bootstrap interval, the
     report at 0.5 and at validation-chosen thresholds; the best validation figures and step),
     ``predictions.csv``, ``best/`` and ``final/`` (models for :func:`load_finetuned`),
     ``checkpoints/``, ``roc.png``, ``training_curves.png``, ``log.jsonl`` and ``config.json``;
-    returns what ``metrics.json`` holds. Runs under ``torchrun`` too (see
-    :mod:`maco_cxr.tasks.finetune.engine`).
+    returns a :class:`FitResult` (its ``summary`` is what ``metrics.json`` holds). Runs under
+    ``torchrun`` too (see :mod:`maco_cxr.tasks.finetune.engine`).
     """
     return fit(ClassifyTask(config))

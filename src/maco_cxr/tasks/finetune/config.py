@@ -1,9 +1,11 @@
-"""The config sections every fine-tuning task shares (data, optimiser, runtime, backbone).
+"""The configs of the fine-tuning tasks: the sections they share (data, optimiser, runtime,
+backbone) and each task's own (``ClassifyConfig``, ``SegmentConfig``, ``DetectConfig``).
 
-Each task config (``ClassifyConfig``, ``SegmentConfig``, ``DetectConfig``) holds these under
-the same section names, with the same fields, plus its own sections; all are read with the one
-grammar of :mod:`maco_cxr.config`. Section types are named by their owner so no two sections
-of the package share a name with different fields.
+Each task config holds the shared sections under the same section names, with the same
+fields, plus its own sections; all are read with the one grammar of :mod:`maco_cxr.config`.
+Section types are named by their owner so no two sections of the package share a name with
+different fields. Nothing here imports torch, so the CLI reads and checks a whole config
+(``maco-cxr finetune ... optim.lrr=1``) before loading the model code.
 
 ``optim.batch_size`` is the GLOBAL batch of one optimizer step: it is split over the
 processes of a ``torchrun`` job and the ``optim.accum_steps`` micro-steps (it must divide
@@ -15,10 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from maco_cxr.config import require
+from maco_cxr.config import require, require_at_least
+from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, SegmentationLossWeights, UperNetConfig, ViTDetConfig
 from maco_cxr.train.config import check_run_control
 
-__all__ = ["BackboneSection", "DenseModel", "FinetuneData", "FinetuneOptim", "FinetuneRuntime", "RESUMABLE_CHANGES"]
+__all__ = ["RESUMABLE_CHANGES", "BackboneSection", "ClassifyAugment", "ClassifyConfig", "ClassifyEval",
+           "ClassifyModel", "DenseModel", "DetectConfig", "DetectEval", "DetectInput", "FinetuneData",
+           "FinetuneOptim", "FinetuneRuntime", "SegmentConfig", "SegmentEval", "SegmentInput"]
 
 
 @dataclass
@@ -158,6 +163,197 @@ class DenseModel(BackboneSection):
     head only (the encoder stays in eval mode)."""
 
     freeze_backbone: bool = False
+
+
+# ----------------------------------------------------------------------------- classification
+
+Mode = Literal["finetune", "linear_probe"]
+
+
+@dataclass
+class ClassifyModel(BackboneSection):
+    """The encoder, its input size and the mode (``finetune`` or ``linear_probe``)."""
+
+    img_size: int = 224
+    mode: Mode = "finetune"
+    cache_features: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.img_size >= 1, "img_size", "must be >= 1")
+
+
+@dataclass
+class ClassifyAugment:
+    """Training augmentation: RandomResizedCrop to ``model.img_size`` and horizontal flip."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale",
+                f"{list(self.crop_scale)} must be [low, high] in (0, 1]")
+        require(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
+                f"{list(self.crop_ratio)} must be [low, high] with 0 < low <= high")
+        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
+
+
+@dataclass
+class ClassifyEval:
+    """Validation every ``every`` steps (None = ~10 epochs' worth, at least once); test-time
+    ``bootstrap`` replicates for the confidence intervals (0 = none)."""
+
+    every: int | None = None
+    batch_size: int = 256
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        require_at_least(self, every=1, batch_size=1, bootstrap=0)
+
+
+@dataclass
+class ClassifyConfig:
+    """A classification fine-tuning run (defaults: the official SGD recipe, 1 % schedule)."""
+
+    data: FinetuneData = field(default_factory=FinetuneData)
+    model: ClassifyModel = field(default_factory=ClassifyModel)
+    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    augment: ClassifyAugment = field(default_factory=ClassifyAugment)
+    evaluation: ClassifyEval = field(default_factory=ClassifyEval)
+    runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/finetune"))
+
+
+# ------------------------------------------------------------------------------- segmentation
+
+MissingMask = Literal["skip", "empty"]
+
+
+@dataclass
+class SegmentInput:
+    """Preprocessing: letterbox side, flip probability, normalisation (MaCo's by default)."""
+
+    image_size: int = 512
+    flip_p: float = 0.5
+    pixel_mean: float = IMAGE_MEAN
+    pixel_std: float = IMAGE_STD
+    missing_mask: MissingMask = "skip"
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
+                f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
+        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
+        require(self.pixel_std > 0, "pixel_std", "must be > 0")
+
+
+@dataclass
+class SegmentEval:
+    """Validation every ``every`` steps (0: only at the end), probability ``threshold``,
+    ``overlays`` test predictions drawn as PNGs, ``bootstrap`` replicates of the per-image Dice
+    interval (0 = none)."""
+
+    every: int = 1000
+    threshold: float = 0.5
+    batch_size: int = 8
+    overlays: int = 8
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        require_at_least(self, every=0, batch_size=1, overlays=0, bootstrap=0)
+        require(0.0 < self.threshold < 1.0, "threshold", "must be in (0, 1)")
+
+
+def _segment_paper_optim() -> FinetuneOptim:
+    """SIIM 100 % of the paper; the shipped configs set lr / steps / warm-up per dataset."""
+    return FinetuneOptim(name="adamw", lr=1.5e-5, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.65,
+                         clip_grad=None, batch_size=8, steps=160_000, warmup_steps=1500, schedule="poly",
+                         warmup_start=0.0, final=0.0)
+
+
+@dataclass
+class SegmentConfig:
+    """Everything a segmentation run needs (YAML sections of the same names)."""
+
+    model: DenseModel = field(default_factory=DenseModel)
+    input: SegmentInput = field(default_factory=SegmentInput)
+    head: UperNetConfig = field(default_factory=UperNetConfig)
+    loss: SegmentationLossWeights = field(default_factory=SegmentationLossWeights)
+    data: FinetuneData = field(default_factory=FinetuneData)
+    optim: FinetuneOptim = field(default_factory=_segment_paper_optim)
+    runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/segment"))
+    evaluation: SegmentEval = field(default_factory=SegmentEval)
+
+    def __post_init__(self) -> None:
+        require(self.optim.batch_size >= 2, "optim.batch_size",
+                "must be >= 2 (BatchNorm in the head needs two images per step)")
+
+
+# ---------------------------------------------------------------------------------- detection
+
+
+@dataclass
+class DetectInput:
+    """Input side, large-scale-jitter range, flip, normalisation and which boxes count.
+
+    ``box_labels``: boxes whose label (or ``category`` column, for manifests) is listed are
+    the objects to detect (None: every box). ``positives_only``: images without such a box are
+    left out of training and testing (the RSNA protocol); images without any box annotation
+    are always left out. Both are counted in ``metrics.json``.
+    """
+
+    image_size: int = 1024
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    flip_p: float = 0.5
+    pixel_mean: float = IMAGE_MEAN
+    pixel_std: float = IMAGE_STD
+    box_labels: tuple[str, ...] | None = None
+    positives_only: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
+                f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
+        require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range",
+                f"{list(self.scale_range)} must be [low, high] with 0 < low <= high")
+        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
+        require(self.pixel_std > 0, "pixel_std", "must be > 0")
+
+
+@dataclass
+class DetectEval:
+    """Validation every ``every`` steps (0: only at the end); ``select``: keep the model with
+    the best validation ``metric`` (val) or the last one (last); ``overlays`` test images drawn
+    with predictions scoring at least ``overlay_score``."""
+
+    every: int = 500
+    batch_size: int = 8
+    select: Literal["val", "last"] = "val"
+    metric: Literal["AP", "AP50", "AP75"] = "AP"
+    overlays: int = 8
+    overlay_score: float = 0.5
+
+    def __post_init__(self) -> None:
+        require_at_least(self, every=0, batch_size=1, overlays=0)
+
+
+def _detect_paper_optim() -> FinetuneOptim:
+    """RSNA of the paper: AdamW 5e-4, wd 0.05, layer decay 0.7, batch 32, 5,600 steps."""
+    return FinetuneOptim(name="adamw", lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.7,
+                         clip_grad=None, batch_size=32, steps=5600, warmup_steps=250, schedule="cosine",
+                         warmup_start=0.01, final=0.01)
+
+
+@dataclass
+class DetectConfig:
+    """Everything a detection run needs (YAML sections of the same names)."""
+
+    model: DenseModel = field(default_factory=DenseModel)
+    input: DetectInput = field(default_factory=DetectInput)
+    detector: ViTDetConfig = field(default_factory=ViTDetConfig)
+    data: FinetuneData = field(default_factory=lambda: FinetuneData(kind="rsna"))
+    optim: FinetuneOptim = field(default_factory=_detect_paper_optim)
+    runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/detect"))
+    evaluation: DetectEval = field(default_factory=DetectEval)
+
 
 
 # Keys that may change between a run and its resumption (how it is watched, where it runs).

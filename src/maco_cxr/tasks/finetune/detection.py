@@ -31,9 +31,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,93 +42,35 @@ from torch.utils.data import Dataset
 from torchvision.models.detection import FasterRCNN
 
 from maco_cxr._atomic import write_csv, write_with
-from maco_cxr.config import config_to_dict, from_dict, require, require_at_least
+from maco_cxr.config import config_to_dict, from_dict
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.splits import official_rsna_detection_test
 from maco_cxr.errors import DataError
 from maco_cxr.inference import autocast
 from maco_cxr.metrics.detection import coco_detection_ap
-from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
+from maco_cxr.models.config import VisionConfig
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.models.vitdet import ViTDetConfig, build_vitdet, set_sampling_seeds
+from maco_cxr.runtime.loop import Run
 from maco_cxr.tasks.finetune.backbone import load_backbone
-from maco_cxr.tasks.finetune.config import DenseModel, FinetuneData, FinetuneOptim, FinetuneRuntime
-from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, Run, fit, read_training_sample
+from maco_cxr.tasks.finetune.config import (
+    DetectConfig,
+    DetectEval,
+    DetectInput,
+    FinetuneData,
+)
+from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, FitResult, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
 from maco_cxr.tasks.finetune.splits import RSNA_DETECTION_TEST, FinetuneSplits, build_splits, copy_with
 
-__all__ = ["DetectConfig", "DetectEval", "DetectInput", "DetectTask", "FinetunedDetector", "detect",
-           "large_scale_jitter"]
+__all__ = ["DetectConfig", "DetectEval", "DetectInput", "DetectTask", "FinetunedDetector", "large_scale_jitter",
+           "train_detector"]
 
 logger = logging.getLogger(__name__)
 
 _TRUE_COLOUR = (0, 255, 0)
 _PRED_COLOUR = (255, 40, 40)
-
-
-@dataclass
-class DetectInput:
-    """Input side, large-scale-jitter range, flip, normalisation and which boxes count.
-
-    ``box_labels``: boxes whose label (or ``category`` column, for manifests) is listed are
-    the objects to detect (None: every box). ``positives_only``: images without such a box are
-    left out of training and testing (the RSNA protocol); images without any box annotation
-    are always left out. Both are counted in ``metrics.json``.
-    """
-
-    image_size: int = 1024
-    scale_range: tuple[float, float] = (0.8, 1.2)
-    flip_p: float = 0.5
-    pixel_mean: float = IMAGE_MEAN
-    pixel_std: float = IMAGE_STD
-    box_labels: tuple[str, ...] | None = None
-    positives_only: bool = True
-
-    def __post_init__(self) -> None:
-        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-                f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
-        require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range",
-                f"{list(self.scale_range)} must be [low, high] with 0 < low <= high")
-        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
-        require(self.pixel_std > 0, "pixel_std", "must be > 0")
-
-
-@dataclass
-class DetectEval:
-    """Validation every ``every`` steps (0: only at the end); ``select``: keep the model with
-    the best validation ``metric`` (val) or the last one (last); ``overlays`` test images drawn
-    with predictions scoring at least ``overlay_score``."""
-
-    every: int = 500
-    batch_size: int = 8
-    select: Literal["val", "last"] = "val"
-    metric: Literal["AP", "AP50", "AP75"] = "AP"
-    overlays: int = 8
-    overlay_score: float = 0.5
-
-    def __post_init__(self) -> None:
-        require_at_least(self, every=0, batch_size=1, overlays=0)
-
-
-def _paper_optim() -> FinetuneOptim:
-    """RSNA of the paper: AdamW 5e-4, wd 0.05, layer decay 0.7, batch 32, 5,600 steps."""
-    return FinetuneOptim(name="adamw", lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.7,
-                         clip_grad=None, batch_size=32, steps=5600, warmup_steps=250, schedule="cosine",
-                         warmup_start=0.01, final=0.01)
-
-
-@dataclass
-class DetectConfig:
-    """Everything a detection run needs (YAML sections of the same names)."""
-
-    model: DenseModel = field(default_factory=DenseModel)
-    input: DetectInput = field(default_factory=DetectInput)
-    detector: ViTDetConfig = field(default_factory=ViTDetConfig)
-    data: FinetuneData = field(default_factory=lambda: FinetuneData(kind="rsna"))
-    optim: FinetuneOptim = field(default_factory=_paper_optim)
-    runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/detect"))
-    evaluation: DetectEval = field(default_factory=DetectEval)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -423,17 +365,17 @@ def _save_overlays(records: list[dict[str, Any]], folder: Path, min_score: float
             draw.text((x0 + 2, y0 + 1), f"{record['scores'][j]:.2f}", fill=_PRED_COLOUR)
         draw.text((4, 2), "green: truth, red: predicted", fill=(255, 255, 255))
         path = folder / f"overlay_{i:02d}_{Path(str(record['path'])).stem}.png"
-        paths.append(write_with(path, lambda tmp: canvas.save(tmp, format="PNG")))
+        paths.append(write_with(path, lambda tmp, canvas=canvas: canvas.save(tmp, format="PNG")))
     return paths
 
 
-def detect(config: DetectConfig) -> dict[str, Any]:
+def train_detector(config: DetectConfig) -> FitResult:
     """Fine-tune the detector, keep the best (or last) model, score the test split.
 
     Writes into ``runtime.out``: ``metrics.json`` (``test``: AP / AP50 / AP75; validation
     figures, data counts, what the backbone loaded), ``predictions.csv`` (image, box, score in
     original pixels), ``best/`` and ``final/`` (models for :func:`load_finetuned`),
-    ``checkpoints/``, ``overlays/*.png``, ``log.jsonl`` and ``curves.png``; returns what
-    ``metrics.json`` holds.
+    ``checkpoints/``, ``overlays/*.png``, ``log.jsonl`` and ``curves.png``; returns a
+    :class:`FitResult` (its ``summary`` is what ``metrics.json`` holds).
     """
     return fit(DetectTask(config))

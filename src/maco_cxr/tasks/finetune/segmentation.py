@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,25 +35,30 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from maco_cxr._atomic import write_csv, write_with
-from maco_cxr.config import config_to_dict, from_dict, require, require_at_least
+from maco_cxr.config import config_to_dict, from_dict
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.inference import autocast
 from maco_cxr.metrics import bootstrap_mean_ci
 from maco_cxr.metrics.segmentation import mask_counts, per_image_dice, segmentation_report_from_counts
-from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
+from maco_cxr.models.config import VisionConfig
 from maco_cxr.models.upernet import (
     IGNORE_INDEX,
-    SegmentationLossWeights,
     UperNetConfig,
     UperNetSegmenter,
     segmentation_loss,
 )
 from maco_cxr.models.vit import MaskedViT
+from maco_cxr.runtime.loop import Run
 from maco_cxr.tasks.finetune.backbone import load_backbone
-from maco_cxr.tasks.finetune.config import DenseModel, FinetuneData, FinetuneOptim, FinetuneRuntime
-from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, Run, fit, read_training_sample
+from maco_cxr.tasks.finetune.config import (
+    MissingMask,
+    SegmentConfig,
+    SegmentEval,
+    SegmentInput,
+)
+from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, FitResult, fit, read_training_sample
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
 from maco_cxr.tasks.finetune.splits import FinetuneSplits, copy_with
 
@@ -64,12 +69,11 @@ __all__ = [
     "SegmentEval",
     "SegmentInput",
     "SegmentTask",
-    "segment",
+    "train_segmenter",
 ]
 
 logger = logging.getLogger(__name__)
 
-MissingMask = Literal["skip", "empty"]
 SELECTION_METRIC = "dice_per_image_mean"
 METRIC_NAMES = {
     "dice_per_image_mean": "per-image foreground Dice averaged over all images; an empty truth scores 1 for an "
@@ -77,65 +81,6 @@ METRIC_NAMES = {
     "dice_foreground_dataset": "foreground Dice with the pixels of the whole test set pooled",
     "dice_mean_over_classes": "mean of the pooled background and foreground Dice (mmseg's mDice)",
 }
-
-
-@dataclass
-class SegmentInput:
-    """Preprocessing: letterbox side, flip probability, normalisation (MaCo's by default)."""
-
-    image_size: int = 512
-    flip_p: float = 0.5
-    pixel_mean: float = IMAGE_MEAN
-    pixel_std: float = IMAGE_STD
-    missing_mask: MissingMask = "skip"
-
-    def __post_init__(self) -> None:
-        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-                f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
-        require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
-        require(self.pixel_std > 0, "pixel_std", "must be > 0")
-
-
-@dataclass
-class SegmentEval:
-    """Validation every ``every`` steps (0: only at the end), probability ``threshold``,
-    ``overlays`` test predictions drawn as PNGs, ``bootstrap`` replicates of the per-image Dice
-    interval (0 = none)."""
-
-    every: int = 1000
-    threshold: float = 0.5
-    batch_size: int = 8
-    overlays: int = 8
-    bootstrap: int = 1000
-
-    def __post_init__(self) -> None:
-        require_at_least(self, every=0, batch_size=1, overlays=0, bootstrap=0)
-        require(0.0 < self.threshold < 1.0, "threshold", "must be in (0, 1)")
-
-
-def _paper_optim() -> FinetuneOptim:
-    """SIIM 100 % of the paper; the shipped configs set lr / steps / warm-up per dataset."""
-    return FinetuneOptim(name="adamw", lr=1.5e-5, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.65,
-                         clip_grad=None, batch_size=8, steps=160_000, warmup_steps=1500, schedule="poly",
-                         warmup_start=0.0, final=0.0)
-
-
-@dataclass
-class SegmentConfig:
-    """Everything a segmentation run needs (YAML sections of the same names)."""
-
-    model: DenseModel = field(default_factory=DenseModel)
-    input: SegmentInput = field(default_factory=SegmentInput)
-    head: UperNetConfig = field(default_factory=UperNetConfig)
-    loss: SegmentationLossWeights = field(default_factory=SegmentationLossWeights)
-    data: FinetuneData = field(default_factory=FinetuneData)
-    optim: FinetuneOptim = field(default_factory=_paper_optim)
-    runtime: FinetuneRuntime = field(default_factory=lambda: FinetuneRuntime(out="runs/segment"))
-    evaluation: SegmentEval = field(default_factory=SegmentEval)
-
-    def __post_init__(self) -> None:
-        require(self.optim.batch_size >= 2, "optim.batch_size",
-                "must be >= 2 (BatchNorm in the head needs two images per step)")
 
 
 # ------------------------------------------------------------------------------------- model
@@ -243,6 +188,10 @@ class SegmentTask(FinetuneTask):
         splits = super().splits()
         cfg = self.config
         labels = _target_labels(splits, cfg.data.options)
+        if not any(_has_mask_annotation(splits.train, r) for r in splits.train.records):
+            chosen = f" labelled {', '.join(labels)} (data.options.mask_labels)" if labels else ""
+            raise DataError(f"no training image has a mask{chosen}, so every target would be empty; check the "
+                            "label names against the dataset's masks (a manifest's masks.csv label column)")
         left_out = {"train": 0, "val": 0, "test": 0}
         for role in ("train", "val", "test"):
             dataset = getattr(splits, role)
@@ -363,9 +312,12 @@ def _target_labels(splits: FinetuneSplits, options: dict[str, Any]) -> tuple[str
         for record in getattr(splits, role).records:
             counts.update(set(record.meta.get("mask_labels") or ()))
     if len(counts) > 1:
-        listed = ", ".join(f"{label} ({n} images)" for label, n in counts.most_common())
-        raise ConfigError(f"the masks of this dataset carry {len(counts)} labels: {listed}. Name the labels that form "
-                          "the target (their union), e.g. data.options.mask_labels=[lungs]", key="data.options.mask_labels")
+        ranked = [label for label, _ in counts.most_common()]
+        listed = ", ".join(f"{label} ({counts[label]} images)" for label in ranked)
+        raise ConfigError(f"the masks of this dataset carry {len(counts)} labels: {listed}. Name the labels "
+                          f"that form the target (their union), e.g. data.options.mask_labels=[{ranked[0]}] or "
+                          f"data.options.mask_labels=[{', '.join(ranked[:2])}]",
+                          key="data.options.mask_labels")
     return tuple(counts)
 
 
@@ -384,17 +336,18 @@ def _save_overlays(records: list[dict[str, Any]], folder: Path) -> list[Path]:
         title = f"Dice {record['dice']:.3f} (green hit, blue miss, red FP)"
         rgb = overlay_heatmap(example["image"], heat, value_range=(0.0, 1.0), alpha=0.4, title=title)
         path = folder / f"overlay_{i:02d}_{Path(str(record['path'])).stem}.png"
-        paths.append(write_with(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG")))
+        paths.append(write_with(path, lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG")))
     return paths
 
 
-def segment(config: SegmentConfig) -> dict[str, Any]:
+def train_segmenter(config: SegmentConfig) -> FitResult:
     """Fine-tune, select on validation per-image Dice, score the test split, write the outputs.
 
     Writes into ``runtime.out``: ``metrics.json`` (``test``: the three named Dice figures with
     a bootstrap interval of the per-image Dice; the best validation figures; data counts; the
     target labels; what the backbone loaded), ``per_image.csv``, ``best/`` and ``final/``
     (models for :func:`load_finetuned`), ``checkpoints/``, ``overlays/*.png``, ``log.jsonl``
-    and ``curves.png``; returns what ``metrics.json`` holds.
+    and ``curves.png``; returns a :class:`FitResult` (its ``summary`` is what ``metrics.json``
+    holds).
     """
     return fit(SegmentTask(config))

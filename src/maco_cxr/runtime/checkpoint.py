@@ -7,8 +7,10 @@ position, RNG states, skipped samples, the run's config; plain types and tensors
 ``torch.load(weights_only=True)``).
 
 Each checkpoint is written through :func:`maco_cxr._atomic.atomic_directory`, so it exists
-complete or not at all; temporary leftovers of a killed write are ignored by
-:func:`list_checkpoints` and removed by :func:`remove_stale_temporaries`.
+complete or not at all, and an old one is renamed to a hidden temporary before it is deleted;
+so a run killed at any moment (Ctrl-C included) keeps its newest complete checkpoint, and the
+leftovers of a killed write or deletion are ignored by :func:`list_checkpoints` and removed by
+:func:`remove_stale_temporaries`.
 
 Resuming checks that the run asked for is the run that was saved (:func:`check_same_run`):
 a changed learning rate or model must not silently continue an old run.
@@ -17,6 +19,7 @@ a changed learning rate or model must not silently continue an old run.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from maco_cxr._atomic import atomic_directory, remove_stale_temporaries as remove_temporaries_in
+from maco_cxr._atomic import TEMP_PREFIX, atomic_directory, remove_stale_temporaries as remove_temporaries_in
 from maco_cxr.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -106,11 +109,17 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any],
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints; returns what was deleted."""
+    """Delete all but the newest ``keep_last`` complete checkpoints; returns what was deleted.
+
+    Each is renamed to a hidden temporary first (one atomic step), so an interrupted deletion
+    leaves no half-deleted folder under a checkpoint's name."""
     found = list_checkpoints(output_dir)
     doomed = [path for _, path in found[:-keep_last]] if keep_last > 0 else [p for _, p in found]
     for path in doomed:
-        shutil.rmtree(path)
+        hidden = path.with_name(f"{TEMP_PREFIX}old.{path.name}")
+        shutil.rmtree(hidden, ignore_errors=True)
+        os.replace(path, hidden)
+        shutil.rmtree(hidden)
         logger.debug("removed old checkpoint %s", path)
     return doomed
 
@@ -132,7 +141,8 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != STATE_VERSION:
         raise CheckpointError(f"{path}: trainer state format {version!r}, this maco-cxr reads "
-                              f"{STATE_VERSION}; start afresh (runtime.resume=never) or use a matching version")
+                              f"{STATE_VERSION}; start afresh (runtime.resume=never) or use a matching "
+                              "version")
     return state
 
 

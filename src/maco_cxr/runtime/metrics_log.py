@@ -38,7 +38,8 @@ class MetricsLog:
     """Writer of metric rows (only rank 0 creates one); ``rows`` keeps what was written."""
 
     def __init__(self, output_dir: str | Path, *, tensorboard: bool = False, resume_step: int | None = None,
-                 jsonl_name: str = JSONL_NAME, csv_name: str | None = CSV_NAME, tag: str = "pretrain") -> None:
+                 jsonl_name: str = JSONL_NAME, csv_name: str | None = CSV_NAME,
+                 tag: str = "pretrain") -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / jsonl_name

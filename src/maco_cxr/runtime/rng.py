@@ -17,6 +17,12 @@ import numpy as np
 import torch
 
 
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from ``parts`` (e.g. the run's seed, a rank, a stream number), so each
+    stream of a run (data order, per-rank dropout, augmentation) has its own independent seed."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def capture_rng_state(generator: torch.Generator | None, device: torch.device) -> dict[str, Any]:
     """Python, NumPy, torch CPU, the device's CUDA generator and ``generator`` (augmentation)."""
     version, internal, gauss = random.getstate()

@@ -10,17 +10,17 @@ Launching (``data.workers`` loader processes per GPU; the global batch is
 ``optim.batch_size x processes x optim.accum_steps``)::
 
     # one machine, CPU or one GPU
-    maco-cxr pretrain --config configs/pretrain/base-paper.yaml data.path=/data/mimic-448
+    maco-cxr pretrain --config base-paper data.path=/data/mimic-448
 
     # one node, 4 GPUs
     torchrun --standalone --nproc_per_node 4 -m maco_cxr pretrain \\
-        --config configs/pretrain/base-paper.yaml data.path=/data/mimic-448
+        --config base-paper data.path=/data/mimic-448
 
     # two nodes with 4 GPUs each; run on every node, NODE_RANK = 0 on the host named in
     # --rdzv_endpoint (reachable from the other node), 1 on the other one
     torchrun --nnodes 2 --nproc_per_node 4 --node_rank $NODE_RANK \\
         --rdzv_endpoint node0.example.org:29500 -m maco_cxr pretrain \\
-        --config configs/pretrain/base-paper.yaml data.path=/data/mimic-448
+        --config base-paper data.path=/data/mimic-448
 
     # the same with elastic (c10d) rendezvous: ranks are assigned, no --node_rank
     torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_id maco-base \\
@@ -42,8 +42,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from maco_cxr._atomic import MARKER_NAME
 from maco_cxr.errors import ConfigError
-from maco_cxr.train.rng import isolated_rng
+from maco_cxr.runtime.rng import isolated_rng
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def init_distributed(backend: str | None = None) -> DistInfo:
 def training_run(device: str, seed: int, output_dir: str | Path) -> Iterator[tuple[DistInfo, torch.device]]:
     """The frame every training loop runs in: join the ``torchrun`` process group (gloo for
     ``device="cpu"``), pick this process's device, seed the global generators for the run
-    (:func:`~maco_cxr.train.rng.isolated_rng`: the caller's states come back afterwards), and
+    (:func:`~maco_cxr.runtime.rng.isolated_rng`: the caller's states come back afterwards), and
     leave the group at the end if this call joined it. A run that fails before writing
     anything removes the output folder it created, so no empty folder is left behind."""
     joined = not is_initialized()
@@ -121,7 +122,8 @@ def training_run(device: str, seed: int, output_dir: str | Path) -> Iterator[tup
         with isolated_rng(seed, resolved):
             yield info, resolved
     except BaseException:
-        if created and folder.is_dir() and not any(folder.iterdir()):
+        if created and folder.is_dir() and {p.name for p in folder.iterdir()} <= {MARKER_NAME}:
+            (folder / MARKER_NAME).unlink(missing_ok=True)
             folder.rmdir()
         raise
     finally:
@@ -244,7 +246,8 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                momentum = (self.momentum if self.momentum is not None
+                            else 1.0 / float(self.num_batches_tracked))
                 unbiased = var * count / (count - 1).clamp_min(1)
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(self.running_mean.dtype))
                 self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
@@ -260,9 +263,9 @@ def use_global_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
     keeping its parameters and running statistics; returns ``module``."""
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
+            device = child.weight.device if child.affine else None
             replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats, device=child.weight.device if child.affine
-                                            else None)
+                                            child.track_running_stats, device=device)
             replacement.load_state_dict(child.state_dict())
             replacement.train(child.training)
             setattr(module, name, replacement)
