@@ -119,14 +119,18 @@ def test_null_sets_an_optional_string_to_none():
 
 # ------------------------------------------------------------------ the shipped configs
 
-from pathlib import Path  # noqa: E402  (this section was appended; the names below need it at collection)
+from maco_cxr.config import RECIPE_FOLDERS, recipe_folder, recipe_names  # noqa: E402  (section appended)
 
-_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+_CONFIGS = recipe_folder()
 _SHIPPED = sorted(_CONFIGS.glob("*/*.yaml"))
 
 
 def test_configs_are_shipped_for_every_command():
     assert {p.parent.name for p in _SHIPPED} == {"finetune", "segment", "detect", "pretrain"}
+    assert set(RECIPE_FOLDERS) == {p.parent.name for p in _SHIPPED}
+    # the parametrised test below covers every YAML in the recipes folder, and --config can name each of them
+    assert sorted(p for p in _CONFIGS.rglob("*") if p.is_file()) == _SHIPPED and len(_SHIPPED) == 21
+    assert [f"{p.parent.name}/{p.stem}" for p in _SHIPPED] == recipe_names()
 
 
 @pytest.mark.parametrize("path", _SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")

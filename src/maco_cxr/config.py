@@ -31,10 +31,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
+import operator
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
+from importlib.resources import files
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -45,13 +50,20 @@ from maco_cxr._atomic import write_text
 from maco_cxr.errors import ConfigError
 
 __all__ = [
+    "RECIPE_FOLDERS",
     "Override",
     "apply_overrides",
+    "coerce_arguments",
     "config_to_dict",
     "from_dict",
     "load_config",
+    "parse_options",
     "parse_overrides",
+    "read_yaml",
+    "recipe_folder",
+    "recipe_names",
     "require",
+    "resolve_recipe",
     "save_config",
 ]
 
@@ -67,7 +79,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
@@ -200,10 +213,65 @@ def _number(value: Any, kind: type, key: str) -> int | float:
 # ----------------------------------------------------------------------------- sections
 
 
-def _unknown_key(key: str, name: str, known: Iterable[str], prefix: str) -> ConfigError:
+@functools.cache
+def _config_keys(kind: type) -> tuple[str, ...]:
+    """Every dotted key of the config class ``kind``: its values, its sections and their keys,
+    and the keys a section starts from (``model.preset``)."""
+    keys: list[str] = [*getattr(kind, _RESET_KEYS, ())]
+    for item in fields(kind):
+        if not item.init:
+            continue
+        keys.append(item.name)
+        default = _section_default(item)
+        if is_dataclass(default) and not isinstance(default, type):
+            keys += [f"{item.name}.{sub}" for sub in _config_keys(type(default))]
+    return tuple(keys)
+
+
+def _closest(word: str, choices: Sequence[str]) -> str:
+    return difflib.get_close_matches(word, choices, n=1, cutoff=0.0)[0]
+
+
+def _similarity(word: str, other: str) -> float:
+    return difflib.SequenceMatcher(None, word, other).ratio()
+
+
+def _nearest_key(key: str, name: str, known: Sequence[str], prefix: str,
+                 everywhere: Sequence[str]) -> str | None:
+    """The valid key a mistyped ``key`` (``name`` in the section ``prefix``) most likely meant.
+
+    Searched in every section (``everywhere``: all dotted keys, with the same base as ``key``),
+    because a key is often put in the wrong section: first the same name in another section
+    (``runtime.batch_size`` -> ``optim.batch_size``), then a section name run into the key
+    (``runtime.eval_every`` -> ``evaluation.every``), then the nearest name in this section
+    (``optim.lrr`` -> ``optim.lr``) unless a name elsewhere is much nearer
+    (``runtime.warmup_step`` -> ``optim.warmup_steps``)."""
+    elsewhere = [k for k in everywhere if not (k.startswith(prefix) and "." not in k[len(prefix):])]
+    same_name = [k for k in elsewhere if k.rsplit(".", 1)[-1] == name]
+    if same_name:
+        return _closest(key, same_name)
+    run_in = []
+    for candidate in elsewhere:
+        section, _, leaf = candidate.rpartition(".")
+        head = name[:-len(leaf) - 1] if name.endswith(f"_{leaf}") else ""
+        if section and head and section.rsplit(".", 1)[-1].startswith(head):
+            run_in.append(candidate)
+    if run_in:
+        return _closest(key, run_in)
+    score = functools.partial(_similarity, name)
+    here = max(known, key=score, default=None)
+    leaves = {k.rsplit(".", 1)[-1]: k for k in reversed(elsewhere)}
+    there = max(leaves, key=score, default=None)
+    if there is not None and score(there) >= 0.75 and (here is None or score(there) > score(here) + 0.1):
+        return leaves[there]
+    return prefix + here if here is not None and score(here) >= 0.5 else None
+
+
+def _unknown_key(key: str, name: str, known: Iterable[str], prefix: str, everywhere: Sequence[str] = ()
+                 ) -> ConfigError:
     known = sorted(set(known))
-    near = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    suggestion = f"did you mean {prefix}{near[0]}? " if near else ""
+    near = _nearest_key(key, name, known, prefix, everywhere)
+    suggestion = f"did you mean {near}? " if near else ""
     return ConfigError(f"unknown key; {suggestion}valid keys here: {', '.join(prefix + k for k in known)}",
                        key=key)
 
@@ -221,7 +289,13 @@ def from_dict(kind: type[T], data: Mapping[str, Any], *, prefix: str = "", base:
     field defaults. A class may define ``config_base(data) -> (instance | None, rest)``
     (a classmethod) to choose its starting point from special keys listed in its
     ``CONFIG_BASE_KEYS`` (``MacoConfig`` starts from ``preset(data["preset"])``).
-    Errors carry the dotted key (``prefix`` + field)."""
+    Errors carry the dotted key (``prefix`` + field); an unknown key's nearest valid key is
+    searched in every section of ``kind``."""
+    return _from_dict(kind, data, prefix, base, [prefix + k for k in _config_keys(kind)])
+
+
+def _from_dict(kind: type[T], data: Mapping[str, Any], prefix: str, base: Any,
+               everywhere: Sequence[str]) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping of keys to values, got {data!r}", key=prefix.rstrip(".") or None)
     if hasattr(kind, "config_base") and (base is None or any(k in data for k in getattr(kind, _RESET_KEYS, ()))):
@@ -236,13 +310,13 @@ def from_dict(kind: type[T], data: Mapping[str, Any], *, prefix: str = "", base:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in known:
-            raise _unknown_key(key, str(name), [*known, *getattr(kind, _RESET_KEYS, ())], prefix)
+            raise _unknown_key(key, str(name), [*known, *getattr(kind, _RESET_KEYS, ())], prefix, everywhere)
         current = getattr(base, name) if base is not None else _section_default(known[name])
         if is_dataclass(current) and not isinstance(current, type):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"is a section; set its keys (e.g. {key}.<name>=...) or give a mapping, "
                                   f"not {value!r}", key=key)
-            values[name] = from_dict(type(current), value, prefix=f"{key}.", base=current)
+            values[name] = _from_dict(type(current), value, f"{key}.", current, everywhere)
         else:
             values[name] = _coerce(value, hints[name], key)
     if base is not None:
@@ -301,7 +375,8 @@ def _set_path(tree: dict[str, Any], kind: type, override: Override) -> None:
             base_keys = getattr(node_kind, _RESET_KEYS, ())
             known = {item.name: item for item in fields(node_kind) if item.init}
             if name not in known and name not in base_keys:
-                raise _unknown_key(key, name, [*known, *base_keys], walked).from_source(override.source)
+                raise _unknown_key(key, name, [*known, *base_keys], walked, _config_keys(kind)).from_source(
+                    override.source)
             if name in base_keys:
                 if leaf:
                     node.clear()  # choosing a preset starts the section from it
@@ -369,12 +444,7 @@ def load_config(kind: type[T], path: str | Path | None = None,
     sources: dict[str, str] = {}
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError("config file not found", source=str(path)) from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"not valid YAML/JSON: {err}", source=str(path)) from None
+        loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("expected a mapping of sections to keys at the top level", source=str(path))
         tree = copy.deepcopy(loaded or {})
@@ -406,3 +476,163 @@ def save_config(config: Any, path: str | Path) -> Path:
     path = Path(path)
     text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
     return write_text(path, text)
+
+
+# ----------------------------------------------------------------------------- files and adapter options
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """The YAML/JSON file at ``path`` parsed with the scalar rules above. Configs, recipes and
+    prompt files are read here (other YAML text goes through :func:`yaml_load`), so ``yes``
+    means the same everywhere. Errors name the file; ``what`` says which kind of file it is."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", source=str(path)) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the {what}: {err}", source=str(path)) from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML/JSON: {err}", source=str(path)) from None
+
+
+def parse_options(texts: Iterable[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings of a command-line ``flag`` (``-o``, ``--dataset-arg``) as a mapping,
+    each value read as an override is (``yes`` stays text, ``1e-4`` is a number)."""
+    options: dict[str, Any] = {}
+    for text in texts:
+        key, sep, _ = text.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"{text!r} is not of the form KEY=VALUE (e.g. annotations=ms_cxr.csv)",
+                              source=flag)
+        override = parse_overrides([text], flag)[0]
+        options[override.key] = override.value
+    return options
+
+
+def _argument_hint(hint: Any) -> Any:
+    """The part of a parameter's type this grammar reads text into (None: none of it).
+
+    ``Literal`` choices are left to the function (its own message names them); paths are text;
+    sequences are lists."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any or hint in (bool, int, float, str, NoneType, dict):
+        return hint
+    if origin is Literal:
+        return functools.reduce(operator.or_, dict.fromkeys(type(choice) for choice in args))
+    if origin in (Union, UnionType):
+        kept = [part for part in map(_argument_hint, args) if part is not None]
+        return functools.reduce(operator.or_, kept) if kept else None
+    if origin is os.PathLike or (isinstance(hint, type) and issubclass(hint, os.PathLike)):
+        return str
+    if origin is tuple:
+        parts = [a if a is Ellipsis else _argument_hint(a) for a in args]
+        return None if not parts or None in parts else tuple[tuple(parts)]
+    if origin in (list, Sequence) or hint is list:
+        item = _argument_hint(args[0]) if args else Any
+        return None if item is None else tuple[item, ...]
+    if origin in (dict, Mapping):
+        return dict
+    return None
+
+
+def coerce_arguments(function: Callable[..., Any], values: Mapping[str, Any], *, given: Iterable[str] = (),
+                     source: str | None = None) -> dict[str, Any]:
+    """``values`` as keyword arguments of ``function`` (a dataset adapter class), by the rules of
+    a config value: text and numbers take the parameter's type (a bool only ``true``/``false``),
+    a list stays a list; an unknown name is an error naming the nearest parameter (``given``:
+    parameters the caller passes itself, not valid here). None and other Python objects (paths,
+    arrays, callables) pass as given."""
+    parameters = inspect.signature(function).parameters
+    hints = get_type_hints(function.__init__ if isinstance(function, type) else function)
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    known = [name for name, p in parameters.items() if name not in set(given)
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in known and not open_ended:
+            raise _unknown_key(name, name, known, "").from_source(source)
+        hint = _argument_hint(hints.get(name, Any))
+        if value is None or hint is None or not isinstance(value, (str, int, float, list, tuple, dict)):
+            out[name] = value
+            continue
+        try:
+            coerced = _coerce(value, hint, name)
+        except ConfigError as err:
+            raise err.from_source(source) from None
+        out[name] = list(coerced) if isinstance(value, list) and isinstance(coerced, tuple) else coerced
+    return out
+
+
+# ----------------------------------------------------------------------------- shipped recipes
+
+RECIPE_FOLDERS = ("pretrain", "finetune", "segment", "detect")
+"""The subfolders of ``maco_cxr/recipes``: one per command that takes ``--config``."""
+
+_RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def recipe_folder(root: str | Path | None = None) -> Path:
+    """The folder of recipes: ``root`` (a folder with the same subfolders) or the one shipped as
+    package data (``maco_cxr/recipes``), which an installed wheel holds too."""
+    if root is None:
+        return Path(os.fspath(files("maco_cxr") / "recipes"))
+    path = Path(root)
+    if not path.is_dir():
+        raise ConfigError(f"not a folder of recipes (subfolders {', '.join(RECIPE_FOLDERS)})",
+                          source=str(path))
+    return path
+
+
+def _recipes(root: str | Path | None) -> dict[str, Path]:
+    return {f"{p.parent.name}/{p.stem}": p for p in sorted(recipe_folder(root).glob("*/*"))
+            if p.suffix in _RECIPE_SUFFIXES and p.is_file()}
+
+
+def recipe_names(folder: str | None = None, *, root: str | Path | None = None) -> list[str]:
+    """The recipe names (``finetune/nih_1``, ...), all or those of one ``folder``."""
+    return [name for name in _recipes(root) if folder is None or name.startswith(f"{folder}/")]
+
+
+def resolve_recipe(name: str | os.PathLike[str], folder: str | None = None, *,
+                   root: str | Path | None = None) -> Path:
+    """The config file that ``--config NAME`` (and every shipped default) means.
+
+    In order: an existing file path; a recipe named with its folder (``segment/siim_10``, or
+    the old checkout path ``configs/segment/siim_10.yaml``); a bare name (``siim_10``,
+    ``base-paper``) among the recipes of ``folder`` (the command's: one of
+    :data:`RECIPE_FOLDERS`), or of every folder when ``folder`` is None and one holds it.
+    ``root``: a folder of recipes to use instead of the shipped one. Anything else is an error
+    listing the nearest names, so a typo never reaches the config loader as a missing file.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError("is a folder; give a config file or a recipe name", source=str(path))
+    recipes = _recipes(root)
+    parts = list((path.with_suffix("") if path.suffix in _RECIPE_SUFFIXES else path).parts)
+    if parts[:1] in (["configs"], ["recipes"]):
+        parts = parts[1:]
+    wanted = "/".join(parts)
+    if wanted in recipes:
+        return recipes[wanted]
+    scope = [n for n in recipes if folder is None or n.startswith(f"{folder}/")]
+    matches = [n for n in scope if n.split("/", 1)[1] == wanted]
+    if len(matches) == 1:
+        return recipes[matches[0]]
+    if matches:
+        raise ConfigError(f"recipe {wanted!r} is in several folders ({', '.join(matches)}); name one, e.g. "
+                          f"--config {matches[0]}")
+    stems = [n.split("/", 1)[1] for n in scope]
+    elsewhere = [n for n in recipes if n.split("/", 1)[1] == parts[-1] and n != wanted] if parts else []
+    close = difflib.get_close_matches(wanted, [*stems, *recipes], n=3, cutoff=0.5)
+    near = [n for n in dict.fromkeys([*elsewhere, *close])
+            if not (n in scope and n.split("/", 1)[1] in close)][:3]
+    suggestion = f"did you mean {' or '.join(near)}? " if near else ""
+    listed = ", ".join(stems) if folder else ", ".join(scope)
+    kind = f"{folder} recipe" if folder else "recipe"
+    raise ConfigError(f"{str(name)!r} is neither a config file nor a shipped {kind} name; {suggestion}"
+                      f"shipped {kind}s: {listed}")

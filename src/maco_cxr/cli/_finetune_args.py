@@ -6,7 +6,8 @@ Flags map to config keys (``--model`` -> model.source, ``--dataset`` -> data.kin
 ``--device`` -> runtime.device, ``--out`` -> runtime.out, ``--mode`` -> model.mode for
 ``finetune``); any other key is set with trailing ``key=value`` arguments (``optim.steps=500``).
 Precedence: the ``--config`` file, then the flags, then the ``key=value`` arguments; an error
-names where the bad key came from.
+names where the bad key came from. The whole config (keys, types, ranges, the dataset kind) is
+read and checked before the training code and torch are imported, so a typo fails at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from maco_cxr.cli._paths import existing_file, existing_path, model_source
+from maco_cxr.cli._model_args import DATASET_KINDS, dataset_kind, unknown_dataset_kind
+from maco_cxr.cli._paths import existing_path, model_source, recipe_file
+
+DATASET_KINDS_AND_STORE = (*DATASET_KINDS, "store")
 
 TORCHRUN_HINT = ("Many GPUs: torchrun --standalone --nproc_per_node N -m maco_cxr {command} ... (optim.batch_size "
                  "is the global batch; a killed run resumes from its last checkpoint in --out)")
@@ -29,14 +33,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, config_folder: str,
     --progress and trailing key=value overrides."""
     parser.add_argument("--model", required=True, type=model_source, metavar="M",
                         help="MaCo model directory, official maco.pth, or 'none' for random init (model.preset)")
-    parser.add_argument("--dataset", metavar="KIND", help=dataset_help)
+    parser.add_argument("--dataset", type=dataset_kind("store"), metavar="KIND", help=dataset_help)
     parser.add_argument("--root", type=existing_path, metavar="DIR", help="dataset root folder (or store)")
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--fraction", type=float, metavar="PCT",
                         help="keep a seeded PCT %% (1, 10, 100) of the training split, whole patients at a "
                         "time (clears data.train_split)")
     chosen.add_argument("--split-file", metavar="FILE|NAME", help=split_help)
-    parser.add_argument("--config", type=existing_file, metavar="YAML", help=f"config file ({config_folder}/*.yaml)")
+    parser.add_argument("--config", type=recipe_file(config_folder), metavar="NAME|YAML",
+                        help=f"a shipped {config_folder} recipe by name "
+                        f"(maco_cxr/recipes/{config_folder}/NAME.yaml) or a config file")
     parser.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
@@ -69,30 +75,42 @@ def flag_overrides(args: argparse.Namespace) -> list[Any]:
 
 
 def build_config(kind: type, args: argparse.Namespace, extra: list[Any] = ()) -> Any:
-    """The task config: the --config file, then the flags, then the key=value arguments."""
+    """The task config: the --config file, then the flags, then the key=value arguments; its
+    ``data.kind`` must be a dataset kind or ``store`` (the error names where it was set)."""
     from maco_cxr.config import load_config, parse_overrides
+    from maco_cxr.errors import ConfigError
 
-    return load_config(kind, args.config, [*flag_overrides(args), *extra, *parse_overrides(args.overrides)])
+    overrides = [*flag_overrides(args), *extra, *parse_overrides(args.overrides)]
+    config = load_config(kind, args.config, overrides)
+    problem = unknown_dataset_kind(config.data.kind, DATASET_KINDS_AND_STORE)
+    if problem is not None:
+        setters = [o.source for o in overrides if o.key == "data.kind"]
+        source = setters[-1] if setters else str(args.config) if args.config is not None else None
+        raise ConfigError(problem, key="data.kind", source=source)
+    return config
 
 
-def run_task(kind: type, train: Any, args: argparse.Namespace, extra: list[Any] = ()) -> tuple[Any, Any] | None:
-    """Build the config, run ``train(config)`` and return ``(config, metrics)`` to report, or
-    None on ranks other than 0 (they stay quiet) and for a run stopped by
-    ``runtime.stop_at_step`` (it says how to continue)."""
-    from maco_cxr.train.distributed import world_info_from_env
-
+def run_task(kind: type, trainer: str, args: argparse.Namespace, extra: list[Any] = ()
+             ) -> tuple[Any, Any] | None:
+    """Build and check the config, then import and run ``maco_cxr.tasks.finetune.<trainer>``
+    on it and return ``(config, metrics)`` to report, or None on ranks other than 0 (they stay quiet)
+    and for a run stopped by ``runtime.stop_at_step`` (it says how to continue)."""
     config = build_config(kind, args, extra)
+    import maco_cxr.tasks.finetune as tasks
+    from maco_cxr.runtime.distributed import world_info_from_env
+
+    train = getattr(tasks, trainer)
     master = world_info_from_env().is_master
     if not master:
         logging.getLogger().setLevel(logging.WARNING)
-    metrics = train(config)
+    result = train(config)
     if not master:
         return None
-    if "stopped_at_step" in metrics:
-        print(f"stopped at step {metrics['stopped_at_step']} (runtime.stop_at_step); run the same command again "
+    if result.stopped_at_step is not None:
+        print(f"stopped at step {result.stopped_at_step} (runtime.stop_at_step); run the same command again "
               f"to continue from the checkpoint in {args.out}")
         return None
-    return config, metrics
+    return config, result.summary
 
 
 def fmt(value: float | None) -> str:

@@ -5,6 +5,8 @@ validation split that operating points are chosen on)."""
 from __future__ import annotations
 
 import argparse
+import difflib
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from maco_cxr.cli._paths import existing_file, existing_path
@@ -12,6 +14,32 @@ from maco_cxr.cli._paths import existing_file, existing_path
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
     from maco_cxr.models.maco import MacoModel
+
+DATASET_KINDS = ("manifest", "cxr-real", "mimic-cxr", "chexpert", "nih", "rsna", "siim", "ms-cxr",
+                 "covid-rural", "vindr-cxr", "chexlocalize")
+"""The names of :data:`maco_cxr.data.datasets.DATASETS` (a test keeps them equal), listed here
+because the registry imports torch: ``--dataset`` is checked before it."""
+
+
+def unknown_dataset_kind(kind: str, valid: Sequence[str] = DATASET_KINDS) -> str | None:
+    """Why ``kind`` is not a dataset kind (with the nearest valid one), or None when it is one."""
+    if kind in valid:
+        return None
+    near = difflib.get_close_matches(kind, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"unknown dataset kind {kind!r}; {hint}valid kinds: {', '.join(sorted(valid))}"
+
+
+def dataset_kind(*extra: str) -> Callable[[str], str]:
+    """The type of ``--dataset``: a registered dataset kind or one of ``extra`` (``store``)."""
+
+    def kind(text: str) -> str:
+        problem = unknown_dataset_kind(text, (*DATASET_KINDS, *extra))
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    return kind
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +57,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     """--dataset KIND --root DIR [--split] [--official-split | --split-file] [-o key=value]."""
-    parser.add_argument("--dataset", required=required, metavar="KIND",
+    parser.add_argument("--dataset", required=required, type=dataset_kind(), metavar="KIND",
                         help="dataset adapter: manifest, cxr-real, nih, chexpert, rsna, siim, ms-cxr, ...")
     parser.add_argument("--root", type=existing_path, metavar="DIR", help="dataset root folder (or manifest file)")
     parser.add_argument("--split", default=None, help="the adapter's split (e.g. test, val)")
@@ -40,7 +68,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool) -> No
     chosen.add_argument("--split-file", type=existing_file, metavar="FILE",
                         help="keep the images listed in FILE ('path label...' per line)")
     parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra keyword argument of the dataset adapter (value parsed as YAML), "
+                        help="extra keyword argument of the dataset adapter (value read as a config value: "
+                        "true/false, numbers, [lists]), "
                         "e.g. -o annotations=ms_cxr.csv; repeatable")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip (and count and list) unusable rows and unreadable image files instead of "
@@ -99,19 +128,13 @@ def load_model_from_args(args: argparse.Namespace) -> MacoModel:
 
 
 def build_dataset_from_args(args: argparse.Namespace, **extra: Any) -> ChestXrayDataset:
-    import yaml
-
+    from maco_cxr.config import parse_options
     from maco_cxr.data.datasets import build_dataset
     from maco_cxr.errors import ConfigError
 
     if args.root is None:
         raise ConfigError(f"--dataset {args.dataset} needs --root DIR")
-    kwargs: dict[str, Any] = dict(extra)
-    for option in args.option:
-        if "=" not in option:
-            raise ConfigError(f"-o {option!r} is not of the form KEY=VALUE")
-        key, value = option.split("=", 1)
-        kwargs[key.strip()] = yaml.safe_load(value)
+    kwargs: dict[str, Any] = {**extra, **parse_options(args.option, "-o")}
     if args.split is not None:
         kwargs["split"] = args.split
     if args.skip_bad:

@@ -7,9 +7,10 @@ A missing image or model is then reported at once, before torch and the model ar
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["existing_file", "existing_path", "existing_path_or_none", "model_source"]
+__all__ = ["existing_file", "existing_path", "existing_path_or_none", "model_source", "recipe_file"]
 
 
 def existing_path(text: str) -> Path:
@@ -36,3 +37,20 @@ def model_source(text: str) -> str:
 def existing_path_or_none(text: str) -> Path | str:
     """An existing file or folder, or ``none`` (to switch something off)."""
     return "none" if text.lower() == "none" else existing_path(text)
+
+
+def recipe_file(folder: str) -> Callable[[str], Path]:
+    """The type of ``--config``: a config file, or the name of a shipped recipe of ``folder``
+    (``tiny-synthetic``, ``siim_10``, ``segment/siim_10``), resolved by
+    :func:`maco_cxr.config.resolve_recipe`."""
+
+    def recipe(text: str) -> Path:
+        from maco_cxr.config import resolve_recipe
+        from maco_cxr.errors import ConfigError
+
+        try:
+            return resolve_recipe(text, folder)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    return recipe

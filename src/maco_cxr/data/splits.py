@@ -233,7 +233,8 @@ def subset_by_split_file(
                    f"dataset (first: line {missing[0].line} {missing[0].path!r}); check the "
                    "root, the split and filters such as frontal_only")
         if on_error == "raise":
-            raise DataError(message + ", or pass on_error='skip' to list them in .skips")
+            raise DataError(message + ", or skip and list them (--skip-bad on the command line, "
+                            "on_error='skip' in Python)")
         logger.warning("%s; they are listed in the subset's .skips", message)
     if exclude:
         selected = [r for i, r in enumerate(dataset.records) if i not in listed]

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 from maco_cxr.config import require
 from maco_cxr.errors import ConfigError
 
-__all__ = ["IMAGE_MEAN", "IMAGE_STD", "PRESETS", "DecoderConfig", "MacoConfig", "TextConfig",
-           "VisionConfig", "preset"]
+__all__ = ["IMAGE_MEAN", "IMAGE_STD", "PAPER_ANCHOR_SIZES", "PRESETS", "DecoderConfig", "MacoConfig",
+           "SegmentationLossWeights", "TextConfig", "UperNetConfig", "ViTDetConfig", "VisionConfig", "preset"]
 
 IMAGE_MEAN = 0.4978
 IMAGE_STD = 0.2449
@@ -164,3 +164,105 @@ def preset(name: str) -> MacoConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}", key="preset")
     return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------- task heads
+# The heads' configs live here, not next to their torch modules, so that a task config can be
+# read and checked (``maco-cxr segment --config ...``) without importing torch.
+
+
+@dataclass
+class UperNetConfig:
+    """Head sizes. Paper setting (ViT-B): channels 768, pool scales 1/2/3/6, aux 256, dropout 0.1.
+
+    ``channels`` None = the backbone's width (768 for ViT-B, the paper's value); ``aux_channels``
+    None = a third of it (256 for ViT-B), 0 = no auxiliary head; so a small backbone gets a
+    head of its own size. ``blocks``: 0-based ViT blocks feeding the four levels (None =
+    :func:`maco_cxr.models.upernet.feature_blocks`).
+    """
+
+    channels: int | None = None
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
+    aux_channels: int | None = None
+    aux_level: int = 2
+    dropout: float = 0.1
+    num_classes: int = 1
+    blocks: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        require(self.blocks is None or len(self.blocks) == 4, "blocks",
+                f"need 4 block indices (one per level), got {self.blocks}")
+        require(self.channels is None or self.channels >= 1, "channels", "must be >= 1 or null")
+        require(self.aux_channels is None or self.aux_channels >= 0, "aux_channels",
+                "must be >= 0 (0 = no aux head) or null")
+        require(0 <= self.aux_level < 4, "aux_level", f"{self.aux_level} is not a level in 0..3")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
+        require(self.num_classes >= 1, "num_classes", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SegmentationLossWeights:
+    """Paper weights: focal x2.0 + Dice x1.0 on the decode head, x0.8 / x0.4 on the aux head."""
+
+    focal: float = 2.0
+    dice: float = 1.0
+    aux_focal: float = 0.8
+    aux_dice: float = 0.4
+    gamma: float = 2.0
+    alpha: float = 0.5
+
+
+PAPER_ANCHOR_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)  # at 1024 px, one size per level p2..p6
+
+
+@dataclass
+class ViTDetConfig:
+    """Pyramid and detector settings (defaults: ViTDet at 1024 px, 2 classes incl. background).
+
+    ``out_channels`` None = a third of the backbone's width, rounded to a multiple of 16 (256
+    for ViT-B, the paper's value); ``box_head_fc`` None = 4 x ``out_channels`` (1024 for
+    ViT-B); so a small backbone gets a detector of its own size. ``anchor_sizes``: one per
+    level (p2..p5, plus p6 with ``top_pool``); None scales ``PAPER_ANCHOR_SIZES`` by
+    ``image_size / 1024``. ``rpn_*`` / ``box_*`` are torchvision's Faster R-CNN arguments of
+    the same names.
+    """
+
+    out_channels: int | None = None
+    scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+    top_pool: bool = True
+    anchor_sizes: tuple[float, ...] | None = None
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_conv_depth: int = 2
+    box_head_convs: int = 4
+    box_head_fc: int | None = None
+    num_classes: int = 2
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 1000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.scales if s not in (4.0, 2.0, 1.0, 0.5)]
+        require(not bad, "scales", f"{bad} not supported; choose from 4, 2, 1, 0.5")
+        require(self.anchor_sizes is None or len(self.anchor_sizes) == self.num_levels, "anchor_sizes",
+                f"{len(self.anchor_sizes or ())} sizes for {self.num_levels} pyramid levels; give one size per "
+                "level (p6 counts with top_pool)")
+        require(self.num_classes >= 2, "num_classes", "counts the background: it must be >= 2")
+        for name in ("out_channels", "box_head_fc"):
+            require(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 or null")
+        require(self.rpn_conv_depth >= 1, "rpn_conv_depth", "must be >= 1")
+        require(self.box_head_convs >= 0, "box_head_convs", "must be >= 0")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.scales) + int(self.top_pool)
+
+    def anchors_for(self, image_size: int) -> tuple[float, ...]:
+        if self.anchor_sizes is not None:
+            return self.anchor_sizes
+        factor = image_size / 1024.0
+        return tuple(max(1.0, a * factor) for a in PAPER_ANCHOR_SIZES[: self.num_levels])

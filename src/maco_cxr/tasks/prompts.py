@@ -18,15 +18,14 @@ Prompt files (YAML or JSON) take one of two shapes::
 
 from __future__ import annotations
 
-import json
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-import yaml
-
+from maco_cxr.config import from_dict, read_yaml, require
 from maco_cxr.data.datasets.chexpert import CHEXPERT_5
 from maco_cxr.data.datasets.nih import NIH_CLASSES
 from maco_cxr.data.datasets.rsna import RSNA_CLASSES
@@ -101,7 +100,7 @@ CLASS_SETS: dict[str, tuple[str, ...]] = {
 }
 """Class names of the official zero-shot evaluations, in the dataset adapters' label order."""
 
-PromptSpec = Union[None, str, os.PathLike, PromptTemplates, Mapping[str, Any]]
+PromptSpec = None | str | os.PathLike | PromptTemplates | Mapping[str, Any]
 
 
 def resolve_prompts(classes: Sequence[str], prompts: PromptSpec = None) -> dict[str, ClassPrompts]:
@@ -139,26 +138,19 @@ def resolve_prompts(classes: Sequence[str], prompts: PromptSpec = None) -> dict[
 
 
 def load_prompt_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML or JSON prompt file into a mapping (checked when resolved against classes)."""
+    """Read a YAML or JSON prompt file into a mapping (checked when resolved against classes),
+    with the config grammar's scalars (:func:`maco_cxr.config.read_yaml`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the prompt file ({err})") from err
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                          f"{err}") from err
+    data = read_yaml(path, "prompt file")
     if not isinstance(data, dict) or not data:
-        raise ConfigError(f"{path}: expected a mapping at the top level, either {{pos: [...], neg: "
-                          "[...]}} templates or {class: {pos: [...], neg: [...]}}")
+        raise ConfigError("expected a mapping at the top level, either {pos: [...], neg: [...]} templates "
+                          "or {class: {pos: [...], neg: [...]}}", source=str(path))
     return data
 
 
 def _from_mapping(data: Mapping[str, Any], classes: Sequence[str], source: str
                   ) -> dict[str, ClassPrompts]:
-    if set(data) <= set(_KEYS):
+    if any(key in data for key in _KEYS):  # templates for every class; any other key is a typo
         templates = _entry(data, source, "")
         return {name: ClassPrompts(_fill(templates.positive, name), _fill(templates.negative, name))
                 for name in classes}
@@ -167,8 +159,10 @@ def _from_mapping(data: Mapping[str, Any], classes: Sequence[str], source: str
     for name in classes:
         key = name if name in data else by_lower.get(name.lower())
         if key is None:
-            raise ConfigError(f"{source}: no prompts for class {name!r}; the file has classes "
-                              f"{sorted(map(str, data))}")
+            near = difflib.get_close_matches(name, list(map(str, data)), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"no prompts for class {name!r}; {hint}the file has classes "
+                              f"{sorted(map(str, data))}", source=source)
         value = data[key]
         if isinstance(value, ClassPrompts):
             out[name] = value
@@ -178,32 +172,33 @@ def _from_mapping(data: Mapping[str, Any], classes: Sequence[str], source: str
     return out
 
 
+@dataclass
+class _PromptEntry:
+    """One ``{pos: [...], neg: [...]}`` entry of a prompt file, read by the config grammar (so a
+    typo key is named with the nearest valid one, like in every other config)."""
+
+    pos: tuple[str, ...] = ()
+    neg: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in _KEYS:
+            texts = getattr(self, key)
+            require(bool(texts), key, "is missing or empty; give a non-empty list of prompts")
+            bad = [text for text in texts if not text.strip()]
+            require(not bad, key, f"holds {bad!r}; every prompt must be a non-empty string")
+
+
 def _entry(value: Any, source: str, prefix: str) -> PromptTemplates:
     """Validate one ``{pos: [...], neg: [...]}`` entry; errors name the file and key."""
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{source}: key {prefix.rstrip('.') or '<top>'!r} must map to "
-                          f"{{pos: [...], neg: [...]}}, got {type(value).__name__}")
-    unknown = sorted(set(map(str, value)) - set(_KEYS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}; only "
-                          f"{[prefix + k for k in _KEYS]} are allowed")
-    texts: dict[str, tuple[str, ...]] = {}
-    for key in _KEYS:
-        field = prefix + key
-        if key not in value:
-            raise ConfigError(f"{source}: key {field!r} is missing; give a list of prompts")
-        items = value[key]
-        if isinstance(items, str):
-            items = [items]
-        if not isinstance(items, list) or not items:
-            raise ConfigError(f"{source}: key {field!r} must be a non-empty list of strings, got "
-                              f"{items!r}")
-        bad = [item for item in items if not isinstance(item, str) or not item.strip()]
-        if bad:
-            raise ConfigError(f"{source}: key {field!r} holds {bad!r}; every prompt must be a "
-                              "non-empty string")
-        texts[key] = tuple(items)
-    return PromptTemplates(texts["pos"], texts["neg"])
+        raise ConfigError(f"must map to {{pos: [...], neg: [...]}}, got {type(value).__name__}",
+                          key=prefix.rstrip(".") or None, source=source)
+    items = {key: [texts] if isinstance(texts, str) else texts for key, texts in value.items()}
+    try:
+        entry = from_dict(_PromptEntry, items, prefix=prefix)
+    except ConfigError as err:
+        raise err.from_source(source) from None
+    return PromptTemplates(entry.pos, entry.neg)
 
 
 def _fill(templates: Sequence[str], name: str) -> tuple[str, ...]:

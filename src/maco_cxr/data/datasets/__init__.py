@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from maco_cxr.config import coerce_arguments
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record, Sample, SkipReport
 from maco_cxr.data.datasets.chexlocalize import CheXlocalize
 from maco_cxr.data.datasets.chexpert import CheXpert
@@ -60,8 +61,11 @@ DATASETS: dict[str, type[ChestXrayDataset]] = {
 
 
 def build_dataset(kind: str, root: str | os.PathLike[str], **kwargs: Any) -> ChestXrayDataset:
-    """Create the adapter registered as ``kind`` on ``root``; ``kwargs`` go to its constructor."""
+    """Create the adapter registered as ``kind`` on ``root``; ``kwargs`` go to its constructor,
+    read by the config grammar (:func:`maco_cxr.config.coerce_arguments`) whether they come from
+    ``-o``, ``--dataset-arg`` or ``data.options``."""
     if kind not in DATASETS:
         raise ConfigError(f"unknown dataset kind {kind!r}; valid kinds: {sorted(DATASETS)}")
     factory: Callable[..., ChestXrayDataset] = DATASETS[kind]
-    return factory(root, **kwargs)
+    options = coerce_arguments(factory, kwargs, given=("root",), source=f"{kind} dataset option")
+    return factory(root, **options)
