@@ -62,7 +62,7 @@ def _picks(dataset: str, lists: tuple[str, ...], avoid: frozenset[str] = frozens
 def make_nih(root: Path) -> Path:
     rows = []
     for k, (name, entry) in enumerate(_picks("nih", ("train_1", "train_10", "train", "val", "test")).items()):
-        write_image(root / f"images_{k % 3 + 1:03d}" / "images" / name, 20, 24, value=7 * k)
+        write_image(root / f"images_{k % 3 + 1:03d}" / "images" / name, 40, 48, value=7 * k)
         found = [NIH_NAMES[i] for i, v in enumerate(entry.labels) if v == 1]
         rows.append([name, "|".join(found) or "No Finding", 0, int(name.split("_")[0]), 50, "F", "PA", 24, 20,
                      0.1, 0.1])
@@ -82,7 +82,7 @@ def make_chexpert(root: Path) -> Path:
                                                for p, e in val.items()))
     for k, (path, entry) in enumerate(_picks("chexpert", ("train_1", "train_10", "val", "test")).items()):
         parts = Path(path).parts  # CheXpert-v1.0-small/<split>/patientN/studyM/viewK_<frontal|lateral>.jpg
-        write_image(root.joinpath(*parts[1:]), 24, 20, value=11 * k)
+        write_image(root.joinpath(*parts[1:]), 48, 40, value=11 * k)
         labels = dict(zip(CHEXPERT_5, entry.labels))
         view = "Frontal" if "frontal" in parts[-1] else "Lateral"
         tables[parts[1]].append([path, "Female", "60", view, "AP" if view == "Frontal" else "",
@@ -97,14 +97,14 @@ def make_rsna(root: Path) -> Path:
     detection_test = official_rsna_detection_test()  # the paper's detection test set, held out of training
     lists = ("train_1", "train_10", "train", "val", "test")
     for k, (path, entry) in enumerate(_picks("rsna", lists, frozenset(e.name for e in detection_test)).items()):
-        write_dicom(root / path, f"1.2.826.{k}", 16, 16)
+        write_dicom(root / path, f"1.2.826.{k}", 32, 32)
         if path.startswith("stage_2_train_images/"):
             patient = Path(path).stem
             positive = entry.labels[0] == 1
             rows.append([patient, 2, 3, 6, 7, 1] if positive else [patient, "", "", "", "", 0])
             classes.append([patient, "Lung Opacity" if positive else "Normal"])
     for k, test in enumerate(detection_test[:2]):
-        write_dicom(root / "stage_2_train_images" / f"{test.name}.dcm", f"1.2.827.{k}", 16, 16)
+        write_dicom(root / "stage_2_train_images" / f"{test.name}.dcm", f"1.2.827.{k}", 32, 32)
         rows.append([test.name, 4, 4, 8, 6, 1])
         classes.append([test.name, "Lung Opacity"])
     write_csv(root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], rows)
@@ -115,7 +115,7 @@ def make_rsna(root: Path) -> Path:
 def make_siim(root: Path) -> Path:
     lines = ["ImageId, EncodedPixels"]
     for k, uid in enumerate(_picks("siim", ("train_1", "train_10", "train", "val", "test"))):
-        write_dicom(root / "dicom-images-train" / f"1.2.{k}" / f"1.3.{k}" / f"{uid}.dcm", uid, 8, 8)
+        write_dicom(root / "dicom-images-train" / f"1.2.{k}" / f"1.3.{k}" / f"{uid}.dcm", uid, 32, 32)
         lines.append(f"{uid}, {'20 3 8 3' if k % 2 == 0 else '-1'}")  # every other image has a pneumothorax
     (root / "train-rle.csv").write_text("\n".join(lines) + "\n")
     return root
@@ -123,8 +123,8 @@ def make_siim(root: Path) -> Path:
 
 def make_covid_rural(root: Path) -> dict[str, str]:
     for k, stem in enumerate(("a", "b", "c", "d", "e")):
-        write_image(root / "images" / f"{stem}.png", 20, 24, value=13 * k)
-        mask = np.zeros((20, 24), np.uint8)
+        write_image(root / "images" / f"{stem}.png", 40, 48, value=13 * k)
+        mask = np.zeros((40, 48), np.uint8)
         mask[4 + k: 12, 3: 10 + k] = 1
         write_mask(root / "masks" / f"{stem}.png", mask)
     splits = {"train_split": ("a", "b"), "val_split": ("c",), "test_split": ("d", "e")}
@@ -293,8 +293,8 @@ def test_the_whole_table_every_cell_filled_with_table_1_beside(trees: dict, tiny
             assert config["model"]["source"] == str(tiny_model)
         assert ("--mode linear_probe" in cell["command"]) == (cell["task"] == "linear")
     cells = {c["id"]: c for c in payload["cells"]}
-    assert "configs/finetune/chexpert_100.yaml" in cells["finetune-chexpert-100"]["command"]
-    assert "configs/segment/covid_10.yaml" in cells["segment-covid-rural-10"]["command"]
+    assert "--config finetune/chexpert_100 " in cells["finetune-chexpert-100"]["command"]
+    assert "--config segment/covid_10 " in cells["segment-covid-rural-10"]["command"]
     assert "data.train_split=" in cells["segment-covid-rural-1"]["command"]
     assert [r["metric"] for r in cells["grounding-ms-cxr"]["rows"]] == ["cnr", "miou"]
     assert cells["segment-siim-1"]["rows"][0]["metric"] == "dice"
@@ -308,6 +308,7 @@ def test_the_whole_table_every_cell_filled_with_table_1_beside(trees: dict, tiny
 
 @pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(trees: dict, tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "no-chexpert-here").mkdir()  # a root without the dataset's files: the cell fails, not the run
     broken = {"root": str(tmp_path / "no-chexpert-here")}
     data = load_reproduce_data(_data_file(tmp_path / "data.yaml", trees, "rsna", "siim", chexpert=broken))
     options = ReproduceOptions(tasks=("zeroshot", "detect"), fractions=(1,), quick=True, skip_bad=True, device="cpu")

@@ -12,14 +12,14 @@ from maco_cxr.cli import main
 from maco_cxr.hub import create_model, save_pretrained
 from maco_cxr.metrics import classification_report
 from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
-from maco_cxr.tasks.zeroshot import ZeroShotResult, summarise_zero_shot
+from maco_cxr.tasks.zeroshot import ZeroShotEvaluation, summarise_zero_shot
 
 
-def _result(labels, scores, classes=("a",), patients=None) -> ZeroShotResult:
+def _result(labels, scores, classes=("a",), patients=None) -> ZeroShotEvaluation:
     labels = np.asarray(labels, np.float32).reshape(len(labels), -1)
     scores = np.asarray(scores, np.float32).reshape(len(scores), -1)
     paths = [f"img{i}.png" for i in range(len(labels))]
-    return ZeroShotResult(tuple(classes), scores, labels, paths, [], list(patients or [None] * len(labels)))
+    return ZeroShotEvaluation(tuple(classes), scores, labels, paths, [], list(patients or [None] * len(labels)))
 
 
 def test_thresholds_chosen_on_validation_are_applied_next_to_the_fixed_one():

@@ -1,6 +1,7 @@
 """`maco-cxr ground`: a phrase's heatmap on one image, or a grounding evaluation of a dataset.
 
-Files written by ``--dataset`` (to --out):
+With ``--dataset`` the command builds the dataset(s) and model and calls
+:func:`maco_cxr.tasks.grounding.run_grounding`, which writes (to --out):
 
 - ``items.csv``: one row per (image, phrase) item: item, record, phrase, query, category,
   n_boxes, cnr, miou, pointing, target (boxes | mask), mask_pixels (ground-truth pixels on the
@@ -21,20 +22,22 @@ Files written by ``--dataset`` (to --out):
   the test items' mean iou, dice, precision and recall at that threshold (NaN-skipping means;
   the threshold rounded to 3 decimals as the official ``opt_th_only_pos.csv``, exact in
   summary.json).
-- ``summary.json``: CNR, mIoU, pointing game per item, per category and category-averaged,
-  the metric table, ``ci`` (bootstrap intervals of CNR and mIoU) and ``opt_thresholds``.
+- ``summary.json``: model, dataset, root, split and annotations (provenance), CNR, mIoU,
+  pointing game per item, per category and category-averaged, the metric table, ``ci``
+  (bootstrap intervals of CNR and mIoU), ``opt_thresholds`` and the overlays written
+  (relative to --out).
 - ``overlays/``: the first K items' maps over their images.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from maco_cxr.cli import _model_args as common
 from maco_cxr.cli._paths import existing_file
+from maco_cxr.cli._sources import run_source, validation_source
 
 _DEFAULT_TEMPLATE = "Findings suggesting {c}."  # maco_cxr.tasks.grounding.DEFAULT_PHRASE_TEMPLATE
 
@@ -100,11 +103,12 @@ def run(args: argparse.Namespace) -> int:
 def _one_image(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from maco_cxr._atomic import write_with
+    from maco_cxr._atomic import claim_output_folder, write_with
     from maco_cxr.data.io import read_image
     from maco_cxr.plots import save_overlay
     from maco_cxr.tasks.grounding import ground
 
+    claim_output_folder(args.out, "grounding")
     model = common.load_model_from_args(args)
     image = read_image(args.image)
     heatmap = ground(model, image, args.phrase)
@@ -118,81 +122,30 @@ def _one_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell(value: Any, decimals: int | None = None) -> Any:
-    """A CSV cell: NaN empty (as pandas writes it), floats rounded to ``decimals`` if given."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        return round(value, decimals) if decimals is not None else value
-    return value
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from maco_cxr._atomic import write_csv, write_json
-    from maco_cxr.tasks.grounding import evaluate_grounding, grounding_items
+    from maco_cxr.tasks.grounding import run_grounding
 
     extra = {"annotations": args.annotations} if args.annotations is not None else {}
     dataset = common.build_dataset_from_args(args, **extra)
-    items = grounding_items(dataset, args.phrases, target=args.target, phrase_template=args.phrase_template)
-    val_dataset = val_items = None
-    if args.val_annotations is not None or common.wants_validation(args):
-        if args.val_annotations is not None:
-            val_dataset = common.build_validation_dataset_from_args(args, inherit_split=False,
-                                                                    annotations=args.val_annotations)
-        else:
-            val_dataset = common.build_validation_dataset_from_args(args, **extra)
-        val_items = grounding_items(val_dataset, args.phrases, target=args.target,
-                                    phrase_template=args.phrase_template)
+    val_dataset = None
+    if args.val_annotations is not None:
+        val_dataset = common.build_validation_dataset_from_args(args, inherit_split=False,
+                                                                annotations=args.val_annotations)
+    elif common.wants_validation(args):
+        val_dataset = common.build_validation_dataset_from_args(args, **extra)
     model = common.load_model_from_args(args)
-    options: dict[str, Any] = {"batch_size": args.batch_size, "num_workers": args.workers,
-                               "progress": not args.no_progress}
-    validation = None
-    if val_dataset is not None:
-        validation = evaluate_grounding(model, val_dataset, items=val_items, **options)
-    result = evaluate_grounding(model, dataset, items=items, overlays=args.overlays,
-                                overlay_dir=args.out / "overlays", validation=validation,
-                                n_bootstrap=args.bootstrap, seed=args.seed, **options)
-    tail = ("patient", "path")
-    columns = [c for c in result.rows[0] if c not in tail] + list(tail)
-    write_csv(args.out / "items.csv", columns, ([_cell(row[c]) for c in columns] for row in result.rows))
-    table = result.table
-    write_csv(args.out / "metric.csv", list(table),
-              ([_cell(table[c][i], 3) for c in table] for i in range(len(table["threshold"]))))
-    s = result.summary
-    if "opt_thresholds" in s:
-        _write_opt_thresholds(args.out / "opt_thresholds.csv", s["opt_thresholds"])
-    write_json(args.out / "summary.json", {
-        "model": str(args.model), "dataset": args.dataset, "root": str(args.root), "split": args.split,
-        "official_split": args.official_split, **s,
-        "validation": None if validation is None else {
-            "annotations": None if args.val_annotations is None else str(args.val_annotations),
-            "split": args.val_split, "official_split": args.val_official_split,
-            "split_file": None if args.val_split_file is None else str(args.val_split_file),
-            "n": validation.summary["n"], "cnr": validation.summary["cnr"], "miou": validation.summary["miou"],
-            "n_unreadable": len(validation.failures)},
-        "overlays": [str(p) for p in result.overlays],
-        "n_unreadable": len(result.failures), "unreadable": result.failures})
-    _print_report(s, table)
-    written = ["items.csv", "metric.csv"] + (["opt_thresholds.csv"] if "opt_thresholds" in s else [])
-    print(f"wrote {args.out / 'summary.json'}, {', '.join(written)} and {len(result.overlays)} overlays")
+    result = run_grounding(
+        model, dataset, args.out, phrases=args.phrases, target=args.target,
+        phrase_template=args.phrase_template, validation=val_dataset, overlays=args.overlays,
+        n_bootstrap=args.bootstrap, seed=args.seed,
+        batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+        source=run_source(args, annotations=args.annotations),
+        validation_source=None if val_dataset is None else validation_source(
+            args, annotations=args.val_annotations if args.val_annotations is not None else args.annotations))
+    _print_report(result.summary)
+    tables = [p.name for p in result.files if p.suffix in (".csv", ".json")]
+    print(f"wrote {', '.join(tables)} and {len(result.summary['overlays'])} overlays to {result.out}")
     return 0
-
-
-def _write_opt_thresholds(path: Path, selection: dict[str, Any]) -> None:
-    from maco_cxr._atomic import write_csv
-
-    header = ["category", "threshold", "val_iou", "n_val", "n_test", "iou", "dice", "precision", "recall"]
-    per = selection["per_category"]
-    rows = [[name, _cell(v["threshold"], 3), *(_cell(v[k]) for k in header[2:])] for name, v in per.items()]
-
-    def mean(key: str) -> float:
-        values = [v[key] for v in per.values() if not math.isnan(v[key])]
-        return sum(values) / len(values) if values else float("nan")
-
-    rows.append(["mean", _cell(selection["mean"]["threshold"], 3), _cell(selection["mean"]["val_iou"]),
-                 sum(v["n_val"] for v in per.values()), sum(v["n_test"] for v in per.values()),
-                 *(_cell(mean(k)) for k in ("iou", "dice", "precision", "recall"))])
-    write_csv(path, header, rows)
 
 
 def _interval(ci: dict[str, Any] | None, key: str) -> str:
@@ -202,8 +155,8 @@ def _interval(ci: dict[str, Any] | None, key: str) -> str:
     return f"[{low:.3f}, {high:.3f}]"
 
 
-def _print_report(s: dict[str, Any], table: dict[str, list[Any]]) -> None:
-    ci = s.get("ci")
+def _print_report(s: dict[str, Any]) -> None:
+    ci, table = s.get("ci"), s["metric_table"]
     print(f"{'category':<28} {'n':>5} {'CNR':>8} {'mIoU':>8} {'pointing':>9}")
     for name, row in s["per_category"].items():
         print(f"{name:<28} {row['n']:>5} {row['cnr']:>8.4f} {row['miou']:>8.4f} {row['pointing']:>9.3f}")

@@ -47,9 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="grounding overlays written (default 8)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip (count and list) rows, files and split entries that are missing or unreadable "
-                        "instead of failing the cell")
+                        "instead of failing the cell; cells finished without it are reused, and cells "
+                        "finished with it are reused without it when they left nothing out")
     parser.add_argument("--configs", type=existing_path, metavar="DIR",
-                        help="folder of the shipped recipes (default: ./configs or the source checkout's)")
+                        help="a folder of recipes (finetune/, segment/, detect/) to use instead of the "
+                        "shipped maco_cxr/recipes")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="data-file overrides, e.g. nih.root=/data/nih rsna.options.positives_only=true")

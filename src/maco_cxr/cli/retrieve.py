@@ -1,12 +1,18 @@
-"""`maco-cxr retrieve`: image <-> report recall@k over a dataset with reports."""
+"""`maco-cxr retrieve`: image <-> report recall@k over a dataset with reports, with bootstrap intervals
+(written to --out/summary.json by :func:`maco_cxr.tasks.retrieval.run_retrieval`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from maco_cxr.cli._paths import existing_path
 from maco_cxr.cli import _model_args as common
+from maco_cxr.cli._paths import existing_path
+from maco_cxr.cli._sources import run_source
+
+if TYPE_CHECKING:
+    from maco_cxr.tasks.results import Estimate
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,14 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a manifest.csv / manifest.jsonl (same as --dataset manifest --root FILE)")
     common.add_dataset_arguments(parser, required=False)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default 1 5 10)")
-    parser.add_argument("--out", type=Path, default=None, help="write summary.json into this folder")
+    common.add_bootstrap_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("retrieval-results"),
+                        help="output folder (summary.json)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from maco_cxr._atomic import write_json
     from maco_cxr.errors import ConfigError
-    from maco_cxr.tasks.retrieval import retrieve
+    from maco_cxr.tasks.retrieval import run_retrieval
 
     if args.manifest is not None:
         if args.dataset not in (None, "manifest"):
@@ -35,20 +42,29 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.root = "manifest", args.manifest
     elif args.dataset is None:
         raise ConfigError("give --manifest FILE or --dataset KIND --root DIR")
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or more resamples")
     dataset = common.build_dataset_from_args(args)
     model = common.load_model_from_args(args)
-    result = retrieve(model, dataset, ks=args.k, batch_size=args.batch_size, num_workers=args.workers,
-                      progress=not args.no_progress)
-    print(f"{result['n']} image-report pairs ({result['n_unique_reports']} distinct reports, "
-          f"{result['n_without_report']} records without a report left out)")
-    if result["n_unreadable"]:
-        first = result["unreadable"][0]
-        print(f"{result['n_unreadable']} unreadable images left out; first: {first['path']}: {first['reason']}")
+    result = run_retrieval(model, dataset, args.out, ks=args.k, n_bootstrap=args.bootstrap, seed=args.seed,
+                           batch_size=args.batch_size, num_workers=args.workers,
+                           progress=not args.no_progress, source=run_source(args))
+    print(f"{result.n_pairs} image-report pairs ({result.n_unique_reports} distinct reports, "
+          f"{result.n_without_report} records without a report left out)")
+    if result.n_unreadable:
+        first = result.summary["unreadable"][0]
+        print(f"{result.n_unreadable} unreadable images left out; first: {first['path']}: {first['reason']}")
     for direction, name in (("i2t", "image -> report"), ("t2i", "report -> image")):
-        cells = "  ".join(f"R@{k}={result[f'{direction}_R@{k}']:.4f}" for k in args.k)
+        cells = "  ".join(_shown(f"R@{k}", result.metrics[f"{direction}_R@{k}"]) for k in args.k)
         print(f"{name:<16} {cells}")
-    if args.out is not None:
-        write_json(args.out / "summary.json", {"model": str(args.model), "dataset": args.dataset,
-                                               "root": str(args.root), "split": args.split, **result})
-        print(f"wrote {args.out / 'summary.json'}")
+    ci = result.summary["ci"]
+    if ci is not None:
+        print(f"95% CIs: {ci['n_resamples']} bootstrap resamples of the queries by {ci['unit']} "
+              f"({ci['n_groups']}), seed {ci['seed']}")
+    print(f"wrote {result.summary_path}")
     return 0
+
+
+def _shown(label: str, estimate: Estimate) -> str:
+    interval = "" if estimate.low is None else f" [{estimate.low:.3f}, {estimate.high:.3f}]"
+    return f"{label}={estimate.value:.4f}{interval}"

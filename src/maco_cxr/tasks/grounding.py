@@ -20,12 +20,19 @@ Evaluation reports (:func:`evaluate_grounding`) follow the official eval/common.
 per-threshold IoU, Dice, precision and recall of ``Pipeline.test`` (its ``metric.csv``), the
 per-category threshold of ``Pipeline.get_opt_th`` chosen on a validation result and applied
 to the evaluated items, plus bootstrap intervals of the item-mean CNR and mIoU.
+
+:func:`run_grounding` is what ``maco-cxr ground --dataset`` and the grounding cell of
+``reproduce`` do: a dataset (and optionally its validation split) in, the report folder out
+(``items.csv``, the official ``metric.csv``, ``opt_thresholds.csv``, ``summary.json``,
+``overlays/``), a frozen :class:`GroundingResult` back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +46,7 @@ from tqdm.auto import tqdm
 
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record, failure_of, is_failed
 from maco_cxr.data.inputs import ImagesInput, is_single_image, load_images
+from maco_cxr.data.io import check_image_size
 from maco_cxr.data.letterbox import Letterbox, letterbox_image
 from maco_cxr.data.reports import grounding_phrase
 from maco_cxr.errors import DataError
@@ -53,12 +61,14 @@ from maco_cxr.metrics import (
     select_grounding_thresholds,
     summarise_grounding,
 )
+from maco_cxr.tasks.results import Estimate, RunSource
 
 if TYPE_CHECKING:
     from maco_cxr.models.maco import MacoModel
 
 __all__ = [
     "DEFAULT_PHRASE_TEMPLATE",
+    "GroundingEvaluation",
     "GroundingItem",
     "GroundingResult",
     "GroundingTarget",
@@ -69,6 +79,7 @@ __all__ = [
     "letterboxed_maps",
     "mask_grounding_items",
     "phrase_query",
+    "run_grounding",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,7 +133,7 @@ def letterboxed_maps(model: MacoModel, images: torch.Tensor | np.ndarray,
         raise DataError(f"{len(phrases)} phrase lists for {pixels.shape[0]} images")
     size = model.config.vision.img_size
     queries = [phrase_query(p) for group in phrases for p in group]
-    patches = patch_embeddings(model, pixels, batch_size=max(1, pixels.shape[0]))
+    patches = patch_embeddings(model, pixels[:, None], batch_size=max(1, pixels.shape[0]))  # [N, 1, S, S]
     with inference_mode(model):
         weights = model.patch_weights(PATCH_WEIGHT_TEMPERATURE).float().cpu()
     texts = encode_texts(model, queries) if queries else torch.empty(0, patches.shape[-1])
@@ -151,6 +162,8 @@ def ground(
     """
     single = is_single_image(image)
     pictures = load_images(image)
+    for k, picture in enumerate(pictures):
+        check_image_size(picture.shape, "image" if single else f"images[{k}]")
     phrases = [phrase] * len(pictures) if isinstance(phrase, str) else list(phrase)
     if len(phrases) != len(pictures):
         raise DataError(f"{len(phrases)} phrases for {len(pictures)} images; give one phrase or "
@@ -203,8 +216,9 @@ class GroundingItem:
 
 
 @dataclass
-class GroundingResult:
-    """Per-item scores (``rows``), the aggregated figures (``summary``) and the official table.
+class GroundingEvaluation:
+    """Per-item scores (``rows``), the aggregated figures (``summary``) and the official table
+    (what :func:`evaluate_grounding` computes in memory; :func:`run_grounding` writes it out).
 
     ``threshold_metrics[i]`` and ``opt_th_metrics[i]`` belong to ``rows[i]``: the per-threshold
     IoU, Dice, precision and recall of the item (:func:`grounding_threshold_metrics`) on the
@@ -419,11 +433,11 @@ def evaluate_grounding(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
-    validation: GroundingResult | None = None,
+    validation: GroundingEvaluation | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
     confidence: float = 0.95,
-) -> GroundingResult:
+) -> GroundingEvaluation:
     """CNR, mIoU, pointing game and the per-threshold figures of every (image, phrase) item.
 
     Everything is computed on the letterboxed 224 grid (padding included), box items with
@@ -448,54 +462,131 @@ def evaluate_grounding(
     Overlays (map over the original image, boxes in green) of the first ``overlays`` items go
     into ``overlay_dir``.
     """
-    items = list(items if items is not None else grounding_items(dataset))
-    unusable = [item for item in items if not grounding_phrase(item.phrase)]
-    if unusable:
-        logger.warning("%d of %d items are left out: their phrases are empty after the official "
-                       "processing (first: %r)", len(unusable), len(items), unusable[0].phrase)
-        items = [item for item in items if grounding_phrase(item.phrase)]
-    if not items:
-        raise DataError("the dataset has nothing to ground (no record has boxes with usable labels or masks)")
+    items, n_unusable = _usable_items(dataset, items)
     if overlays and overlay_dir is None:
         raise DataError("overlays > 0 needs an overlay_dir")
     if n_bootstrap < 0:
         raise DataError(f"n_bootstrap must be >= 0 (0 = no intervals); got {n_bootstrap}")
+    if device is not None:
+        model.to(device)
+    writer = _OverlayWriter(None if overlay_dir is None else Path(overlay_dir), overlays)
+    scoring = _score_items(model, dataset, items, writer, batch_size=batch_size, num_workers=num_workers,
+                           progress=progress)
+    summary, table = _summarise(scoring, n_unusable)
+    if validation is not None:
+        summary["opt_thresholds"] = _apply_validation_thresholds(validation, scoring.rows, scoring.unit)
+    if n_bootstrap:
+        summary["ci"] = _bootstrap_intervals(scoring.rows, n_bootstrap, seed, confidence)
+    return GroundingEvaluation(scoring.rows, summary, sorted(writer.written), scoring.failures, table,
+                               scoring.signed, scoring.unit)
+
+
+def _usable_items(dataset: ChestXrayDataset, items: Sequence[GroundingItem] | None,
+                  ) -> tuple[list[GroundingItem], int]:
+    """The items to score (default: every item of the dataset) without those whose phrase the
+    official processing empties, and how many were dropped; raises when none is left."""
+    items = list(items if items is not None else grounding_items(dataset))
+    usable = [item for item in items if grounding_phrase(item.phrase)]
+    if len(usable) < len(items):
+        first = next(item for item in items if not grounding_phrase(item.phrase))
+        logger.warning("%d of %d items are left out: their phrases are empty after the official "
+                       "processing (first: %r)", len(items) - len(usable), len(items), first.phrase)
+    if not usable:
+        raise DataError("the dataset has nothing to ground (no record has boxes with usable labels or masks)")
+    return usable, len(items) - len(usable)
+
+
+@dataclass
+class _OverlayWriter:
+    """Writes the overlays of the first ``count`` items into ``folder``."""
+
+    folder: Path | None
+    count: int
+    written: list[Path] = field(default_factory=list)
+
+    def __call__(self, item_id: int, item: GroundingItem, sample: dict[str, Any],
+                 heatmap: np.ndarray) -> None:
+        if item_id < self.count and self.folder is not None:
+            self.written.append(_write_overlay(self.folder, item_id, item, sample, heatmap))
+
+
+@dataclass
+class _Scoring:
+    """What scoring the items gave: per item its row and per-threshold metrics (signed and unit
+    scaling), and what was left out (unreadable images and their items, empty masks)."""
+
+    scored: dict[int, tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]]] = field(
+        default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    n_unreadable_items: int = 0
+    n_empty_mask: int = 0
+
+    def _column(self, k: int) -> list[Any]:
+        return [self.scored[i][k] for i in sorted(self.scored)]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self._column(0)
+
+    @property
+    def signed(self) -> list[dict[str, list[float]]]:
+        return self._column(1)
+
+    @property
+    def unit(self) -> list[dict[str, list[float]]]:
+        return self._column(2)
+
+
+def _score_items(model: MacoModel, dataset: ChestXrayDataset, items: list[GroundingItem],
+                 overlays: _OverlayWriter, *, batch_size: int, num_workers: int, progress: bool) -> _Scoring:
+    """Read each image of the items once, map its phrases and score every item; raises when nothing
+    could be scored, warns about what was left out."""
     size = model.config.vision.img_size
     loader = DataLoader(_ItemImages(dataset, items, size), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
-    scored: list[tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]] | None] = [None] * len(items)
-    failures: list[dict[str, str]] = []
-    unread = empty = 0
-    written: list[Path] = []
-    if device is not None:
-        model.to(device)
+    scoring = _Scoring()
     for batch in tqdm(loader, desc="grounding", unit="batch", disable=not progress):
-        failed = [sample for sample in batch if "failure" in sample]
-        failures += [sample["failure"] for sample in failed]
-        unread += sum(len(sample["item_ids"]) for sample in failed)
-        batch = [sample for sample in batch if "failure" not in sample]
-        if not batch:
-            continue
-        phrases = [[items[i].phrase for i in sample["item_ids"]] for sample in batch]
-        maps = letterboxed_maps(model, np.stack([s["pixels"] for s in batch]), phrases)
-        for sample, image_maps in zip(batch, maps):
-            for item_id, heatmap in zip(sample["item_ids"], image_maps):
-                item = items[item_id]
-                if item.target == "mask":
-                    mask = sample["masks"][item_id]
-                    if not mask.any():
-                        empty += 1
-                        continue
-                else:
-                    mask = boxes_to_mask(sample["letterbox"].boxes_to_letterbox(item.boxes), size, size)
-                row, signed, unit = _score(item_id, item, heatmap, mask)
-                row.update(patient=sample["patient"] or "", path=sample["path"])
-                scored[item_id] = (row, signed, unit)
-                if item_id < overlays:
-                    written.append(_write_overlay(Path(overlay_dir), item_id, item,  # type: ignore[arg-type]
-                                                  sample, heatmap))
-    done = [entry for entry in scored if entry is not None]
-    if not done:
+        for sample in batch:
+            if "failure" in sample:
+                scoring.failures.append(sample["failure"])
+                scoring.n_unreadable_items += len(sample["item_ids"])
+        readable = [sample for sample in batch if "failure" not in sample]
+        if readable:
+            _score_batch(model, readable, items, size, scoring, overlays)
+    _check_scored(scoring, size)
+    return scoring
+
+
+def _score_batch(model: MacoModel, batch: list[dict[str, Any]], items: list[GroundingItem], size: int,
+                 scoring: _Scoring, overlays: _OverlayWriter) -> None:
+    """Map the phrases of a batch of read images and score their items into ``scoring``."""
+    phrases = [[items[i].phrase for i in sample["item_ids"]] for sample in batch]
+    maps = letterboxed_maps(model, np.stack([s["pixels"] for s in batch]), phrases)
+    for sample, image_maps in zip(batch, maps, strict=True):
+        for item_id, heatmap in zip(sample["item_ids"], image_maps, strict=True):
+            item = items[item_id]
+            mask = _truth_mask(item, item_id, sample, size)
+            if mask is None:
+                scoring.n_empty_mask += 1
+                continue
+            row, signed, unit = _score(item_id, item, heatmap, mask)
+            row.update(patient=sample["patient"] or "", path=sample["path"])
+            scoring.scored[item_id] = (row, signed, unit)
+            overlays(item_id, item, sample, heatmap)
+
+
+def _truth_mask(item: GroundingItem, item_id: int, sample: dict[str, Any], size: int) -> np.ndarray | None:
+    """The item's ground truth on the letterboxed grid; None for a mask item whose mask is empty there."""
+    if item.target == "mask":
+        mask = sample["masks"][item_id]
+        return mask if mask.any() else None
+    return boxes_to_mask(sample["letterbox"].boxes_to_letterbox(item.boxes), size, size)
+
+
+def _check_scored(scoring: _Scoring, size: int) -> None:
+    """Raise when no item was scored; warn about unreadable images and empty masks."""
+    failures, empty = scoring.failures, scoring.n_empty_mask
+    if not scoring.scored:
         if empty:
             raise DataError(f"every one of the {empty} mask items has an empty mask on the {size} grid; "
                             "nothing to score")
@@ -503,25 +594,23 @@ def evaluate_grounding(
                         f"{failures[0]['path']}: {failures[0]['reason']})")
     if failures:
         logger.warning("grounding: %d unreadable images (%d items) left out; first: %s: %s", len(failures),
-                       unread, failures[0]["path"], failures[0]["reason"])
+                       scoring.n_unreadable_items, failures[0]["path"], failures[0]["reason"])
     if empty:
         logger.warning("grounding: %d mask items left out: their mask is empty on the %d grid", empty, size)
-    rows = [entry[0] for entry in done]
-    signed_metrics = [entry[1] for entry in done]
-    unit_metrics = [entry[2] for entry in done]
+
+
+def _summarise(scoring: _Scoring, n_unusable: int) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """:func:`summarise_grounding` of the rows with the counts left out, the target, and the
+    official metric table (also returned)."""
+    rows = scoring.rows
     summary = summarise_grounding((r["category"], r["cnr"], r["miou"], r["pointing"]) for r in rows)
-    summary["n_left_out"] = len(unusable)
-    summary["n_unreadable_items"] = unread
-    summary["n_empty_mask"] = empty
     targets = sorted({r["target"] for r in rows})
-    summary["target"] = targets[0] if len(targets) == 1 else "mixed"
-    table = grounding_metric_table((r["category"], m, r["cnr"], r["pointing"]) for r, m in zip(rows, signed_metrics))
+    summary.update(n_left_out=n_unusable, n_unreadable_items=scoring.n_unreadable_items,
+                   n_empty_mask=scoring.n_empty_mask, target=targets[0] if len(targets) == 1 else "mixed")
+    table = grounding_metric_table((r["category"], m, r["cnr"], r["pointing"])
+                                   for r, m in zip(rows, scoring.signed, strict=True))
     summary["metric_table"] = table
-    if validation is not None:
-        summary["opt_thresholds"] = _apply_validation_thresholds(validation, rows, unit_metrics)
-    if n_bootstrap:
-        summary["ci"] = _bootstrap_intervals(rows, n_bootstrap, seed, confidence)
-    return GroundingResult(rows, summary, sorted(written), failures, table, signed_metrics, unit_metrics)
+    return summary, table
 
 
 def _threshold_key(name: str, threshold: float) -> str:
@@ -546,7 +635,7 @@ def _score(item_id: int, item: GroundingItem, heatmap: np.ndarray, mask: np.ndar
     return row, signed, unit
 
 
-def _apply_validation_thresholds(validation: GroundingResult, rows: list[dict[str, Any]],
+def _apply_validation_thresholds(validation: GroundingEvaluation, rows: list[dict[str, Any]],
                                  unit_metrics: list[dict[str, list[float]]]) -> dict[str, Any]:
     """Per-category thresholds chosen on ``validation``, applied to ``rows`` (which gain
     ``opt_threshold`` / ``opt_iou``)."""
@@ -601,3 +690,150 @@ def _write_overlay(folder: Path, item_id: int, item: GroundingItem, sample: dict
     slug = "".join(ch if ch.isalnum() else "-" for ch in item.phrase.lower()).strip("-")[:40]
     return save_overlay(folder / f"{item_id:04d}_{slug}.png", original, box.map_to_original(heatmap),
                         boxes=item.boxes if len(item.boxes) else None, title=item.phrase)
+
+
+# ------------------------------------------------------------------------------ the report folder
+
+
+@dataclass(frozen=True)
+class GroundingResult:
+    """What :func:`run_grounding` computed and wrote.
+
+    ``metrics``: the item means ``cnr`` and ``miou`` (with bootstrap intervals when resampled)
+    and ``pointing``; ``per_category``: each category's ``cnr``, ``miou`` and ``pointing``.
+    ``files``: every file written (overlays included), ``summary.json`` last; ``summary``:
+    its content. Counts of what was left out: ``n_skipped`` rows the dataset skipped
+    (``on_error="skip"``), ``n_unreadable`` images that could not be read (their
+    ``n_unreadable_items`` items), ``n_empty_mask`` mask items with an empty mask on the 224
+    grid and ``n_unusable`` items whose phrase the official processing empties.
+    """
+
+    out: Path
+    files: tuple[Path, ...]
+    metrics: Mapping[str, Estimate]
+    per_category: Mapping[str, Mapping[str, Estimate]]
+    n_items: int
+    n_skipped: int
+    n_unreadable: int
+    n_unreadable_items: int
+    n_empty_mask: int
+    n_unusable: int
+    summary: Mapping[str, Any]
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / "summary.json"
+
+
+def run_grounding(
+    model: MacoModel,
+    dataset: ChestXrayDataset,
+    out: str | os.PathLike[str],
+    *,
+    phrases: Sequence[str] | None = None,
+    target: GroundingTarget = "auto",
+    phrase_template: str = DEFAULT_PHRASE_TEMPLATE,
+    validation: ChestXrayDataset | None = None,
+    overlays: int = 8,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    source: RunSource | None = None,
+    validation_source: RunSource | None = None,
+) -> GroundingResult:
+    """Phrase grounding of every (image, phrase) item of ``dataset`` into the report folder ``out``.
+
+    Items are :func:`grounding_items` of ``phrases``, ``target`` and ``phrase_template`` (the same
+    for ``validation``, whose items choose each category's threshold). Writes ``items.csv`` (one
+    row per item: :func:`evaluate_grounding`'s row, patient and path last), ``metric.csv`` (the
+    official table, 3 decimals, NaN empty), ``opt_thresholds.csv`` (with ``validation``: per
+    category and "mean"), ``overlays/`` (the first ``overlays`` items) and ``summary.json``: the
+    provenance (``source``), the evaluation summary (``metric_table`` at full precision, ``ci``
+    when ``n_bootstrap`` > 0, ``opt_thresholds``), the validation figures, the overlays (relative
+    to ``out``) and the images left out.
+    """
+    from maco_cxr._atomic import claim_output_folder, write_json
+
+    out, source = claim_output_folder(out, "grounding"), source or RunSource()
+    options: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "device": device,
+                               "progress": progress}
+    chosen: dict[str, Any] = {"target": target, "phrase_template": phrase_template}
+    items = grounding_items(dataset, phrases, **chosen)
+    evaluated_val = None
+    if validation is not None:
+        val_items = grounding_items(validation, phrases, **chosen)
+        evaluated_val = evaluate_grounding(model, validation, items=val_items, **options)
+    evaluated = evaluate_grounding(model, dataset, items=items, overlays=overlays,
+                                   overlay_dir=out / "overlays", validation=evaluated_val,
+                                   n_bootstrap=n_bootstrap, seed=seed, **options)
+    s = evaluated.summary
+    files = [_write_items(out / "items.csv", evaluated.rows),
+             _write_metric_table(out / "metric.csv", evaluated.table)]
+    if "opt_thresholds" in s:
+        files.append(_write_opt_thresholds(out / "opt_thresholds.csv", s["opt_thresholds"]))
+    files += evaluated.overlays
+    summary = {
+        **source.as_dict(), **s,
+        "validation": None if evaluated_val is None else {
+            **(validation_source or RunSource()).split_fields(), "n": evaluated_val.summary["n"],
+            "cnr": evaluated_val.summary["cnr"], "miou": evaluated_val.summary["miou"],
+            "n_unreadable": len(evaluated_val.failures)},
+        "overlays": [str(path.relative_to(out)) for path in evaluated.overlays],
+        "n_skipped_rows": len(dataset.skips), "n_unreadable": len(evaluated.failures),
+        "unreadable": evaluated.failures}
+    files.append(write_json(out / "summary.json", summary))
+    ci = s.get("ci") or {}
+    return GroundingResult(
+        out, tuple(files), {key: Estimate.of(s[key], ci.get(key)) for key in ("cnr", "miou", "pointing")},
+        {name: {key: Estimate.of(row[key]) for key in ("cnr", "miou", "pointing")}
+         for name, row in s["per_category"].items()},
+        s["n"], len(dataset.skips), len(evaluated.failures), s["n_unreadable_items"], s["n_empty_mask"],
+        s["n_left_out"], summary)
+
+
+def _cell(value: Any, decimals: int | None = None) -> Any:
+    """A CSV cell: NaN empty (as pandas writes it), floats rounded to ``decimals`` if given."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return round(value, decimals) if decimals is not None else value
+    return value
+
+
+def _write_items(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """items.csv: the rows, full precision, patient and path last."""
+    from maco_cxr._atomic import write_csv
+
+    tail = ("patient", "path")
+    columns = [c for c in rows[0] if c not in tail] + list(tail)
+    return write_csv(path, columns, ([_cell(row[c]) for c in columns] for row in rows))
+
+
+def _write_metric_table(path: Path, table: dict[str, list[Any]]) -> Path:
+    """The official metric.csv: 3 decimals, NaN an empty cell."""
+    from maco_cxr._atomic import write_csv
+
+    return write_csv(path, list(table),
+                     ([_cell(table[c][i], 3) for c in table] for i in range(len(table["threshold"]))))
+
+
+def _write_opt_thresholds(path: Path, selection: dict[str, Any]) -> Path:
+    """opt_thresholds.csv: one row per category and "mean" (the threshold rounded as the official
+    opt_th_only_pos.csv)."""
+    from maco_cxr._atomic import write_csv
+
+    header = ["category", "threshold", "val_iou", "n_val", "n_test", "iou", "dice", "precision", "recall"]
+    per = selection["per_category"]
+    rows = [[name, _cell(v["threshold"], 3), *(_cell(v[k]) for k in header[2:])] for name, v in per.items()]
+
+    def mean(key: str) -> float:
+        values = [v[key] for v in per.values() if not math.isnan(v[key])]
+        return sum(values) / len(values) if values else float("nan")
+
+    rows.append(["mean", _cell(selection["mean"]["threshold"], 3), _cell(selection["mean"]["val_iou"]),
+                 sum(v["n_val"] for v in per.values()), sum(v["n_test"] for v in per.values()),
+                 *(_cell(mean(k)) for k in ("iou", "dice", "precision", "recall"))])
+    return write_csv(path, header, rows)

@@ -6,19 +6,24 @@
   split with the official prompts (section 2; SIIM with its own set), macro AUC / F1 / ACC;
 - ``grounding-ms-cxr``: MS-CXR phrase grounding (section 3), CNR and mIoU;
 - ``linear-{nih,chexpert,rsna}-F`` and ``finetune-...-F``: the shipped classification recipe
-  ``configs/finetune/<dataset>_F.yaml`` (section 4), linear probe = ``model.mode=linear_probe``;
-- ``segment-{siim,covid-rural}-F``: ``configs/segment/{siim,covid}_F.yaml`` (section 5);
-- ``detect-rsna-F``: ``configs/detect/rsna_F.yaml`` (section 6);
+  recipe ``finetune/<dataset>_F`` (section 4), linear probe = ``model.mode=linear_probe``;
+- ``segment-{siim,covid-rural}-F``: recipe ``segment/{siim,covid}_F`` (section 5);
+- ``detect-rsna-F``: recipe ``detect/rsna_F`` (section 6);
 
-with F the label fraction in % (1, 10, 100). Each cell calls the library functions its CLI
-command calls (:func:`~maco_cxr.tasks.zeroshot.evaluate_zero_shot`,
-:func:`~maco_cxr.tasks.grounding.evaluate_grounding`,
+with F the label fraction in % (1, 10, 100). Each cell calls the task function its CLI
+command calls (:func:`~maco_cxr.tasks.zeroshot.run_zeroshot`,
+:func:`~maco_cxr.tasks.grounding.run_grounding`,
 :func:`~maco_cxr.tasks.finetune.finetune_classifier`, :func:`~maco_cxr.tasks.finetune.segment`,
-:func:`~maco_cxr.tasks.finetune.detect`) and records that command line. Its outputs go to
-``OUT/<cell>/`` with ``cell.json`` (status, metrics, command, what it was computed from); a
-failing cell is recorded with its error and the run goes on; a rerun reuses every cell whose
-``cell.json`` says done with the same settings (a killed fine-tuning cell resumes from its
-checkpoint). ``OUT/reproduce.json`` and ``OUT/reproduce.md`` hold the table: our number,
+:func:`~maco_cxr.tasks.finetune.detect`) and records that command line, which writes the same
+files with the same numbers. Its outputs go to ``OUT/<cell>/`` with ``cell.json`` (status,
+metrics, command, what it was computed from); a failing cell is recorded with its error and
+the run goes on; a rerun reuses every cell whose ``cell.json`` says done with the same
+result-determining settings (a killed fine-tuning cell resumes from its checkpoint). How a
+run is watched or where it runs (device, workers, batch size, overlays, progress) never
+invalidates a finished cell, nor does ``skip_bad`` unless the finished cell left inputs out
+and the rerun would not. Every path of the data file that the selected cells read is
+checked before any cell runs: missing ones fail the run once, each named with its key.
+``OUT/reproduce.json`` and ``OUT/reproduce.md`` hold the table: our number,
 the published one (:func:`load_published`, each with its table and row), the difference and
 the command, rewritten after every cell.
 
@@ -52,8 +57,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from maco_cxr._atomic import write_csv, write_json, write_text
-from maco_cxr.config import Override, load_config, require, yaml_load
+from maco_cxr._atomic import claim_output_folder, run_folder_kind, write_json, write_text
+from maco_cxr.config import Override, load_config, recipe_folder, require, resolve_recipe, yaml_load
 from maco_cxr.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -79,6 +84,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("zeroshot", "grounding", "linear", "finetune", "segment", "detect")
+_CELL_FOLDER_KIND = {"zeroshot": "zeroshot", "grounding": "grounding", "linear": run_folder_kind("classification"),
+                     "finetune": run_folder_kind("classification"), "segment": run_folder_kind("segmentation"),
+                     "detect": run_folder_kind("detection")}
+"""The output-folder kind each cell's command claims (a cell folder is that command's output)."""
 DATASETS: tuple[str, ...] = ("nih", "chexpert", "rsna", "siim", "ms-cxr", "covid-rural")
 FRACTIONS: tuple[int, ...] = (1, 10, 100)
 TASK_DATASETS: dict[str, tuple[str, ...]] = {
@@ -189,9 +198,12 @@ class ReproduceOptions:
     if available, else cpu; fine-tuning cells: their ``runtime.device``). ``workers``: loader
     processes. ``batch_size``: images per forward pass of the zero-shot and grounding cells.
     ``skip_bad``: skip (and count) rows, files and split entries that are missing or unreadable
-    instead of failing the cell. ``configs``: the folder of the shipped recipes (default: the
-    ``configs/`` of the working directory or of the source checkout). ``overlays``: grounding
-    overlays per cell.
+    instead of failing the cell. ``configs``: a folder of recipes to use instead of the shipped
+    ``maco_cxr/recipes`` (same subfolders). ``overlays``: grounding overlays per cell.
+    ``device``, ``workers``, ``batch_size``, ``overlays``, ``progress`` and ``skip_bad`` are run
+    control: a finished cell is reused whatever they are (``skip_bad`` unless the cell left
+    inputs out and this run would not); ``quick``, the recipes, the model and the data file
+    decide a cell's numbers.
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -299,7 +311,9 @@ def plan_cells(data: ReproduceData, options: ReproduceOptions) -> tuple[list[Cel
 @dataclass
 class CellResult:
     """What one cell produced; ``status``: done (run now), reused (done by an earlier run) or
-    failed (``error`` says why, ``traceback`` where)."""
+    failed (``error`` says why, ``traceback`` where). ``settings``: what its numbers depend on
+    (a rerun reuses the cell only when they are equal); ``skip_bad``: whether unusable inputs
+    could be left out (``metrics["n_left_out"]`` counts them where the task reports it)."""
 
     id: str
     task: str
@@ -314,6 +328,7 @@ class CellResult:
     quick: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     traceback: str | None = None
+    skip_bad: bool = False
 
 
 @dataclass
@@ -375,14 +390,7 @@ class _Context:
 
     def configs(self) -> Path:
         if self._configs is None:
-            candidates = ([Path(self.options.configs)] if self.options.configs else
-                          [Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"])
-            found = next((c for c in candidates if (c / "finetune" / "nih_1.yaml").is_file()), None)
-            if found is None:
-                raise ConfigError(f"no folder of shipped recipes (finetune/, segment/, detect/) at "
-                                  f"{', '.join(map(str, candidates))}; pass --configs DIR (the repository's "
-                                  "configs/)", key="configs")
-            self._configs = found.resolve()
+            self._configs = recipe_folder(self.options.configs).resolve()
         return self._configs
 
     def common_args(self) -> list[str]:
@@ -415,12 +423,16 @@ def _adapter_kwargs(entry: DatasetPaths, split: str | None, extra: dict[str, Any
     return kwargs
 
 
+def _text_path(value: str | Path | None) -> str | None:
+    """A path as the command line records it (``str(Path(text))``), so a cell and its command agree."""
+    return None if value is None else str(Path(value))
+
+
 def _zeroshot(cell: Cell, ctx: _Context, out: Path) -> _Runner:
     from maco_cxr.data.datasets import build_dataset
     from maco_cxr.data.splits import official_split_path, read_split_file, subset_by_split_file
-    from maco_cxr.metrics import classification_report
-    from maco_cxr.tasks.prompts import resolve_prompts
-    from maco_cxr.tasks.zeroshot import evaluate_zero_shot
+    from maco_cxr.tasks.results import RunSource
+    from maco_cxr.tasks.zeroshot import run_zeroshot
 
     entry, root = ctx.data.entry(cell.dataset), ctx.data.root_of(cell.dataset)
     split, extra, prompts = _ZEROSHOT[cell.dataset]
@@ -431,78 +443,76 @@ def _zeroshot(cell: Cell, ctx: _Context, out: Path) -> _Runner:
                *ctx.common_args(), "--bootstrap", "0", "--out", str(out)]
     settings = {"root": root, "split": split, "options": options, "test": entry.test_split or "official test",
                 "prompts": prompts}
+    source = RunSource(model=_text_path(ctx.model_path), dataset=cell.dataset, root=_text_path(root),
+                       split=split, official_split=None if entry.test_split else "test",
+                       split_file=_text_path(entry.test_split))
 
     def run() -> dict[str, Any]:
         dataset = build_dataset(cell.dataset, root, **_adapter_kwargs(entry, split, extra, ctx.options.skip_bad))
         entries = read_split_file(entry.test_split or official_split_path(cell.dataset, "test"))
         dataset = subset_by_split_file(dataset, entries, use_file_labels=bool(entries and len(entries[0].labels)),
                                        on_error="skip" if ctx.options.skip_bad else "raise")
-        classes = tuple(dataset.classes)
-        table = resolve_prompts(classes, prompts)
-        result = evaluate_zero_shot(ctx.model(), dataset, classes, table, batch_size=ctx.options.batch_size,
-                                    num_workers=ctx.options.workers, progress=ctx.options.progress)
-        report = classification_report(result.labels, result.scores, classes)
-        write_csv(out / "scores.csv", ["path", *(f"score:{c}" for c in classes), *(f"label:{c}" for c in classes)],
-                  ([path, *(f"{s:.6f}" for s in scores), *("" if math.isnan(v) else int(v) for v in labels)]
-                   for path, scores, labels in zip(result.paths, result.scores, result.labels)))
-        write_json(out / "summary.json", {"dataset": cell.dataset, "n_images": len(result.paths),
-                                          "classes": list(classes), "prompts": prompts, **report,
-                                          "n_skipped_rows": len(dataset.skips), "n_unreadable": len(result.failures)})
-        return {"auc": report["mean_auc"], "f1": report["mean_f1_weighted"], "acc": report["mean_acc"],
-                "n_images": len(result.paths)}
+        result = run_zeroshot(ctx.model(), dataset, out, prompts=prompts, n_bootstrap=0,
+                              batch_size=ctx.options.batch_size, num_workers=ctx.options.workers,
+                              progress=ctx.options.progress, source=source)
+        metrics = result.metrics
+        return {"auc": metrics["macro_auc"].value, "f1": metrics["mean_f1_weighted"].value,
+                "acc": metrics["macro_acc"].value, "n_images": result.n_images,
+                "n_left_out": result.n_skipped + result.n_unreadable}
 
     return _Runner(run, command, settings)
 
 
 def _grounding(cell: Cell, ctx: _Context, out: Path) -> _Runner:
     from maco_cxr.data.datasets import build_dataset
-    from maco_cxr.tasks.grounding import evaluate_grounding, grounding_items
+    from maco_cxr.tasks.grounding import run_grounding
+    from maco_cxr.tasks.results import RunSource
 
     entry, root = ctx.data.ms_cxr, ctx.data.root_of("ms-cxr")
     command = ["maco-cxr", "ground", "--model", ctx.model_path, "--dataset", "ms-cxr", "--root", str(root),
                "--annotations", str(entry.annotations), *_option_args(entry.options), "--overlays",
                str(ctx.options.overlays), *ctx.common_args(), "--bootstrap", "0", "--out", str(out)]
     settings = {"root": root, "annotations": entry.annotations, "options": entry.options}
+    source = RunSource(model=_text_path(ctx.model_path), dataset="ms-cxr", root=_text_path(root),
+                       annotations=_text_path(entry.annotations))
 
     def run() -> dict[str, Any]:
         if not entry.annotations:
             raise ConfigError("is required: MS-CXR's annotation file (CSV or COCO JSON)", key="ms_cxr.annotations")
         dataset = build_dataset("ms-cxr", root, annotations=entry.annotations,
                                 **_adapter_kwargs(entry, None, {}, ctx.options.skip_bad))
-        result = evaluate_grounding(ctx.model(), dataset, items=grounding_items(dataset),
-                                    overlays=ctx.options.overlays, overlay_dir=out / "overlays",
-                                    batch_size=ctx.options.batch_size, num_workers=ctx.options.workers,
-                                    progress=ctx.options.progress)
-        columns = list(result.rows[0])
-        write_csv(out / "items.csv", columns, ([row[c] for c in columns] for row in result.rows))
-        summary = result.summary
-        write_json(out / "summary.json", {"dataset": "ms-cxr", **summary, "n_unreadable": len(result.failures)})
-        return {"cnr": summary["cnr"], "miou": summary["miou"], "pointing": summary.get("pointing"),
-                "n_items": summary.get("n")}
+        result = run_grounding(ctx.model(), dataset, out, overlays=ctx.options.overlays, n_bootstrap=0,
+                               batch_size=ctx.options.batch_size, num_workers=ctx.options.workers,
+                               progress=ctx.options.progress, source=source)
+        metrics = result.metrics
+        return {"cnr": metrics["cnr"].value, "miou": metrics["miou"].value,
+                "pointing": metrics["pointing"].value, "n_items": result.n_items,
+                "n_left_out": result.n_skipped + result.n_unreadable}
 
     return _Runner(run, command, settings)
 
 
 def _recipe(cell: Cell, ctx: _Context, out: Path) -> _Runner:
     """A fine-tuning cell (classification, linear probe, segmentation, detection) on its recipe."""
-    from maco_cxr.tasks.finetune import ClassifyConfig, DetectConfig, SegmentConfig, detect, finetune_classifier
-    from maco_cxr.tasks.finetune import segment as segment_run
+    from maco_cxr.tasks.finetune import ClassifyConfig, DetectConfig, SegmentConfig, finetune_classifier
+    from maco_cxr.tasks.finetune import train_detector, train_segmenter
 
     entry, root = ctx.data.entry(cell.dataset), ctx.data.root_of(cell.dataset)
-    config_path = (ctx.configs() / _CONFIG_FOLDER[cell.task]
-                   / f"{_CONFIG_STEM.get(cell.dataset, cell.dataset)}_{cell.fraction}.yaml")
+    recipe = f"{_CONFIG_FOLDER[cell.task]}/{_CONFIG_STEM.get(cell.dataset, cell.dataset)}_{cell.fraction}"
+    config_path = resolve_recipe(recipe, root=ctx.configs())
+    shown = recipe if ctx.options.configs is None else str(config_path)  # a name works from any install
     keys: list[tuple[str, Any]] = [(f"data.options.{k}", v) for k, v in entry.options.items()]
     keys += [(f"data.{role}_split", getattr(entry, f"{role}_split")) for role in ("train", "val", "test")
              if getattr(entry, f"{role}_split") is not None]
-    if ctx.options.skip_bad:
-        keys.append(("data.on_error", "skip"))
     kind = {"linear": "classify", "finetune": "classify"}.get(cell.task, cell.task)
     quick = [tuple(item.split("=", 1)) for item in _QUICK[kind]] if ctx.options.quick else []
-    watch = [("data.workers", ctx.options.workers)] + ([("runtime.device", ctx.options.device)]
-                                                      if ctx.options.device else [])
+    # run control, left out of the settings a finished cell is compared on (see _refusal)
+    watch = [("data.on_error", "skip")] if ctx.options.skip_bad else []
+    watch += [("data.workers", ctx.options.workers)]
+    watch += [("runtime.device", ctx.options.device)] if ctx.options.device else []
     overrides = [Override("model.source", ctx.model_path, "--model"), Override("data.root", str(root), "--root"),
                  Override("runtime.out", str(out), "--out")]
-    command = ["maco-cxr", _COMMAND[cell.task], "--config", str(config_path), "--model", ctx.model_path,
+    command = ["maco-cxr", _COMMAND[cell.task], "--config", shown, "--model", ctx.model_path,
                "--root", str(root), "--out", str(out)]
     if cell.task == "linear":
         overrides.append(Override("model.mode", "linear_probe", "--mode"))
@@ -512,19 +522,20 @@ def _recipe(cell: Cell, ctx: _Context, out: Path) -> _Runner:
         command.append(f"{key}={_yaml_text(value)}")
     text_overrides = [f"{key}={value}" for key, value in quick]
     command += text_overrides
-    settings = {"root": root, "config": str(config_path), "mode": "linear_probe" if cell.task == "linear" else None,
+    settings = {"root": root, "config": shown, "mode": "linear_probe" if cell.task == "linear" else None,
                 "overrides": [f"{k}={_yaml_text(v)}" for k, v in keys] + text_overrides}
-    kinds: dict[str, tuple[type, Callable[[Any], dict[str, Any]]]] = {
-        "classify": (ClassifyConfig, finetune_classifier), "segment": (SegmentConfig, segment_run),
-        "detect": (DetectConfig, detect)}
+    kinds: dict[str, tuple[type, Callable[[Any], Any]]] = {
+        "classify": (ClassifyConfig, finetune_classifier), "segment": (SegmentConfig, train_segmenter),
+        "detect": (DetectConfig, train_detector)}
     config_kind, train = kinds[kind]
 
     def run() -> dict[str, Any]:
         config = load_config(config_kind, config_path, [*overrides, *text_overrides])
-        metrics = train(config)
-        if "stopped_at_step" in metrics:
-            raise DataError(f"the run stopped at step {metrics['stopped_at_step']} (runtime.stop_at_step); "
+        result = train(config)
+        if result.stopped_at_step is not None:
+            raise DataError(f"the run stopped at step {result.stopped_at_step} (runtime.stop_at_step); "
                             "rerun to continue it")
+        metrics = result.summary
         test = metrics["test"]
         if kind == "classify":
             return {"auc": test["mean_auc"], "n_test": test["n_images"], "best_step": metrics.get("best_step"),
@@ -546,10 +557,39 @@ _RUNNERS: dict[str, Callable[[Cell, _Context, Path], _Runner]] = {
 
 
 def _identity(cell: Cell, ctx: _Context, settings: dict[str, Any]) -> dict[str, Any]:
-    """What a cell's numbers depend on (not where or how fast it ran): reuse needs equality."""
+    """What a cell's numbers depend on, not how the run was watched or where it ran (device,
+    workers, batch size, overlays, progress, skip_bad: see :func:`_refusal`); reuse needs equality."""
     return json.loads(json.dumps({"cell": cell.id, "model": str(Path(ctx.model_path).resolve()),
-                                  "quick": ctx.options.quick, "skip_bad": ctx.options.skip_bad, **settings},
-                                 default=str))
+                                  "quick": ctx.options.quick, **settings}, default=str))
+
+
+def _refusal(previous: dict[str, Any], identity: dict[str, Any], skip_bad: bool, out: Path) -> str | None:
+    """Why the finished cell ``previous`` cannot be reused by this run; None when it can.
+
+    Its settings must equal ``identity``. ``skip_bad`` changes a result only through what it
+    leaves out, so a cell finished without it (nothing was left out) is reused by a run with it,
+    and one finished with it by a run without it only when it left nothing out.
+    """
+    saved = dict(previous.get("settings") or {})
+    # cell.json files of earlier versions held skip_bad (and its data.on_error override) in the settings
+    saved.pop("skip_bad", None)
+    if "overrides" in saved:
+        saved["overrides"] = [o for o in saved["overrides"] if not str(o).startswith("data.on_error=")]
+    changed = sorted(k for k in {*identity, *saved} if identity.get(k) != saved.get(k))
+    if changed:
+        return (f"{out} holds a finished result computed with other settings (differing: "
+                f"{', '.join(changed)}); remove the folder or choose another --out")
+    left_out = (previous.get("metrics") or {}).get("n_left_out")
+    if _finished_with_skip_bad(previous) and not skip_bad and left_out != 0:
+        count = "an unknown number of" if left_out is None else str(left_out)
+        return (f"{out} holds a result computed with --skip-bad (skip_bad=True) that left out {count} "
+                "unusable inputs (rows, files or split entries), which a run without it refuses: pass "
+                "--skip-bad to reuse it, or remove the folder")
+    return None
+
+
+def _finished_with_skip_bad(previous: dict[str, Any]) -> bool:
+    return bool(previous.get("skip_bad") or (previous.get("settings") or {}).get("skip_bad"))
 
 
 def _run_cell(cell: Cell, ctx: _Context) -> CellResult:
@@ -558,22 +598,20 @@ def _run_cell(cell: Cell, ctx: _Context) -> CellResult:
     command = shlex.join(runner.command)
     identity = _identity(cell, ctx, runner.settings)
     base = dict(id=cell.id, task=cell.task, dataset=cell.dataset, fraction=cell.fraction, command=command,
-                out=str(out), quick=ctx.options.quick, settings=identity)
+                out=str(out), quick=ctx.options.quick, settings=identity, skip_bad=ctx.options.skip_bad)
     previous = _read_cell(out)
     if previous is not None and previous.get("status") in ("done", "reused"):
-        if previous.get("settings") == identity:
-            logger.info("%s: reusing the result in %s", cell.id, out / CELL_FILE)
-            return CellResult(**{**base, "status": "reused", "metrics": previous.get("metrics", {}),
-                                 "seconds": float(previous.get("seconds", 0.0))})
-        changed = sorted(k for k in {*identity, *previous.get("settings", {})}
-                         if identity.get(k) != previous.get("settings", {}).get(k))
-        return CellResult(**{**base, "status": "failed",
-                             "error": f"{out} holds a finished result computed with other settings (differing: "
-                                      f"{', '.join(changed)}); remove the folder or choose another --out"})
+        refusal = _refusal(previous, identity, ctx.options.skip_bad, out)
+        if refusal is not None:
+            return CellResult(**{**base, "status": "failed", "error": refusal})
+        logger.info("%s: reusing the result in %s", cell.id, out / CELL_FILE)
+        return CellResult(**{**base, "status": "reused", "metrics": previous.get("metrics", {}),
+                             "seconds": float(previous.get("seconds", 0.0)),
+                             "skip_bad": _finished_with_skip_bad(previous)})
     logger.info("%s: running (%s)", cell.id, command)
     start = time.perf_counter()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        claim_output_folder(out, _CELL_FOLDER_KIND[cell.task])
         metrics = runner.run()
     except Exception as err:  # a failing cell is recorded and the run goes on
         seconds = time.perf_counter() - start
@@ -609,6 +647,26 @@ def _shown(value: Any, metric: str) -> str:
     return f"{value * METRICS[metric][1]:.{1 if METRICS[metric][2] == '%' else 3}f}"
 
 
+def _data_paths(data: ReproduceData, dataset: str) -> list[tuple[str, str | None]]:
+    """The paths of the data file that the cells of ``dataset`` read, each with its key."""
+    key = dataset.replace("-", "_")
+    entry = data.entry(dataset)
+    root_key = "mimic.root" if dataset == "ms-cxr" and entry.root is None else f"{key}.root"
+    return [(root_key, data.root_of(dataset)), (f"{key}.annotations", entry.annotations),
+            *((f"{key}.{role}_split", getattr(entry, f"{role}_split")) for role in ("train", "val", "test"))]
+
+
+def _check_data_paths(data: ReproduceData, cells: Sequence[Cell], data_file: str | None) -> None:
+    """Fail once, before any cell runs, when a path the selected cells read does not exist."""
+    missing = [f"{key}: {value}" for dataset in dict.fromkeys(cell.dataset for cell in cells)
+               for key, value in _data_paths(data, dataset)
+               if value is not None and not Path(value).exists()]
+    if missing:
+        raise ConfigError(f"{len(missing)} paths of the data file do not exist ({'; '.join(missing)}); "
+                          "correct them, or leave those datasets out (--datasets, or drop their entries)",
+                          source=data_file)
+
+
 def reproduce(model: str | Path, data: ReproduceData, out: str | Path,
               options: ReproduceOptions | None = None, *, data_file: str | None = None) -> ReproduceReport:
     """Run the selected cells of the paper's protocol (see the module docstring) into ``out``.
@@ -620,9 +678,10 @@ def reproduce(model: str | Path, data: ReproduceData, out: str | Path,
     """
     options = options or ReproduceOptions()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(model, data, out, options)
     cells, skipped = plan_cells(data, options)
+    _check_data_paths(data, cells, data_file)
+    out = claim_output_folder(out, "reproduce")
+    ctx = _Context(model, data, out, options)
     for dataset, reason in skipped.items():
         logger.warning("reproduce: skipping %s (%s)", dataset, reason)
     if any(cell.task in _WITH_FRACTION for cell in cells):

@@ -12,13 +12,21 @@ per call (or once for several datasets: pass ``build_class_prototypes``'s result
 :func:`summarise_zero_shot` turns scores into figures to act on: seeded bootstrap intervals
 of AUC and F1, thresholds chosen on a validation result (Youden's J, maximum F1) applied to
 the test scores next to the fixed 0.5, and calibration (reliability curve, ECE).
+
+:func:`run_zeroshot` is what ``maco-cxr zeroshot`` and the zero-shot cells of ``reproduce`` do:
+a dataset (and optionally its validation split) in, the report folder out (``scores.csv``,
+``val_scores.csv``, ``roc_curves.png``, ``reliability.png`` and ``reliability/<class>.png``,
+``summary.json``), a frozen :class:`ZeroShotResult` back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,15 +36,18 @@ from maco_cxr.data.inputs import ImagesInput
 from maco_cxr.errors import DataError
 from maco_cxr.inference import embed_dataset, encode_images, encode_texts
 from maco_cxr.tasks.prompts import PromptSpec, resolve_prompts
+from maco_cxr.tasks.results import Estimate, RunSource
 
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
     from maco_cxr.models.maco import MacoModel
 
 __all__ = [
+    "ZeroShotEvaluation",
     "ZeroShotResult",
     "build_class_prototypes",
     "evaluate_zero_shot",
+    "run_zeroshot",
     "score_embeddings",
     "summarise_zero_shot",
     "zero_shot",
@@ -92,10 +103,11 @@ def zero_shot(
 
 
 @dataclass
-class ZeroShotResult:
-    """Scores and labels of a zero-shot evaluation over a dataset, row-aligned with ``paths``
-    and ``patient_ids`` (None where the dataset records none); ``failures`` lists the files
-    that could not be read (left out, counted)."""
+class ZeroShotEvaluation:
+    """Scores and labels of a zero-shot evaluation over a dataset (:func:`evaluate_zero_shot`, in
+    memory; :func:`run_zeroshot` writes the report), row-aligned with ``paths`` and
+    ``patient_ids`` (None where the dataset records none); ``failures`` lists the files that
+    could not be read (left out, counted)."""
 
     classes: tuple[str, ...]
     scores: np.ndarray  # float32 [N, C]
@@ -117,7 +129,7 @@ def evaluate_zero_shot(
     device: str | torch.device | None = None,
     progress: bool = False,
     prototypes: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> ZeroShotResult:
+) -> ZeroShotEvaluation:
     """Score every image of ``dataset``, streaming (images are read by a DataLoader).
 
     classes: names to score (default ``dataset.classes``); label_columns: the dataset label
@@ -156,7 +168,7 @@ def evaluate_zero_shot(
         logger.warning("zero-shot: %d unreadable files left out (first: %s: %s)", len(embedded.failures),
                        embedded.failures[0]["path"], embedded.failures[0]["reason"])
     patients = [dataset.records[index].patient_id for index in embedded.indices]
-    return ZeroShotResult(classes, scores.astype(np.float32), labels, embedded.paths, embedded.failures,
+    return ZeroShotEvaluation(classes, scores.astype(np.float32), labels, embedded.paths, embedded.failures,
                           patients)
 
 
@@ -213,7 +225,7 @@ def _ci_dict(ci: Any) -> dict[str, Any]:
     return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_valid": ci.n_valid}
 
 
-def _bootstrap_report(result: ZeroShotResult, n_resamples: int, seed: int, confidence: float,
+def _bootstrap_report(result: ZeroShotEvaluation, n_resamples: int, seed: int, confidence: float,
                       threshold: float) -> dict[str, Any]:
     from maco_cxr.metrics import bootstrap_metric_ci
 
@@ -256,7 +268,7 @@ def _bootstrap_report(result: ZeroShotResult, n_resamples: int, seed: int, confi
             **means, "per_class": per_class}
 
 
-def _calibration_report(result: ZeroShotResult, n_bins: int) -> dict[str, Any]:
+def _calibration_report(result: ZeroShotEvaluation, n_bins: int) -> dict[str, Any]:
     from maco_cxr.metrics import reliability_curve
 
     def curve(truth: np.ndarray, prob: np.ndarray) -> dict[str, Any] | None:
@@ -272,8 +284,8 @@ def _calibration_report(result: ZeroShotResult, n_bins: int) -> dict[str, Any]:
 
 
 def summarise_zero_shot(
-    result: ZeroShotResult,
-    validation: ZeroShotResult | None = None,
+    result: ZeroShotEvaluation,
+    validation: ZeroShotEvaluation | None = None,
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -319,3 +331,174 @@ def summarise_zero_shot(
                                               fixed=fixed_threshold)
         report["operating_points"] = points
     return report
+
+
+# ------------------------------------------------------------------------------ the report folder
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    """What :func:`run_zeroshot` computed and wrote.
+
+    ``metrics``: ``macro_auc`` and ``mean_f1_weighted`` (the official figures, with bootstrap
+    intervals when resampled), ``mean_f1_macro`` and ``macro_acc``; ``per_class``: each class's
+    ``auc``, ``f1_weighted`` (with intervals), ``f1_macro`` and ``acc``. ``files``: every file
+    written, ``summary.json`` last; ``summary``: that file's content. ``n_skipped``: rows and
+    split entries the dataset left out (``on_error="skip"``); ``n_unreadable``: image files that
+    could not be read (left out, listed in ``summary.json``).
+    """
+
+    out: Path
+    files: tuple[Path, ...]
+    classes: tuple[str, ...]
+    metrics: Mapping[str, Estimate]
+    per_class: Mapping[str, Mapping[str, Estimate]]
+    n_images: int
+    n_skipped: int
+    n_unreadable: int
+    summary: Mapping[str, Any]
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / "summary.json"
+
+
+def run_zeroshot(
+    model: MacoModel,
+    dataset: ChestXrayDataset,
+    out: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+    prompts: PromptSpec = None,
+    validation: ChestXrayDataset | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    source: RunSource | None = None,
+    validation_source: RunSource | None = None,
+) -> ZeroShotResult:
+    """Zero-shot classification of ``dataset`` into the report folder ``out``.
+
+    Writes ``scores.csv`` (path, ``score:<class>``..., ``label:<class>``...; empty label =
+    unknown), ``val_scores.csv`` (the same for ``validation``), ``roc_curves.png``,
+    ``reliability.png`` (all known (image, class) pairs pooled) and, with several classes,
+    ``reliability/<class>.png``, and ``summary.json``: the provenance (``source``), per-class and
+    macro AUC / F1 / ACC at 0.5, ``ci``, ``calibration`` and ``operating_points`` of
+    :func:`summarise_zero_shot` (thresholds chosen on ``validation``), and the rows and files
+    left out. ``classes`` default to ``dataset.classes``; ``prompts`` as in
+    :func:`~maco_cxr.tasks.prompts.resolve_prompts`, encoded once for both splits.
+    """
+    from maco_cxr._atomic import write_json
+    from maco_cxr.metrics import classification_report
+    from maco_cxr.plots import plot_roc_curves
+
+    if n_bootstrap < 0:
+        raise DataError(f"n_bootstrap must be >= 0 (0 = no intervals); got {n_bootstrap}")
+    from maco_cxr._atomic import claim_output_folder
+
+    out, source = claim_output_folder(out, "zeroshot"), source or RunSource()
+    classes = tuple(classes if classes is not None else dataset.classes)
+    table = resolve_prompts(classes, prompts)
+    options: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "device": device,
+                               "progress": progress,
+                               "prototypes": build_class_prototypes(model, classes, table, device=device)}
+    scored_val = None
+    if validation is not None:
+        scored_val = evaluate_zero_shot(model, validation, classes, table, **options)
+    scored = evaluate_zero_shot(model, dataset, classes, table, **options)
+    report = classification_report(scored.labels, scored.scores, classes)
+    extra = summarise_zero_shot(scored, scored_val, n_bootstrap=n_bootstrap, seed=seed)
+    name = source.dataset or "dataset"
+    files = [_write_scores(out / "scores.csv", scored)]
+    if scored_val is not None:
+        files.append(_write_scores(out / "val_scores.csv", scored_val))
+    files.append(plot_roc_curves(scored.labels, scored.scores, classes, out / "roc_curves.png",
+                                 title=f"zero-shot ROC ({name}, n={len(scored.paths)})"))
+    figures = _reliability_figures(out, scored, extra["calibration"], name)
+    files += [out / figure for figure in figures]
+    summary = {
+        **source.as_dict(), "n_images": len(scored.paths), "classes": list(classes),
+        "prompts": _prompt_name(prompts),
+        "prompt_texts": {c: {"pos": list(p.positive), "neg": list(p.negative)} for c, p in table.items()},
+        "per_class": report["per_class"], "macro_auc": report["mean_auc"],
+        "mean_f1_weighted": report["mean_f1_weighted"], "mean_f1_macro": report["mean_f1_macro"],
+        "macro_acc": report["mean_acc"], "threshold": report["threshold"],
+        "ci": extra["ci"], "calibration": {**extra["calibration"], "figures": figures},
+        "validation": _validation_summary(validation, scored_val, validation_source),
+        "operating_points": extra["operating_points"],
+        "n_skipped_rows": len(dataset.skips), "skipped_rows": dataset.skips.skipped,
+        "n_unreadable": len(scored.failures), "unreadable": scored.failures,
+    }
+    files.append(write_json(out / "summary.json", summary))
+    return ZeroShotResult(out, tuple(files), classes, _headline(summary), _per_class(summary),
+                          len(scored.paths), len(dataset.skips), len(scored.failures), summary)
+
+
+def _prompt_name(prompts: PromptSpec) -> str | None:
+    """How the prompts were chosen, for the report: a set name or file, None for prompts given inline."""
+    if prompts is None:
+        return "default"
+    return str(prompts) if isinstance(prompts, (str, os.PathLike)) else None
+
+
+def _validation_summary(validation: ChestXrayDataset | None, scored: ZeroShotEvaluation | None,
+                        source: RunSource | None) -> dict[str, Any] | None:
+    if validation is None or scored is None:
+        return None
+    return {**(source or RunSource()).split_fields(), "n_images": len(scored.paths),
+            "n_skipped_rows": len(validation.skips), "n_unreadable": len(scored.failures)}
+
+
+def _write_scores(path: Path, scored: ZeroShotEvaluation) -> Path:
+    from maco_cxr._atomic import write_csv
+
+    classes = scored.classes
+    return write_csv(path, ["path", *(f"score:{c}" for c in classes), *(f"label:{c}" for c in classes)],
+                     ([p, *(f"{s:.6f}" for s in scores), *("" if math.isnan(v) else int(v) for v in labels)]
+                      for p, scores, labels in zip(scored.paths, scored.scores, scored.labels, strict=True)))
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:40] or "class"
+
+
+def _reliability_figures(out: Path, scored: ZeroShotEvaluation, calibration: dict[str, Any],
+                         name: str) -> list[str]:
+    """reliability.png (pooled) and, with several classes, reliability/<class>.png; their names."""
+    from maco_cxr.plots import plot_reliability_diagram
+
+    figures: list[str] = []
+    if calibration["pooled"] is None:
+        return figures
+    labels, scores = scored.labels, scored.scores
+    plot_reliability_diagram(labels.ravel(), scores.ravel(), out / "reliability.png",
+                             n_bins=calibration["n_bins"],
+                             title=f"zero-shot calibration ({name}, all classes)")
+    figures.append("reliability.png")
+    if len(scored.classes) > 1:
+        for k, label in enumerate(scored.classes):
+            if calibration["per_class"][label] is not None and np.any(~np.isnan(labels[:, k])):
+                relative = f"reliability/{_slug(label)}.png"
+                plot_reliability_diagram(labels[:, k], scores[:, k], out / relative,
+                                         n_bins=calibration["n_bins"],
+                                         title=f"zero-shot calibration: {label}")
+                figures.append(relative)
+    return figures
+
+
+def _headline(summary: Mapping[str, Any]) -> dict[str, Estimate]:
+    ci = summary["ci"] or {}
+    return {"macro_auc": Estimate.of(summary["macro_auc"], ci.get("macro_auc")),
+            "mean_f1_weighted": Estimate.of(summary["mean_f1_weighted"], ci.get("mean_f1_weighted")),
+            "mean_f1_macro": Estimate.of(summary["mean_f1_macro"]),
+            "macro_acc": Estimate.of(summary["macro_acc"])}
+
+
+def _per_class(summary: Mapping[str, Any]) -> dict[str, dict[str, Estimate]]:
+    intervals = (summary["ci"] or {}).get("per_class", {})
+    return {name: {key: Estimate.of(row[key], (intervals.get(name) or {}).get(key))
+                   for key in ("auc", "f1_weighted", "f1_macro", "acc")}
+            for name, row in summary["per_class"].items()}
