@@ -15,7 +15,7 @@ from PIL import Image
 
 from maco_cxr.cli import main
 from maco_cxr.data.io import read_image
-from maco_cxr.errors import ConfigError
+from maco_cxr.errors import ConfigError, OutputFolderError, RunInterrupted
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.inference import encode_images
 from maco_cxr.models.config import preset
@@ -151,7 +151,7 @@ def test_frontal_only_lists_other_views_and_keeps_images_without_the_tag(model_d
 def test_grounding_maps_equal_ground_in_the_original_grid(model_dir, model, folder, tmp_path):
     phrases = ["left pleural effusion", "edema"]
     inputs = [folder / "a.png", folder / "e_no_extension"]
-    result = predict(model_dir, inputs, tmp_path / "maps", phrases=phrases, batch_size=2)
+    result = predict(model_dir, inputs, tmp_path / "maps", phrases=phrases, overlays=True, batch_size=2)
     rows = _rows(result.out / "predictions.csv")
     assert [Path(r["path"]).name for r in rows] == ["a.png", "e_no_extension"]
     names = set()
@@ -183,8 +183,9 @@ def test_a_killed_run_resumes_without_recomputing_its_finished_chunks(model_dir,
         return original(engine, items)
 
     monkeypatch.setattr(predict_module, "_predict_batch", killed_after_the_first_chunk)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted, match="^chunk 2 of 3$") as interrupted:
         predict(model_dir, inputs, tmp_path / "resumed", **options)
+    assert isinstance(interrupted.value, KeyboardInterrupt) and interrupted.value.where == "chunk 2 of 3"
     assert not (tmp_path / "resumed" / "predictions.csv").exists()
     assert [p.name for p in (tmp_path / "resumed" / "parts").iterdir()] == ["000000"]
 
@@ -213,8 +214,9 @@ def test_resuming_with_other_settings_is_refused_naming_the_difference(zero_shot
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "report.docx").write_text("x")
-    with pytest.raises(ConfigError, match="not an empty folder"):
+    with pytest.raises(OutputFolderError, match=r"busy: refusing to write into a folder that holds files \(report.docx\)"):
         predict(model_dir, [folder], busy, classes=CLASSES)
+    assert sorted(p.name for p in busy.iterdir()) == ["report.docx"]
 
 
 def test_a_list_file_with_relative_and_missing_entries(model_dir, folder, tmp_path):

@@ -8,11 +8,20 @@ every task sees the same grey ``uint8 [H, W]`` pixels the dataset adapters produ
 - a PIL image: converted as the file reader converts (16-bit scaled by 255 / 65535, colour to
   luminance, alpha composited on black);
 - a numpy array or torch tensor of dtype uint8 (uint16 is scaled by 255 / 65535, bool to
-  0 / 255). ``[H, W]`` is one image. Tensors follow the model's layout: ``[N, H, W]`` and
-  ``[N, C, H, W]`` (C in {1, 3}) are batches. Numpy arrays follow the image libraries'
-  layout: ``[H, W, C]`` with C in {1, 3, 4} is one image, any other 3-D array a batch
-  ``[N, H, W]``, and 4-D a batch ``[N, H, W, C]``;
-- a list or tuple of any of these (a batch).
+  0 / 255). ``[H, W]`` is one image. Tensors follow the model's layout: ``[N, H, W]`` (N != 3,
+  see below) and ``[N, C, H, W]`` (C in {1, 3}) are batches. Numpy arrays follow the image
+  libraries' layout: ``[H, W, C]`` with C in {1, 3, 4} is one image, any other 3-D array a
+  batch ``[N, H, W]``, and 4-D a batch ``[N, H, W, C]``;
+- a list or tuple of any of these (a batch); in a list, a tensor ``[C, H, W]`` (C in {1, 3})
+  is one image in torchvision's channels-first layout.
+
+A lone ``[3, H, W]`` tensor is refused: it is torchvision's layout of ONE RGB image as much as
+a batch of 3 grey ones, and no test of the pixels tells the two apart safely (three grey
+radiographs of one size look like any colour image). Pass one colour image as ``image[None]``
+(``[1, 3, H, W]``) or ``[image]``, three grey images as ``[3, 1, H, W]`` or a list.
+
+:func:`as_path_list` is the one reading of "one path or many" (a ``str``/``os.PathLike`` is ONE
+path, never iterated into its characters) for every function that takes paths.
 
 Float pixels are refused: their scale is unknown (0..1? 0..255? already normalised?). Pass
 uint8, or give normalised ``[N, 3, 224, 224]`` tensors to ``model.encode_images`` directly.
@@ -21,8 +30,8 @@ uint8, or give normalised ``[N, 3, 224, 224]`` tensors to ``model.encode_images`
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Union
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,17 +40,67 @@ from PIL import Image
 from maco_cxr.data.io import read_image
 from maco_cxr.errors import DataError
 
-__all__ = ["ImageInput", "ImagesInput", "is_single_image", "load_images"]
+__all__ = [
+    "ImageInput",
+    "ImagesInput",
+    "PathsInput",
+    "as_path_list",
+    "image_report_pairs",
+    "is_one_path",
+    "is_single_image",
+    "load_images",
+]
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
-ImagesInput = Union[ImageInput, Sequence[ImageInput]]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+ImagesInput = ImageInput | Sequence[ImageInput]
+PathsInput = str | os.PathLike | Iterable[str | os.PathLike]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+def is_one_path(value: Any) -> bool:
+    """True for ONE path: a ``str`` or ``os.PathLike`` (iterating a ``str`` would give characters)."""
+    return isinstance(value, (str, os.PathLike))
+
+
+def as_path_list(paths: PathsInput, what: str) -> list[str | os.PathLike[str]]:
+    """One path or many as a list: a single ``str``/``os.PathLike`` is one entry, any other
+    iterable (list, tuple, generator) gives its items; ``what`` names the argument in errors."""
+    if is_one_path(paths):
+        return [paths]
+    if isinstance(paths, (bytes, bytearray)) or not isinstance(paths, Iterable):
+        raise DataError(f"{what}: expected a path (str or os.PathLike) or a list of paths; got "
+                        f"{type(paths).__name__}")
+    items = list(paths)
+    for i, item in enumerate(items):
+        if not is_one_path(item):
+            raise DataError(f"{what}[{i}]: expected a path (str or os.PathLike); got {type(item).__name__}")
+    return items
+
+
+def image_report_pairs(data: Any, what: str) -> list[tuple[ImageInput, str]]:
+    """``(image, report)`` pairs: one pair or an iterable of them; a single path is refused (it
+    has no report). ``what`` names the argument in errors."""
+    if is_one_path(data):
+        raise DataError(f"{what}: got one path ({os.fspath(data)!r}); give (image, report) pairs, e.g. "
+                        "[('a.png', 'small left effusion.'), ...], or a dataset with reports")
+    one_pair = isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], str)
+    if one_pair and not isinstance(data[0], tuple):
+        return [data]
+    if not isinstance(data, Iterable):
+        raise DataError(f"{what}: expected (image, report) pairs or a dataset; got {type(data).__name__}")
+    pairs = list(data)
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str)):
+            length = f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else ""
+            raise DataError(f"{what}[{i}]: expected an (image, report text) pair; got "
+                            f"{type(pair).__name__}{length}")
+    return [(image, report) for image, report in pairs]
+
+
 def is_single_image(images: Any) -> bool:
     """True when ``images`` is one image (so a task returns one result, not a list)."""
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    if is_one_path(images) or isinstance(images, Image.Image):
         return True
     if isinstance(images, torch.Tensor):
         return images.ndim == 2
@@ -55,6 +114,12 @@ def load_images(images: ImagesInput) -> list[np.ndarray]:
     if is_single_image(images):
         return [_one(images, "image")]
     if isinstance(images, (np.ndarray, torch.Tensor)):
+        if isinstance(images, torch.Tensor) and images.ndim == 3 and images.shape[0] == 3:
+            raise DataError(
+                f"images: a tensor of shape {list(images.shape)} is ambiguous: one RGB image in "
+                "torchvision's [C, H, W] layout, or 3 grey images. Pass one colour image as image[None] "
+                "([1, 3, H, W]) or [image] (it is converted to grey like a colour PNG), 3 grey images as "
+                "images[:, None] ([3, 1, H, W]) or a list")
         array = _to_numpy(images, "images")
         if array.ndim == 3:
             return [_grey(frame, f"images[{i}]") for i, frame in enumerate(array)]
@@ -73,7 +138,7 @@ def load_images(images: ImagesInput) -> list[np.ndarray]:
 
 
 def _one(image: Any, where: str) -> np.ndarray:
-    if isinstance(image, (str, os.PathLike)):
+    if is_one_path(image):
         return read_image(image)
     if isinstance(image, Image.Image):
         return _from_pil(image, where)

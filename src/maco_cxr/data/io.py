@@ -30,6 +30,10 @@ see identical pixels for the same file. Conventions:
 whether colour was reduced to grey) so ``prepare`` and ``predict`` can report conversions.
 :func:`read_image_bytes` decodes bytes held in memory (an upload to the web viewer) through
 the same code, so a file and its bytes give identical pixels; nothing is written to disk.
+:func:`read_dicom_header` is the one DICOM header reader (header only, pixels not decoded): size,
+modality, photometric, bits stored, the LUT/window steps ``read_image`` applies (decided by the same
+helpers, so the report cannot drift from the pixels) and the identifiers a caller asks for: what
+is known before decoding (the web viewer's facts, ``predict``'s identifiers and DICOMDIR check).
 :func:`check_image_size` is the size rule inference applies before scoring or grounding.
 """
 
@@ -38,10 +42,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -51,9 +56,9 @@ from maco_cxr.errors import ImageReadError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["MAX_ASPECT_RATIO", "MIN_IMAGE_SIDE", "ImageInfo", "check_image_size", "is_dicom",
-           "read_image", "read_image_bytes", "read_image_bytes_with_info", "read_image_with_info",
-           "read_mask"]
+__all__ = ["MAX_ASPECT_RATIO", "MIN_IMAGE_SIDE", "DicomHeader", "ImageInfo", "check_image_size", "is_dicom",
+           "read_dicom_header", "read_image", "read_image_bytes", "read_image_bytes_with_info",
+           "read_image_with_info", "read_mask"]
 
 #: Inference refuses images with a shorter side below this many pixels (see :func:`check_image_size`).
 MIN_IMAGE_SIDE = 32
@@ -70,6 +75,7 @@ _GREY_DICOM = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR_DICOM = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420",
                  "PALETTE COLOR")
 _LUMA = "ITU-R 601-2 luma"
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: the index of a DICOM export
 _DECODER_HINT = ("the decoders maco-cxr depends on are missing: reinstall it, or "
                  "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`")
 
@@ -96,6 +102,45 @@ class ImageInfo:
         return f"colour {self.format} ({self.mode}) converted to grey ({_LUMA})"
 
 
+@dataclass(frozen=True)
+class DicomHeader:
+    """What a DICOM header says about its image, and how :func:`read_image` will map it to grey.
+
+    Read without decoding the pixels, so a caller can refuse a file (too many pixels, a lateral
+    view, a DICOMDIR) before paying for the decode. ``rows``/``columns``: ``None`` when absent;
+    ``frames``: NumberOfFrames (1 when absent). ``modality_lut``/``voi``: the steps
+    :func:`read_image` applies, in words (``window``: the (center, width) it uses, else ``None``);
+    ``inverted``: MONOCHROME1, shown bone-white after inversion. ``sop_class_uid``: the file meta's
+    MediaStorageSOPClassUID. ``identifiers``: only the elements the caller named (``""`` when
+    absent), so nothing that names a patient is read unless asked for.
+    """
+
+    rows: int | None
+    columns: int | None
+    frames: int
+    modality: str | None
+    photometric: str | None
+    bits_stored: int | None
+    modality_lut: str
+    voi: str
+    window: tuple[float, float] | None
+    inverted: bool
+    sop_class_uid: str
+    identifiers: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def pixel_count(self) -> int | None:
+        """Pixels over all frames, from the header alone; ``None`` when it gives no size."""
+        if self.rows is None or self.columns is None:
+            return None
+        return self.rows * self.columns * max(1, self.frames)
+
+    @property
+    def is_dicomdir(self) -> bool:
+        """True for a DICOMDIR: the index of a DICOM export, not an image."""
+        return self.sop_class_uid == _DICOMDIR_CLASS
+
+
 class _MemoryFile(BytesIO):
     """Bytes that read like an open file; ``str()`` is the name error messages show."""
 
@@ -113,7 +158,7 @@ class _MemoryFile(BytesIO):
         return self.getvalue()
 
 
-_Source = Union[Path, _MemoryFile]  # what the decoders read: a file, or bytes in memory
+_Source = Path | _MemoryFile  # what the decoders read: a file, or bytes in memory
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
@@ -166,6 +211,94 @@ def read_image_bytes_with_info(data: bytes, name: str) -> tuple[np.ndarray, Imag
     if Path(name).suffix.lower() in _DICOM_SUFFIXES or _has_dicom_magic(data[:132]):
         return _read_dicom(source)
     return _read_pillow(source)
+
+
+def read_dicom_header(source: str | os.PathLike[str] | bytes, *, name: str | None = None,
+                      identifiers: Sequence[str] = ()) -> DicomHeader | None:
+    """The :class:`DicomHeader` of a DICOM file, or of DICOM bytes held in memory; ``None`` when
+    ``source`` is not DICOM by the rule :func:`read_image` uses (suffix or ``DICM`` magic).
+
+    For bytes, ``name`` (required) names them in errors and its suffix counts as a file's would.
+    ``identifiers``: DICOM keywords to copy as text (e.g. ``("SOPInstanceUID", "ViewPosition")``).
+    Raises :class:`ImageReadError` naming the file when the header cannot be parsed or an element
+    the facts need is malformed.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if name is None:
+            raise TypeError("read_dicom_header(bytes) needs name= (what errors call the image)")
+        data = bytes(source)
+        if Path(name).suffix.lower() not in _DICOM_SUFFIXES and not _has_dicom_magic(data[:132]):
+            return None
+        where: _Source = _MemoryFile(data, name)
+    else:
+        where = _existing_file(source)
+        if not is_dicom(where):
+            return None
+    pydicom = _import_pydicom()
+    try:
+        dataset = pydicom.dcmread(where, stop_before_pixels=True, force=True)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
+        raise ImageReadError(f"{where}: cannot read the DICOM header ({type(exc).__name__}: {exc}); "
+                             "the file is truncated or not DICOM: re-copy or re-export it") from exc
+    return _dicom_header(where, dataset, identifiers)
+
+
+def _dicom_header(path: _Source, dataset: Dataset, identifiers: Sequence[str]) -> DicomHeader:
+    """The facts, the LUT/window steps chosen by the helpers :func:`_dicom_grey` applies."""
+    photometric = _photometric(dataset)
+    rows, columns, bits = (_optional_whole(path, dataset, key) for key in ("Rows", "Columns", "BitsStored"))
+    window: tuple[float, float] | None = None
+    if photometric and photometric not in _GREY_DICOM:
+        modality_lut = "none (colour: no LUT steps)"
+        voi = f"none: colour, the stored range maps to 0..255, then grey by {_LUMA}"
+    else:
+        step = _modality_step(dataset)
+        if step == "lut":
+            modality_lut = "Modality LUT"
+        elif step == "rescale":
+            slope, intercept = (_decimal(path, dataset, key) for key in ("RescaleSlope", "RescaleIntercept"))
+            modality_lut = f"rescale slope {slope:g}, intercept {intercept:g}"
+        else:
+            modality_lut = "none (stored values)"
+        voi_step = _voi_step(dataset)
+        if voi_step == "lut":
+            voi = "VOI LUT (first)"
+        elif voi_step == "window":
+            window = (_decimal(path, dataset, "WindowCenter"), _decimal(path, dataset, "WindowWidth"))
+            voi = f"window center {window[0]:g}, width {window[1]:g}"
+        else:
+            voi = "none: the full output range maps to 0..255"
+    meta = getattr(dataset, "file_meta", None)
+    return DicomHeader(
+        rows=rows, columns=columns, frames=_whole_number(path, dataset, "NumberOfFrames", 1),
+        modality=str(dataset.get("Modality", "") or "").strip() or None,
+        photometric=photometric or None, bits_stored=bits,
+        modality_lut=modality_lut, voi=voi, window=window, inverted=photometric == "MONOCHROME1",
+        sop_class_uid=str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
+        identifiers={key: "" if dataset.get(key) is None else str(dataset.get(key)).strip()
+                     for key in identifiers})
+
+
+def _optional_whole(path: _Source, dataset: Dataset, keyword: str) -> int | None:
+    """A DICOM integer element, ``None`` when absent or empty."""
+    if dataset.get(keyword) in (None, ""):
+        return None
+    return _whole_number(path, dataset, keyword, 0)
+
+
+def _decimal(path: _Source, dataset: Dataset, keyword: str) -> float:
+    """A DICOM number (the first of several, as ``apply_voi_lut(index=0)`` uses); errors name the tag."""
+    from pydicom.multival import MultiValue
+
+    element = dataset[keyword]
+    value = element.value
+    first = value[0] if isinstance(value, (MultiValue, list, tuple)) and len(value) else value
+    try:
+        return float(first)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(
+            f"{path}: the DICOM header element {element.tag} {keyword} holds {value!r}, not a number; "
+            "the header is malformed: fix that element or export the image again") from exc
 
 
 def check_image_size(shape: tuple[int, ...], where: str = "image") -> None:
@@ -434,12 +567,31 @@ def _lut_range(item: Dataset) -> tuple[float, float]:
     return float(entries.min()), float(entries.max())
 
 
+def _modality_step(dataset: Dataset) -> Literal["lut", "rescale", "none"]:
+    """Which Modality step applies, as pydicom's ``apply_modality_lut`` chooses it."""
+    if dataset.get("ModalityLUTSequence"):
+        return "lut"
+    if "RescaleSlope" in dataset and "RescaleIntercept" in dataset:
+        return "rescale"
+    return "none"
+
+
+def _voi_step(dataset: Dataset) -> Literal["lut", "window", "none"]:
+    """Which VOI step :func:`_dicom_grey` applies: a VOI LUT wins over a window."""
+    if dataset.get("VOILUTSequence"):
+        return "lut"
+    if all(dataset.get(key) not in (None, "") for key in ("WindowCenter", "WindowWidth")):
+        return "window"
+    return "none"
+
+
 def _modality_range(dataset: Dataset) -> tuple[float, float]:
     """Output range of the Modality LUT / rescale step, ordered as the stored range maps."""
-    if dataset.get("ModalityLUTSequence"):
+    step = _modality_step(dataset)
+    if step == "lut":
         return _lut_range(dataset.ModalityLUTSequence[0])
     low, high = _stored_range(dataset)
-    if "RescaleSlope" in dataset and "RescaleIntercept" in dataset:
+    if step == "rescale":
         slope, intercept = float(dataset.RescaleSlope), float(dataset.RescaleIntercept)
         low, high = low * slope + intercept, high * slope + intercept
     return low, high
@@ -452,14 +604,10 @@ def _windowing_range(dataset: Dataset) -> tuple[float, float]:
         low, high = 0.0, float(2**depth - 1)
     else:
         low, high = _stored_range(dataset)
-    if "RescaleSlope" in dataset and "RescaleIntercept" in dataset:
+    if "RescaleSlope" in dataset and "RescaleIntercept" in dataset:  # pydicom's rule, even after a LUT
         slope, intercept = float(dataset.RescaleSlope), float(dataset.RescaleIntercept)
         low, high = low * slope + intercept, high * slope + intercept
     return low, high
-
-
-def _has_window(dataset: Dataset) -> bool:
-    return all(dataset.get(key) not in (None, "") for key in ("WindowCenter", "WindowWidth"))
 
 
 def _read_dicom(path: _Source) -> tuple[np.ndarray, ImageInfo]:
@@ -501,12 +649,13 @@ def _dicom_grey(path: _Source, dataset: Dataset, stored: np.ndarray) -> np.ndarr
     try:
         values = apply_modality_lut(stored, dataset)
         low, high = _modality_range(dataset)
-        if dataset.get("VOILUTSequence"):
+        voi = _voi_step(dataset)
+        if voi == "lut":
             # a LUT is indexed by whole numbers: round a rescaled (float) modality output
             indices = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
             values = apply_voi_lut(indices, dataset, index=0, prefer_lut=True)
             low, high = _lut_range(dataset.VOILUTSequence[0])
-        elif _has_window(dataset):
+        elif voi == "window":
             values = apply_voi_lut(values, dataset, index=0, prefer_lut=False)
             low, high = _windowing_range(dataset)
         elif low > high:

@@ -4,12 +4,12 @@ Starlette's own form parser spools files over 1 MiB to a temporary file on disk;
 patient data, so :func:`read_form` parses the body itself (python-multipart's streaming
 parser) into memory, counting bytes as they arrive. Decoding is
 :func:`maco_cxr.data.io.read_image_bytes`, the package's one reader. Before it runs, the image
-header (Pillow's, or the DICOM header without its pixels) gives the pixel count, so a
-decompression bomb is refused before anything is decoded.
+header (Pillow's, or :func:`maco_cxr.data.io.read_dicom_header`, the package's one DICOM header
+reader) gives the pixel count, so a decompression bomb is refused before anything is decoded.
 
 The upload's file name is never used beyond its suffix (``.dcm`` marks DICOM): errors and
-logs name the image ``upload.<suffix>``. Of the DICOM header only size, modality,
-photometric interpretation and the LUT/window steps applied are reported.
+logs name the image ``upload.<suffix>``. Of the DICOM header only modality, photometric
+interpretation, bits stored and the LUT/window steps applied are reported (no identifiers).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from maco_cxr.data.io import read_image_bytes
+from maco_cxr.data.io import DicomHeader, read_dicom_header, read_image_bytes
+from maco_cxr.errors import ImageReadError
 
 __all__ = ["DecodedImage", "UploadError", "UploadForm", "body_limit", "decode_upload", "read_form"]
 
@@ -187,20 +188,17 @@ class DecodedImage:
 def decode_upload(data: bytes, suffix: str, *, max_pixels: int) -> DecodedImage:
     """Check the pixel count from the header, then decode with ``read_image_bytes``.
 
-    Raises :class:`UploadError` 400 for an empty or undecodable file, 413 for more than
-    ``max_pixels`` pixels.
+    Raises :class:`UploadError` 400 for an empty or undecodable file (or an unreadable DICOM
+    header), 413 for more than ``max_pixels`` pixels.
     """
-    from maco_cxr.errors import ImageReadError
-
     if not data:
         raise UploadError(400, "the uploaded file is empty")
     name = f"upload{suffix}"
-    is_dicom = suffix in (".dcm", ".dicom") or data[128:132] == b"DICM"
-    header = _dicom_header(data) if is_dicom else None
-    pixel_count, image_format = _dicom_pixels(header) if is_dicom else _pillow_pixels(data)
-    if pixel_count is not None:
-        _check_pixels(pixel_count, max_pixels)
     try:
+        header = read_dicom_header(data, name=name)
+        pixel_count, image_format = (header.pixel_count, "DICOM") if header else _pillow_pixels(data)
+        if pixel_count is not None:
+            _check_pixels(pixel_count, max_pixels)
         pixels = read_image_bytes(data, name)
     except ImageReadError as exc:
         raise UploadError(400, str(exc)) from None
@@ -226,58 +224,16 @@ def _pillow_pixels(data: bytes) -> tuple[int | None, str]:
         return None, "unknown"
 
 
-def _dicom_header(data: bytes) -> Any:
-    """The DICOM header without its pixel data, or None when it cannot be parsed."""
-    import pydicom
-
-    try:
-        return pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - read_image_bytes reports why, in the package's words
-        return None
-
-
-def _dicom_pixels(header: Any) -> tuple[int | None, str]:
-    """Pixel count (all frames) from the header; None when it has no usable size."""
-    try:
-        count = int(header.Rows) * int(header.Columns) * max(1, int(header.get("NumberOfFrames", 1) or 1))
-    except (AttributeError, TypeError, ValueError):
-        return None, "DICOM"
-    return count, "DICOM"
-
-
-def _describe_dicom(header: Any) -> dict[str, Any]:
-    """The header facts the page shows: modality, photometric and the LUT steps applied, in the
-    order :func:`maco_cxr.data.io.read_image` applies them (nothing that names a patient)."""
-    from maco_cxr.data.io import _has_window
-
-    photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
-    if header.get("ModalityLUTSequence"):
-        modality_lut = "Modality LUT"
-    elif "RescaleSlope" in header and "RescaleIntercept" in header:
-        modality_lut = f"rescale slope {float(header.RescaleSlope):g}, intercept {float(header.RescaleIntercept):g}"
-    else:
-        modality_lut = "none (stored values)"
-    window: dict[str, float] | None = None
-    if header.get("VOILUTSequence"):
-        voi = "VOI LUT (first)"
-    elif _has_window(header):
-        window = {"center": _first(header.WindowCenter), "width": _first(header.WindowWidth)}
-        voi = f"window center {window['center']:g}, width {window['width']:g}"
-    else:
-        voi = "none: the full output range maps to 0..255"
+def _describe_dicom(header: DicomHeader) -> dict[str, Any]:
+    """The header facts the page shows, all from :func:`maco_cxr.data.io.read_dicom_header`
+    (nothing that names a patient: no identifiers are asked for)."""
+    window = None if header.window is None else {"center": header.window[0], "width": header.window[1]}
     return {
-        "modality": str(header.get("Modality", "")) or None,
-        "photometric": photometric or None,
-        "bits_stored": int(header.BitsStored) if "BitsStored" in header else None,
-        "modality_lut": modality_lut,
-        "voi": voi,
+        "modality": header.modality,
+        "photometric": header.photometric,
+        "bits_stored": header.bits_stored,
+        "modality_lut": header.modality_lut,
+        "voi": header.voi,
         "window": window,
-        "inverted": photometric == "MONOCHROME1",
+        "inverted": header.inverted,
     }
-
-
-def _first(value: Any) -> float:
-    """A window value; multi-valued windows use their first entry, as ``read_image`` does."""
-    from pydicom.multival import MultiValue
-
-    return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
