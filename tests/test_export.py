@@ -1,4 +1,5 @@
-"""ONNX / TorchScript export: the graphs compute what the inference path computes (max abs <= 1e-4)."""
+"""ONNX / TorchScript export: the graphs compute what the inference path computes (max abs <= 1e-4),
+the uint8 graphs from the file's own pixels at any size; the model card's code runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -15,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from maco_cxr import read_image
+from maco_cxr._atomic import MARKER_NAME
 from maco_cxr.cli import main
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.export import ExportError, export, model_card, preprocessing_contract
 from maco_cxr.hub import create_model, load, save_pretrained
-from maco_cxr.inference import encode_images, encode_texts, patch_embeddings
+from maco_cxr.inference import encode_images, encode_texts, patch_embeddings, similarity
 from maco_cxr.models.config import preset
 
 ATOL = 1e-4
@@ -91,6 +95,37 @@ def test_onnx_image_graphs_equal_the_inference_path(exported, n):
         assert _max_abs(patches, patch_embeddings(model, eager_input).reshape(n, 196, -1)) <= ATOL
 
 
+def _pictures(cxr_real_dir) -> list[np.ndarray]:
+    """Real radiographs of several sizes (one a DICOM), and random pixels, the worst case for
+    resampling differences: enlarged by one pixel, halved with a rounding tie, enlarged."""
+    images = sorted((cxr_real_dir / "images").glob("*.png"))[:3]
+    files = [*images, sorted((cxr_real_dir / "dicom").glob("*.dcm"))[0]]
+    rng = np.random.default_rng(7)
+    noise = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((223, 301), (449, 448), (150, 120))]
+    return [read_image(f) for f in files] + noise
+
+
+@pytest.mark.slow
+def test_uint8_graphs_resize_like_the_inference_path(exported, cxr_real_dir):
+    """Given a file's pixels at their own size, image_encoder_uint8 (ONNX and TorchScript) gives
+    what encode_images / patch_embeddings give for the same pixels, as closely as the float graph
+    (measured <= 1.7e-6 / 3.4e-6; ONNX Resize(antialias=1) instead was 1.1e-4 off at 223 x 301)."""
+    model, out = exported
+    pictures = _pictures(cxr_real_dir)
+    assert len({p.shape for p in pictures}) == len(pictures) and (224, 224) not in {p.shape for p in pictures}
+    for picture in pictures:
+        want = encode_images(model, [picture]), patch_embeddings(model, [picture]).reshape(1, 196, -1)
+        pixels = torch.from_numpy(picture)[None, None]
+        embedding, patches = _onnx(out / "image_encoder_uint8.onnx", pixels=pixels)
+        assert _max_abs(embedding, want[0]) <= 1e-5 and _max_abs(patches, want[1]) <= 1e-5, picture.shape
+        if (out / "image_encoder_uint8.pt").exists():
+            embedding, patches = _torchscript(out / "image_encoder_uint8.pt", pixels)
+            assert _max_abs(embedding, want[0]) <= 1e-6 and _max_abs(patches, want[1]) <= 1e-6, picture.shape
+    same_size = torch.from_numpy(np.stack([pictures[-1], 255 - pictures[-1]]))[:, None]  # [2, 1, 150, 120]
+    embedding, _ = _onnx(out / "image_encoder_uint8.onnx", pixels=same_size)
+    assert _max_abs(embedding, encode_images(model, list(same_size[:, 0].numpy()))) <= 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 5])
 def test_onnx_text_graph_equals_the_inference_path(exported, n):
@@ -143,7 +178,7 @@ def test_export_folder_states_its_contract(tiny):
     import onnxruntime
 
     model, out, result = tiny
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MARKER_NAME)  # the folder's writer marker
     assert names == sorted([*GRAPH_FILES, "MODEL_CARD.md", "export.json", "preprocessing.json", "tokenizer.json"])
     assert result.files == names and not list(out.parent.glob(".tmp-*"))
     pre = json.loads((out / "preprocessing.json").read_text())
@@ -159,6 +194,8 @@ def test_export_folder_states_its_contract(tiny):
     assert len(diffs) == 10 and max(diffs) <= ATOL
     assert manifest["check"]["max_abs_diff"] == result.max_abs_diff
     assert manifest["graphs"]["text_encoder"]["inputs"][0]["shape"] == ["N", 100]
+    assert manifest["graphs"]["image_encoder_uint8"]["inputs"][0]["shape"] == ["N", 1, "H", "W"]
+    assert manifest["check"]["image_encoder_uint8_sizes"] == [[224, 224], [449, 448], [168, 113], [223, 301]]
     for graph in ("image_encoder", "image_encoder_uint8", "text_encoder"):
         proto = onnx.load(str(out / f"{graph}.onnx"))
         assert {o.domain: o.version for o in proto.opset_import}[""] >= 17
@@ -166,38 +203,60 @@ def test_export_folder_states_its_contract(tiny):
         assert all(isinstance(i.shape[0], str) for i in session.get_inputs())  # dynamic batch
         assert [o.name for o in session.get_outputs()] == (["embedding"] if graph == "text_encoder"
                                                            else ["embedding", "patch_embeddings"])
-    assert [i.type for i in onnxruntime.InferenceSession(
-        str(out / "image_encoder_uint8.onnx"), providers=["CPUExecutionProvider"]).get_inputs()] == ["tensor(uint8)"]
+    (uint8_input,) = onnxruntime.InferenceSession(str(out / "image_encoder_uint8.onnx"),
+                                                  providers=["CPUExecutionProvider"]).get_inputs()
+    assert uint8_input.type == "tensor(uint8)" and uint8_input.shape[1] == 1
+    assert all(isinstance(uint8_input.shape[axis], str) for axis in (0, 2, 3))  # N, H, W dynamic
     saved = ReportTokenizer.from_file(out / "tokenizer.json")
     assert torch.equal(saved(TEXTS)["input_ids"], model.tokenizer(TEXTS)["input_ids"])
 
 
-@pytest.mark.slow
-def test_model_card_example_runs_and_agrees_with_maco_cxr(tiny, tmp_path, monkeypatch):
-    from PIL import Image
+def _card_code(card: str, heading: str) -> str:
+    return re.search(rf"{heading}\n\n```python\n(.*?)```", card, re.S).group(1)
 
-    import maco_cxr
+
+@pytest.mark.slow
+def test_model_card_code_runs_and_agrees_with_maco_cxr(tiny, cxr_real_dir, tmp_path, monkeypatch):
+    """The card's onnxruntime and TorchScript code, run as written next to the exported files on a
+    real radiograph, a 16-bit PNG of it and a DICOM, gives maco-cxr's numbers."""
+    from PIL import Image
 
     model, out, _ = tiny
     folder = tmp_path / "served"
     shutil.copytree(out, folder)
     card = (folder / "MODEL_CARD.md").read_text()
     assert "not a medical device" in card and "Training data\n\nunknown\n" in card
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:300, 0:260]
-    picture = 127 + 100 * np.sin(x / 17) * np.cos(y / 23) + rng.normal(0, 10, (300, 260))
-    Image.fromarray(picture.clip(0, 255).astype(np.uint8)).save(folder / "cxr.png")
-    code = re.search(r"## Running it with onnxruntime\n\n```python\n(.*?)```", card, re.S).group(1)
-    monkeypatch.chdir(folder)
-    namespace: dict = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(code, "MODEL_CARD.md", "exec"), namespace)
+    ort_code = _card_code(card, "## Running it with onnxruntime")
+    script_code = _card_code(card, r"TorchScript \(.*?\):")
+    assert "from maco_cxr import read_image" in ort_code and 'read_image("cxr.png")' in ort_code
+    source = sorted((cxr_real_dir / "images").glob("*.png"))[0]
+    eight_bit = read_image(source)
+    Image.fromarray(eight_bit.astype(np.uint16) * 257).save(folder / "cxr16.png")  # v * 257: 0..65535
+    assert Image.open(folder / "cxr16.png").mode == "I;16"
+    dicom = sorted((cxr_real_dir / "dicom").glob("*.dcm"))[0]
+    shutil.copy(dicom, folder / "cxr.dcm")
+    shutil.copy(source, folder / "cxr.png")
     texts = ["There is a right pleural effusion.", "No acute cardiopulmonary process."]
-    np.testing.assert_allclose(namespace["text_embedding"], encode_texts(model, texts).numpy(), atol=ATOL)
-    # The example resizes uint8 pixels with PIL; maco-cxr resizes normalised floats: rounding only.
-    reference = maco_cxr.similarity(model, folder / "cxr.png", texts).numpy()
-    assert namespace["similarity"].shape == (1, 2)
-    np.testing.assert_allclose(namespace["similarity"], reference, atol=2e-3)
+    monkeypatch.chdir(folder)
+    for name, reference in (("cxr.png", source), ("cxr16.png", source), ("cxr.dcm", dicom)):
+        code = ort_code.replace('read_image("cxr.png")', f'read_image("{name}")')
+        namespace: dict = {}
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            exec(compile(code, "MODEL_CARD.md", "exec"), namespace)
+        assert printed.getvalue().startswith("[[")
+        assert namespace["pixels"].shape == (1, 1, *read_image(reference).shape)
+        np.testing.assert_allclose(namespace["text_embedding"], encode_texts(model, texts).numpy(), atol=ATOL)
+        np.testing.assert_allclose(namespace["image_embedding"], encode_images(model, [reference]).numpy(),
+                                   atol=ATOL)
+        want_patches = patch_embeddings(model, [reference]).reshape(1, 196, -1).numpy()
+        np.testing.assert_allclose(namespace["patch_embeddings"], want_patches, atol=ATOL)
+        assert namespace["similarity"].shape == (1, 2)
+        want_similarity = similarity(model, reference, texts).numpy()
+        np.testing.assert_allclose(namespace["similarity"], want_similarity, atol=ATOL)
+        with pytest.warns(FutureWarning):  # torch.jit is deprecated, but still works
+            exec(compile(script_code, "MODEL_CARD.md", "exec"), namespace)
+        want_embedding = encode_images(model, [reference]).numpy()
+        np.testing.assert_allclose(namespace["image_embedding"].numpy(), want_embedding, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -211,6 +270,27 @@ def test_cli_export_reports_the_differences_and_the_registry_entry(official):
     card = (out / "MODEL_CARD.md").read_text()
     assert "none: random weights (a test fixture) (converted from `maco.pth`)" in card
     assert "width 64, depth 2, 4 heads" in card and "BERT, width 64, 2 layers, 2 heads" in card
+
+
+@pytest.mark.slow  # two ONNX exports, ~5 s each
+def test_cli_export_logs_other_libraries_info_only_when_verbose(official_fixture_dir, tmp_path, caplog,
+                                                                  capsys):
+    """onnx_ir / onnxscript log ~165 INFO lines per export: shown with --verbose only."""
+    command = ["export", "--model", str(official_fixture_dir / "maco.pth"), "--no-check"]
+
+    def foreign_info() -> list[str]:
+        return [r.name for r in caplog.records
+                if r.levelno < logging.WARNING and r.name.split(".")[0] != "maco_cxr"]
+
+    with caplog.at_level(logging.INFO):
+        assert main([*command, "--out", str(tmp_path / "quiet")]) == 0
+        assert foreign_info() == []
+        assert "exporting image_encoder as onnx" in caplog.messages  # our own INFO lines stay
+        assert capsys.readouterr().out.startswith("wrote ")
+        caplog.clear()
+        assert main(["--verbose", *command, "--out", str(tmp_path / "verbose")]) == 0
+        shown = foreign_info()
+        assert len(shown) > 50 and {name.split(".")[0] for name in shown} >= {"onnx_ir", "onnxscript"}
 
 
 def test_cli_export_of_a_directory_takes_the_training_data_from_its_config(tmp_path, capsys):
@@ -233,7 +313,7 @@ def test_model_card_without_recorded_training_data_says_unknown():
     model = create_model(preset("tiny"))
     card = model_card(model)
     assert "## Training data\n\nunknown\n" in card
-    assert "`pixels` uint8 [N, 1, 224, 224]" in card and "`embedding` float32 [N, 128]" in card
+    assert "`pixels` uint8 [N, 1, H, W]" in card and "`embedding` float32 [N, 128]" in card
     assert "TorchScript" not in card and "TorchScript" in model_card(model, formats=("onnx", "torchscript"))
     origin = {"converted_from": {"file": "maco.pth", "sha256": "ab" * 32, "training_data": "MIMIC-CXR v2"}}
     assert f"MIMIC-CXR v2 (converted from `maco.pth`, sha256 `{'ab' * 32}`)" in model_card(model, origin)
@@ -262,20 +342,31 @@ def test_bad_formats_and_opsets_are_errors(tmp_path):
     model = create_model(preset("tiny"))
     with pytest.raises(ExportError, match="unknown export format"):
         export(model, tmp_path / "out", formats=("tflite",))
-    with pytest.raises(ExportError, match="opset 16 is too old"):
+    with pytest.raises(ExportError, match="opset 16 is too old; use 17 or newer"):
         export(model, tmp_path / "out", opset=16)
 
 
 @pytest.mark.slow  # exports one graph (~4 s alone)
 def test_failed_check_keeps_the_old_folder(tmp_path):
     model = create_model(preset("tiny"))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("previous export")
+    export(model, tmp_path / "out", formats=("torchscript",), check=False)  # the previous export
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     with pytest.raises(ExportError, match=r"image_encoder\.onnx: output .* differs from eager PyTorch"):
         export(model, tmp_path / "out", atol=1e-12)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["old.txt"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert model.training  # the caller's mode is put back
+
+
+def test_the_model_cards_image_reader_does_not_load_torch(cxr_real_dir):
+    """The card tells users that reading images with maco_cxr.read_image does not load PyTorch."""
+    files = [str(sorted((cxr_real_dir / kind).glob(pattern))[0])
+             for kind, pattern in (("images", "*.png"), ("dicom", "*.dcm"))]
+    code = (f"import sys; from maco_cxr import read_image; [read_image(f) for f in {files}]; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert "(importing it does not load PyTorch)" in model_card(create_model(preset("tiny")))
 
 
 def test_importing_the_export_modules_does_not_import_onnx():

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from maco_cxr.data.datasets.base import failure_of, is_failed
 from maco_cxr.data.inputs import ImagesInput, load_images
+from maco_cxr.data.io import check_image_size
 from maco_cxr.errors import DataError
 from maco_cxr.models.maco import resize_center_crop
 
@@ -76,8 +77,14 @@ def autocast(device: torch.device, precision: str = "bf16") -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
-def encoder_input(pixels: np.ndarray, size: int, mean: float, std: float) -> torch.Tensor:
-    """uint8 ``[H, W]`` -> normalised float32 ``[1, size, size]`` in the zero-shot geometry."""
+def encoder_input(pixels: np.ndarray, size: int, mean: float, std: float,
+                  where: str = "image") -> torch.Tensor:
+    """uint8 ``[H, W]`` -> normalised float32 ``[1, size, size]`` in the zero-shot geometry.
+
+    An image too small or too elongated to be scored is refused first, named ``where``
+    (:func:`~maco_cxr.data.io.check_image_size`).
+    """
+    check_image_size(pixels.shape, where)
     x = (torch.from_numpy(np.ascontiguousarray(pixels)).float()[None, None] / 255.0 - mean) / std
     return resize_center_crop(x, size)[0]
 
@@ -102,8 +109,9 @@ def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_s
     pictures = load_images(images)
     config = model.config
     for start in range(0, len(pictures), batch_size):
-        chunk = [encoder_input(p, config.vision.img_size, config.image_mean, config.image_std)
-                 for p in pictures[start: start + batch_size]]
+        chunk = [encoder_input(p, config.vision.img_size, config.image_mean, config.image_std,
+                               "image" if len(pictures) == 1 else f"images[{start + k}]")
+                 for k, p in enumerate(pictures[start: start + batch_size])]
         yield torch.stack(chunk).expand(-1, 3, -1, -1)
 
 
@@ -178,8 +186,13 @@ class _EncoderInputs(Dataset):
         sample = self.dataset[index]
         if is_failed(sample):
             return {"index": index, "failure": failure_of(sample)}
-        return {"index": index, "path": sample["path"],
-                "x": encoder_input(sample["image"][0].numpy(), self.size, self.mean, self.std)}
+        try:
+            x = encoder_input(sample["image"][0].numpy(), self.size, self.mean, self.std, sample["path"])
+        except DataError as err:  # too small to score: a lenient dataset counts it like an unreadable file
+            if getattr(self.dataset, "on_error", "raise") == "raise":
+                raise
+            return {"index": index, "failure": {"path": str(sample["path"]), "reason": str(err)}}
+        return {"index": index, "path": sample["path"], "x": x}
 
 
 def _keep_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

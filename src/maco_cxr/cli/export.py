@@ -13,8 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export the image and text encoders as ONNX (or TorchScript) graphs",
         description="Write image_encoder (normalised float [N,3,S,S]), image_encoder_uint8 (grey uint8 "
-        "[N,1,S,S], resized) and text_encoder (input_ids, attention_mask int64 [N,L]) graphs with a dynamic "
-        "batch, plus tokenizer.json, preprocessing.json, export.json and MODEL_CARD.md, into one folder "
+        "[N,1,H,W] of any size: normalised, resized and cropped inside) and text_encoder (input_ids, "
+        "attention_mask int64 [N,L]) graphs with a dynamic batch, plus tokenizer.json, preprocessing.json, "
+        "export.json and MODEL_CARD.md, into one folder "
         "written atomically. Every graph is checked against eager PyTorch (max abs difference <= --atol). "
         'ONNX needs onnx, onnxscript and onnxruntime: pip install "maco-cxr[export]".')
     parser.add_argument("--model", required=True, type=existing_path, metavar="M",
