@@ -37,6 +37,7 @@ __all__ = [
     "TEMP_PREFIX",
     "atomic_directory",
     "claim_output_folder",
+    "run_folder_kind",
     "atomic_file",
     "json_ready",
     "remove_stale_temporaries",
@@ -125,6 +126,11 @@ def _check_ours(folder: Path, kind: str, verb: str) -> bool:
 
 def _marker(kind: str) -> dict[str, str]:
     return {"written_by": "maco-cxr", "version": __version__, "kind": kind}
+
+
+def run_folder_kind(name: str) -> str:
+    """The output-folder kind of a training run named ``name`` (``pretrain``, ``segmentation``...)."""
+    return f"{name}-run"
 
 
 def claim_output_folder(path: str | os.PathLike[str], kind: str) -> Path:

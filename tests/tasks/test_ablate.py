@@ -68,7 +68,10 @@ def test_quick_ablation_writes_the_table_and_reuses_finished_runs(tmp_path, monk
         assert (out / name).is_file()
     run = json.loads((out / "runs" / "official-text+negation-negatives" / "seed0" / "summary.json").read_text())
     assert run["pretrain_overrides"] == ["data.negation_negatives=true"] and run["data"]["report_negations"]
-    assert "| `official-text+negation-negatives` |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| `official-text+negation-negatives` |" in printed
+    assert "the numbers mean nothing" in printed
+    assert (out / "ablation.md").read_text().startswith("**A --quick run")
 
     def no_new_runs(config):
         raise AssertionError(f"{config.out_dir} should have been reused")

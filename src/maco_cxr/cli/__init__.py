@@ -34,6 +34,24 @@ COMMANDS = (
 )
 
 
+RESUMING_COMMANDS = frozenset({"pretrain", "finetune", "segment", "detect", "predict", "reproduce", "ablate"})
+"""Commands whose rerun continues where a killed run stopped (checkpoints, journals, cells)."""
+
+INTERRUPTED_EXIT_CODE = 130
+"""128 + SIGINT, what a shell reports for a command stopped by Ctrl-C."""
+
+
+def interrupted_message(command: str, interrupt: KeyboardInterrupt) -> str:
+    """The one line Ctrl-C prints instead of a traceback: where the run stopped, when it says
+    (:class:`~maco_cxr.errors.RunInterrupted`), and that a rerun resumes, for commands that do."""
+    from maco_cxr.errors import RunInterrupted
+
+    if isinstance(interrupt, RunInterrupted):
+        return f"maco-cxr {command}: interrupted at {interrupt.where}; rerun the same command to resume"
+    resume = "; rerun the same command to resume" if command in RESUMING_COMMANDS else ""
+    return f"maco-cxr {command}: interrupted{resume}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maco-cxr",
@@ -53,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _own_info_or_any_warning(record: logging.LogRecord) -> bool:
+    """Other libraries' INFO and DEBUG lines only with --verbose: onnx_ir/onnxscript log ~165
+    INFO lines per export, which bury the result."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] == "maco_cxr"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        (handler.removeFilter if args.verbose else handler.addFilter)(_own_info_or_any_warning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from maco_cxr.errors import MacoError
 
@@ -68,3 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     except MacoError as err:
         print(f"maco-cxr {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(interrupted_message(args.command, interrupt), file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE

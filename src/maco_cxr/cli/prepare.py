@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from maco_cxr.cli._paths import existing_path
 
@@ -34,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the adapter's split to prepare (e.g. train, test)")
     parser.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="extra adapter option, e.g. annotations=ms_cxr.csv or "
-                        "positives_only=true (VALUE is read as YAML; repeatable)")
+                        "positives_only=true (VALUE is read as a config value; repeatable)")
     parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="FILE|ID",
                         help="leave these images out (e.g. test images of a downstream evaluation): id-list "
                         "files (one image id or path per line, official split files 'path label...', a CSV "
@@ -53,10 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maco_cxr.config import parse_options
     from maco_cxr.data.datasets import build_dataset
     from maco_cxr.data.prepare import REPORT_FILE, prepare_dataset
 
-    kwargs = _dataset_kwargs(args.dataset_arg)
+    kwargs = parse_options(args.dataset_arg, "--dataset-arg")
     if args.split is not None:
         kwargs["split"] = args.split
     kwargs.setdefault("on_error", "raise" if args.strict else "skip")
@@ -81,16 +79,3 @@ def run(args: argparse.Namespace) -> int:
               f"dataset rows were skipped; none of them is in the store; see "
               f"{args.out / REPORT_FILE}", file=sys.stderr)
     return 0
-
-
-def _dataset_kwargs(items: list[str]) -> dict[str, Any]:
-    from maco_cxr.errors import ConfigError
-
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"--dataset-arg {item!r}: expected KEY=VALUE, e.g. "
-                              "annotations=ms_cxr.csv")
-        kwargs[key] = yaml.safe_load(value)
-    return kwargs

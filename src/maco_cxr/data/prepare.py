@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from maco_cxr._atomic import remove_stale_temporaries, write_json, write_text, write_with
+from maco_cxr._atomic import claim_output_folder, remove_stale_temporaries, write_json, write_text, write_with
 from maco_cxr.data.datasets.base import ChestXrayDataset, OnError, Record
 from maco_cxr.data.datasets.mimic import MimicCxrJpg
 from maco_cxr.data.io import read_image_with_info
@@ -424,8 +424,7 @@ def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, wo
             if not dataset.records:
                 raise DataError(f"--exclude left out all {exclusion.count} images; nothing to prepare")
     _check_arguments(dataset, size, workers, shard_size, on_error)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out, "store")
     remove_stale_temporaries(out)  # what a killed run was writing
     (out / STORE_FILE).unlink(missing_ok=True)  # the store is incomplete until the end
     records = dataset.records

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maco_cxr._atomic import write_csv, write_json, write_text
+from maco_cxr._atomic import claim_output_folder, write_csv, write_json, write_text
 from maco_cxr.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ def _run_once(config: DemoConfig) -> dict[str, Any]:
     if summary_path.is_file() and settings_path.is_file() and json.loads(settings_path.read_text()) == settings:
         logger.info("reusing %s", summary_path)
         return json.loads(summary_path.read_text())
+    claim_output_folder(config.out_dir, "demo")
     write_json(settings_path, settings)
     summary_path.unlink(missing_ok=True)
     return run_demo(config)
@@ -187,6 +188,9 @@ def _by_metric(rows: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> di
             for key in METRICS}
 
 
+QUICK_NOTE = "A --quick run (tiny schedules that check the command): the numbers mean nothing."
+
+
 def _markdown(values: Mapping[str, Mapping[str, list[float]]], variants: Sequence[str], seeds: Sequence[int],
               machine: str) -> str:
     reference = variants[0]
@@ -219,7 +223,7 @@ def _html_page(markdown_table: str, variants: Sequence[Variant], config: Ablatio
     described = "".join(f"<dt><code>{html.escape(v.name)}</code></dt><dd>{html.escape(v.description)}"
                         + (f" (<code>{html.escape(' '.join(v.pretrain))}</code>)" if v.pretrain else "") + "</dd>"
                         for v in variants)
-    quick = ("<p style='background:#fee;padding:8px'><b>A --quick run: the numbers mean nothing.</b></p>"
+    quick = (f"<p style='background:#fee;padding:8px'><b>{QUICK_NOTE}</b></p>"
              if config.quick else "")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>maco-cxr ablation</title>
@@ -242,7 +246,7 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
     from maco_cxr.tasks.demo import cpu_model
 
     variants = [v for v in VARIANTS if v.name in config.variants]
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(config.out_dir, "ablation")
     rows = []
     for variant in variants:
         for seed in config.seeds:
@@ -254,7 +258,7 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
     machine = f"{cpu_model()}, pre-training at ~{rates[len(rates) // 2]:.0f} images/s" if rates else cpu_model()
     table = _markdown(values, names, config.seeds, machine)
     write_csv(config.out_dir / "ablation.csv", list(rows[0]), [list(r.values()) for r in rows])
-    write_text(config.out_dir / "ablation.md", table)
+    write_text(config.out_dir / "ablation.md", (f"**{QUICK_NOTE}**\n\n" if config.quick else "") + table)
     plot_variant_comparison({METRICS[k]: v for k, v in values.items()}, config.out_dir / "ablation.png",
                             reference=names[0], title=f"ablation on phantoms, seeds {list(config.seeds)}")
     write_text(config.out_dir / "index.html", _html_page(table, variants, config))

@@ -43,7 +43,7 @@ from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.data.synthetic import FINDINGS, write_synthetic_dataset
 from maco_cxr.errors import ConfigError
-from maco_cxr._atomic import write_json, write_text
+from maco_cxr._atomic import claim_output_folder, write_json, write_text
 from maco_cxr.hub import create_model, load
 from maco_cxr.inference import embed_dataset
 from maco_cxr.metrics import classification_report
@@ -166,7 +166,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run every stage, write ``index.html`` and ``summary.json`` in ``config.out_dir``, and
     return the summary."""
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, "demo")
     stages = tqdm(total=6, desc="demo", unit="stage", position=0, disable=not config.progress)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -196,7 +196,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     now = done("vocabulary_s", now)
 
     stages.set_description("demo: pre-training")
-    final = pretrain(_pretrain_config(config, model_config, train_dir))
+    final = pretrain(_pretrain_config(config, model_config, train_dir)).model_dir
     trained = load(final)
     model_dir = out / "model" / "maco-tiny-phantoms"
     shutil.rmtree(model_dir, ignore_errors=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maco_cxr._atomic import write_csv, write_text, write_with
+from maco_cxr._atomic import claim_output_folder, write_csv, write_text, write_with
 from maco_cxr.data.synthetic.findings import FINDINGS
 from maco_cxr.data.synthetic.phantom import generate_phantom
 from maco_cxr.errors import ConfigError
@@ -77,8 +77,7 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
     for name, value in (("p_normal", p_normal), ("p_extra", p_extra)):
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name}={value}: a probability must lie in [0, 1]")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out, "synthetic-dataset")
     for name in ("manifest.csv", "boxes.csv", "masks.csv"):
         (out / name).unlink(missing_ok=True)
     (out / "images").mkdir(exist_ok=True)
