@@ -212,7 +212,7 @@ def prepare_cost(paths: list[Path], size: int, work: Path, repeats: int) -> list
               ("float64 cumsum letterbox (before)", legacy),
               ("prepare_dataset, workers=0", prepare)]
     times: dict[str, list[float]] = {name: [] for name, _ in stages}
-    for name, fn in stages:  # warm-up: page cache, imports, first-call costs
+    for _name, fn in stages:  # warm-up: page cache, imports, first-call costs
         fn()
     for _ in range(repeats):
         for name, fn in stages:

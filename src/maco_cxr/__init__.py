@@ -35,13 +35,16 @@ _EXPORTS = {
     "zero_shot": "maco_cxr.tasks.zeroshot",
     "ground": "maco_cxr.tasks.grounding",
     "retrieve": "maco_cxr.tasks.retrieval",
+    "run_zeroshot": "maco_cxr.tasks.zeroshot",
+    "run_grounding": "maco_cxr.tasks.grounding",
+    "run_retrieval": "maco_cxr.tasks.retrieval",
     "predict_folder": "maco_cxr.tasks.predict",
     "MacoError": "maco_cxr.errors",
     "pretrain": "maco_cxr.train.pretrain",
     "PretrainConfig": "maco_cxr.train.config",
     "finetune_classifier": "maco_cxr.tasks.finetune",
-    "segment": "maco_cxr.tasks.finetune",
-    "detect": "maco_cxr.tasks.finetune",
+    "train_segmenter": "maco_cxr.tasks.finetune",
+    "train_detector": "maco_cxr.tasks.finetune",
     "load_finetuned": "maco_cxr.tasks.finetune",
     "ClassifyConfig": "maco_cxr.tasks.finetune",
     "SegmentConfig": "maco_cxr.tasks.finetune",
@@ -56,9 +59,17 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 _RENAMED = {"predict_folder": "predict"}
 
 
+# Former names, kept only to say what they became: ``segment`` and ``detect`` trained a model
+# while ``zero_shot`` and ``ground`` infer, so the training functions now say that they train.
+_FORMER_NAMES = {"segment": "train_segmenter", "detect": "train_detector"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
+    if name in _FORMER_NAMES:
+        raise AttributeError(f"maco_cxr.{name} is now maco_cxr.{_FORMER_NAMES[name]} (same arguments: it "
+                             "trains a model and returns a FitResult)")
     raise AttributeError(f"module 'maco_cxr' has no attribute {name!r}")
 
 
