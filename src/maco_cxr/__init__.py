@@ -28,6 +28,7 @@ _EXPORTS = {
     "TextConfig": "maco_cxr.models.config",
     "preset": "maco_cxr.models.config",
     "read_image": "maco_cxr.data.io",
+    "read_image_with_info": "maco_cxr.data.io",
     "encode_images": "maco_cxr.inference",
     "encode_texts": "maco_cxr.inference",
     "patch_embeddings": "maco_cxr.inference",
