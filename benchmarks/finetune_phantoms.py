@@ -45,9 +45,8 @@ from maco_cxr.data.synthetic import write_synthetic_dataset
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.tasks.demo import DemoConfig, demo_model_config
 from maco_cxr.tasks.finetune import ClassifyConfig, finetune_classifier
-from maco_cxr.train.config import PretrainAugment, PretrainData, PretrainOptim, PretrainConfig, PretrainRuntime
+from maco_cxr.train.config import PretrainAugment, PretrainConfig, PretrainData, PretrainOptim, PretrainRuntime
 from maco_cxr.train.pretrain import pretrain
-
 
 RUNS: list[dict[str, Any]] = [
     {"name": "pretrained-100%-finetune", "init": "pretrained", "fraction": 100, "mode": "finetune"},
@@ -71,33 +70,58 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=DemoConfig.steps, help="the demo's steps")
     parser.add_argument("--pretrain-batch", type=int, default=32, help="the demo's 32")
     parser.add_argument("--pretrain-lr", type=float, default=DemoConfig.lr, help="the demo's lr")
-    parser.add_argument("--batch", type=int, default=96,
-                        help="fine-tuning batch, global over the processes (the recipe's 96)")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
-                        help="adamw (with --layer-decay: the adamw_lld recipe) or sgd (the official "
-                        "recipe, momentum 0.9, clip 1.0; give --lr, --weight-decay 0 and --layer-decay none)")
+    parser.add_argument(
+        "--batch", type=int, default=96, help="fine-tuning batch, global over the processes (the recipe's 96)"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "adamw"),
+        default="adamw",
+        help="adamw (with --layer-decay: the adamw_lld recipe) or sgd (the official "
+        "recipe, momentum 0.9, clip 1.0; give --lr, --weight-decay 0 and --layer-decay none)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="lr of every fine-tuning run")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--layer-decay", type=lambda v: None if v.lower() == "none" else float(v), default=0.75)
     parser.add_argument("--tag", default="adamw", help="name of this recipe's runs and results file")
     parser.add_argument("--only", nargs="+", choices=[r["name"] for r in RUNS], help="run only these")
-    parser.add_argument("--crop-scale", type=float, nargs=2, default=(0.5, 1.0),
-                        help="RandomResizedCrop area range (the recipe's is 0.08 1; the default keeps the "
-                        "small phantom findings in view)")
+    parser.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=(0.5, 1.0),
+        help="RandomResizedCrop area range (the recipe's is 0.08 1; the default keeps the "
+        "small phantom findings in view)",
+    )
     parser.add_argument("--steps-full", type=int, default=2000, help="steps of the 100 %% run")
     parser.add_argument("--steps-low", type=int, default=300, help="steps of the 1 %% runs")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--workers", type=int, default=8, help="loader and phantom-drawing processes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="a few images and steps at 64 px: checks that the script runs, not the numbers")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few images and steps at 64 px: checks that the script runs, not the numbers",
+    )
     return parser.parse_args()
 
 
-def phantoms(out: Path, n: int, seed: int, size: int, workers: int, negations: bool = True
-             ) -> tuple[Path, list[str]]:
-    command = ["maco-cxr", "synth", "--out", str(out), "--n", str(n), "--seed", str(seed), "--size", str(size),
-               "--workers", str(workers), *([] if negations else ["--no-negations"])]
+def phantoms(out: Path, n: int, seed: int, size: int, workers: int, negations: bool = True) -> tuple[Path, list[str]]:
+    command = [
+        "maco-cxr",
+        "synth",
+        "--out",
+        str(out),
+        "--n",
+        str(n),
+        "--seed",
+        str(seed),
+        "--size",
+        str(size),
+        "--workers",
+        str(workers),
+        *([] if negations else ["--no-negations"]),
+    ]
     stamp = out / "phantom_config.json"
     if stamp.is_file() and (out / "manifest.csv").is_file():
         made = json.loads(stamp.read_text())
@@ -120,36 +144,84 @@ def pretrain_tiny(args: argparse.Namespace, data: Path) -> Path:
     tokenizer.save(tokenizer_path)
     config = PretrainConfig(
         model=demo_model_config(tokenizer_path, tokenizer.vocab_size, args.size),
-        data=PretrainData(source="manifest", path=str(data), kind="manifest", split=None, workers=args.workers,
-                        text="full"),
-        optim=PretrainOptim(lr=args.pretrain_lr, max_steps=args.pretrain_steps, warmup_steps=30,
-                          batch_size=args.pretrain_batch, accum_steps=1),
+        data=PretrainData(
+            source="manifest", path=str(data), kind="manifest", split=None, workers=args.workers, text="full"
+        ),
+        optim=PretrainOptim(
+            lr=args.pretrain_lr,
+            max_steps=args.pretrain_steps,
+            warmup_steps=30,
+            batch_size=args.pretrain_batch,
+            accum_steps=1,
+        ),
         augment=PretrainAugment(enabled=True, flip_p=0.0),
-        runtime=PretrainRuntime(device=args.device, seed=args.seed, output_dir=str(out / "run"), log_every=10,
-                              save_every=args.pretrain_steps, keep_last=1, resume="auto"),
+        runtime=PretrainRuntime(
+            device=args.device,
+            seed=args.seed,
+            output_dir=str(out / "run"),
+            log_every=10,
+            save_every=args.pretrain_steps,
+            keep_last=1,
+            resume="auto",
+        ),
     )
     return pretrain(config).model_dir
 
 
-def finetune_run(args: argparse.Namespace, spec: dict[str, Any], data: Path, model: Path
-                 ) -> tuple[dict[str, Any], list[str]]:
+def finetune_run(
+    args: argparse.Namespace, spec: dict[str, Any], data: Path, model: Path
+) -> tuple[dict[str, Any], list[str]]:
     source = str(model) if spec["init"] == "pretrained" else "none"
     steps = args.steps_full if spec["fraction"] == 100 else args.steps_low
     out = args.work / f"runs-{args.tag}" / spec["name"]
     overrides = [
-        "model.preset=tiny", f"model.img_size={args.size}", f"optim.batch_size={args.batch}",
-        f"optim.name={args.optimizer}", f"optim.lr={args.lr}", f"optim.weight_decay={args.weight_decay}",
+        "model.preset=tiny",
+        f"model.img_size={args.size}",
+        f"optim.batch_size={args.batch}",
+        f"optim.name={args.optimizer}",
+        f"optim.lr={args.lr}",
+        f"optim.weight_decay={args.weight_decay}",
         f"optim.layer_decay={'null' if args.layer_decay is None else args.layer_decay}",
-        f"optim.steps={steps}", f"optim.warmup_steps={min(50, steps // 10)}",
-        f"evaluation.every={min(args.eval_every, steps)}", f"data.workers={args.workers}", f"runtime.seed={args.seed}",
+        f"optim.steps={steps}",
+        f"optim.warmup_steps={min(50, steps // 10)}",
+        f"evaluation.every={min(args.eval_every, steps)}",
+        f"data.workers={args.workers}",
+        f"runtime.seed={args.seed}",
         f"augment.crop_scale=[{args.crop_scale[0]}, {args.crop_scale[1]}]",
     ]
-    command = ["maco-cxr", "finetune", "--model", source, "--dataset", "manifest", "--root", str(data),
-               "--fraction", str(spec["fraction"]), "--mode", spec["mode"], "--device", args.device,
-               "--out", str(out), *overrides]
-    cfg = load_config(ClassifyConfig, None, [
-        f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"data.fraction={spec['fraction']}",
-        f"model.mode={spec['mode']}", f"runtime.device={args.device}", f"runtime.out={out}", *overrides])
+    command = [
+        "maco-cxr",
+        "finetune",
+        "--model",
+        source,
+        "--dataset",
+        "manifest",
+        "--root",
+        str(data),
+        "--fraction",
+        str(spec["fraction"]),
+        "--mode",
+        spec["mode"],
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+        *overrides,
+    ]
+    cfg = load_config(
+        ClassifyConfig,
+        None,
+        [
+            f"model.source={source}",
+            "data.kind=manifest",
+            f"data.root={data}",
+            f"data.fraction={spec['fraction']}",
+            f"model.mode={spec['mode']}",
+            f"runtime.device={args.device}",
+            f"runtime.out={out}",
+            *overrides,
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return dict(finetune_classifier(cfg).summary), command
@@ -165,16 +237,25 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     args.device = "cpu" if device == "auto" else device
-    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    hardware = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
     timings: dict[str, float] = {}
     commands: dict[str, list[str]] = {}
 
     start = time.perf_counter()
-    ft_data, commands["phantoms-finetune"] = phantoms(args.work / "phantoms-finetune", args.n_finetune,
-                                                      args.seed_finetune, args.size, args.workers)
+    ft_data, commands["phantoms-finetune"] = phantoms(
+        args.work / "phantoms-finetune", args.n_finetune, args.seed_finetune, args.size, args.workers
+    )
     if args.pretrained is None:
-        pre_data, commands["phantoms-pretrain"] = phantoms(args.work / "phantoms-pretrain", args.n_pretrain,
-                                                           args.seed_pretrain, args.size, args.workers, negations=False)
+        pre_data, commands["phantoms-pretrain"] = phantoms(
+            args.work / "phantoms-pretrain",
+            args.n_pretrain,
+            args.seed_pretrain,
+            args.size,
+            args.workers,
+            negations=False,
+        )
     timings["phantoms"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -189,31 +270,51 @@ def main() -> None:
         metrics, commands[spec["name"]] = finetune_run(args, spec, ft_data, model)
         timings[spec["name"]] = time.perf_counter() - start
         counts, test = metrics["data"]["counts"], metrics["test"]
-        results[spec["name"]] = {**spec, "train_images": counts["train"], "test_images": counts["test"],
-                                 "best_val_auc": metrics["val_best"]["mean_auc"], "best_step": metrics["best_step"],
-                                 "steps": metrics["steps"], "test_mean_auc": test["mean_auc"],
-                                 "test_mean_auc_ci95": test.get("mean_auc_ci95"),
-                                 "per_class_auc": test["per_class_auc"]}
-        print(f"{spec['name']}: test mean AUC {test['mean_auc']:.4f}, best val {metrics['val_best']['mean_auc']:.4f} "
-              f"at step {metrics['best_step']}, {timings[spec['name']]:.0f} s", flush=True)
-        payload = {"hardware": hardware, "args": {k: str(v) for k, v in vars(args).items()}, "model": str(model),
-                   "results": results, "timings_s": timings,
-                   "commands": {k: shlex.join(v) for k, v in commands.items()}}
+        results[spec["name"]] = {
+            **spec,
+            "train_images": counts["train"],
+            "test_images": counts["test"],
+            "best_val_auc": metrics["val_best"]["mean_auc"],
+            "best_step": metrics["best_step"],
+            "steps": metrics["steps"],
+            "test_mean_auc": test["mean_auc"],
+            "test_mean_auc_ci95": test.get("mean_auc_ci95"),
+            "per_class_auc": test["per_class_auc"],
+        }
+        print(
+            f"{spec['name']}: test mean AUC {test['mean_auc']:.4f}, best val {metrics['val_best']['mean_auc']:.4f} "
+            f"at step {metrics['best_step']}, {timings[spec['name']]:.0f} s",
+            flush=True,
+        )
+        payload = {
+            "hardware": hardware,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "model": str(model),
+            "results": results,
+            "timings_s": timings,
+            "commands": {k: shlex.join(v) for k, v in commands.items()},
+        }
         (args.work / f"results-{args.tag}.json").write_text(json.dumps(payload, indent=2))
 
-    print(f"\nphantom fine-tuning ({args.tag}: {args.optimizer} lr {args.lr}, layer decay {args.layer_decay}) on "
-          f"{hardware}; size {args.size}, {args.n_finetune} fine-tuning phantoms (80/10/10), model {model}")
+    print(
+        f"\nphantom fine-tuning ({args.tag}: {args.optimizer} lr {args.lr}, layer decay {args.layer_decay}) on "
+        f"{hardware}; size {args.size}, {args.n_finetune} fine-tuning phantoms (80/10/10), model {model}"
+    )
     print(f"{'run':<28}{'train':>7}{'steps':>7}{'best val':>10}{'test AUC':>10}{'time s':>9}")
     for name, r in results.items():
-        print(f"{name:<28}{r['train_images']:>7}{r['steps']:>7}{r['best_val_auc']:>10.4f}"
-              f"{r['test_mean_auc']:>10.4f}{timings[name]:>9.0f}")
+        print(
+            f"{name:<28}{r['train_images']:>7}{r['steps']:>7}{r['best_val_auc']:>10.4f}"
+            f"{r['test_mean_auc']:>10.4f}{timings[name]:>9.0f}"
+        )
     classes = list(next(iter(results.values()))["per_class_auc"])
     print("\nper-class test AUC")
     print(f"{'run':<28}" + "".join(f"{c[:12]:>13}" for c in classes))
     for name, r in results.items():
         print(f"{name:<28}" + "".join(f"{r['per_class_auc'][c]:>13.4f}" for c in classes))
-    print(f"\nphantoms {timings['phantoms']:.0f} s, pre-training {timings['pretrain']:.0f} s (the demo's recipe, "
-          "maco_cxr.tasks.demo.demo_model_config; `maco-cxr demo` saves such a model as model/maco-tiny-phantoms)")
+    print(
+        f"\nphantoms {timings['phantoms']:.0f} s, pre-training {timings['pretrain']:.0f} s (the demo's recipe, "
+        "maco_cxr.tasks.demo.demo_model_config; `maco-cxr demo` saves such a model as model/maco-tiny-phantoms)"
+    )
     print("\ncommands:")
     for name, command in commands.items():
         print(f"  [{name}] {shlex.join(command)}")

@@ -69,8 +69,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", choices=("segment", "detect"), default=["segment", "detect"])
-    parser.add_argument("--quick", action="store_true",
-                        help="a few images and steps at 64 px: checks that the script runs, not the numbers")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few images and steps at 64 px: checks that the script runs, not the numbers",
+    )
     return parser.parse_args()
 
 
@@ -87,38 +90,101 @@ def phantoms(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 
 def _common(args: argparse.Namespace, steps: int, lr: float, every: int) -> list[str]:
-    return ["model.preset=tiny", "model.drop_path_rate=0.0", f"input.image_size={args.size}",
-            f"optim.batch_size={args.batch}", f"optim.lr={lr}", f"optim.steps={steps}",
-            f"optim.warmup_steps={max(1, steps // 10)}", f"evaluation.every={min(every, steps)}",
-            f"data.workers={args.workers}", f"runtime.seed={args.seed}", "runtime.log_every=20",
-            "runtime.precision=bf16"]
+    return [
+        "model.preset=tiny",
+        "model.drop_path_rate=0.0",
+        f"input.image_size={args.size}",
+        f"optim.batch_size={args.batch}",
+        f"optim.lr={lr}",
+        f"optim.steps={steps}",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        f"evaluation.every={min(every, steps)}",
+        f"data.workers={args.workers}",
+        f"runtime.seed={args.seed}",
+        "runtime.log_every=20",
+        "runtime.precision=bf16",
+    ]
 
 
 def run_segment(args: argparse.Namespace, data: Path, source: str) -> tuple[dict[str, Any], list[str]]:
     out = args.work / "segment"
-    overrides = [*_common(args, args.seg_steps, args.seg_lr, args.seg_eval_every),
-                 f"head.channels={args.seg_channels}", f"head.aux_channels={max(8, args.seg_channels // 2)}",
-                 "input.missing_mask=empty", f"data.options={{mask_labels: {SEG_LABELS}}}"]
-    command = ["maco-cxr", "segment", "--model", source, "--dataset", "manifest", "--root", str(data),
-               "--device", args.device, "--out", str(out), *overrides]
-    config = load_config(SegmentConfig, None, [
-        f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"runtime.device={args.device}",
-        f"runtime.out={out}", *overrides])
+    overrides = [
+        *_common(args, args.seg_steps, args.seg_lr, args.seg_eval_every),
+        f"head.channels={args.seg_channels}",
+        f"head.aux_channels={max(8, args.seg_channels // 2)}",
+        "input.missing_mask=empty",
+        f"data.options={{mask_labels: {SEG_LABELS}}}",
+    ]
+    command = [
+        "maco-cxr",
+        "segment",
+        "--model",
+        source,
+        "--dataset",
+        "manifest",
+        "--root",
+        str(data),
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+        *overrides,
+    ]
+    config = load_config(
+        SegmentConfig,
+        None,
+        [
+            f"model.source={source}",
+            "data.kind=manifest",
+            f"data.root={data}",
+            f"runtime.device={args.device}",
+            f"runtime.out={out}",
+            *overrides,
+        ],
+    )
     return dict(train_segmenter(config).summary), command
 
 
 def run_detect(args: argparse.Namespace, data: Path, source: str) -> tuple[dict[str, Any], list[str]]:
     out = args.work / "detect"
-    overrides = [*_common(args, args.det_steps, args.det_lr, args.det_eval_every), f"input.box_labels={DET_LABELS}",
-                 f"detector.out_channels={args.det_channels}", "detector.box_head_convs=2",
-                 "detector.box_head_fc=256", "detector.rpn_post_nms_top_n_train=300",
-                 "detector.rpn_pre_nms_top_n_test=500", "detector.rpn_post_nms_top_n_test=100",
-                 "detector.box_batch_size_per_image=128"]
-    command = ["maco-cxr", "detect", "--model", source, "--dataset", "manifest", "--root", str(data),
-               "--device", args.device, "--out", str(out), *overrides]
-    config = load_config(DetectConfig, None, [
-        f"model.source={source}", "data.kind=manifest", f"data.root={data}", f"runtime.device={args.device}",
-        f"runtime.out={out}", *overrides])
+    overrides = [
+        *_common(args, args.det_steps, args.det_lr, args.det_eval_every),
+        f"input.box_labels={DET_LABELS}",
+        f"detector.out_channels={args.det_channels}",
+        "detector.box_head_convs=2",
+        "detector.box_head_fc=256",
+        "detector.rpn_post_nms_top_n_train=300",
+        "detector.rpn_pre_nms_top_n_test=500",
+        "detector.rpn_post_nms_top_n_test=100",
+        "detector.box_batch_size_per_image=128",
+    ]
+    command = [
+        "maco-cxr",
+        "detect",
+        "--model",
+        source,
+        "--dataset",
+        "manifest",
+        "--root",
+        str(data),
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+        *overrides,
+    ]
+    config = load_config(
+        DetectConfig,
+        None,
+        [
+            f"model.source={source}",
+            "data.kind=manifest",
+            f"data.root={data}",
+            f"runtime.device={args.device}",
+            f"runtime.out={out}",
+            *overrides,
+        ],
+    )
     return dict(train_detector(config).summary), command
 
 
@@ -132,8 +198,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    hardware = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                else f"CPU ({torch.get_num_threads()} threads)")
+    hardware = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
     source = str(args.pretrained) if args.pretrained is not None else "none"
     timings: dict[str, float] = {}
     commands: dict[str, list[str]] = {}
@@ -148,15 +215,24 @@ def main() -> None:
             runs[task], commands[task] = run(args, data, source)
             timings[task] = time.perf_counter() - start
 
-    results = {task: {"test": m["test"], "best_step": m["best_step"], "counts": m["data"]["counts"],
-                      "val_best": m["val_best"]} for task, m in runs.items()}
-    payload = {"hardware": hardware, "backbone": source if args.pretrained else "random init (tiny preset)",
-               "args": {k: str(v) for k, v in vars(args).items()}, "results": results, "timings_s": timings,
-               "commands": {k: shlex.join(v) for k, v in commands.items()}}
+    results = {
+        task: {"test": m["test"], "best_step": m["best_step"], "counts": m["data"]["counts"], "val_best": m["val_best"]}
+        for task, m in runs.items()
+    }
+    payload = {
+        "hardware": hardware,
+        "backbone": source if args.pretrained else "random init (tiny preset)",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+        "timings_s": timings,
+        "commands": {k: shlex.join(v) for k, v in commands.items()},
+    }
     (args.work / "results.json").write_text(json.dumps(payload, indent=2))
 
-    print(f"\ndense fine-tuning on phantoms ({hardware}); {args.n} phantoms at {args.size} px, backbone "
-          f"{payload['backbone']}")
+    print(
+        f"\ndense fine-tuning on phantoms ({hardware}); {args.n} phantoms at {args.size} px, backbone "
+        f"{payload['backbone']}"
+    )
     if "segment" in runs:
         _print_segment(runs["segment"], args, timings["segment"])
     if "detect" in runs:
@@ -168,16 +244,20 @@ def main() -> None:
 
 def _print_segment(seg: dict[str, Any], args: argparse.Namespace, seconds: float) -> None:
     counts = seg["data"]["counts"]
-    print(f"segmentation (pneumothorax + pleural effusion), {args.seg_steps} steps, train/val/test "
-          f"{counts['train']}/{counts['val']}/{counts['test']}, {seconds:.0f} s:")
+    print(
+        f"segmentation (pneumothorax + pleural effusion), {args.seg_steps} steps, train/val/test "
+        f"{counts['train']}/{counts['val']}/{counts['test']}, {seconds:.0f} s:"
+    )
     for name in METRIC_NAMES:
         print(f"  {name:<26} {seg['test'][name]:.4f}")
 
 
 def _print_detect(det: dict[str, Any], args: argparse.Namespace, seconds: float) -> None:
     counts = det["data"]["counts"]
-    print(f"detection (consolidation + nodule boxes, positives only), {args.det_steps} steps, train/val/test "
-          f"{counts['train']}/{counts['val']}/{counts['test']}, {seconds:.0f} s:")
+    print(
+        f"detection (consolidation + nodule boxes, positives only), {args.det_steps} steps, train/val/test "
+        f"{counts['train']}/{counts['val']}/{counts['test']}, {seconds:.0f} s:"
+    )
     for name in ("AP", "AP50", "AP75"):
         print(f"  {name:<26} {det['test'][name]:.4f}")
 

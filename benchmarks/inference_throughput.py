@@ -58,17 +58,27 @@ def _timm_vit(config, device: torch.device) -> torch.nn.Module | None:
     except ImportError:
         return None
     vision = config.vision
-    model = VisionTransformer(img_size=vision.img_size, patch_size=vision.patch_size, embed_dim=vision.embed_dim,
-                              depth=vision.depth, num_heads=vision.num_heads, mlp_ratio=vision.mlp_ratio,
-                              num_classes=0, global_pool="avg", class_token=True, qkv_bias=True)
+    model = VisionTransformer(
+        img_size=vision.img_size,
+        patch_size=vision.patch_size,
+        embed_dim=vision.embed_dim,
+        depth=vision.depth,
+        num_heads=vision.num_heads,
+        mlp_ratio=vision.mlp_ratio,
+        num_classes=0,
+        global_pool="avg",
+        class_token=True,
+        qkv_bias=True,
+    )
     return model.to(device).eval()
 
 
 def _cpu_model() -> str:
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
-        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")),
-                    platform.processor())
+        return next(
+            (line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), platform.processor()
+        )
     except OSError:
         return platform.processor()
 
@@ -102,10 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-images", type=int, default=512, help="images in the synthetic store")
     parser.add_argument("--files", type=Path, help="a folder of PNG/JPEG/DICOM files to embed as well")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    )
     print(f"preset {args.preset}, batch {args.batch}, device {device} ({where}), torch {torch.__version__}")
     torch.manual_seed(0)
     config = preset(args.preset)
@@ -124,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                 reference(x_device).float().cpu()
 
         theirs = _rate(plain, args.batch, args.repeats, device)
-        print(f"plain timm ViT of the same shape (input already on device)   {theirs:10.1f} images/s   "
-              f"ratio ours/timm {ours / theirs:.2f}")
+        print(
+            f"plain timm ViT of the same shape (input already on device)   {theirs:10.1f} images/s   "
+            f"ratio ours/timm {ours / theirs:.2f}"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         store = _write_store(Path(tmp), args.store_images, 448)
         from maco_cxr.tasks.finetune.splits import StoreDataset
@@ -135,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         embedded = embed_dataset(model, dataset, batch_size=args.batch, workers=args.workers, device=device)
         _sync(device)
         seconds = time.perf_counter() - start
-        print(f"embed_dataset from a prepared 448 px store, {args.workers} workers  "
-              f"{len(embedded.indices) / seconds:10.1f} images/s ({len(embedded.indices)} images, incl. worker start)")
+        print(
+            f"embed_dataset from a prepared 448 px store, {args.workers} workers  "
+            f"{len(embedded.indices) / seconds:10.1f} images/s ({len(embedded.indices)} images, incl. worker start)"
+        )
     if args.files is not None:
         from maco_cxr.data.datasets.base import ChestXrayDataset, Record
 
@@ -148,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             _sync(device)
             rate = len(embedded.indices) / (time.perf_counter() - start)
             per = f", {rate / workers:.1f} per worker" if workers else ""
-            print(f"embed_dataset from {len(paths)} files, {workers} workers   {rate:10.1f} images/s{per} "
-                  f"({len(embedded.failures)} unreadable)")
+            print(
+                f"embed_dataset from {len(paths)} files, {workers} workers   {rate:10.1f} images/s{per} "
+                f"({len(embedded.failures)} unreadable)"
+            )
     return 0
 
 

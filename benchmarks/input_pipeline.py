@@ -81,10 +81,8 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 def loader_rate(store: PreparedStore, workers: int, samples: int, seed: int) -> float:
     """Images/s of decode + collate through make_loader (second pass, workers warm)."""
-    sampler = RandomSampler(store, replacement=True, num_samples=samples,
-                            generator=torch.Generator().manual_seed(seed))
-    loader = make_loader(store, 64, shuffle=False, seed=seed, workers=workers, drop_last=False,
-                         sampler=sampler)
+    sampler = RandomSampler(store, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(seed))
+    loader = make_loader(store, 64, shuffle=False, seed=seed, workers=workers, drop_last=False, sampler=sampler)
 
     def one_pass() -> None:
         for _ in loader:  # samples are copied out of the memory map: nothing is left lazy
@@ -118,13 +116,16 @@ def augment_rate(images: torch.Tensor, device: torch.device, repeats: int) -> tu
 def pil_recipe_rate(paths: list[Path], size: int, resize: bool) -> float:
     """Images/s of the official per-image recipe in one process, decoding each PNG."""
     steps: list[Callable] = [transforms.Resize((size, size))] if resize else []
-    recipe = transforms.Compose(steps + [
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomAffine(20, scale=(0.8, 1.2)),
-        transforms.Grayscale(3),
-        transforms.ToTensor(),
-        transforms.Normalize([0.4978] * 3, [0.2449] * 3),
-    ])
+    recipe = transforms.Compose(
+        steps
+        + [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomAffine(20, scale=(0.8, 1.2)),
+            transforms.Grayscale(3),
+            transforms.ToTensor(),
+            transforms.Normalize([0.4978] * 3, [0.2449] * 3),
+        ]
+    )
 
     def one_pass() -> None:
         for path in paths:
@@ -145,8 +146,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _legacy_resample(values: np.ndarray, axis: int, n_out: int, step: float,
-                     stop: int) -> np.ndarray:
+def _legacy_resample(values: np.ndarray, axis: int, n_out: int, step: float, stop: int) -> np.ndarray:
     """The letterbox resampler before the fast path: a float64 cumulative sum of the whole axis
     for area, gathers for bilinear (kept here only as a timing reference)."""
     source = np.ascontiguousarray(np.moveaxis(values, axis, -1))
@@ -174,8 +174,9 @@ def legacy_letterbox(box: Letterbox, image: np.ndarray) -> np.ndarray:
     columns = _legacy_resample(image, 1, box.new_width, step, box.src_width)
     content = _legacy_resample(columns, 0, box.new_height, step, box.src_height)
     canvas = np.zeros((box.size, box.size), dtype=np.uint8)
-    canvas[box.pad_top:box.pad_top + box.new_height,
-           box.pad_left:box.pad_left + box.new_width] = np.rint(np.clip(content, 0, 255))
+    canvas[box.pad_top : box.pad_top + box.new_height, box.pad_left : box.pad_left + box.new_width] = np.rint(
+        np.clip(content, 0, 255)
+    )
     return canvas
 
 
@@ -206,11 +207,13 @@ def prepare_cost(paths: list[Path], size: int, work: Path, repeats: int) -> list
         shutil.rmtree(work / "store_serial", ignore_errors=True)
         prepare_dataset(dataset, work / "store_serial", size, workers=0, shard_size=256)
 
-    stages = [("PIL decode + BOX resize (+ asarray)", pil_decode_box),
-              ("read_image (decode as prepare does)", decode),
-              ("Letterbox.apply_image (decoded input)", apply),
-              ("float64 cumsum letterbox (before)", legacy),
-              ("prepare_dataset, workers=0", prepare)]
+    stages = [
+        ("PIL decode + BOX resize (+ asarray)", pil_decode_box),
+        ("read_image (decode as prepare does)", decode),
+        ("Letterbox.apply_image (decoded input)", apply),
+        ("float64 cumsum letterbox (before)", legacy),
+        ("prepare_dataset, workers=0", prepare),
+    ]
     times: dict[str, list[float]] = {name: [] for name, _ in stages}
     for _name, fn in stages:  # warm-up: page cache, imports, first-call costs
         fn()
@@ -232,14 +235,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--batch", type=int, default=256, help="augmentation batch")
     parser.add_argument("--loader-samples", type=int, default=2048)
-    parser.add_argument("--pil-images", type=int, default=48,
-                        help="images timed through the PIL recipe")
+    parser.add_argument("--pil-images", type=int, default=48, help="images timed through the PIL recipe")
     parser.add_argument("--workdir", type=Path, help="keep PNGs and store here (default: tmp)")
-    parser.add_argument("--prepare-images", type=int, default=64,
-                        help="images timed in the prepare-cost comparison")
+    parser.add_argument("--prepare-images", type=int, default=64, help="images timed in the prepare-cost comparison")
     parser.add_argument("--repeats", type=int, default=5, help="passes of that comparison")
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="print only the prepare-cost comparison")
+    parser.add_argument("--prepare-only", action="store_true", help="print only the prepare-cost comparison")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,9 +250,11 @@ def main() -> None:
             paths = write_synthetic_pngs(work / "png", args.n, args.side, seed=0)
         cost = prepare_cost(paths[: args.prepare_images], args.size, work, args.repeats)
         side = Image.open(paths[0]).size
-        print(f"prepare cost per image: {len(paths[: args.prepare_images])} images, "
-              f"{side[0]}x{side[1]} -> {args.size}, median of {args.repeats} passes, "
-              f"{cpu_model()}")
+        print(
+            f"prepare cost per image: {len(paths[: args.prepare_images])} images, "
+            f"{side[0]}x{side[1]} -> {args.size}, median of {args.repeats} passes, "
+            f"{cpu_model()}"
+        )
         print(f"| {'stage':<40} | {'ms/image':>9} | {'img/s':>7} |")
         print(f"|{'-' * 42}|{'-' * 10}:|{'-' * 8}:|")
         for stage, seconds in cost:
@@ -261,12 +263,12 @@ def main() -> None:
         if args.prepare_only:
             return
         report_text = "The lungs are clear. No pleural effusion. Heart size is normal."
-        dataset = ChestXrayDataset([Record(image_path=p, report=report_text,
-                                           labels=np.zeros(14, np.float32)) for p in paths])
+        dataset = ChestXrayDataset(
+            [Record(image_path=p, report=report_text, labels=np.zeros(14, np.float32)) for p in paths]
+        )
         shutil.rmtree(work / "store", ignore_errors=True)  # time a full prepare, not a resume
         start = time.perf_counter()
-        report = prepare_dataset(dataset, work / "store", args.size, workers=args.workers,
-                                 shard_size=256)
+        report = prepare_dataset(dataset, work / "store", args.size, workers=args.workers, shard_size=256)
         prepare_s = time.perf_counter() - start
         store = PreparedStore(work / "store")
         small = work / f"png{args.size}"
@@ -278,20 +280,29 @@ def main() -> None:
             small_paths.append(path)
 
         rows: list[tuple[str, str, float, float]] = []
-        rows.append((f"prepare (decode + letterbox {args.size} + write)",
-                     f"{args.workers} proc", report.n_ok / prepare_s,
-                     report.n_ok / prepare_s / max(1, args.workers)))
+        rows.append(
+            (
+                f"prepare (decode + letterbox {args.size} + write)",
+                f"{args.workers} proc",
+                report.n_ok / prepare_s,
+                report.n_ok / prepare_s / max(1, args.workers),
+            )
+        )
         for workers in sorted({0, args.workers}):
             rate = loader_rate(store, workers, args.loader_samples, seed=0)
-            rows.append(("store -> uint8 batch (DataLoader)",
-                         "1 proc" if workers == 0 else f"{workers} workers", rate,
-                         rate / max(1, workers)))
+            rows.append(
+                (
+                    "store -> uint8 batch (DataLoader)",
+                    "1 proc" if workers == 0 else f"{workers} workers",
+                    rate,
+                    rate / max(1, workers),
+                )
+            )
         batch = torch.stack([store[i % len(store)]["image"] for i in range(args.batch)])
         threads = torch.get_num_threads()
         aug, norm = augment_rate(batch, torch.device("cpu"), repeats=3)
         rows.append((f"augment_batch B={args.batch}", f"cpu {threads} thr", aug, aug / threads))
-        rows.append((f"normalize_batch B={args.batch} (eval)", f"cpu {threads} thr", norm,
-                     norm / threads))
+        rows.append((f"normalize_batch B={args.batch} (eval)", f"cpu {threads} thr", norm, norm / threads))
         if torch.cuda.is_available():
             aug, norm = augment_rate(batch, torch.device("cuda"), repeats=10)
             name = torch.cuda.get_device_name()
@@ -299,14 +310,15 @@ def main() -> None:
             rows.append((f"normalize_batch B={args.batch} (eval)", name, norm, float("nan")))
         pil_full = pil_recipe_rate(paths[: args.pil_images], args.size, resize=True)
         side = Image.open(paths[0]).size
-        rows.append((f"PIL recipe from {side[0]}x{side[1]} PNG (+resize)", "1 proc", pil_full,
-                     pil_full))
+        rows.append((f"PIL recipe from {side[0]}x{side[1]} PNG (+resize)", "1 proc", pil_full, pil_full))
         pil_small = pil_recipe_rate(small_paths, args.size, resize=False)
         rows.append((f"PIL recipe from {args.size} px PNG", "1 proc", pil_small, pil_small))
 
-    print(f"images: {len(paths)} ({'synthetic' if not args.source else args.source}), "
-          f"store {args.size}px = {args.size * args.size / 1024:.0f} KiB/image, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(
+        f"images: {len(paths)} ({'synthetic' if not args.source else args.source}), "
+        f"store {args.size}px = {args.size * args.size / 1024:.0f} KiB/image, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
     print(f"| {'stage':<44} | {'where':<24} | {'img/s':>9} | {'img/s per core':>14} |")
     print(f"|{'-' * 46}|{'-' * 26}|{'-' * 10}:|{'-' * 15}:|")
     for stage, where, rate, per_core in rows:

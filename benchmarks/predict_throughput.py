@@ -53,8 +53,7 @@ def _images(folder: Path, n: int, size: int | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=64, help="images (default 64)")
     parser.add_argument("--size", type=int, default=None, help="longer side in px (default: as shipped)")
     parser.add_argument("--repeats", type=int, default=2)
@@ -66,16 +65,25 @@ def main() -> None:
         root = Path(tmp)
         save_pretrained(create_model(preset("tiny")), root / "model")
         _images(root / "images", args.n, args.size)
-        configurations = {"--classes nih --embeddings": {},
-                          "+ one --phrase": {"phrases": ["pleural effusion"]},
-                          "+ one --phrase --overlays": {"phrases": ["pleural effusion"], "overlays": True}}
+        configurations = {
+            "--classes nih --embeddings": {},
+            "+ one --phrase": {"phrases": ["pleural effusion"]},
+            "+ one --phrase --overlays": {"phrases": ["pleural effusion"], "overlays": True},
+        }
         run = 0
 
         def once(extra: dict) -> float:
             nonlocal run
             run += 1
-            return predict(root / "model", [root / "images"], root / f"out{run}", classes="nih",
-                           embeddings=True, batch_size=args.batch, **extra).images_per_second
+            return predict(
+                root / "model",
+                [root / "images"],
+                root / f"out{run}",
+                classes="nih",
+                embeddings=True,
+                batch_size=args.batch,
+                **extra,
+            ).images_per_second
 
         once({})  # warm-up: the first forward of a process initialises the CPU kernels
         rates = {label: 0.0 for label in configurations}

@@ -48,8 +48,7 @@ from maco_cxr.train.pretrain import pretrain  # noqa: E402
 
 
 def _store(folder: Path, n: int, size: int, workers: int) -> Path:
-    write_synthetic_dataset(folder / "phantoms", n, seed=0, size=size, split_fractions=(1.0, 0.0, 0.0),
-                            workers=workers)
+    write_synthetic_dataset(folder / "phantoms", n, seed=0, size=size, split_fractions=(1.0, 0.0, 0.0), workers=workers)
     prepare_dataset(build_dataset("manifest", folder / "phantoms"), folder / "store", size=size, workers=workers)
     return folder / "store"
 
@@ -64,13 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     config = preset(args.preset)
     size = config.input_size
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"preset {args.preset}: {size} px input, batch {args.batch}, {args.workers} loader workers, "
-          f"device {device} ({where})", flush=True)
+    print(
+        f"preset {args.preset}: {size} px input, batch {args.batch}, {args.workers} loader workers, "
+        f"device {device} ({where})",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         store = _store(Path(tmp), args.images, size, max(1, args.workers))
         from maco_cxr.data.store import PreparedStore
@@ -80,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         batches = len(dataset) // args.batch
         sampler = ResumableSampler(len(dataset), args.batch, batches, seed=0)
         tokenizer = ReportTokenizer.from_file(None, config.text.max_length)
-        loader = make_loader(dataset, sampler, tokenizer, workers=args.workers, pin_memory=device.type == "cuda",
-                             seed=0)
+        loader = make_loader(
+            dataset, sampler, tokenizer, workers=args.workers, pin_memory=device.type == "cuda", seed=0
+        )
         for _ in loader:  # warm the page cache and the workers
             pass
         start = time.perf_counter()
@@ -103,22 +109,37 @@ def main(argv: list[str] | None = None) -> int:
         fake_images, tokens = _inputs(config, args.batch, device)
         compiled = args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
         bare = args.batch / _time(_ours_step(model, fake_images, tokens, device, compiled), 8, 3, device)
-        print(f"4. bare optimizer step{' (compiled)' if compiled else ''}                          "
-              f"{bare:10.1f} images/s")
+        print(
+            f"4. bare optimizer step{' (compiled)' if compiled else ''}                          {bare:10.1f} images/s"
+        )
         del model
         _sync(device)
         run = Path(tmp) / "run"
-        overrides = [f"model.preset={args.preset}", "data.source=store", f"data.path={store}", "data.split=null",
-                     f"data.workers={args.workers}", f"optim.batch_size={args.batch}", "optim.accum_steps=1",
-                     f"optim.max_steps={args.steps}", "optim.warmup_steps=1", f"runtime.device={device.type}",
-                     f"runtime.output_dir={run}", "runtime.log_every=1", f"runtime.save_every={args.steps}",
-                     f"runtime.compile={args.compile}", "runtime.resume=never"]
+        overrides = [
+            f"model.preset={args.preset}",
+            "data.source=store",
+            f"data.path={store}",
+            "data.split=null",
+            f"data.workers={args.workers}",
+            f"optim.batch_size={args.batch}",
+            "optim.accum_steps=1",
+            f"optim.max_steps={args.steps}",
+            "optim.warmup_steps=1",
+            f"runtime.device={device.type}",
+            f"runtime.output_dir={run}",
+            "runtime.log_every=1",
+            f"runtime.save_every={args.steps}",
+            f"runtime.compile={args.compile}",
+            "runtime.resume=never",
+        ]
         pretrain(load_config(PretrainConfig, None, overrides))
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        steady = [r["images_per_s"] for r in rows[len(rows) // 2:]]
+        steady = [r["images_per_s"] for r in rows[len(rows) // 2 :]]
         end_to_end = float(np.median(steady))
-        print(f"5. maco_cxr.train.pretrain from the store (steady state) {end_to_end:10.1f} images/s   "
-              f"= {100 * end_to_end / bare:.0f} % of the bare step")
+        print(
+            f"5. maco_cxr.train.pretrain from the store (steady state) {end_to_end:10.1f} images/s   "
+            f"= {100 * end_to_end / bare:.0f} % of the bare step"
+        )
     return 0
 
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
-from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.data.augment import AugmentConfig, augment_batch, normalize_batch
 from maco_cxr.hub import create_model
+from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.runtime.optim import build_adamw, param_groups
 
@@ -49,8 +49,9 @@ class Result:
     note: str = ""
 
 
-def _inputs(config: MacoConfig, batch: int, device: torch.device, seed: int = 0
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _inputs(
+    config: MacoConfig, batch: int, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Random uint8 images ``[B, 1, S, S]`` and token batches with 30..100 real tokens."""
     g = torch.Generator().manual_seed(seed)
     size, length = config.input_size, config.text.max_length
@@ -87,10 +88,12 @@ def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.devic
     return (time.perf_counter() - start) / steps
 
 
-def _ours_step(model: MacoModel, images: torch.Tensor, tokens: dict[str, torch.Tensor],
-               device: torch.device, compile_model: bool) -> Callable[[], None]:
-    optimizer = build_adamw(param_groups(model, 0.05, no_decay_names=model.no_weight_decay()), 2.5e-4,
-                            (0.9, 0.95), device)
+def _ours_step(
+    model: MacoModel, images: torch.Tensor, tokens: dict[str, torch.Tensor], device: torch.device, compile_model: bool
+) -> Callable[[], None]:
+    optimizer = build_adamw(
+        param_groups(model, 0.05, no_decay_names=model.no_weight_decay()), 2.5e-4, (0.9, 0.95), device
+    )
     if compile_model:
         model.compile()
     augment = AugmentConfig()
@@ -111,10 +114,12 @@ def _ours_step(model: MacoModel, images: torch.Tensor, tokens: dict[str, torch.T
     return step
 
 
-def _baseline_step(model: MacoModel, images: torch.Tensor, tokens: dict[str, torch.Tensor],
-                   device: torch.device) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05, no_decay_names=model.no_weight_decay()),
-                                  lr=2.5e-4, betas=(0.9, 0.95), foreach=True)
+def _baseline_step(
+    model: MacoModel, images: torch.Tensor, tokens: dict[str, torch.Tensor], device: torch.device
+) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(
+        param_groups(model, 0.05, no_decay_names=model.no_weight_decay()), lr=2.5e-4, betas=(0.9, 0.95), foreach=True
+    )
     cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     pixels = normalize_batch(images).contiguous()
@@ -133,8 +138,9 @@ def _baseline_step(model: MacoModel, images: torch.Tensor, tokens: dict[str, tor
     return step
 
 
-def _run(name: str, build: Callable[[], Callable[[], None]], batch: int, steps: int, warmup: int,
-         device: torch.device) -> Result:
+def _run(
+    name: str, build: Callable[[], Callable[[], None]], batch: int, steps: int, warmup: int, device: torch.device
+) -> Result:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -177,39 +183,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile the maco-cxr model")
-    parser.add_argument("--grad-checkpointing", action="store_true",
-                        help="activation checkpointing in the maco-cxr model (memory for compute)")
+    parser.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="activation checkpointing in the maco-cxr model (memory for compute)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="time maco-cxr only")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     config = preset(args.preset)
-    print(f"preset {args.preset}: input {config.input_size} px, encoder {config.vision.img_size} px, "
-          f"mask {config.mask_ratio}, text {config.text.max_length} tokens; batch {args.batch}; "
-          f"{args.steps} timed steps after {args.warmup}; device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-             f" ({torch.get_num_threads()} CPU threads)"), flush=True)
+    print(
+        f"preset {args.preset}: input {config.input_size} px, encoder {config.vision.img_size} px, "
+        f"mask {config.mask_ratio}, text {config.text.max_length} tokens; batch {args.batch}; "
+        f"{args.steps} timed steps after {args.warmup}; device {device}"
+        + (
+            f" ({torch.cuda.get_device_name(device)})"
+            if device.type == "cuda"
+            else f" ({torch.get_num_threads()} CPU threads)"
+        ),
+        flush=True,
+    )
 
     results = []
     torch.manual_seed(0)
     model = create_model(config).to(device).train()
     model.set_grad_checkpointing(args.grad_checkpointing)
     images, tokens = _inputs(config, args.batch, device)
-    name = "maco-cxr (SDPA, " + ("bf16, fused AdamW" if device.type == "cuda" else "fp32, foreach AdamW") \
-        + (", compiled" if args.compile else "") + (", activation checkpointing" if args.grad_checkpointing else "") \
+    name = (
+        "maco-cxr (SDPA, "
+        + ("bf16, fused AdamW" if device.type == "cuda" else "fp32, foreach AdamW")
+        + (", compiled" if args.compile else "")
+        + (", activation checkpointing" if args.grad_checkpointing else "")
         + ")"
-    results.append(_run(name, functools.partial(_ours_step, model, images, tokens, device, args.compile), args.batch,
-                        args.steps, args.warmup, device))
+    )
+    results.append(
+        _run(
+            name,
+            functools.partial(_ours_step, model, images, tokens, device, args.compile),
+            args.batch,
+            args.steps,
+            args.warmup,
+            device,
+        )
+    )
     del model
     gc.collect()
     if not args.no_baseline:
         torch.manual_seed(0)
         baseline = _official_style(create_model(config).to(device).train())
-        results.append(_run("official style (eager attention, " + ("fp16 + GradScaler" if device.type == "cuda"
-                            else "fp32") + ", foreach AdamW)",
-                            functools.partial(_baseline_step, baseline, images, tokens, device), args.batch, args.steps,
-                            args.warmup, device))
+        results.append(
+            _run(
+                "official style (eager attention, "
+                + ("fp16 + GradScaler" if device.type == "cuda" else "fp32")
+                + ", foreach AdamW)",
+                functools.partial(_baseline_step, baseline, images, tokens, device),
+                args.batch,
+                args.steps,
+                args.warmup,
+                device,
+            )
+        )
         del baseline
         gc.collect()
 
@@ -232,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             line += f"  {achieved / 1e12:7.1f} TFLOP/s  MFU {achieved / peak:6.1%}"
         print(line)
     if flops is not None and peak is not None:
-        print(f"model FLOPs per step (fwd+bwd, counted): {flops / 1e12:.2f} TFLOP; measured bf16 matmul "
-              f"peak: {peak / 1e12:.0f} TFLOP/s")
+        print(
+            f"model FLOPs per step (fwd+bwd, counted): {flops / 1e12:.2f} TFLOP; measured bf16 matmul "
+            f"peak: {peak / 1e12:.0f} TFLOP/s"
+        )
     if len(results) == 2 and all(r.images_per_s for r in results):
         print(f"speed-up maco-cxr / official style: {results[0].images_per_s / results[1].images_per_s:.2f}x")
     if device.type == "cpu":

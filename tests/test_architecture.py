@@ -42,12 +42,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "_version": _every("_version"),
     "_atomic": _every("_atomic", "errors", "_version"),
     "config": _every("config", "_atomic", "errors", "_version"),
-    "data": ("models", "metrics", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve",
-             *_TOP),
-    "models": ("data", "metrics", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve",
-               *_TOP),
-    "metrics": ("data", "models", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve",
-                *_TOP),
+    "data": ("models", "metrics", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
+    "models": ("data", "metrics", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
+    "metrics": ("data", "models", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
     "plots": ("models", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
     "inference": ("hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
     "hub": ("inference", "runtime", "train", "tasks", "export", "serve", *_TOP),
@@ -82,7 +79,7 @@ def _resolve_from(node: ast.ImportFrom, module: str | None, path: Path) -> list[
         package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
         if node.level > len(package):
             raise AssertionError(f"{path}:{node.lineno}: relative import beyond the top of {PACKAGE}")
-        anchor = package[:len(package) - node.level + 1]
+        anchor = package[: len(package) - node.level + 1]
         base = ".".join(anchor + ([node.module] if node.module else []))
     return [f"{base}.{alias.name}" if _is_module(f"{base}.{alias.name}") else base for alias in node.names]
 
@@ -141,8 +138,9 @@ def test_every_layer_has_a_rule():
     parts = _parts()
     assert {"cli", "data", "export", "runtime", "serve", "tasks", "errors"} <= set(parts)
     missing = sorted(set(parts) - set(FORBIDDEN))
-    assert not missing, (f"{missing} under src/{PACKAGE} have no rule in FORBIDDEN: add one (the layers "
-                         "they must not import)")
+    assert not missing, (
+        f"{missing} under src/{PACKAGE} have no rule in FORBIDDEN: add one (the layers they must not import)"
+    )
     stale = sorted(set(FORBIDDEN) - set(parts))
     assert not stale, f"FORBIDDEN has rules for {stale}, which no longer exist: remove or rename them"
     unknown = sorted({name for rule in FORBIDDEN.values() for name in rule} - set(parts))
@@ -154,8 +152,9 @@ def test_every_layer_has_a_rule():
 def test_layer_imports_point_one_way(part):
     for path in _files(part):
         for name in _imports(path):
-            assert _layer(name) not in FORBIDDEN[part], \
+            assert _layer(name) not in FORBIDDEN[part], (
                 f"{path.relative_to(SRC)} imports {name} (layer {part!r} must not import {_layer(name)!r})"
+            )
 
 
 def test_nothing_imports_the_package_root():
@@ -163,8 +162,10 @@ def test_nothing_imports_the_package_root():
         if path == SRC / "__init__.py":
             continue
         roots = [name for name in _imports(path) if name == PACKAGE]
-        assert not roots, (f"{path.relative_to(SRC)} imports the package root `{PACKAGE}`; import the "
-                           f"module that defines the name (e.g. `from {PACKAGE}.data.io import read_image`)")
+        assert not roots, (
+            f"{path.relative_to(SRC)} imports the package root `{PACKAGE}`; import the "
+            f"module that defines the name (e.g. `from {PACKAGE}.data.io import read_image`)"
+        )
 
 
 def test_only_cli_and_distributed_read_environment_variables():
@@ -182,29 +183,43 @@ def test_library_never_prints():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
-                pytest.fail(f"{path.relative_to(SRC)}:{node.lineno} calls print(); use logging or return "
-                            "values")
+                pytest.fail(f"{path.relative_to(SRC)}:{node.lineno} calls print(); use logging or return values")
 
 
 def test_imports_inside_functions_are_found(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import maco_cxr.hub\n"
-                      "else:\n    import json\n"
-                      "def f():\n    from maco_cxr.tasks.zeroshot import zero_shot\n"
-                      "    import maco_cxr.data.io\n"
-                      "    importlib.import_module('maco_cxr.cli')\n"
-                      "    importlib.import_module(f'maco_cxr.metrics.{name}')\n")
-    assert _imports(source) == ["typing", "json", "maco_cxr.tasks.zeroshot", "maco_cxr.data.io",
-                                "maco_cxr.cli", "maco_cxr.metrics"]
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import maco_cxr.hub\n"
+        "else:\n    import json\n"
+        "def f():\n    from maco_cxr.tasks.zeroshot import zero_shot\n"
+        "    import maco_cxr.data.io\n"
+        "    importlib.import_module('maco_cxr.cli')\n"
+        "    importlib.import_module(f'maco_cxr.metrics.{name}')\n"
+    )
+    assert _imports(source) == [
+        "typing",
+        "json",
+        "maco_cxr.tasks.zeroshot",
+        "maco_cxr.data.io",
+        "maco_cxr.cli",
+        "maco_cxr.metrics",
+    ]
 
 
 def test_relative_imports_are_resolved(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("from . import zeroshot, helper\nfrom .finetune import engine\n"
-                      "from ..data.io import read_image\nfrom .. import cli, zero_shot\n")
+    source.write_text(
+        "from . import zeroshot, helper\nfrom .finetune import engine\n"
+        "from ..data.io import read_image\nfrom .. import cli, zero_shot\n"
+    )
     assert _imports(source, "maco_cxr.tasks.m") == [
-        "maco_cxr.tasks.zeroshot", "maco_cxr.tasks", "maco_cxr.tasks.finetune.engine", "maco_cxr.data.io",
-        "maco_cxr.cli", "maco_cxr"]
+        "maco_cxr.tasks.zeroshot",
+        "maco_cxr.tasks",
+        "maco_cxr.tasks.finetune.engine",
+        "maco_cxr.data.io",
+        "maco_cxr.cli",
+        "maco_cxr",
+    ]
     package = tmp_path / "__init__.py"
     package.write_text("from . import zeroshot\nfrom .. import errors\n")
     assert _imports(package, "maco_cxr.tasks") == ["maco_cxr.tasks.zeroshot", "maco_cxr.errors"]

@@ -33,8 +33,20 @@ class _Outer:
 
 
 def test_values_take_their_field_type():
-    cfg = load_config(_Outer, None, ["inner.rate=1e-4", "inner.steps=1e3", "inner.flag=true", "inner.name=null",
-                                     "inner.pair=[1, 2]", "inner.mode=b", "extra.split=train", "seed=7"])
+    cfg = load_config(
+        _Outer,
+        None,
+        [
+            "inner.rate=1e-4",
+            "inner.steps=1e3",
+            "inner.flag=true",
+            "inner.name=null",
+            "inner.pair=[1, 2]",
+            "inner.mode=b",
+            "extra.split=train",
+            "seed=7",
+        ],
+    )
     assert cfg.inner.rate == 1e-4 and isinstance(cfg.inner.rate, float)  # YAML 1.1 reads 1e-4 as text
     assert cfg.inner.steps == 1000 and isinstance(cfg.inner.steps, int)
     assert cfg.inner.flag is True and cfg.inner.name is None and cfg.inner.pair == (1.0, 2.0)
@@ -42,18 +54,21 @@ def test_values_take_their_field_type():
     assert apply_overrides(cfg, {"inner.name": 2020}).inner.name == "2020"
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("inner.flag=yes", r"inner\.flag: expected true or false, got 'yes'"),
-    ("inner.flag=1.5", r"inner\.flag: expected true or false, got 1\.5"),
-    ("inner.flag=1", r"inner\.flag: expected true or false, got 1"),
-    ("inner.steps=2.5", r"inner\.steps: 2\.5 is not an integer"),
-    ("inner.rate=fast", r"inner\.rate: 'fast' is not a number"),
-    ("inner.pair=[1]", r"inner\.pair: expected a list of 2 values"),
-    ("inner.mode=c", r"inner\.mode: 'c' is not one of 'a', 'b'"),
-    ("inner.steps=0", r"inner\.steps: must be >= 1"),
-    ("inner=3", r"inner: is a section"),
-    ("seed", "key=value"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("inner.flag=yes", r"inner\.flag: expected true or false, got 'yes'"),
+        ("inner.flag=1.5", r"inner\.flag: expected true or false, got 1\.5"),
+        ("inner.flag=1", r"inner\.flag: expected true or false, got 1"),
+        ("inner.steps=2.5", r"inner\.steps: 2\.5 is not an integer"),
+        ("inner.rate=fast", r"inner\.rate: 'fast' is not a number"),
+        ("inner.pair=[1]", r"inner\.pair: expected a list of 2 values"),
+        ("inner.mode=c", r"inner\.mode: 'c' is not one of 'a', 'b'"),
+        ("inner.steps=0", r"inner\.steps: must be >= 1"),
+        ("inner=3", r"inner: is a section"),
+        ("seed", "key=value"),
+    ],
+)
 def test_bad_values_name_the_key_and_the_type(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(_Outer, None, [override])
@@ -93,8 +108,10 @@ def test_files_set_only_what_differs_and_overrides_win(tmp_path):
 
 
 def test_model_presets_and_coupled_keys():
-    config = apply_overrides(preset("tiny"), ["vision.depth=2", "mask_ratio=0.75", "norm_pix_loss=true",
-                                              "loss_weighting=sum", "text.dropout=0"])
+    config = apply_overrides(
+        preset("tiny"),
+        ["vision.depth=2", "mask_ratio=0.75", "norm_pix_loss=true", "loss_weighting=sum", "text.dropout=0"],
+    )
     assert config.vision.depth == 2 and config.mask_ratio == 0.75 and config.norm_pix_loss is True
     assert config.loss_weighting == "sum" and config.text.dropout == 0.0
     coupled = apply_overrides(preset("tiny"), ["vision.embed_dim=96", "vision.num_heads=3"])
@@ -138,15 +155,17 @@ def test_every_shipped_config_loads(path, tmp_path):
     from maco_cxr.tasks.finetune import ClassifyConfig, DetectConfig, SegmentConfig
     from maco_cxr.train.config import PretrainConfig, load_pretrain_config
 
-    kinds = {"finetune": ClassifyConfig, "segment": SegmentConfig, "detect": DetectConfig,
-             "pretrain": PretrainConfig}
+    kinds = {"finetune": ClassifyConfig, "segment": SegmentConfig, "detect": DetectConfig, "pretrain": PretrainConfig}
     kind = kinds[path.parent.name]
     config = load_pretrain_config(path) if kind is PretrainConfig else load_config(kind, path)
     assert isinstance(config, kind)
     # a run's saved config reads back as the same config
     save_config(config, tmp_path / "saved.yaml")
-    again = load_pretrain_config(tmp_path / "saved.yaml") if kind is PretrainConfig else load_config(
-        kind, tmp_path / "saved.yaml")
+    again = (
+        load_pretrain_config(tmp_path / "saved.yaml")
+        if kind is PretrainConfig
+        else load_config(kind, tmp_path / "saved.yaml")
+    )
     assert again == config
 
 

@@ -27,10 +27,16 @@ from maco_cxr.inference import encode_images, encode_texts, patch_embeddings, si
 from maco_cxr.models.config import preset
 
 ATOL = 1e-4
-TEXTS = ["no acute cardiopulmonary process.", "small right pleural effusion. " * 40, "x",
-         "heart size is normal. the lungs are clear. no pneumothorax.", "left lower lobe opacity"]
-GRAPH_FILES = [f"{name}.{ext}" for name in ("image_encoder", "image_encoder_uint8", "text_encoder")
-               for ext in ("onnx", "pt")]
+TEXTS = [
+    "no acute cardiopulmonary process.",
+    "small right pleural effusion. " * 40,
+    "x",
+    "heart size is normal. the lungs are clear. no pneumothorax.",
+    "left lower lobe opacity",
+]
+GRAPH_FILES = [
+    f"{name}.{ext}" for name in ("image_encoder", "image_encoder_uint8", "text_encoder") for ext in ("onnx", "pt")
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,19 @@ def official(official_fixture_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "official"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["export", "--model", str(official_fixture_dir / "maco.pth"), "--format", "onnx",
-                     "--format", "torchscript", "--out", str(out)])
+        code = main(
+            [
+                "export",
+                "--model",
+                str(official_fixture_dir / "maco.pth"),
+                "--format",
+                "onnx",
+                "--format",
+                "torchscript",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     return load(official_fixture_dir / "maco.pth"), out, printed.getvalue()
 
@@ -79,8 +96,10 @@ def _max_abs(got: np.ndarray, want: torch.Tensor) -> float:
 
 def _image_inputs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, 224, 224, generator=generator),
-            torch.randint(0, 256, (n, 1, 224, 224), generator=generator, dtype=torch.uint8))
+    return (
+        torch.randn(n, 3, 224, 224, generator=generator),
+        torch.randint(0, 256, (n, 1, 224, 224), generator=generator, dtype=torch.uint8),
+    )
 
 
 @pytest.mark.slow
@@ -88,8 +107,10 @@ def _image_inputs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_onnx_image_graphs_equal_the_inference_path(exported, n):
     model, out = exported
     normalised, pixels = _image_inputs(n, seed=n)
-    for graph, x, eager_input in (("image_encoder", normalised, normalised),
-                                  ("image_encoder_uint8", pixels, pixels[:, 0])):
+    for graph, x, eager_input in (
+        ("image_encoder", normalised, normalised),
+        ("image_encoder_uint8", pixels, pixels[:, 0]),
+    ):
         embedding, patches = _onnx(out / f"{graph}.onnx", pixels=x)
         assert _max_abs(embedding, encode_images(model, eager_input)) <= ATOL
         assert _max_abs(patches, patch_embeddings(model, eager_input).reshape(n, 196, -1)) <= ATOL
@@ -130,10 +151,11 @@ def test_uint8_graphs_resize_like_the_inference_path(exported, cxr_real_dir):
 @pytest.mark.parametrize("n", [1, 5])
 def test_onnx_text_graph_equals_the_inference_path(exported, n):
     model, out = exported
-    texts = TEXTS[1:n + 1] if n == 1 else TEXTS  # n = 1: the text that fills all 100 positions
+    texts = TEXTS[1 : n + 1] if n == 1 else TEXTS  # n = 1: the text that fills all 100 positions
     tokens = model.tokenizer(texts)
-    (embedding,) = _onnx(out / "text_encoder.onnx", input_ids=tokens["input_ids"],
-                         attention_mask=tokens["attention_mask"])
+    (embedding,) = _onnx(
+        out / "text_encoder.onnx", input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+    )
     assert _max_abs(embedding, encode_texts(model, texts)) <= ATOL
 
 
@@ -167,8 +189,11 @@ def test_official_fixture_graphs_reproduce_the_official_code(official, official_
     normalised = (images.float() / 255 - 0.4978) / 0.2449
     (embedding, _) = _onnx(out / "image_encoder.onnx", pixels=normalised[:1].expand(-1, 3, -1, -1))
     np.testing.assert_allclose(embedding, expected["image_embed"][:1], atol=ATOL)
-    (text,) = _onnx(out / "text_encoder.onnx", input_ids=torch.from_numpy(inputs["input_ids"]),
-                    attention_mask=torch.from_numpy(inputs["attention_mask"]))
+    (text,) = _onnx(
+        out / "text_encoder.onnx",
+        input_ids=torch.from_numpy(inputs["input_ids"]),
+        attention_mask=torch.from_numpy(inputs["attention_mask"]),
+    )
     np.testing.assert_allclose(text, expected["text_embed"], atol=ATOL)
 
 
@@ -201,10 +226,12 @@ def test_export_folder_states_its_contract(tiny):
         assert {o.domain: o.version for o in proto.opset_import}[""] >= 17
         session = onnxruntime.InferenceSession(str(out / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
         assert all(isinstance(i.shape[0], str) for i in session.get_inputs())  # dynamic batch
-        assert [o.name for o in session.get_outputs()] == (["embedding"] if graph == "text_encoder"
-                                                           else ["embedding", "patch_embeddings"])
-    (uint8_input,) = onnxruntime.InferenceSession(str(out / "image_encoder_uint8.onnx"),
-                                                  providers=["CPUExecutionProvider"]).get_inputs()
+        assert [o.name for o in session.get_outputs()] == (
+            ["embedding"] if graph == "text_encoder" else ["embedding", "patch_embeddings"]
+        )
+    (uint8_input,) = onnxruntime.InferenceSession(
+        str(out / "image_encoder_uint8.onnx"), providers=["CPUExecutionProvider"]
+    ).get_inputs()
     assert uint8_input.type == "tensor(uint8)" and uint8_input.shape[1] == 1
     assert all(isinstance(uint8_input.shape[axis], str) for axis in (0, 2, 3))  # N, H, W dynamic
     saved = ReportTokenizer.from_file(out / "tokenizer.json")
@@ -246,8 +273,7 @@ def test_model_card_code_runs_and_agrees_with_maco_cxr(tiny, cxr_real_dir, tmp_p
         assert printed.getvalue().startswith("[[")
         assert namespace["pixels"].shape == (1, 1, *read_image(reference).shape)
         np.testing.assert_allclose(namespace["text_embedding"], encode_texts(model, texts).numpy(), atol=ATOL)
-        np.testing.assert_allclose(namespace["image_embedding"], encode_images(model, [reference]).numpy(),
-                                   atol=ATOL)
+        np.testing.assert_allclose(namespace["image_embedding"], encode_images(model, [reference]).numpy(), atol=ATOL)
         want_patches = patch_embeddings(model, [reference]).reshape(1, 196, -1).numpy()
         np.testing.assert_allclose(namespace["patch_embeddings"], want_patches, atol=ATOL)
         assert namespace["similarity"].shape == (1, 2)
@@ -273,14 +299,12 @@ def test_cli_export_reports_the_differences_and_the_registry_entry(official):
 
 
 @pytest.mark.slow  # two ONNX exports, ~5 s each
-def test_cli_export_logs_other_libraries_info_only_when_verbose(official_fixture_dir, tmp_path, caplog,
-                                                                  capsys):
+def test_cli_export_logs_other_libraries_info_only_when_verbose(official_fixture_dir, tmp_path, caplog, capsys):
     """onnx_ir / onnxscript log ~165 INFO lines per export: shown with --verbose only."""
     command = ["export", "--model", str(official_fixture_dir / "maco.pth"), "--no-check"]
 
     def foreign_info() -> list[str]:
-        return [r.name for r in caplog.records
-                if r.levelno < logging.WARNING and r.name.split(".")[0] != "maco_cxr"]
+        return [r.name for r in caplog.records if r.levelno < logging.WARNING and r.name.split(".")[0] != "maco_cxr"]
 
     with caplog.at_level(logging.INFO):
         assert main([*command, "--out", str(tmp_path / "quiet")]) == 0
@@ -298,14 +322,32 @@ def test_cli_export_of_a_directory_takes_the_training_data_from_its_config(tmp_p
     model = create_model(preset("tiny"))
     data = {"source": "manifest", "kind": "mimic-cxr", "path": "/data/mimic", "split": "train"}
     save_pretrained(model, tmp_path / "m", extra_config={"pretraining": {"steps": 1200, "config": {"data": data}}})
-    assert main(["export", "--model", str(tmp_path / "m"), "--format", "torchscript", "--out",
-                 str(tmp_path / "e"), "--no-check"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "m"),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "e"),
+                "--no-check",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     card = (tmp_path / "e" / "MODEL_CARD.md").read_text()
-    assert ("pre-trained with maco-cxr for 1200 steps on source `manifest`, kind `mimic-cxr`, path "
-            "`/data/mimic`, split `train`") in card
-    assert sorted(p.name for p in (tmp_path / "e").glob("*.pt")) == ["image_encoder.pt", "image_encoder_uint8.pt",
-                                                                     "text_encoder.pt"]
+    assert (
+        "pre-trained with maco-cxr for 1200 steps on source `manifest`, kind `mimic-cxr`, path "
+        "`/data/mimic`, split `train`"
+    ) in card
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.pt")) == [
+        "image_encoder.pt",
+        "image_encoder_uint8.pt",
+        "text_encoder.pt",
+    ]
     assert json.loads((tmp_path / "e" / "export.json").read_text())["check"] is None
 
 
@@ -334,7 +376,7 @@ def test_missing_onnx_packages_give_the_install_hint(tmp_path, monkeypatch):
 def test_cli_reports_missing_onnx_packages_as_an_error(official_fixture_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert main(["export", "--model", str(official_fixture_dir / "maco.pth"), "--out", str(tmp_path / "o")]) == 2
-    assert 'maco-cxr export: error: ONNX export needs' in capsys.readouterr().err
+    assert "maco-cxr export: error: ONNX export needs" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -360,17 +402,22 @@ def test_failed_check_keeps_the_old_folder(tmp_path):
 
 def test_the_model_cards_image_reader_does_not_load_torch(cxr_real_dir):
     """The card tells users that reading images with maco_cxr.read_image does not load PyTorch."""
-    files = [str(sorted((cxr_real_dir / kind).glob(pattern))[0])
-             for kind, pattern in (("images", "*.png"), ("dicom", "*.dcm"))]
-    code = (f"import sys; from maco_cxr import read_image; [read_image(f) for f in {files}]; "
-            "print('torch' in sys.modules)")
+    files = [
+        str(sorted((cxr_real_dir / kind).glob(pattern))[0])
+        for kind, pattern in (("images", "*.png"), ("dicom", "*.dcm"))
+    ]
+    code = (
+        f"import sys; from maco_cxr import read_image; [read_image(f) for f in {files}]; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
     assert "(importing it does not load PyTorch)" in model_card(create_model(preset("tiny")))
 
 
 def test_importing_the_export_modules_does_not_import_onnx():
-    code = ("import sys, maco_cxr.export, maco_cxr.cli.export; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'onnxscript'}))")
+    code = (
+        "import sys, maco_cxr.export, maco_cxr.cli.export; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'onnxscript'}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -8,19 +8,18 @@ import pytest
 import torch
 
 import maco_cxr
-
 from maco_cxr.cli import main
-from maco_cxr.models.config import preset
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import (
-    save_pretrained,
-    create_model,
     convert_official_state_dict,
+    create_model,
     infer_config,
     load,
     load_mae_weights,
     load_official,
+    save_pretrained,
 )
+from maco_cxr.models.config import preset
 from maco_cxr.models.maco import MacoModel
 
 
@@ -31,8 +30,24 @@ def test_top_level_load_reads_official_checkpoint(official_fixture_dir):
 
 def test_convert_cli_then_load_gives_identical_embeddings(official_fixture_dir, tmp_path, capsys):
     out = tmp_path / "converted"
-    assert main(["convert", "--official", str(official_fixture_dir / "maco.pth"), "--out", str(out),
-                 "--text-heads", "2", "--vision-heads", "4", "--decoder-heads", "2"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--official",
+                str(official_fixture_dir / "maco.pth"),
+                "--out",
+                str(out),
+                "--text-heads",
+                "2",
+                "--vision-heads",
+                "4",
+                "--decoder-heads",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "94 tensors loaded" in capsys.readouterr().out
     meta = json.loads((out / "config.json").read_text())
     assert meta["preprocessing"]["mean"] == pytest.approx(0.4978) and meta["model"]["text"]["num_heads"] == 2
@@ -60,9 +75,20 @@ def test_official_conversion_drops_only_unused_tensors(official_fixture_dir):
     converted, ignored = convert_official_state_dict({f"module.{k}": v for k, v in raw.items()})
     assert "inverse_temperature" in converted and "decoder.mask_token" in converted
     assert "visual.pos_embed" in converted and "decoder.pos_embed" in converted
-    assert sorted(ignored) == sorted(k for k in raw if k.startswith(
-        ("pos_weight_text", "pos_cat", "logit_scale", "WCE", "bert_encoder.model.cls",
-         "bert_encoder.model.bert.embeddings.position_ids")))
+    assert sorted(ignored) == sorted(
+        k
+        for k in raw
+        if k.startswith(
+            (
+                "pos_weight_text",
+                "pos_cat",
+                "logit_scale",
+                "WCE",
+                "bert_encoder.model.cls",
+                "bert_encoder.model.bert.embeddings.position_ids",
+            )
+        )
+    )
 
 
 def test_missing_tensor_is_an_error_unless_not_strict(official_fixture_dir, tmp_path):
@@ -105,8 +131,12 @@ def test_save_is_atomic_and_replaces_existing(tmp_path):
     save_pretrained(model, tmp_path / "m")
     save_pretrained(model, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [".maco-cxr.json", "config.json",
-                                                                  "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        ".maco-cxr.json",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -126,11 +156,26 @@ def test_saved_models_get_the_modes_of_the_umask(tmp_path, umask):
 def test_tokenizer_train_cli_builds_a_compatible_vocabulary(tmp_path, capsys):
     reports = tmp_path / "reports"
     reports.mkdir()
-    for i, text in enumerate(["Small left pleural effusion.", "No pneumothorax. Heart size normal.",
-                              "Right lower lobe consolidation."] * 5):
+    for i, text in enumerate(
+        ["Small left pleural effusion.", "No pneumothorax. Heart size normal.", "Right lower lobe consolidation."] * 5
+    ):
         (reports / f"s{i}.txt").write_text(text)
-    assert main(["tokenizer", "train", str(reports), "--out", str(tmp_path / "tok.json"),
-                 "--vocab-size", "200", "--min-frequency", "1"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                str(reports),
+                "--out",
+                str(tmp_path / "tok.json"),
+                "--vocab-size",
+                "200",
+                "--min-frequency",
+                "1",
+            ]
+        )
+        == 0
+    )
     from maco_cxr.data.tokenizer import ReportTokenizer
 
     tokenizer = ReportTokenizer.from_file(tmp_path / "tok.json")
@@ -202,9 +247,13 @@ def test_convert_prints_and_checks_the_sha256(official_fixture_dir, tmp_path, ca
     assert f"sha256 {digest}  {source} (matches --sha256)" in out
     assert "recognised as official-maco-tiny" in out and "BERT 64x2 (2 heads)" in out
     meta = json.loads((tmp_path / "ok" / "config.json").read_text())
-    assert meta["converted_from"] == {"file": "maco.pth", "sha256": digest, "format": "official",
-                                      "known_checkpoint": "official-maco-tiny",
-                                      "training_data": "none: random weights (a test fixture)"}
+    assert meta["converted_from"] == {
+        "file": "maco.pth",
+        "sha256": digest,
+        "format": "official",
+        "known_checkpoint": "official-maco-tiny",
+        "training_data": "none: random weights (a test fixture)",
+    }
     assert meta["model"]["vision"]["num_heads"] == 4 and meta["model"]["decoder"]["num_heads"] == 2
     assert main(["convert", "--official", str(source), "--out", str(tmp_path / "bad"), "--sha256", "1" * 64]) == 2
     assert f"SHA-256 mismatch: expected {'1' * 64}, got {digest}" in capsys.readouterr().err

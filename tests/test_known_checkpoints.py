@@ -11,8 +11,8 @@ import torch
 
 from maco_cxr.hub import (
     KNOWN_CHECKPOINTS,
-    HeadCountWarning,
     CheckpointSignature,
+    HeadCountWarning,
     checkpoint_signature,
     convert_official_state_dict,
     create_model,
@@ -23,19 +23,30 @@ from maco_cxr.hub import (
 from maco_cxr.models.config import preset
 
 
-def _shapes(vision: tuple[int, int], text: tuple[int, int, int], decoder: tuple[int, int], pred: int,
-            vocab: int = 30000, positions: int = 100, grid: int = 14) -> dict[str, torch.Tensor]:
+def _shapes(
+    vision: tuple[int, int],
+    text: tuple[int, int, int],
+    decoder: tuple[int, int],
+    pred: int,
+    vocab: int = 30000,
+    positions: int = 100,
+    grid: int = 14,
+) -> dict[str, torch.Tensor]:
     """A converted state dict holding only the tensors sizes are read from (no memory: expanded zeros)."""
     (vw, vd), (tw, tl, ffn), (dw, dd) = vision, text, decoder
 
     def zeros(*shape: int) -> torch.Tensor:
         return torch.zeros(()).expand(*shape)
 
-    state = {"visual.patch_embed.proj.weight": zeros(vw, 3, 16, 16), "visual.pos_embed": zeros(1, grid**2 + 1, vw),
-             "decoder.embed.weight": zeros(dw, vw), "decoder.pred.weight": zeros(pred, dw),
-             "text.bert.embeddings.word_embeddings.weight": zeros(vocab, tw),
-             "text.bert.embeddings.position_embeddings.weight": zeros(positions, tw),
-             "inverse_temperature": torch.tensor(1 / 0.03)}
+    state = {
+        "visual.patch_embed.proj.weight": zeros(vw, 3, 16, 16),
+        "visual.pos_embed": zeros(1, grid**2 + 1, vw),
+        "decoder.embed.weight": zeros(dw, vw),
+        "decoder.pred.weight": zeros(pred, dw),
+        "text.bert.embeddings.word_embeddings.weight": zeros(vocab, tw),
+        "text.bert.embeddings.position_embeddings.weight": zeros(positions, tw),
+        "inverse_temperature": torch.tensor(1 / 0.03),
+    }
     state |= {f"visual.blocks.{i}.mlp.fc1.weight": zeros(4 * vw, vw) for i in range(vd)}
     state |= {f"decoder.blocks.{i}.mlp.fc1.weight": zeros(4 * dw, dw) for i in range(dd)}
     state |= {f"text.bert.encoder.layer.{i}.intermediate.dense.weight": zeros(ffn, tw) for i in range(tl)}
@@ -52,8 +63,10 @@ def official(official_fixture_dir):
 
 def _embeddings(model, inputs, reports):
     with torch.no_grad():
-        return (model.encode_images(torch.from_numpy(inputs["images_224"])).numpy(),
-                model.encode_texts(reports).numpy())
+        return (
+            model.encode_images(torch.from_numpy(inputs["images_224"])).numpy(),
+            model.encode_texts(reports).numpy(),
+        )
 
 
 def test_fixture_loads_without_head_counts_and_computes_the_official_numbers(official):
@@ -72,8 +85,11 @@ def test_fixture_loads_without_head_counts_and_computes_the_official_numbers(off
 
 def test_explicit_heads_win_over_the_registry_and_a_contradiction_warns(official):
     path, inputs, expected, reports = official
-    with pytest.warns(HeadCountWarning, match=r"official-maco-tiny, whose text_heads is 2; using the "
-                                                 r"text_heads=1 you passed"):
+    with pytest.warns(
+        HeadCountWarning,
+        match=r"official-maco-tiny, whose text_heads is 2; using the "
+        r"text_heads=1 you passed",
+    ):
         model = load(path, text_heads=1)
     assert (model.config.text.num_heads, model.config.vision.num_heads, model.config.decoder.num_heads) == (1, 4, 2)
     images, texts = _embeddings(model, inputs, reports)
@@ -138,10 +154,19 @@ def test_released_model_shapes_are_recognised_with_their_head_counts():
     assert identify_checkpoint(_shapes((768, 12), (768, 6, 1536), (768, 4), 3072)).name == "maco-official"
 
 
-@pytest.mark.parametrize("changed", [
-    {"vision": (768, 24)}, {"text": (768, 12, 3072)}, {"text": (384, 6, 1536)}, {"decoder": (512, 8)},
-    {"pred": 768}, {"vocab": 30522}, {"positions": 512}, {"grid": 28},
-])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"vision": (768, 24)},
+        {"text": (768, 12, 3072)},
+        {"text": (384, 6, 1536)},
+        {"decoder": (512, 8)},
+        {"pred": 768},
+        {"vocab": 30522},
+        {"positions": 512},
+        {"grid": 28},
+    ],
+)
 def test_any_other_size_is_not_the_released_model(changed):
     sizes = {"vision": (768, 12), "text": (768, 6, 3072), "decoder": (768, 4), "pred": 3072} | changed
     assert identify_checkpoint(_shapes(**sizes)) is None
@@ -159,7 +184,10 @@ def test_registry_entries_are_consistent():
     for known in KNOWN_CHECKPOINTS:
         s = known.signature
         assert s.vision_width % known.vision_heads == 0 and s.text_width % known.text_heads == 0
-        assert s.decoder_width % known.decoder_heads == 0 and s.pred_outputs in (3 * (2 * s.patch_size) ** 2,
-                                                                                   3 * s.patch_size**2)
+        assert s.decoder_width % known.decoder_heads == 0 and s.pred_outputs in (
+            3 * (2 * s.patch_size) ** 2,
+            3 * s.patch_size**2,
+        )
     assert CheckpointSignature(1, 1, 16, 14, 1, 1, 1, 1, 1, 1, 768).matches(
-        CheckpointSignature(1, 1, 16, 14, 1, 1, 1, 1, 1, 1, 768, text_intermediate=99))
+        CheckpointSignature(1, 1, 16, 14, 1, 1, 1, 1, 1, 1, 768, text_intermediate=99)
+    )

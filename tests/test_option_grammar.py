@@ -36,18 +36,21 @@ def _from_data_options(root: Path, option: str) -> ConfigError:
 
 
 def _from_dataset_arg(root: Path, option: str, capsys: pytest.CaptureFixture) -> str:
-    assert main(["prepare", str(root), "--dataset", "rsna", "--out", str(root / "store"), "--dataset-arg",
-                 option]) == 2
+    assert main(["prepare", str(root), "--dataset", "rsna", "--out", str(root / "store"), "--dataset-arg", option]) == 2
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    ("positives_only=yes", "rsna dataset option: positives_only: expected true or false, got 'yes'"),
-    ("x=yes", "rsna dataset option: x: unknown key; "),
-    ("positivs_only=true", "rsna dataset option: positivs_only: unknown key; did you mean positives_only?"),
-])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("positives_only=yes", "rsna dataset option: positives_only: expected true or false, got 'yes'"),
+        ("x=yes", "rsna dataset option: x: unknown key; "),
+        ("positivs_only=true", "rsna dataset option: positivs_only: unknown key; did you mean positives_only?"),
+    ],
+)
 def test_adapter_options_error_the_same_way_from_every_entry(
-        tmp_path: Path, capsys: pytest.CaptureFixture, option: str, message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: str, message: str
+) -> None:
     dash_o = _from_dash_o(tmp_path, option)
     data_options = _from_data_options(tmp_path, option)
     assert str(dash_o) == str(data_options)
@@ -64,11 +67,16 @@ def test_option_values_read_like_overrides() -> None:
 
 def test_options_take_the_adapter_parameter_types() -> None:
     assert coerce_arguments(RsnaPneumonia, {"positives_only": True, "split": "test"}, given=("root",)) == {
-        "positives_only": True, "split": "test"}
+        "positives_only": True,
+        "split": "test",
+    }
     # a list stays a list, a tuple a tuple, a path passes as given; numbers become text for text options
     path = Path("labels.csv")
     assert coerce_arguments(GenericManifest, {"classes": ["a", "b"], "mask_labels": ("m",), "split": 1}) == {
-        "classes": ["a", "b"], "mask_labels": ("m",), "split": "1"}
+        "classes": ["a", "b"],
+        "mask_labels": ("m",),
+        "split": "1",
+    }
     assert coerce_arguments(GenericManifest, {"root": path})["root"] is path
     with pytest.raises(ConfigError, match=r"^classes: \['a', \[1\]\] is not a list of text or null$"):
         coerce_arguments(GenericManifest, {"classes": ["a", [1]]})
@@ -78,10 +86,10 @@ def test_options_take_the_adapter_parameter_types() -> None:
 
 def test_prompt_files_read_yes_as_text_like_every_config(tmp_path: Path) -> None:
     path = tmp_path / "prompts.yaml"
-    path.write_text("pos: [yes]\nneg: [\"no {c}\"]\n")
+    path.write_text('pos: [yes]\nneg: ["no {c}"]\n')
     table = resolve_prompts(["Edema"], path)
     assert table["Edema"].positive == ("yes",) and table["Edema"].negative == ("no edema",)
-    path.write_text("pos: [\"There is {c}.\"]\nnegs: [\"no {c}.\"]\n")
+    path.write_text('pos: ["There is {c}."]\nnegs: ["no {c}."]\n')
     with pytest.raises(ConfigError) as info:
         resolve_prompts(["Edema"], path)
     assert str(info.value) == f"{path}: negs: unknown key; did you mean neg? valid keys here: neg, pos"

@@ -29,9 +29,11 @@ def _user_folder(path):
 
 
 def _unchanged(path) -> bool:
-    return ((path / "thesis.tex").read_text() == "years of work"
-            and (path / "notes" / "day1.txt").read_text() == "do not lose"
-            and not (path / MARKER_NAME).exists())
+    return (
+        (path / "thesis.tex").read_text() == "years of work"
+        and (path / "notes" / "day1.txt").read_text() == "do not lose"
+        and not (path / MARKER_NAME).exists()
+    )
 
 
 @pytest.fixture(scope="module")

@@ -109,8 +109,9 @@ def test_class_styles_many_classes() -> None:
 
 def test_roc_curves_many_classes_taller(tmp_path: Path) -> None:
     labels = RNG.integers(0, 2, size=(40, 40)).astype(float)
-    with Image.open(plot_roc_curves(labels, RNG.random((40, 40)), [f"c{k}" for k in range(40)],
-                                    tmp_path / "roc40.png")) as png:
+    with Image.open(
+        plot_roc_curves(labels, RNG.random((40, 40)), [f"c{k}" for k in range(40)], tmp_path / "roc40.png")
+    ) as png:
         assert png.size[0] == 900 and png.size[1] > 600
 
 

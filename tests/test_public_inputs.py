@@ -65,9 +65,13 @@ def test_model_functions_take_a_str_a_path_or_a_list(model, image, name) -> None
     for form, result in results.items():
         np.testing.assert_array_equal(np.asarray(result), np.asarray(expected), err_msg=form)
     height, width = maco_cxr.read_image(image).shape
-    assert {"zero_shot": (1, 2), "ground": (height, width), "encode_images": (1, model.config.embed_dim),
-            "patch_embeddings": (1, 14, 14, model.config.embed_dim), "similarity": (1, 1)}[name] == \
-        tuple(results["str"].shape)
+    assert {
+        "zero_shot": (1, 2),
+        "ground": (height, width),
+        "encode_images": (1, model.config.embed_dim),
+        "patch_embeddings": (1, 14, 14, model.config.embed_dim),
+        "similarity": (1, 1),
+    }[name] == tuple(results["str"].shape)
 
 
 def test_read_image_takes_a_str_or_a_path(image) -> None:
@@ -113,8 +117,11 @@ def test_retrieve_takes_one_pair_or_many_and_names_a_lone_path(model, image) -> 
     for lone in (str(image), image):
         with pytest.raises(DataError, match=r"retrieve: data: got one path .*give \(image, report\) pairs"):
             maco_cxr.retrieve(model, lone)
-    with pytest.raises(DataError, match=r"retrieve: data\[1\]: expected an \(image, report text\) pair; got "
-                                        "PosixPath"):
+    with pytest.raises(
+        DataError,
+        match=r"retrieve: data\[1\]: expected an \(image, report text\) pair; got "
+        "PosixPath",
+    ):
         maco_cxr.retrieve(model, [(image, "edema."), image])
     assert image_report_pairs([[image, "a."]], "pairs") == [(image, "a.")]
 
@@ -123,9 +130,12 @@ def test_a_lone_3_h_w_tensor_is_refused_and_rgb_has_two_ways_in(model) -> None:
     rgb = np.zeros((48, 40, 3), np.uint8)
     rgb[..., 0] = 200  # pure red: luminance 60, as a colour PNG reads
     chw = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # torchvision's read_image layout
-    with pytest.raises(DataError, match=r"shape \[3, 48, 40\] is ambiguous: one RGB image in torchvision's "
-                                        r"\[C, H, W\] layout, or 3 grey images\. Pass one colour image as "
-                                        r"image\[None\] \(\[1, 3, H, W\]\) or \[image\]"):
+    with pytest.raises(
+        DataError,
+        match=r"shape \[3, 48, 40\] is ambiguous: one RGB image in torchvision's "
+        r"\[C, H, W\] layout, or 3 grey images\. Pass one colour image as "
+        r"image\[None\] \(\[1, 3, H, W\]\) or \[image\]",
+    ):
         maco_cxr.zero_shot(model, chw, ["Edema"])
     for one_rgb in (chw[None], [chw]):
         (grey,) = load_images(one_rgb)

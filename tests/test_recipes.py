@@ -22,18 +22,21 @@ def test_the_recipes_are_package_data_inside_maco_cxr() -> None:
     assert recipe_names("detect") == ["detect/rsna_1", "detect/rsna_10", "detect/rsna_100"]
 
 
-@pytest.mark.parametrize(("name", "folder", "expected"), [
-    ("base-paper", None, "pretrain/base-paper.yaml"),
-    ("base-paper", "pretrain", "pretrain/base-paper.yaml"),
-    ("tiny-synthetic.yaml", "pretrain", "pretrain/tiny-synthetic.yaml"),
-    ("siim_10", None, "segment/siim_10.yaml"),
-    ("siim_10", "segment", "segment/siim_10.yaml"),
-    ("segment/siim_10", None, "segment/siim_10.yaml"),
-    ("finetune/nih_1", "finetune", "finetune/nih_1.yaml"),
-    ("configs/finetune/nih_1.yaml", "finetune", "finetune/nih_1.yaml"),  # the old checkout path
-    ("rsna_10", "detect", "detect/rsna_10.yaml"),  # a bare name is looked up in the command's folder
-    ("rsna_10", "finetune", "finetune/rsna_10.yaml"),
-])
+@pytest.mark.parametrize(
+    ("name", "folder", "expected"),
+    [
+        ("base-paper", None, "pretrain/base-paper.yaml"),
+        ("base-paper", "pretrain", "pretrain/base-paper.yaml"),
+        ("tiny-synthetic.yaml", "pretrain", "pretrain/tiny-synthetic.yaml"),
+        ("siim_10", None, "segment/siim_10.yaml"),
+        ("siim_10", "segment", "segment/siim_10.yaml"),
+        ("segment/siim_10", None, "segment/siim_10.yaml"),
+        ("finetune/nih_1", "finetune", "finetune/nih_1.yaml"),
+        ("configs/finetune/nih_1.yaml", "finetune", "finetune/nih_1.yaml"),  # the old checkout path
+        ("rsna_10", "detect", "detect/rsna_10.yaml"),  # a bare name is looked up in the command's folder
+        ("rsna_10", "finetune", "finetune/rsna_10.yaml"),
+    ],
+)
 def test_a_recipe_is_found_by_name(name: str, folder: str | None, expected: str) -> None:
     assert resolve_recipe(name, folder) == SHIPPED / expected
 
@@ -47,14 +50,23 @@ def test_an_existing_file_wins_over_a_name(tmp_path: Path, monkeypatch: pytest.M
     assert resolve_recipe("nih_1", "finetune", root=SHIPPED) == SHIPPED / "finetune" / "nih_1.yaml"
 
 
-@pytest.mark.parametrize(("name", "folder", "message"), [
-    ("base-papr", "pretrain", (r"'base-papr' is neither a config file nor a shipped pretrain recipe name; "
-                               r"did you mean base-paper\? shipped pretrain recipes: base-paper, tiny-synthetic$")),
-    ("siim_10", "finetune", r"did you mean segment/siim_10 or .*shipped finetune recipes: adamw_lld, "),
-    ("finetune/siim_10", None, r"did you mean segment/siim_10 or"),
-    ("rsna_10", None, r"recipe 'rsna_10' is in several folders \(detect/rsna_10, finetune/rsna_10\); "),
-    ("/no/such/recipe.yaml", None, r"'/no/such/recipe\.yaml' is neither a config file nor a shipped recipe"),
-])
+@pytest.mark.parametrize(
+    ("name", "folder", "message"),
+    [
+        (
+            "base-papr",
+            "pretrain",
+            (
+                r"'base-papr' is neither a config file nor a shipped pretrain recipe name; "
+                r"did you mean base-paper\? shipped pretrain recipes: base-paper, tiny-synthetic$"
+            ),
+        ),
+        ("siim_10", "finetune", r"did you mean segment/siim_10 or .*shipped finetune recipes: adamw_lld, "),
+        ("finetune/siim_10", None, r"did you mean segment/siim_10 or"),
+        ("rsna_10", None, r"recipe 'rsna_10' is in several folders \(detect/rsna_10, finetune/rsna_10\); "),
+        ("/no/such/recipe.yaml", None, r"'/no/such/recipe\.yaml' is neither a config file nor a shipped recipe"),
+    ],
+)
 def test_an_unknown_name_lists_the_nearest(name: str, folder: str | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_recipe(name, folder)
@@ -67,20 +79,24 @@ def test_a_folder_is_no_recipe(tmp_path: Path) -> None:
         recipe_folder(tmp_path / "missing")
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["pretrain", "--config", "base-paper"], "pretrain/base-paper.yaml"),
-    (["finetune", "--model", "none", "--out", "x", "--config", "rsna_10"], "finetune/rsna_10.yaml"),
-    (["detect", "--model", "none", "--out", "x", "--config", "rsna_10"], "detect/rsna_10.yaml"),
-    (["segment", "--model", "none", "--out", "x", "--config", "siim_10"], "segment/siim_10.yaml"),
-    (["segment", "--model", "none", "--out", "x", "--config", "segment/siim_10.yaml"], "segment/siim_10.yaml"),
-])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["pretrain", "--config", "base-paper"], "pretrain/base-paper.yaml"),
+        (["finetune", "--model", "none", "--out", "x", "--config", "rsna_10"], "finetune/rsna_10.yaml"),
+        (["detect", "--model", "none", "--out", "x", "--config", "rsna_10"], "detect/rsna_10.yaml"),
+        (["segment", "--model", "none", "--out", "x", "--config", "siim_10"], "segment/siim_10.yaml"),
+        (["segment", "--model", "none", "--out", "x", "--config", "segment/siim_10.yaml"], "segment/siim_10.yaml"),
+    ],
+)
 def test_each_command_resolves_its_config_by_name(argv: list[str], expected: str) -> None:
     assert build_parser().parse_args(argv).config == SHIPPED / expected
 
 
 @pytest.mark.parametrize("command", ["finetune", "segment", "detect"])
 def test_every_fine_tuning_command_takes_a_name_and_rejects_a_typo(
-        command: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as info:
         main([command, "--model", "none", "--config", "nih_1O", "--out", str(tmp_path)])
     assert info.value.code == 2

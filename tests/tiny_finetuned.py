@@ -32,8 +32,10 @@ def save_tiny_detector(path: Path, classes: tuple[str, ...] = ("nodule",)) -> No
     from maco_cxr.tasks.finetune.detection import FinetunedDetector
 
     torch.manual_seed(0)
-    config = ViTDetConfig(out_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_head_convs=1, box_head_fc=16,
-                          box_detections_per_img=5)
+    config = ViTDetConfig(
+        out_channels=16, anchor_sizes=(8, 16, 32, 64, 128), box_head_convs=1, box_head_fc=16, box_detections_per_img=5
+    )
     net = build_vitdet(MaskedViT(tiny_vision()), config, SIZE, IMAGE_MEAN, IMAGE_STD)
-    save_finetuned(FinetunedDetector(net, classes, {"image_size": SIZE, "mean": IMAGE_MEAN, "std": IMAGE_STD},
-                                     config), path)
+    save_finetuned(
+        FinetunedDetector(net, classes, {"image_size": SIZE, "mean": IMAGE_MEAN, "std": IMAGE_STD}, config), path
+    )

@@ -69,8 +69,10 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     if name in _FORMER_NAMES:
-        raise AttributeError(f"maco_cxr.{name} is now maco_cxr.{_FORMER_NAMES[name]} (same arguments: it "
-                             "trains a model and returns a FitResult)")
+        raise AttributeError(
+            f"maco_cxr.{name} is now maco_cxr.{_FORMER_NAMES[name]} (same arguments: it "
+            "trains a model and returns a FitResult)"
+        )
     raise AttributeError(f"module 'maco_cxr' has no attribute {name!r}")
 
 

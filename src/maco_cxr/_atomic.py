@@ -116,12 +116,18 @@ def _check_ours(folder: Path, kind: str, verb: str) -> bool:
     found = _marker_kind(folder)
     if found == kind:
         return True
-    shown = ", ".join(entries[:_LISTED_FILES]) + (f" and {len(entries) - _LISTED_FILES} more"
-                                                  if len(entries) > _LISTED_FILES else "")
-    whose = (f"maco-cxr wrote it as a {found} output, not a {kind} output" if found is not None
-             else "maco-cxr did not write it (no " + MARKER_NAME + " marker)")
-    raise OutputFolderError(f"{folder}: refusing to {verb} a folder that holds files ({shown}): {whose}. "
-                            "Choose a new or empty folder, or move those files away yourself")
+    shown = ", ".join(entries[:_LISTED_FILES]) + (
+        f" and {len(entries) - _LISTED_FILES} more" if len(entries) > _LISTED_FILES else ""
+    )
+    whose = (
+        f"maco-cxr wrote it as a {found} output, not a {kind} output"
+        if found is not None
+        else "maco-cxr did not write it (no " + MARKER_NAME + " marker)"
+    )
+    raise OutputFolderError(
+        f"{folder}: refusing to {verb} a folder that holds files ({shown}): {whose}. "
+        "Choose a new or empty folder, or move those files away yourself"
+    )
 
 
 def _marker(kind: str) -> dict[str, str]:
@@ -158,9 +164,11 @@ def atomic_directory(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     final = _resolved(path)
     _check_ours(final, kind, "replace")
     if final.is_dir() and (Path.cwd() == final or final in Path.cwd().parents):
-        raise OutputFolderError(f"{final}: is the current working directory or holds it; replacing it would "
-                                "leave this shell in a deleted folder. Name a new subfolder instead, e.g. "
-                                f"{final / 'out'}")
+        raise OutputFolderError(
+            f"{final}: is the current working directory or holds it; replacing it would "
+            "leave this shell in a deleted folder. Name a new subfolder instead, e.g. "
+            f"{final / 'out'}"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{final.name}.", dir=final.parent))
     try:
@@ -195,8 +203,7 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
     sibling file, then publish it as ``path``."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{final.name}.", dir=final.parent,
-                                suffix=final.suffix)
+    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{final.name}.", dir=final.parent, suffix=final.suffix)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -79,22 +79,29 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def yaml_load(text: str) -> Any:
     """Parse YAML (or JSON) text with the scalar rules above."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 _RESET_KEYS = "CONFIG_BASE_KEYS"  # class attribute: keys that pick the section's starting point
 
 
@@ -134,8 +141,14 @@ def _describe(hint: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_describe(args[0])}"
         return f"a list of {len(args)} values"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", NoneType: "null",
-             dict: "a mapping"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        NoneType: "null",
+        dict: "a mapping",
+    }
     return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
@@ -196,8 +209,11 @@ def _number(value: Any, kind: type, key: str) -> int | float:
         raise ConfigError(f"expected {_describe(kind)}, got {value!r}", key=key)
     if isinstance(value, str):
         try:
-            value = float(value) if kind is float else (int(value) if value.strip().lstrip("+-").isdigit()
-                                                         else float(value))
+            value = (
+                float(value)
+                if kind is float
+                else (int(value) if value.strip().lstrip("+-").isdigit() else float(value))
+            )
         except ValueError:
             raise ConfigError(f"{value!r} is not {_describe(kind)}", key=key) from None
     if kind is float and isinstance(value, (int, float)):
@@ -236,8 +252,7 @@ def _similarity(word: str, other: str) -> float:
     return difflib.SequenceMatcher(None, word, other).ratio()
 
 
-def _nearest_key(key: str, name: str, known: Sequence[str], prefix: str,
-                 everywhere: Sequence[str]) -> str | None:
+def _nearest_key(key: str, name: str, known: Sequence[str], prefix: str, everywhere: Sequence[str]) -> str | None:
     """The valid key a mistyped ``key`` (``name`` in the section ``prefix``) most likely meant.
 
     Searched in every section (``everywhere``: all dotted keys, with the same base as ``key``),
@@ -246,14 +261,14 @@ def _nearest_key(key: str, name: str, known: Sequence[str], prefix: str,
     (``runtime.eval_every`` -> ``evaluation.every``), then the nearest name in this section
     (``optim.lrr`` -> ``optim.lr``) unless a name elsewhere is much nearer
     (``runtime.warmup_step`` -> ``optim.warmup_steps``)."""
-    elsewhere = [k for k in everywhere if not (k.startswith(prefix) and "." not in k[len(prefix):])]
+    elsewhere = [k for k in everywhere if not (k.startswith(prefix) and "." not in k[len(prefix) :])]
     same_name = [k for k in elsewhere if k.rsplit(".", 1)[-1] == name]
     if same_name:
         return _closest(key, same_name)
     run_in = []
     for candidate in elsewhere:
         section, _, leaf = candidate.rpartition(".")
-        head = name[:-len(leaf) - 1] if name.endswith(f"_{leaf}") else ""
+        head = name[: -len(leaf) - 1] if name.endswith(f"_{leaf}") else ""
         if section and head and section.rsplit(".", 1)[-1].startswith(head):
             run_in.append(candidate)
     if run_in:
@@ -267,13 +282,11 @@ def _nearest_key(key: str, name: str, known: Sequence[str], prefix: str,
     return prefix + here if here is not None and score(here) >= 0.5 else None
 
 
-def _unknown_key(key: str, name: str, known: Iterable[str], prefix: str, everywhere: Sequence[str] = ()
-                 ) -> ConfigError:
+def _unknown_key(key: str, name: str, known: Iterable[str], prefix: str, everywhere: Sequence[str] = ()) -> ConfigError:
     known = sorted(set(known))
     near = _nearest_key(key, name, known, prefix, everywhere)
     suggestion = f"did you mean {near}? " if near else ""
-    return ConfigError(f"unknown key; {suggestion}valid keys here: {', '.join(prefix + k for k in known)}",
-                       key=key)
+    return ConfigError(f"unknown key; {suggestion}valid keys here: {', '.join(prefix + k for k in known)}", key=key)
 
 
 def _section_default(item: dataclasses.Field) -> Any:
@@ -294,8 +307,7 @@ def from_dict(kind: type[T], data: Mapping[str, Any], *, prefix: str = "", base:
     return _from_dict(kind, data, prefix, base, [prefix + k for k in _config_keys(kind)])
 
 
-def _from_dict(kind: type[T], data: Mapping[str, Any], prefix: str, base: Any,
-               everywhere: Sequence[str]) -> T:
+def _from_dict(kind: type[T], data: Mapping[str, Any], prefix: str, base: Any, everywhere: Sequence[str]) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping of keys to values, got {data!r}", key=prefix.rstrip(".") or None)
     if hasattr(kind, "config_base") and (base is None or any(k in data for k in getattr(kind, _RESET_KEYS, ()))):
@@ -314,8 +326,9 @@ def _from_dict(kind: type[T], data: Mapping[str, Any], prefix: str, base: Any,
         current = getattr(base, name) if base is not None else _section_default(known[name])
         if is_dataclass(current) and not isinstance(current, type):
             if not isinstance(value, Mapping):
-                raise ConfigError(f"is a section; set its keys (e.g. {key}.<name>=...) or give a mapping, "
-                                  f"not {value!r}", key=key)
+                raise ConfigError(
+                    f"is a section; set its keys (e.g. {key}.<name>=...) or give a mapping, not {value!r}", key=key
+                )
             values[name] = _from_dict(type(current), value, f"{key}.", current, everywhere)
         else:
             values[name] = _coerce(value, hints[name], key)
@@ -376,7 +389,8 @@ def _set_path(tree: dict[str, Any], kind: type, override: Override) -> None:
             known = {item.name: item for item in fields(node_kind) if item.init}
             if name not in known and name not in base_keys:
                 raise _unknown_key(key, name, [*known, *base_keys], walked, _config_keys(kind)).from_source(
-                    override.source)
+                    override.source
+                )
             if name in base_keys:
                 if leaf:
                     node.clear()  # choosing a preset starts the section from it
@@ -385,8 +399,9 @@ def _set_path(tree: dict[str, Any], kind: type, override: Override) -> None:
                 child_kind = type(default) if is_dataclass(default) else None
                 if leaf and child_kind is not None:
                     if not isinstance(override.value, Mapping):
-                        raise ConfigError(f"is a section; set one of its keys, e.g. {key}.<name>=...", key=key,
-                                          source=override.source)
+                        raise ConfigError(
+                            f"is a section; set one of its keys, e.g. {key}.<name>=...", key=key, source=override.source
+                        )
                     for sub, value in override.value.items():  # a mapping merges into the section
                         _set_path(tree, kind, Override(f"{key}.{sub}", value, override.source))
                     return
@@ -397,8 +412,9 @@ def _set_path(tree: dict[str, Any], kind: type, override: Override) -> None:
         if child is None:
             child = node[name] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"{walked + name!r} holds a value, not a section", key=override.key,
-                              source=override.source)
+            raise ConfigError(
+                f"{walked + name!r} holds a value, not a section", key=override.key, source=override.source
+            )
         node, node_kind, walked = child, child_kind, key + "."
 
 
@@ -432,8 +448,9 @@ def _build(kind: type[T], tree: dict[str, Any], sources: Mapping[str, str]) -> T
         raise err.from_source(_source_of(err.key, sources)) from None
 
 
-def load_config(kind: type[T], path: str | Path | None = None,
-                overrides: Sequence[str | Override] | Mapping[str, Any] = ()) -> T:
+def load_config(
+    kind: type[T], path: str | Path | None = None, overrides: Sequence[str | Override] | Mapping[str, Any] = ()
+) -> T:
     """Config ``kind`` from a YAML/JSON file (the defaults when ``path`` is None) plus overrides.
 
     ``overrides``: ``"a.b=value"`` strings (from the command line), :class:`Override` items,
@@ -455,8 +472,7 @@ def load_config(kind: type[T], path: str | Path | None = None,
     return _build(kind, tree, sources)
 
 
-def apply_overrides(config: T, overrides: Sequence[str | Override] | Mapping[str, Any],
-                    source: str = "override") -> T:
+def apply_overrides(config: T, overrides: Sequence[str | Override] | Mapping[str, Any], source: str = "override") -> T:
     """A copy of ``config`` with dotted overrides applied (all set first, validated once).
 
     Setting a key a section starts from (``model.preset``) starts that section afresh from it.
@@ -505,8 +521,7 @@ def parse_options(texts: Iterable[str], flag: str) -> dict[str, Any]:
     for text in texts:
         key, sep, _ = text.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"{text!r} is not of the form KEY=VALUE (e.g. annotations=ms_cxr.csv)",
-                              source=flag)
+            raise ConfigError(f"{text!r} is not of the form KEY=VALUE (e.g. annotations=ms_cxr.csv)", source=flag)
         override = parse_overrides([text], flag)[0]
         options[override.key] = override.value
     return options
@@ -538,8 +553,9 @@ def _argument_hint(hint: Any) -> Any:
     return None
 
 
-def coerce_arguments(function: Callable[..., Any], values: Mapping[str, Any], *, given: Iterable[str] = (),
-                     source: str | None = None) -> dict[str, Any]:
+def coerce_arguments(
+    function: Callable[..., Any], values: Mapping[str, Any], *, given: Iterable[str] = (), source: str | None = None
+) -> dict[str, Any]:
     """``values`` as keyword arguments of ``function`` (a dataset adapter class), by the rules of
     a config value: text and numbers take the parameter's type (a bool only ``true``/``false``),
     a list stays a list; an unknown name is an error naming the nearest parameter (``given``:
@@ -548,8 +564,12 @@ def coerce_arguments(function: Callable[..., Any], values: Mapping[str, Any], *,
     parameters = inspect.signature(function).parameters
     hints = get_type_hints(function.__init__ if isinstance(function, type) else function)
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    known = [name for name, p in parameters.items() if name not in set(given)
-             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    known = [
+        name
+        for name, p in parameters.items()
+        if name not in set(given)
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
     out: dict[str, Any] = {}
     for name, value in values.items():
         if name not in known and not open_ended:
@@ -581,14 +601,16 @@ def recipe_folder(root: str | Path | None = None) -> Path:
         return Path(os.fspath(files("maco_cxr") / "recipes"))
     path = Path(root)
     if not path.is_dir():
-        raise ConfigError(f"not a folder of recipes (subfolders {', '.join(RECIPE_FOLDERS)})",
-                          source=str(path))
+        raise ConfigError(f"not a folder of recipes (subfolders {', '.join(RECIPE_FOLDERS)})", source=str(path))
     return path
 
 
 def _recipes(root: str | Path | None) -> dict[str, Path]:
-    return {f"{p.parent.name}/{p.stem}": p for p in sorted(recipe_folder(root).glob("*/*"))
-            if p.suffix in _RECIPE_SUFFIXES and p.is_file()}
+    return {
+        f"{p.parent.name}/{p.stem}": p
+        for p in sorted(recipe_folder(root).glob("*/*"))
+        if p.suffix in _RECIPE_SUFFIXES and p.is_file()
+    }
 
 
 def recipe_names(folder: str | None = None, *, root: str | Path | None = None) -> list[str]:
@@ -596,8 +618,7 @@ def recipe_names(folder: str | None = None, *, root: str | Path | None = None) -
     return [name for name in _recipes(root) if folder is None or name.startswith(f"{folder}/")]
 
 
-def resolve_recipe(name: str | os.PathLike[str], folder: str | None = None, *,
-                   root: str | Path | None = None) -> Path:
+def resolve_recipe(name: str | os.PathLike[str], folder: str | None = None, *, root: str | Path | None = None) -> Path:
     """The config file that ``--config NAME`` (and every shipped default) means.
 
     In order: an existing file path; a recipe named with its folder (``segment/siim_10``, or
@@ -624,15 +645,16 @@ def resolve_recipe(name: str | os.PathLike[str], folder: str | None = None, *,
     if len(matches) == 1:
         return recipes[matches[0]]
     if matches:
-        raise ConfigError(f"recipe {wanted!r} is in several folders ({', '.join(matches)}); name one, e.g. "
-                          f"--config {matches[0]}")
+        raise ConfigError(
+            f"recipe {wanted!r} is in several folders ({', '.join(matches)}); name one, e.g. --config {matches[0]}"
+        )
     stems = [n.split("/", 1)[1] for n in scope]
     elsewhere = [n for n in recipes if n.split("/", 1)[1] == parts[-1] and n != wanted] if parts else []
     close = difflib.get_close_matches(wanted, [*stems, *recipes], n=3, cutoff=0.5)
-    near = [n for n in dict.fromkeys([*elsewhere, *close])
-            if not (n in scope and n.split("/", 1)[1] in close)][:3]
+    near = [n for n in dict.fromkeys([*elsewhere, *close]) if not (n in scope and n.split("/", 1)[1] in close)][:3]
     suggestion = f"did you mean {' or '.join(near)}? " if near else ""
     listed = ", ".join(stems) if folder else ", ".join(scope)
     kind = f"{folder} recipe" if folder else "recipe"
-    raise ConfigError(f"{str(name)!r} is neither a config file nor a shipped {kind} name; {suggestion}"
-                      f"shipped {kind}s: {listed}")
+    raise ConfigError(
+        f"{str(name)!r} is neither a config file nor a shipped {kind} name; {suggestion}shipped {kind}s: {listed}"
+    )

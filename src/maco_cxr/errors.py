@@ -28,8 +28,9 @@ class ConfigError(MacoError, ValueError):
 
     def within(self, prefix: str) -> ConfigError:
         """The same error one section down: ``key`` prefixed with ``prefix`` (e.g. ``"model."``)."""
-        return ConfigError(self.detail, key=f"{prefix}{self.key}" if self.key else prefix.rstrip(".") or None,
-                           source=self.source)
+        return ConfigError(
+            self.detail, key=f"{prefix}{self.key}" if self.key else prefix.rstrip(".") or None, source=self.source
+        )
 
     def from_source(self, source: str | None) -> ConfigError:
         return ConfigError(self.detail, key=self.key, source=self.source or source)

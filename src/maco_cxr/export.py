@@ -123,7 +123,7 @@ class _Uint8Front(nn.Module):
             new_h, new_w = max(self.size, int(round(h * scale))), max(self.size, int(round(w * scale)))
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
             top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
-            x = x[:, :, top: top + self.size, left: left + self.size]
+            x = x[:, :, top : top + self.size, left : left + self.size]
         return self.encoder(x.expand(-1, 3, -1, -1))
 
 
@@ -150,22 +150,57 @@ def _specs(model: MacoModel) -> list[_GraphSpec]:
     c = model.config
     size, channels, dim = c.vision.img_size, 3, c.embed_dim
     patches, length = c.vision.num_patches, c.text.max_length
-    image_out = ({"name": "embedding", "dtype": "float32", "shape": ["N", dim]},
-                 {"name": "patch_embeddings", "dtype": "float32", "shape": ["N", patches, dim]})
+    image_out = (
+        {"name": "embedding", "dtype": "float32", "shape": ["N", dim]},
+        {"name": "patch_embeddings", "dtype": "float32", "shape": ["N", patches, dim]},
+    )
     return [
-        _GraphSpec(IMAGE_GRAPH, ImageEncoderGraph(model, uint8_input=False).eval(),
-                   ({"name": "pixels", "dtype": "float32", "shape": ["N", channels, size, size],
-                     "meaning": "normalised (x/255 - mean)/std, resized and centre-cropped to size"},), image_out),
-        _GraphSpec(IMAGE_UINT8_GRAPH, ImageEncoderGraph(model, uint8_input=True).eval(),
-                   ({"name": "pixels", "dtype": "uint8", "shape": ["N", 1, "H", "W"],
-                     "meaning": "grey pixels of any size, as read from the file (one size per call); "
-                                "normalised, resized and centre-cropped to size inside"},), image_out),
-        _GraphSpec(TEXT_GRAPH, TextEncoderGraph(model).eval(),
-                   ({"name": "input_ids", "dtype": "int64", "shape": ["N", length],
-                     "meaning": "token ids of '[CLS] ' + text, truncated / padded with 0 to max_length"},
-                    {"name": "attention_mask", "dtype": "int64", "shape": ["N", length],
-                     "meaning": "1 for real tokens, 0 for padding (input_ids != 0)"}),
-                   ({"name": "embedding", "dtype": "float32", "shape": ["N", dim]},)),
+        _GraphSpec(
+            IMAGE_GRAPH,
+            ImageEncoderGraph(model, uint8_input=False).eval(),
+            (
+                {
+                    "name": "pixels",
+                    "dtype": "float32",
+                    "shape": ["N", channels, size, size],
+                    "meaning": "normalised (x/255 - mean)/std, resized and centre-cropped to size",
+                },
+            ),
+            image_out,
+        ),
+        _GraphSpec(
+            IMAGE_UINT8_GRAPH,
+            ImageEncoderGraph(model, uint8_input=True).eval(),
+            (
+                {
+                    "name": "pixels",
+                    "dtype": "uint8",
+                    "shape": ["N", 1, "H", "W"],
+                    "meaning": "grey pixels of any size, as read from the file (one size per call); "
+                    "normalised, resized and centre-cropped to size inside",
+                },
+            ),
+            image_out,
+        ),
+        _GraphSpec(
+            TEXT_GRAPH,
+            TextEncoderGraph(model).eval(),
+            (
+                {
+                    "name": "input_ids",
+                    "dtype": "int64",
+                    "shape": ["N", length],
+                    "meaning": "token ids of '[CLS] ' + text, truncated / padded with 0 to max_length",
+                },
+                {
+                    "name": "attention_mask",
+                    "dtype": "int64",
+                    "shape": ["N", length],
+                    "meaning": "1 for real tokens, 0 for padding (input_ids != 0)",
+                },
+            ),
+            ({"name": "embedding", "dtype": "float32", "shape": ["N", dim]},),
+        ),
     ]
 
 
@@ -176,8 +211,9 @@ def _uint8_check_sizes(size: int) -> list[tuple[int, int]]:
     return [(size, size), (2 * size + 1, 2 * size), (size * 3 // 4, size // 2 + 1), (size - 1, size + 77)]
 
 
-def _example_inputs(model: MacoModel, name: str, batch: int, generator: torch.Generator
-                    ) -> list[tuple[torch.Tensor, ...]]:
+def _example_inputs(
+    model: MacoModel, name: str, batch: int, generator: torch.Generator
+) -> list[tuple[torch.Tensor, ...]]:
     """Inputs of graph ``name`` (one tuple, and one per checked size for the uint8 graph); the
     texts include a padded one and one filling all L positions. Random pixels are the worst case
     for resampling differences."""
@@ -185,10 +221,15 @@ def _example_inputs(model: MacoModel, name: str, batch: int, generator: torch.Ge
     if name == IMAGE_GRAPH:
         return [(torch.randn(batch, 3, size, size, generator=generator),)]
     if name == IMAGE_UINT8_GRAPH:
-        return [(torch.randint(0, 256, (batch, 1, h, w), generator=generator, dtype=torch.uint8),)
-                for h, w in _uint8_check_sizes(size)]
-    texts = ["no acute cardiopulmonary process.", "small right pleural effusion. " * 40,
-             "heart size is normal. the lungs are clear. no pneumothorax."]
+        return [
+            (torch.randint(0, 256, (batch, 1, h, w), generator=generator, dtype=torch.uint8),)
+            for h, w in _uint8_check_sizes(size)
+        ]
+    texts = [
+        "no acute cardiopulmonary process.",
+        "small right pleural effusion. " * 40,
+        "heart size is normal. the lungs are clear. no pneumothorax.",
+    ]
     tokens = model.tokenizer([texts[i % len(texts)] for i in range(batch)])
     return [(tokens["input_ids"], tokens["attention_mask"])]
 
@@ -205,8 +246,10 @@ def _import_onnx(check: bool) -> Any:
         if check:
             import onnxruntime  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"ONNX export needs onnx and onnxscript, and onnxruntime to check the graphs "
-                          f"(missing: {err.name}); install them with `{INSTALL_HINT}`") from err
+        raise ImportError(
+            f"ONNX export needs onnx and onnxscript, and onnxruntime to check the graphs "
+            f"(missing: {err.name}); install them with `{INSTALL_HINT}`"
+        ) from err
     return onnx
 
 
@@ -231,8 +274,15 @@ def _write_onnx(spec: _GraphSpec, example: tuple[torch.Tensor, ...], path: Path,
         # Inputs sharing the batch Dim make the exporter say it keeps one axis name: harmless.
         warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used.*")
         try:
-            program = torch.onnx.export(spec.module, example, dynamo=True, opset_version=opset,
-                                        dynamic_shapes=dynamic, verbose=False, optimize=True)
+            program = torch.onnx.export(
+                spec.module,
+                example,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=dynamic,
+                verbose=False,
+                optimize=True,
+            )
         except Exception as err:
             raise ExportError(f"{spec.name}: ONNX export failed: {err}") from err
     _rename_outputs(program.model.graph, [item["name"] for item in spec.outputs])
@@ -297,11 +347,17 @@ def _aa_weights(g: _OnnxOps, size: int, length: str, resized: str, offset: str) 
     column = g.const([-1, 1], np.int64)
     taps = g("Range", one(0, np.int64), length, one(1, np.int64))
     offset_from_center = g("Sub", g("Cast", taps, to=f32), g("Reshape", center, column))  # [size, length]
-    argument = g("Cast", g("Mul", g("Add", g("Cast", offset_from_center, to=f64), one(0.5, np.float64)),
-                           g("Cast", invscale, to=f64)), to=f32)
+    argument = g(
+        "Cast",
+        g("Mul", g("Add", g("Cast", offset_from_center, to=f64), one(0.5, np.float64)), g("Cast", invscale, to=f64)),
+        to=f32,
+    )
     weight = g("Relu", g("Sub", one(1.0, np.float32), g("Abs", argument)))  # the triangle filter
-    inside = g("And", g("GreaterOrEqual", taps, g("Reshape", first, column)),
-               g("Less", taps, g("Reshape", g("Add", first, count), column)))
+    inside = g(
+        "And",
+        g("GreaterOrEqual", taps, g("Reshape", first, column)),
+        g("Less", taps, g("Reshape", g("Add", first, count), column)),
+    )
     weight = g("Where", inside, weight, one(0.0, np.float32))
     total = g("ReduceSum", weight, g.const([1], np.int64), keepdims=1)
     total = g("Where", g("Equal", total, one(0.0, np.float32)), one(1.0, np.float32), total)
@@ -317,8 +373,11 @@ def _front_nodes(size: int, mean: float, std: float, source: str, target: str) -
 
     g = _OnnxOps("uint8_front")
     f32, f64, i64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
-    x = g("Div", g("Sub", g("Div", g("Cast", source, to=f32), g.const(255.0, np.float32)),
-                   g.const(mean, np.float32)), g.const(std, np.float32))
+    x = g(
+        "Div",
+        g("Sub", g("Div", g("Cast", source, to=f32), g.const(255.0, np.float32)), g.const(mean, np.float32)),
+        g.const(std, np.float32),
+    )
     shape = g("Shape", source)
     hw = g("Slice", shape, g.const([2], np.int64), g.const([4], np.int64))
     hw_f64 = g("Cast", hw, to=f64)
@@ -354,13 +413,11 @@ def _write_onnx_uint8(model: MacoModel, float_path: Path, path: Path) -> None:
     normalised = "uint8_front/pixels_normalised"
     taken = {v for n in graph.node for v in (*n.input, *n.output)} | {i.name for i in graph.initializer}
     if any(v.startswith("uint8_front/") for v in taken):
-        raise ExportError(f"{IMAGE_GRAPH}.onnx already has values named uint8_front/...; "
-                          "cannot add the uint8 input")
+        raise ExportError(f"{IMAGE_GRAPH}.onnx already has values named uint8_front/...; cannot add the uint8 input")
     for node in graph.node:
         node.input[:] = [normalised if v == pixels.name else v for v in node.input]
     c = model.config
-    nodes, constants = _front_nodes(c.vision.img_size, float(c.image_mean), float(c.image_std), pixels.name,
-                                    normalised)
+    nodes, constants = _front_nodes(c.vision.img_size, float(c.image_mean), float(c.image_std), pixels.name, normalised)
     batch = pixels.type.tensor_type.shape.dim[0].dim_param or "N"
     encoder_nodes = list(graph.node)
     del graph.node[:]
@@ -379,8 +436,9 @@ def _write_torchscript_uint8(model: MacoModel, float_path: Path, path: Path) -> 
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
         encoder = torch.jit.load(str(float_path))
         try:
-            scripted = torch.jit.script(_Uint8Front(encoder, c.vision.img_size, float(c.image_mean),
-                                                    float(c.image_std)))
+            scripted = torch.jit.script(
+                _Uint8Front(encoder, c.vision.img_size, float(c.image_mean), float(c.image_std))
+            )
         except Exception as err:
             raise ExportError(f"{IMAGE_UINT8_GRAPH}: TorchScript scripting failed: {err}") from err
         torch.jit.save(scripted, str(path))
@@ -406,8 +464,9 @@ def _run_onnx(path: Path, spec: _GraphSpec, inputs: tuple[torch.Tensor, ...]) ->
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([o["name"] for o in spec.outputs],
-                       {item["name"]: x.numpy() for item, x in zip(spec.inputs, inputs)})
+    return session.run(
+        [o["name"] for o in spec.outputs], {item["name"]: x.numpy() for item, x in zip(spec.inputs, inputs)}
+    )
 
 
 def _run_torchscript(path: Path, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
@@ -430,8 +489,7 @@ def _max_abs_diff(spec: _GraphSpec, got: list[np.ndarray], inputs: tuple[torch.T
     return diffs
 
 
-def _check(spec: _GraphSpec, fmt: str, path: Path, trials: list[tuple[torch.Tensor, ...]]
-           ) -> dict[str, float]:
+def _check(spec: _GraphSpec, fmt: str, path: Path, trials: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
     """The largest difference per output from eager PyTorch over all ``trials``."""
     worst: dict[str, float] = {}
     for inputs in trials:
@@ -454,12 +512,16 @@ def preprocessing_contract(model: MacoModel) -> dict[str, Any]:
             "mean": c.image_mean,
             "std": c.image_std,
             "normalise": "x = (u8 / 255 - mean) / std on grey uint8 pixels u8, copied to 3 channels",
-            "resize": {"rule": "shorter side to size, then the centre size x size crop "
-                               "(offset (new - size) // 2; the new longer side is round(side * size / shorter))",
-                       "interpolation": "bilinear", "antialias": True, "align_corners": False,
-                       "order": "normalise to float first, then resize: image_encoder_uint8 does both "
-                                "inside (pass the file's uint8 pixels at their own size); image_encoder "
-                                "expects them done (resizing uint8 and rounding first changes the result)"},
+            "resize": {
+                "rule": "shorter side to size, then the centre size x size crop "
+                "(offset (new - size) // 2; the new longer side is round(side * size / shorter))",
+                "interpolation": "bilinear",
+                "antialias": True,
+                "align_corners": False,
+                "order": "normalise to float first, then resize: image_encoder_uint8 does both "
+                "inside (pass the file's uint8 pixels at their own size); image_encoder "
+                "expects them done (resizing uint8 and rounding first changes the result)",
+            },
             "patch_size": c.vision.patch_size,
             "grid": c.vision.grid_size,
             "patch_order": "row-major over the grid (index = row * grid + column)",
@@ -484,8 +546,9 @@ def _training_data(metadata: dict[str, Any] | None) -> str:
     if isinstance(pretraining, dict):
         data = (pretraining.get("config") or {}).get("data") or {}
         parts = [f"{key} `{data[key]}`" for key in ("source", "kind", "path", "split") if data.get(key) is not None]
-        return (f"pre-trained with maco-cxr for {pretraining.get('steps', 'an unrecorded number of')} steps on "
-                + (", ".join(parts) if parts else "data not recorded"))
+        return f"pre-trained with maco-cxr for {pretraining.get('steps', 'an unrecorded number of')} steps on " + (
+            ", ".join(parts) if parts else "data not recorded"
+        )
     origin = metadata.get("converted_from")
     if isinstance(origin, dict) and origin.get("training_data"):
         digest = f", sha256 `{origin['sha256']}`" if origin.get("sha256") else ""
@@ -493,7 +556,7 @@ def _training_data(metadata: dict[str, Any] | None) -> str:
     return "unknown"
 
 
-_ORT_EXAMPLE = '''\
+_ORT_EXAMPLE = """\
 import json
 
 import numpy as np
@@ -524,11 +587,15 @@ ids, mask = tokenize(["There is a right pleural effusion.", "No acute cardiopulm
 unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
 similarity = unit(image_embedding) @ unit(text_embedding).T  # cosine, [N_images, N_texts]
 print(similarity)
-'''
+"""
 
 
-def model_card(model: MacoModel, metadata: dict[str, Any] | None = None,
-               formats: Sequence[str] = ("onnx",), source: str | None = None) -> str:
+def model_card(
+    model: MacoModel,
+    metadata: dict[str, Any] | None = None,
+    formats: Sequence[str] = ("onnx",),
+    source: str | None = None,
+) -> str:
     """``MODEL_CARD.md`` of an export: architecture, training data (from ``metadata``, the model's
     ``config.json``, else "unknown"), preprocessing, intended use, limitations, how to run it."""
     from maco_cxr._version import __version__
@@ -552,8 +619,7 @@ def model_card(model: MacoModel, metadata: dict[str, Any] | None = None,
         f"- Text encoder: BERT, width {c.text.hidden_size}, {c.text.num_layers} layers, {c.text.num_heads} heads, "
         f"FFN {c.text.intermediate_size}, vocabulary {c.text.vocab_size}, at most {c.text.max_length} tokens; "
         "the text embedding is BERT's pooler output (tanh of a dense layer on [CLS]).",
-        f"- Joint embedding width D = {c.embed_dim}. Embeddings are not normalised: compare them by cosine "
-        "similarity.",
+        f"- Joint embedding width D = {c.embed_dim}. Embeddings are not normalised: compare them by cosine similarity.",
         "",
         "## Training data",
         "",
@@ -565,6 +631,7 @@ def model_card(model: MacoModel, metadata: dict[str, Any] | None = None,
         "|---|---|---|",
     ]
     for spec in _specs(model):
+
         def describe(items: Sequence[dict[str, Any]]) -> str:
             return "<br>".join(f"`{i['name']}` {i['dtype']} [{', '.join(map(str, i['shape']))}]" for i in items)
 
@@ -586,8 +653,8 @@ def model_card(model: MacoModel, metadata: dict[str, Any] | None = None,
         "- Reading files: `maco_cxr.read_image` reads PNG/JPEG (8- or 16-bit; 16-bit as v * 255 / 65535) "
         "and DICOM (modality and VOI LUTs, MONOCHROME1 inverted) as the uint8 grey pixels the model was "
         "used with (importing it does not load PyTorch). A reader of your own must give "
-        "the same pixels: e.g. PIL's `convert(\"L\")` turns a 16-bit PNG white.",
-        f"- Text: `\"{CLS_PREFIX}\"` + the text, tokenized with `tokenizer.json` (WordPiece, lower-cased), "
+        'the same pixels: e.g. PIL\'s `convert("L")` turns a 16-bit PNG white.',
+        f'- Text: `"{CLS_PREFIX}"` + the text, tokenized with `tokenizer.json` (WordPiece, lower-cased), '
         f"truncated or padded with 0 to {c.text.max_length} ids; attention mask = ids != 0.",
         "- `preprocessing.json` states the same contract in machine-readable form.",
         "",
@@ -621,7 +688,7 @@ def model_card(model: MacoModel, metadata: dict[str, Any] | None = None,
             "```python",
             "import torch",
             "",
-            "image_encoder = torch.jit.load(\"image_encoder_uint8.pt\")",
+            'image_encoder = torch.jit.load("image_encoder_uint8.pt")',
             "with torch.no_grad():  # pixels: uint8 [N, 1, H, W] as above",
             "    image_embedding, patch_embeddings = image_encoder(torch.from_numpy(pixels))",
             "```",
@@ -642,9 +709,18 @@ class ExportResult:
     max_abs_diff: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
-def export(model: MacoModel, directory: str | Path, *, formats: Sequence[ExportFormat] = ("onnx",),
-           opset: int = DEFAULT_OPSET, check: bool = True, atol: float = 1e-4,
-           metadata: dict[str, Any] | None = None, source: str | None = None, seed: int = 0) -> ExportResult:
+def export(
+    model: MacoModel,
+    directory: str | Path,
+    *,
+    formats: Sequence[ExportFormat] = ("onnx",),
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    atol: float = 1e-4,
+    metadata: dict[str, Any] | None = None,
+    source: str | None = None,
+    seed: int = 0,
+) -> ExportResult:
     """Write the image and text encoders of ``model`` to ``directory`` (see the module docstring).
 
     formats: ``onnx`` and/or ``torchscript``. check: run every graph (onnxruntime / torch.jit) on
@@ -692,8 +768,10 @@ def export(model: MacoModel, directory: str | Path, *, formats: Sequence[ExportF
                         result.max_abs_diff.setdefault(fmt, {})[spec.name] = diffs
                         worst = max(diffs, key=diffs.get)
                         if not diffs[worst] <= atol:
-                            raise ExportError(f"{spec.name}.{fmt}: output {worst} differs from eager PyTorch by "
-                                              f"{diffs[worst]:.3g} (> atol {atol:g}); the graph is not written")
+                            raise ExportError(
+                                f"{spec.name}.{fmt}: output {worst} differs from eager PyTorch by "
+                                f"{diffs[worst]:.3g} (> atol {atol:g}); the graph is not written"
+                            )
             model.tokenizer.save(tmp / "tokenizer.json")
             write_json(tmp / "preprocessing.json", preprocessing_contract(model))
             write_text(tmp / "MODEL_CARD.md", model_card(model, metadata, formats, source))
@@ -703,21 +781,36 @@ def export(model: MacoModel, directory: str | Path, *, formats: Sequence[ExportF
             digests = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
             model_config = config_to_dict(model.config)
             model_config["text"]["tokenizer"] = None  # tokenizer.json sits next to the graphs
-            write_json(tmp / "export.json", {
-                "format_version": EXPORT_FORMAT_VERSION,
-                "maco_cxr_version": __version__,
-                "torch_version": torch.__version__,
-                "onnx_opset": opset if "onnx" in formats else None,
-                "source": source,
-                "model": model_config,
-                "graphs": {spec.name: {"files": {fmt: f"{spec.name}{SUFFIXES[fmt]}" for fmt in formats},
-                                       "inputs": list(spec.inputs), "outputs": list(spec.outputs)}
-                           for spec in specs},
-                "check": {"atol": atol, "batch": 3, "max_abs_diff": result.max_abs_diff,
-                          f"{IMAGE_UINT8_GRAPH}_sizes": [list(hw) for hw in _uint8_check_sizes(
-                              model.config.vision.img_size)]} if check else None,
-                "sha256": digests,
-            })
+            write_json(
+                tmp / "export.json",
+                {
+                    "format_version": EXPORT_FORMAT_VERSION,
+                    "maco_cxr_version": __version__,
+                    "torch_version": torch.__version__,
+                    "onnx_opset": opset if "onnx" in formats else None,
+                    "source": source,
+                    "model": model_config,
+                    "graphs": {
+                        spec.name: {
+                            "files": {fmt: f"{spec.name}{SUFFIXES[fmt]}" for fmt in formats},
+                            "inputs": list(spec.inputs),
+                            "outputs": list(spec.outputs),
+                        }
+                        for spec in specs
+                    },
+                    "check": {
+                        "atol": atol,
+                        "batch": 3,
+                        "max_abs_diff": result.max_abs_diff,
+                        f"{IMAGE_UINT8_GRAPH}_sizes": [
+                            list(hw) for hw in _uint8_check_sizes(model.config.vision.img_size)
+                        ],
+                    }
+                    if check
+                    else None,
+                    "sha256": digests,
+                },
+            )
     finally:
         model.train(was_training)
     result.files = sorted([*digests, "export.json"])

@@ -96,8 +96,7 @@ def is_official_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
     return "Tpar" in state_dict or any(k.startswith("bert_encoder.model.bert.") for k in state_dict)
 
 
-def convert_official_state_dict(state_dict: dict[str, torch.Tensor]
-                                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official MaCo names -> this package's names. Returns (converted, ignored keys)."""
     converted, ignored = {}, []
     for key, value in clean_state_dict(state_dict).items():
@@ -106,7 +105,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]
             continue
         for old, new in OFFICIAL_PREFIXES:
             if key.startswith(old):
-                converted[new + key[len(old):]] = value
+                converted[new + key[len(old) :]] = value
                 break
         else:
             ignored.append(key)
@@ -118,8 +117,13 @@ def _count(state_dict: dict[str, torch.Tensor], pattern: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def infer_config(state_dict: dict[str, torch.Tensor], *, text_heads: int | None = None,
-                 vision_heads: int | None = None, decoder_heads: int | None = None) -> MacoConfig:
+def infer_config(
+    state_dict: dict[str, torch.Tensor],
+    *,
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+    decoder_heads: int | None = None,
+) -> MacoConfig:
     """Every size of a converted MaCo state dict from its tensor shapes.
 
     Head counts are not recorded in tensors; those not given default to 64-dim ViT and BERT heads
@@ -138,25 +142,37 @@ def infer_config(state_dict: dict[str, torch.Tensor], *, text_heads: int | None 
         raise CheckpointError(f"checkpoint lacks tensor {err.args[0]!r}; is it a MaCo checkpoint?") from err
     super_resolution = pred_out == (2 * patch) ** 2 * 3
     if not super_resolution and pred_out != patch**2 * 3:
-        raise CheckpointError(f"decoder.pred has {pred_out} outputs; expected {(2 * patch) ** 2 * 3} "
-                              f"(super-resolution) or {patch**2 * 3} (plain) for patch {patch}")
+        raise CheckpointError(
+            f"decoder.pred has {pred_out} outputs; expected {(2 * patch) ** 2 * 3} "
+            f"(super-resolution) or {patch**2 * 3} (plain) for patch {patch}"
+        )
     text_dim = words.shape[1]
     mlp_hidden = state_dict["visual.blocks.0.mlp.fc1.weight"].shape[0]
     return MacoConfig(
-        vision=VisionConfig(img_size=grid * patch, patch_size=patch, embed_dim=vision_dim,
-                            depth=_count(state_dict, r"visual\.blocks\.(\d+)\."),
-                            num_heads=vision_heads or max(1, vision_dim // 64),
-                            mlp_ratio=mlp_hidden / vision_dim),
-        decoder=DecoderConfig(embed_dim=decoder_dim, depth=_count(state_dict, r"decoder\.blocks\.(\d+)\."),
-                              num_heads=decoder_heads or max(1, decoder_dim // 128),
-                              mlp_ratio=state_dict["decoder.blocks.0.mlp.fc1.weight"].shape[0] / decoder_dim),
-        text=TextConfig(vocab_size=words.shape[0], hidden_size=text_dim,
-                        num_layers=_count(state_dict, r"text\.bert\.encoder\.layer\.(\d+)\."),
-                        num_heads=text_heads or max(1, text_dim // 64), intermediate_size=intermediate,
-                        max_length=positions.shape[0]),
+        vision=VisionConfig(
+            img_size=grid * patch,
+            patch_size=patch,
+            embed_dim=vision_dim,
+            depth=_count(state_dict, r"visual\.blocks\.(\d+)\."),
+            num_heads=vision_heads or max(1, vision_dim // 64),
+            mlp_ratio=mlp_hidden / vision_dim,
+        ),
+        decoder=DecoderConfig(
+            embed_dim=decoder_dim,
+            depth=_count(state_dict, r"decoder\.blocks\.(\d+)\."),
+            num_heads=decoder_heads or max(1, decoder_dim // 128),
+            mlp_ratio=state_dict["decoder.blocks.0.mlp.fc1.weight"].shape[0] / decoder_dim,
+        ),
+        text=TextConfig(
+            vocab_size=words.shape[0],
+            hidden_size=text_dim,
+            num_layers=_count(state_dict, r"text\.bert\.encoder\.layer\.(\d+)\."),
+            num_heads=text_heads or max(1, text_dim // 64),
+            intermediate_size=intermediate,
+            max_length=positions.shape[0],
+        ),
         super_resolution=super_resolution,
-        temperature=1.0 / float(state_dict["inverse_temperature"]) if "inverse_temperature" in state_dict
-        else 0.03,
+        temperature=1.0 / float(state_dict["inverse_temperature"]) if "inverse_temperature" in state_dict else 0.03,
     )
 
 
@@ -188,8 +204,9 @@ class CheckpointSignature:
 
     def matches(self, other: CheckpointSignature) -> bool:
         """Whether ``other`` (a file's signature) has this entry's sizes (None fields match anything)."""
-        return all(mine is None or mine == theirs
-                   for mine, theirs in zip(self.__dict__.values(), other.__dict__.values()))
+        return all(
+            mine is None or mine == theirs for mine, theirs in zip(self.__dict__.values(), other.__dict__.values())
+        )
 
 
 @dataclass(frozen=True)
@@ -206,8 +223,7 @@ class KnownCheckpoint:
 
     @property
     def heads(self) -> dict[str, int]:
-        return {"vision_heads": self.vision_heads, "text_heads": self.text_heads,
-                "decoder_heads": self.decoder_heads}
+        return {"vision_heads": self.vision_heads, "text_heads": self.text_heads, "decoder_heads": self.decoder_heads}
 
 
 # Sources (github:SZUHvern/MaCo, commit 7f64d95):
@@ -231,10 +247,22 @@ KNOWN_CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
         name="maco-official",
         description="the released MaCo maco.pth (Huang et al., Nature Communications 2024): ViT-B/16 at "
         "224 px, BERT 768 x 6 layers, MAE decoder 768 x 4 predicting 32x32 patches of the 448 px image",
-        signature=CheckpointSignature(vision_width=768, vision_depth=12, patch_size=16, grid_size=14,
-                                      text_width=768, text_layers=6, vocab_size=30000, max_positions=100,
-                                      decoder_width=768, decoder_depth=4, pred_outputs=3072),
-        vision_heads=12, text_heads=6, decoder_heads=6,
+        signature=CheckpointSignature(
+            vision_width=768,
+            vision_depth=12,
+            patch_size=16,
+            grid_size=14,
+            text_width=768,
+            text_layers=6,
+            vocab_size=30000,
+            max_positions=100,
+            decoder_width=768,
+            decoder_depth=4,
+            pred_outputs=3072,
+        ),
+        vision_heads=12,
+        text_heads=6,
+        decoder_heads=6,
         training_data="MIMIC-CXR v2 image-report pairs (official MaCo pre-training, Huang et al. 2024)",
     ),
     KnownCheckpoint(
@@ -242,11 +270,23 @@ KNOWN_CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
         # decoder_num_heads 2; widths 64, depths 2 / 2 / 1, FFN 256, vocab 30000, 100 positions).
         name="official-maco-tiny",
         description="the tiny random-weight test fixture saved by the official MaCo code",
-        signature=CheckpointSignature(vision_width=64, vision_depth=2, patch_size=16, grid_size=14,
-                                      text_width=64, text_layers=2, vocab_size=30000, max_positions=100,
-                                      decoder_width=64, decoder_depth=1, pred_outputs=3072,
-                                      text_intermediate=256),
-        vision_heads=4, text_heads=2, decoder_heads=2,
+        signature=CheckpointSignature(
+            vision_width=64,
+            vision_depth=2,
+            patch_size=16,
+            grid_size=14,
+            text_width=64,
+            text_layers=2,
+            vocab_size=30000,
+            max_positions=100,
+            decoder_width=64,
+            decoder_depth=1,
+            pred_outputs=3072,
+            text_intermediate=256,
+        ),
+        vision_heads=4,
+        text_heads=2,
+        decoder_heads=2,
         training_data="none: random weights (a test fixture)",
     ),
 )
@@ -256,11 +296,16 @@ def checkpoint_signature(state_dict: dict[str, torch.Tensor]) -> CheckpointSigna
     """The sizes of a converted MaCo state dict (this package's names)."""
     config = infer_config(state_dict)
     return CheckpointSignature(
-        vision_width=config.vision.embed_dim, vision_depth=config.vision.depth,
-        patch_size=config.vision.patch_size, grid_size=config.vision.grid_size,
-        text_width=config.text.hidden_size, text_layers=config.text.num_layers,
-        vocab_size=config.text.vocab_size, max_positions=config.text.max_length,
-        decoder_width=config.decoder.embed_dim, decoder_depth=config.decoder.depth,
+        vision_width=config.vision.embed_dim,
+        vision_depth=config.vision.depth,
+        patch_size=config.vision.patch_size,
+        grid_size=config.vision.grid_size,
+        text_width=config.text.hidden_size,
+        text_layers=config.text.num_layers,
+        vocab_size=config.text.vocab_size,
+        max_positions=config.text.max_length,
+        decoder_width=config.decoder.embed_dim,
+        decoder_depth=config.decoder.depth,
         pred_outputs=state_dict["decoder.pred.weight"].shape[0],
         text_intermediate=config.text.intermediate_size,
     )
@@ -272,22 +317,30 @@ def identify_checkpoint(state_dict: dict[str, torch.Tensor]) -> KnownCheckpoint 
     return next((known for known in KNOWN_CHECKPOINTS if known.signature.matches(signature)), None)
 
 
-def _resolve_heads(state_dict: dict[str, torch.Tensor], source: str, given: dict[str, int | None]
-                   ) -> tuple[dict[str, int | None], KnownCheckpoint | None]:
+def _resolve_heads(
+    state_dict: dict[str, torch.Tensor], source: str, given: dict[str, int | None]
+) -> tuple[dict[str, int | None], KnownCheckpoint | None]:
     """Head counts for :func:`infer_config`: the caller's, else the registry's; warns when a given
     count contradicts a recognised checkpoint or when counts must be assumed."""
     known = identify_checkpoint(state_dict)
     if known is not None:
         for name, value in given.items():
             if value is not None and value != known.heads[name]:
-                warnings.warn(f"{source}: recognised as {known.name}, whose {name} is {known.heads[name]}; "
-                              f"using the {name}={value} you passed", HeadCountWarning, stacklevel=4)
+                warnings.warn(
+                    f"{source}: recognised as {known.name}, whose {name} is {known.heads[name]}; "
+                    f"using the {name}={value} you passed",
+                    HeadCountWarning,
+                    stacklevel=4,
+                )
         return {name: known.heads[name] if value is None else value for name, value in given.items()}, known
     missing = [name for name, value in given.items() if value is None]
     if missing:
         defaults = infer_config(state_dict)
-        assumed = {"vision_heads": defaults.vision.num_heads, "text_heads": defaults.text.num_heads,
-                   "decoder_heads": defaults.decoder.num_heads}
+        assumed = {
+            "vision_heads": defaults.vision.num_heads,
+            "text_heads": defaults.text.num_heads,
+            "decoder_heads": defaults.decoder.num_heads,
+        }
         signature = checkpoint_signature(state_dict)
         warnings.warn(
             f"{source}: not a known checkpoint (ViT {signature.vision_width}x{signature.vision_depth}, BERT "
@@ -297,7 +350,9 @@ def _resolve_heads(state_dict: dict[str, torch.Tensor], source: str, given: dict
             "128-dim decoder heads). Wrong head counts give wrong outputs without an error: pass the real "
             f"ones ({', '.join(f'{name}=N' for name in missing)} in Python; "
             f"{' '.join('--' + name.replace('_', '-') + ' N' for name in missing)} on the command line).",
-            HeadCountWarning, stacklevel=4)
+            HeadCountWarning,
+            stacklevel=4,
+        )
     return given, None
 
 
@@ -325,14 +380,17 @@ def verify_sha256(path: str | Path, expected: str | None = None) -> str:
             raise CheckpointError(f"{expected!r} is not a SHA-256 digest (64 hexadecimal characters)")
     actual = file_sha256(path)
     if expected is not None and actual != wanted:
-        raise CheckpointError(f"{path}: SHA-256 mismatch: expected {wanted}, got {actual}; the file is "
-                              "damaged, incomplete or another checkpoint (download it again, or check the "
-                              "digest you passed)")
+        raise CheckpointError(
+            f"{path}: SHA-256 mismatch: expected {wanted}, got {actual}; the file is "
+            "damaged, incomplete or another checkpoint (download it again, or check the "
+            "digest you passed)"
+        )
     return actual
 
 
-def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
-               ignored: list[str], strict: bool) -> LoadReport:
+def _load_into(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, ignored: list[str], strict: bool
+) -> LoadReport:
     own = model.state_dict()
     report = LoadReport(source=source, ignored=list(ignored))
     usable = {}
@@ -346,8 +404,10 @@ def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sour
     report.loaded = sorted(usable)
     report.missing = sorted(k for k in own if k not in usable and not _is_optional_buffer(k))
     if strict and report.missing:
-        raise CheckpointError(f"{source}: missing tensors {report.missing[:10]}; the checkpoint does not "
-                              "match this model (pass strict=False to load anyway)")
+        raise CheckpointError(
+            f"{source}: missing tensors {report.missing[:10]}; the checkpoint does not "
+            "match this model (pass strict=False to load anyway)"
+        )
     model.load_state_dict(usable, strict=False)
     logger.debug(report.summary())
     return report
@@ -361,8 +421,7 @@ def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint "
-                              f"(weights_only=True): {err}") from err
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint (weights_only=True): {err}") from err
     if isinstance(payload, dict):
         for key in ("model", "state_dict", "module"):
             if key in payload and isinstance(payload[key], dict):
@@ -378,9 +437,16 @@ def create_model(config: MacoConfig, tokenizer: ReportTokenizer | None = None) -
     return MacoModel(config, tokenizer or ReportTokenizer.from_file(config.text.tokenizer, config.text.max_length))
 
 
-def load_official(path: str | Path, *, text_heads: int | None = None, vision_heads: int | None = None,
-                  decoder_heads: int | None = None, tokenizer: ReportTokenizer | None = None,
-                  strict: bool = True, sha256: str | None = None) -> tuple[MacoModel, LoadReport]:
+def load_official(
+    path: str | Path,
+    *,
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+    decoder_heads: int | None = None,
+    tokenizer: ReportTokenizer | None = None,
+    strict: bool = True,
+    sha256: str | None = None,
+) -> tuple[MacoModel, LoadReport]:
     """Build a model from an official ``maco.pth`` (``{"model": state_dict, ...}``).
 
     Head counts are not stored in the file. Each one not given is taken from the
@@ -396,8 +462,9 @@ def load_official(path: str | Path, *, text_heads: int | None = None, vision_hea
     if not is_official_state_dict(raw):
         raise CheckpointError(f"{path}: not an official MaCo checkpoint (no 'Tpar' or 'bert_encoder.*' keys)")
     converted, ignored = convert_official_state_dict(raw)
-    heads, known = _resolve_heads(converted, str(path), {"vision_heads": vision_heads, "text_heads": text_heads,
-                                                         "decoder_heads": decoder_heads})
+    heads, known = _resolve_heads(
+        converted, str(path), {"vision_heads": vision_heads, "text_heads": text_heads, "decoder_heads": decoder_heads}
+    )
     config = infer_config(converted, **heads)
     model = create_model(config, tokenizer)
     report = _load_into(model, converted, str(path), ignored, strict)
@@ -411,8 +478,11 @@ def save_pretrained(model: MacoModel, directory: str | Path, extra_config: dict[
     """Write the package format (``model.safetensors``, ``config.json``, ``tokenizer.json``)
     atomically: a kill leaves the old directory or the new one, never half of one."""
     with atomic_directory(directory, "model") as tmp:
-        state = {k: v.detach().contiguous().cpu() for k, v in clean_state_dict(model.state_dict()).items()
-                 if not _is_optional_buffer(k)}
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in clean_state_dict(model.state_dict()).items()
+            if not _is_optional_buffer(k)
+        }
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         config = {
             "format_version": FORMAT_VERSION,
@@ -441,15 +511,16 @@ def load_pretrained(directory: str | Path, strict: bool = True) -> tuple[MacoMod
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{directory / CONFIG_NAME}: cannot read the model config: {err}") from err
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{directory}: format version {meta['format_version']} is newer than this "
-                              f"maco-cxr understands ({FORMAT_VERSION}); upgrade maco-cxr")
+        raise CheckpointError(
+            f"{directory}: format version {meta['format_version']} is newer than this "
+            f"maco-cxr understands ({FORMAT_VERSION}); upgrade maco-cxr"
+        )
     try:
         config = from_dict(MacoConfig, meta["model"])
     except (ConfigError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_NAME}: the model config cannot be read: {err}") from err
     tokenizer_path = directory / TOKENIZER_NAME
-    tokenizer = ReportTokenizer.from_file(tokenizer_path if tokenizer_path.is_file() else None,
-                                          config.text.max_length)
+    tokenizer = ReportTokenizer.from_file(tokenizer_path if tokenizer_path.is_file() else None, config.text.max_length)
     model = MacoModel(config, tokenizer)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
@@ -462,9 +533,16 @@ def load_pretrained(directory: str | Path, strict: bool = True) -> tuple[MacoMod
     return model.eval(), report
 
 
-def load(path_or_dir: str | Path, text_heads: int | None = None, *, vision_heads: int | None = None,
-         decoder_heads: int | None = None, strict: bool = True, map_location: str | torch.device = "cpu",
-         sha256: str | None = None) -> MacoModel:
+def load(
+    path_or_dir: str | Path,
+    text_heads: int | None = None,
+    *,
+    vision_heads: int | None = None,
+    decoder_heads: int | None = None,
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+    sha256: str | None = None,
+) -> MacoModel:
     """Load a MaCo model from this package's directory format or an official ``maco.pth``.
 
     Sizes are read from the files. The official checkpoint does not record head counts: known
@@ -483,11 +561,19 @@ def load(path_or_dir: str | Path, text_heads: int | None = None, *, vision_heads
             verify_sha256(path, sha256)
         model, _ = load_pretrained(path.parent, strict=strict)
     elif path.is_file():
-        model, _ = load_official(path, text_heads=text_heads, vision_heads=vision_heads,
-                                 decoder_heads=decoder_heads, strict=strict, sha256=sha256)
+        model, _ = load_official(
+            path,
+            text_heads=text_heads,
+            vision_heads=vision_heads,
+            decoder_heads=decoder_heads,
+            strict=strict,
+            sha256=sha256,
+        )
     else:
-        raise CheckpointError(f"{path}: no such file or directory; give a model directory (config.json + "
-                              "model.safetensors) or an official maco.pth")
+        raise CheckpointError(
+            f"{path}: no such file or directory; give a model directory (config.json + "
+            "model.safetensors) or an official maco.pth"
+        )
     return model.to(map_location)
 
 
@@ -499,7 +585,7 @@ def load_mae_weights(model: MacoModel, path: str | Path) -> LoadReport:
     for key, value in state.items():
         for old, new in OFFICIAL_PREFIXES:
             if key.startswith(old) and not new.startswith(("text.", "img_proj", "patch_weight", "inverse")):
-                renamed[new + key[len(old):]] = value
+                renamed[new + key[len(old) :]] = value
                 break
         else:
             renamed[key] = value

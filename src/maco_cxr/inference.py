@@ -77,8 +77,7 @@ def autocast(device: torch.device, precision: str = "bf16") -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
-def encoder_input(pixels: np.ndarray, size: int, mean: float, std: float,
-                  where: str = "image") -> torch.Tensor:
+def encoder_input(pixels: np.ndarray, size: int, mean: float, std: float, where: str = "image") -> torch.Tensor:
     """uint8 ``[H, W]`` -> normalised float32 ``[1, size, size]`` in the zero-shot geometry.
 
     An image too small or too elongated to be scored is refused first, named ``where``
@@ -93,25 +92,33 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_size: int
-                   ) -> Iterator[torch.Tensor]:
+def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """Normalised float ``[B, 3, S, S]`` batches (CPU) of any supported image input."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         size = model.config.vision.img_size
         if images.ndim != 4 or images.shape[1] not in (1, 3) or tuple(images.shape[-2:]) != (size, size):
-            raise DataError(f"normalised float images must be [N, 1|3, {size}, {size}]; got shape "
-                            f"{list(images.shape)}. Pass uint8 pixels (or paths) to have them resized")
+            raise DataError(
+                f"normalised float images must be [N, 1|3, {size}, {size}]; got shape "
+                f"{list(images.shape)}. Pass uint8 pixels (or paths) to have them resized"
+            )
         for start in range(0, images.shape[0], batch_size):
-            yield images[start: start + batch_size].expand(-1, 3, -1, -1)
+            yield images[start : start + batch_size].expand(-1, 3, -1, -1)
         return
     pictures = load_images(images)
     config = model.config
     for start in range(0, len(pictures), batch_size):
-        chunk = [encoder_input(p, config.vision.img_size, config.image_mean, config.image_std,
-                               "image" if len(pictures) == 1 else f"images[{start + k}]")
-                 for k, p in enumerate(pictures[start: start + batch_size])]
+        chunk = [
+            encoder_input(
+                p,
+                config.vision.img_size,
+                config.image_mean,
+                config.image_std,
+                "image" if len(pictures) == 1 else f"images[{start + k}]",
+            )
+            for k, p in enumerate(pictures[start : start + batch_size])
+        ]
         yield torch.stack(chunk).expand(-1, 3, -1, -1)
 
 
@@ -122,8 +129,13 @@ def _tokens(model: MacoModel, x: torch.Tensor) -> torch.Tensor:
         return model.img_proj(model.visual.forward_features(x.to(device, non_blocking=True))[:, 1:])
 
 
-def encode_images(model: MacoModel, images: ImagesInput | torch.Tensor, *, batch_size: int = 32,
-                  device: str | torch.device | None = None) -> torch.Tensor:
+def encode_images(
+    model: MacoModel,
+    images: ImagesInput | torch.Tensor,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """Global image embeddings ``[N, D]`` (float32, CPU) = img_proj(mean of all patch tokens),
     unnormalised, as the official zero-shot code computes them."""
     with inference_mode(model, device):
@@ -131,8 +143,13 @@ def encode_images(model: MacoModel, images: ImagesInput | torch.Tensor, *, batch
     return torch.cat(out)
 
 
-def patch_embeddings(model: MacoModel, images: ImagesInput | torch.Tensor, *, batch_size: int = 32,
-                     device: str | torch.device | None = None) -> torch.Tensor:
+def patch_embeddings(
+    model: MacoModel,
+    images: ImagesInput | torch.Tensor,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """Per-patch embeddings in the joint space ``[N, g, g, D]`` (g = 14 at 224 px), float32 CPU."""
     grid = model.config.vision.grid_size
     with inference_mode(model, device):
@@ -141,8 +158,9 @@ def patch_embeddings(model: MacoModel, images: ImagesInput | torch.Tensor, *, ba
     return tokens.reshape(tokens.shape[0], grid, grid, -1)
 
 
-def encode_texts(model: MacoModel, texts: str | Sequence[str], *, batch_size: int = 64,
-                 device: str | torch.device | None = None) -> torch.Tensor:
+def encode_texts(
+    model: MacoModel, texts: str | Sequence[str], *, batch_size: int = 64, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Report / prompt embeddings ``[N, D]`` (float32, CPU): BERT pooler output of "[CLS] " + text."""
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
@@ -155,12 +173,18 @@ def encode_texts(model: MacoModel, texts: str | Sequence[str], *, batch_size: in
         out = []
         for start in range(0, len(texts), batch_size):
             with autocast(run_on):
-                out.append(model.encode_texts(texts[start: start + batch_size]).float().cpu())
+                out.append(model.encode_texts(texts[start : start + batch_size]).float().cpu())
     return torch.cat(out)
 
 
-def similarity(model: MacoModel, images: ImagesInput | torch.Tensor, texts: str | Sequence[str], *,
-               batch_size: int = 32, device: str | torch.device | None = None) -> torch.Tensor:
+def similarity(
+    model: MacoModel,
+    images: ImagesInput | torch.Tensor,
+    texts: str | Sequence[str],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """Cosine similarity ``[N_images, N_texts]`` of image and text embeddings."""
     z = F.normalize(encode_images(model, images, batch_size=batch_size, device=device), dim=-1)
     t = F.normalize(encode_texts(model, texts, device=device), dim=-1)
@@ -173,8 +197,9 @@ def similarity(model: MacoModel, images: ImagesInput | torch.Tensor, texts: str 
 class _EncoderInputs(Dataset):
     """A dataset's samples as encoder inputs (computed in the loader workers)."""
 
-    def __init__(self, dataset: ChestXrayDataset, size: int, mean: float, std: float,
-                 indices: Sequence[int] | None) -> None:
+    def __init__(
+        self, dataset: ChestXrayDataset, size: int, mean: float, std: float, indices: Sequence[int] | None
+    ) -> None:
         self.dataset, self.size, self.mean, self.std = dataset, size, mean, std
         self.indices = list(range(len(dataset))) if indices is None else list(indices)
 
@@ -210,17 +235,28 @@ class EmbeddedImages:
     failures: list[dict[str, str]] = field(default_factory=list)
 
 
-def embed_dataset(model: MacoModel, dataset: ChestXrayDataset, *, indices: Sequence[int] | None = None,
-                  batch_size: int = 32, workers: int = 0, device: str | torch.device | None = None,
-                  progress: bool = False, desc: str = "encode") -> EmbeddedImages:
+def embed_dataset(
+    model: MacoModel,
+    dataset: ChestXrayDataset,
+    *,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    desc: str = "encode",
+) -> EmbeddedImages:
     """Global embeddings of every image of ``dataset`` (or of ``indices``), streamed through a
     DataLoader whose ``workers`` decode and resize; unreadable files (``on_error="skip"``
     datasets) are counted in ``failures``, never silently dropped."""
     config = model.config
-    loader = DataLoader(_EncoderInputs(dataset, config.vision.img_size, config.image_mean, config.image_std,
-                                       indices),
-                        batch_size=batch_size, num_workers=workers, collate_fn=_keep_list,
-                        pin_memory=torch.cuda.is_available())
+    loader = DataLoader(
+        _EncoderInputs(dataset, config.vision.img_size, config.image_mean, config.image_std, indices),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_keep_list,
+        pin_memory=torch.cuda.is_available(),
+    )
     kept: list[int] = []
     paths: list[str] = []
     chunks: list[torch.Tensor] = []

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -31,9 +29,11 @@ _MARKER_LIMIT = 50  # training-curve panels with at most this many points get ma
 _LINE_STYLES = ("-", "--", "-.", ":")
 _TITLE_COLOUR = (255, 255, 255)
 # matplotlib's jet (``_jet_data`` in matplotlib._cm): piecewise-linear (x, value) per channel
-_JET = (((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
-        ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
-        ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)))
+_JET = (
+    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+)
 _LUT_SIZE = 256
 
 
@@ -195,12 +195,18 @@ def plot_roc_curves(
             axes.plot([], [], color=colour, linestyle=style, label=f"{name} (AUC n/a)")
             continue
         curve = roc_curve_points(labels[:, k], scores[:, k])
-        axes.plot(curve.fpr, curve.tpr, color=colour, linestyle=style, linewidth=1.5,
-                  label=f"{name} (AUC {curve.auc:.3f})")
+        axes.plot(
+            curve.fpr, curve.tpr, color=colour, linestyle=style, linewidth=1.5, label=f"{name} (AUC {curve.auc:.3f})"
+        )
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
     axes.set_aspect("equal")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                fontsize="x-small" if many else "small", handlelength=3.0)
+    axes.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize="x-small" if many else "small",
+        handlelength=3.0,
+    )
     if title is not None:
         axes.set_title(title)
     return _save_figure(figure, path)
@@ -269,10 +275,15 @@ def plot_reliability_diagram(
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     predicted, observed = curve.mean_predicted[filled], curve.observed_frequency[filled]
-    top.vlines(predicted, predicted, observed, color="tab:red", linewidth=3, alpha=0.45,
-               label="gap to the diagonal")
-    top.plot(predicted, observed, marker="o", color="tab:blue", linewidth=1.5,
-             label=f"model (ECE {curve.ece:.3f}, n = {curve.n})")
+    top.vlines(predicted, predicted, observed, color="tab:red", linewidth=3, alpha=0.45, label="gap to the diagonal")
+    top.plot(
+        predicted,
+        observed,
+        marker="o",
+        color="tab:blue",
+        linewidth=1.5,
+        label=f"model (ECE {curve.ece:.3f}, n = {curve.n})",
+    )
     top.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), ylabel="observed frequency of positives")
     top.legend(loc="upper left", fontsize="small")
     top.grid(alpha=0.3)

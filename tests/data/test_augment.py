@@ -95,25 +95,35 @@ def test_flip_then_rotate_composes_in_recipe_order() -> None:
 def test_matches_torchvision_affine(angle: float, scale: float) -> None:
     x = _images(1, 48, 48, seed=3)
     out = affine_normalize(x, _params(1, angle=angle, scale=scale))[:, :1]
-    ref = TF.affine(x.float() / 255, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
-                    interpolation=InterpolationMode.BILINEAR)
+    ref = TF.affine(
+        x.float() / 255,
+        angle=angle,
+        translate=[0, 0],
+        scale=scale,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+    )
     ref = (ref - MEAN) / STD
     torch.testing.assert_close(out[..., 4:-4, 4:-4], ref[..., 4:-4, 4:-4], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize(("flip", "angle", "scale"),
-                         [(False, 13.0, 1.0), (True, -20.0, 0.8), (True, 7.5, 1.2)])
-def test_matches_official_pil_recipe_within_one_grey_level(flip: bool, angle: float,
-                                                            scale: float) -> None:
+@pytest.mark.parametrize(("flip", "angle", "scale"), [(False, 13.0, 1.0), (True, -20.0, 0.8), (True, 7.5, 1.2)])
+def test_matches_official_pil_recipe_within_one_grey_level(flip: bool, angle: float, scale: float) -> None:
     yy, xx = np.mgrid[0:64, 0:64]
     img = (127 + 100 * np.sin(xx / 7.0) * np.cos(yy / 5.0)).astype(np.uint8)
     pil = Image.fromarray(img)
     if flip:
         pil = TF.hflip(pil)
-    pil = TF.affine(pil, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
-                    interpolation=InterpolationMode.BILINEAR, fill=0)
-    ref = TF.normalize(TF.to_tensor(TF.to_grayscale(pil, num_output_channels=3)), [MEAN] * 3,
-                       [STD] * 3)
+    pil = TF.affine(
+        pil,
+        angle=angle,
+        translate=[0, 0],
+        scale=scale,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+        fill=0,
+    )
+    ref = TF.normalize(TF.to_tensor(TF.to_grayscale(pil, num_output_channels=3)), [MEAN] * 3, [STD] * 3)
     out = affine_normalize(torch.from_numpy(img)[None, None], _params(1, flip, angle, scale))[0]
     centre = torch.from_numpy((xx - 31.5) ** 2 + (yy - 31.5) ** 2 < 24**2)  # away from borders
     diff = (out - ref).abs()[:, centre] * STD * 255
@@ -132,8 +142,14 @@ def test_affine_grid_equals_torch_affine_grid() -> None:
 def test_matches_torchvision_affine_non_square() -> None:
     x = _images(1, 30, 50, seed=4)
     out = affine_normalize(x, _params(1, angle=17.0, scale=1.1))[:, :1]
-    ref = TF.affine(x.float() / 255, angle=17.0, translate=[0, 0], scale=1.1, shear=[0.0, 0.0],
-                    interpolation=InterpolationMode.BILINEAR)
+    ref = TF.affine(
+        x.float() / 255,
+        angle=17.0,
+        translate=[0, 0],
+        scale=1.1,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+    )
     torch.testing.assert_close(out, (ref - MEAN) / STD, atol=1e-4, rtol=0)
 
 

@@ -59,13 +59,20 @@ def test_every_corpus_file_is_decoded_or_named() -> None:
             if pixels.dtype != np.uint8 or pixels.ndim != 2:
                 problems.append(f"{name}: read as {pixels.dtype} {pixels.shape}, not uint8 [H, W]")
         if name not in decoded and _pydicom_frame(path) is not None:
-            problems.append(f"{name}: pydicom decodes this single frame but read_image refused it: "
-                            f"{refused.get(name)}")
+            problems.append(f"{name}: pydicom decodes this single frame but read_image refused it: {refused.get(name)}")
     assert not problems, "\n".join(problems)
     # the transfer syntaxes PACS exports use, and colour secondary captures, all decode
-    for name in ("JPGExtended.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm",
-                 "JPEG2000.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_ybr_full_422_uncompressed.dcm",
-                 "examples_palette.dcm", "examples_jpeg2k.dcm", "MR_small_RLE.dcm"):
+    for name in (
+        "JPGExtended.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPEGLSNearLossless_16.dcm",
+        "JPEG2000.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "SC_ybr_full_422_uncompressed.dcm",
+        "examples_palette.dcm",
+        "examples_jpeg2k.dcm",
+        "MR_small_RLE.dcm",
+    ):
         assert name in decoded, refused.get(name)
     assert "(0028,0008) NumberOfFrames holds '1A'" in refused["badVR.dcm"]
     assert "multi-frame DICOM (30 frames)" in refused["examples_ybr_color.dcm"]
@@ -121,16 +128,16 @@ def test_prepare_reports_each_colour_image_it_made_grey(tmp_path: Path, caplog) 
 
     rgb_png = tmp_path / "rgb.png"
     Image.fromarray(np.full((40, 40, 3), (200, 30, 30), np.uint8)).save(rgb_png)
-    paths = [CORPUS / "MR_small.dcm", CORPUS / "SC_rgb_dcmtk_+eb+cy+np.dcm", CORPUS / "examples_palette.dcm",
-             rgb_png]
+    paths = [CORPUS / "MR_small.dcm", CORPUS / "SC_rgb_dcmtk_+eb+cy+np.dcm", CORPUS / "examples_palette.dcm", rgb_png]
     dataset = ChestXrayDataset([Record(image_path=path) for path in paths])
     with caplog.at_level("INFO", logger="maco_cxr.data.prepare"):
         report = prepare_dataset(dataset, tmp_path / "store", 32)
-    expected = [{"path": str(paths[1]), "colour": "DICOM YBR_FULL_422"},
-                {"path": str(paths[2]), "colour": "DICOM PALETTE COLOR"},
-                {"path": str(rgb_png), "colour": "PNG RGB"}]
+    expected = [
+        {"path": str(paths[1]), "colour": "DICOM YBR_FULL_422"},
+        {"path": str(paths[2]), "colour": "DICOM PALETTE COLOR"},
+        {"path": str(rgb_png), "colour": "PNG RGB"},
+    ]
     assert report.n_ok == 4 and report.colour_converted == expected
     saved = json.loads((tmp_path / "store" / "prepare_report.json").read_text())
     assert saved["n_colour_converted"] == 3 and saved["colour_converted"] == expected
-    assert ("3 of 4 images were colour (DICOM YBR_FULL_422: 1, DICOM PALETTE COLOR: 1, PNG RGB: 1)"
-            in caplog.text)
+    assert "3 of 4 images were colour (DICOM YBR_FULL_422: 1, DICOM PALETTE COLOR: 1, PNG RGB: 1)" in caplog.text

@@ -37,8 +37,11 @@ def test_the_limits_and_what_the_message_says() -> None:
         check_image_size((1, 1), "dot.png")
     with pytest.raises(ImageReadError, match=r"^a: the image is 100x31 px"):
         check_image_size((31, 100), "a")
-    with pytest.raises(ImageReadError, match=r"^strip\.png: the image is 321x32 px .*10\.0 times longer "
-                       r"than wide; at most 10:1"):
+    with pytest.raises(
+        ImageReadError,
+        match=r"^strip\.png: the image is 321x32 px .*10\.0 times longer "
+        r"than wide; at most 10:1",
+    ):
         check_image_size((32, 321), "strip.png")
     with pytest.raises(ImageReadError, match=r"the image is 2000x1 px .*leave it out"):
         check_image_size((1, 2000))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maco_cxr.errors import DataError
 from maco_cxr.data.inputs import is_single_image, load_images
+from maco_cxr.errors import DataError
 
 
 def test_paths_pil_arrays_and_tensors_give_the_same_pixels(tmp_path):

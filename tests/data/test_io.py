@@ -16,10 +16,18 @@ REAL_DICOM = ASSETS / "dicom" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201
 FAKE_MONO1 = ASSETS / "dicom" / "Fake_MONOHR1.dcm"
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, *, bits_stored: int,
-                 photometric: str = "MONOCHROME2", signed: bool = False,
-                 extra: dict[str, object] | None = None, with_pixels: bool = True,
-                 samples: int = 1, frames: int | None = None) -> Path:
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    bits_stored: int,
+    photometric: str = "MONOCHROME2",
+    signed: bool = False,
+    extra: dict[str, object] | None = None,
+    with_pixels: bool = True,
+    samples: int = 1,
+    frames: int | None = None,
+) -> Path:
     """Write an uncompressed explicit-VR little-endian DICOM with the given stored values."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -48,14 +56,14 @@ def _write_dicom(path: Path, pixels: np.ndarray, *, bits_stored: int,
     for keyword, value in (extra or {}).items():
         setattr(ds, keyword, value)
     if with_pixels:
-        dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[
-            (allocated, signed)]
+        dtype = {(8, False): np.uint8, (16, False): np.uint16, (16, True): np.int16}[(allocated, signed)]
         ds.PixelData = np.ascontiguousarray(pixels, dtype=dtype).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
 
 # --- Pillow formats ---------------------------------------------------------------------------
+
 
 def test_png_8bit_exact(tmp_path: Path) -> None:
     pixels = np.array([[0, 1, 127], [128, 254, 255]], dtype=np.uint8)
@@ -87,8 +95,7 @@ def test_rgb_png_luminance(tmp_path: Path) -> None:
 
 
 def test_rgba_png_composited_on_black(tmp_path: Path) -> None:
-    pixels = np.array([[[200, 100, 50, 128], [10, 10, 10, 255], [255, 255, 255, 0]]],
-                      dtype=np.uint8)
+    pixels = np.array([[[200, 100, 50, 128], [10, 10, 10, 255], [255, 255, 255, 0]]], dtype=np.uint8)
     Image.fromarray(pixels, mode="RGBA").save(tmp_path / "rgba.png")
     # L(200,100,50) = 124.2 -> 124; 124 * 128 / 255 = 62.2 -> 62; transparent -> 0
     np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), [[62, 10, 0]])
@@ -136,6 +143,7 @@ def test_real_png_reads_grey() -> None:
 
 # --- errors ------------------------------------------------------------------------------------
 
+
 def test_missing_file_names_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.png"
     with pytest.raises(ImageReadError, match="nope.png: no such file"):
@@ -167,6 +175,7 @@ def test_not_an_image_raises(tmp_path: Path) -> None:
 
 
 # --- DICOM -------------------------------------------------------------------------------------
+
 
 def test_is_dicom_by_magic_and_suffix(tmp_path: Path) -> None:
     pixels = np.array([[1, 2]], dtype=np.uint8)
@@ -204,10 +213,12 @@ def test_dicom_signed_pixels(tmp_path: Path) -> None:
 
 def test_dicom_rescale_slope_intercept(tmp_path: Path) -> None:
     pixels = np.array([[0, 4095, 1000]], dtype=np.uint16)
-    positive = _write_dicom(tmp_path / "pos.dcm", pixels, bits_stored=12,
-                            extra={"RescaleSlope": 2, "RescaleIntercept": -1024})
-    negative = _write_dicom(tmp_path / "neg.dcm", pixels, bits_stored=12,
-                            extra={"RescaleSlope": -1, "RescaleIntercept": 4095})
+    positive = _write_dicom(
+        tmp_path / "pos.dcm", pixels, bits_stored=12, extra={"RescaleSlope": 2, "RescaleIntercept": -1024}
+    )
+    negative = _write_dicom(
+        tmp_path / "neg.dcm", pixels, bits_stored=12, extra={"RescaleSlope": -1, "RescaleIntercept": 4095}
+    )
     # a linear rescale of the stored range keeps the fractions: 1000/4095*255 = 62.27
     np.testing.assert_array_equal(read_image(positive), [[0, 255, 62]])
     # a negative slope inverts: output 4095 - v, 3095/4095*255 = 192.73 -> 193
@@ -216,8 +227,7 @@ def test_dicom_rescale_slope_intercept(tmp_path: Path) -> None:
 
 def test_dicom_window_center_width(tmp_path: Path) -> None:
     pixels = np.array([[1000, 1536, 1800, 2048, 2559, 3000]], dtype=np.uint16)
-    path = _write_dicom(tmp_path / "w.dcm", pixels, bits_stored=12,
-                        extra={"WindowCenter": 2048, "WindowWidth": 1024})
+    path = _write_dicom(tmp_path / "w.dcm", pixels, bits_stored=12, extra={"WindowCenter": 2048, "WindowWidth": 1024})
     # DICOM LINEAR: c' = 2047.5, w' = 1023, y = ((x - c') / w' + 0.5) clipped to [0, 1]
     # 1800 -> 0.2581 * 255 = 65.8 -> 66; 2048 -> 0.50049 * 255 = 127.62 -> 128
     np.testing.assert_array_equal(read_image(path), [[0, 0, 66, 128, 255, 255]])
@@ -225,9 +235,12 @@ def test_dicom_window_center_width(tmp_path: Path) -> None:
 
 def test_dicom_rescale_then_window(tmp_path: Path) -> None:
     pixels = np.array([[0, 500, 1000, 1100, 1500]], dtype=np.uint16)
-    path = _write_dicom(tmp_path / "rw.dcm", pixels, bits_stored=12,
-                        extra={"RescaleSlope": 2, "RescaleIntercept": -1000,
-                               "WindowCenter": 1000, "WindowWidth": 2000})
+    path = _write_dicom(
+        tmp_path / "rw.dcm",
+        pixels,
+        bits_stored=12,
+        extra={"RescaleSlope": 2, "RescaleIntercept": -1000, "WindowCenter": 1000, "WindowWidth": 2000},
+    )
     # modality values -1000, 0, 1000, 1200, 2000; window c' = 999.5, w' = 1999:
     # 1000 -> 0.50025 -> 127.56 -> 128; 1200 -> 0.60030 -> 153.08 -> 153
     np.testing.assert_array_equal(read_image(path), [[0, 0, 128, 153, 255]])
@@ -235,8 +248,13 @@ def test_dicom_rescale_then_window(tmp_path: Path) -> None:
 
 def test_dicom_window_on_monochrome1_inverts_after_windowing(tmp_path: Path) -> None:
     pixels = np.array([[1000, 2048, 3000]], dtype=np.uint16)
-    path = _write_dicom(tmp_path / "w1.dcm", pixels, bits_stored=12, photometric="MONOCHROME1",
-                        extra={"WindowCenter": 2048, "WindowWidth": 1024})
+    path = _write_dicom(
+        tmp_path / "w1.dcm",
+        pixels,
+        bits_stored=12,
+        photometric="MONOCHROME1",
+        extra={"WindowCenter": 2048, "WindowWidth": 1024},
+    )
     np.testing.assert_array_equal(read_image(path), [[255, 127, 0]])
 
 
@@ -247,9 +265,12 @@ def test_dicom_voi_lut_sequence(tmp_path: Path) -> None:
     item.add_new(0x00283002, "US", [4, 0, 12])  # LUT Descriptor: 4 entries, first 0, 12 bit
     item.add_new(0x00283006, "US", [0, 1000, 3000, 4000])  # LUT Data
     pixels = np.array([[0, 1, 2, 3, 10]], dtype=np.uint8)
-    path = _write_dicom(tmp_path / "lut.dcm", pixels, bits_stored=8,
-                        extra={"VOILUTSequence": [item], "WindowCenter": 1,
-                               "WindowWidth": 1})
+    path = _write_dicom(
+        tmp_path / "lut.dcm",
+        pixels,
+        bits_stored=8,
+        extra={"VOILUTSequence": [item], "WindowCenter": 1, "WindowWidth": 1},
+    )
     # the LUT wins over the window; range = the LUT's entries 0..4000; 10 -> last entry
     # 1000/4000*255 = 63.75 -> 64; 3000/4000*255 = 191.25 -> 191
     np.testing.assert_array_equal(read_image(path), [[0, 64, 191, 255, 255]])
@@ -262,25 +283,30 @@ def test_dicom_rescale_then_voi_lut(tmp_path: Path) -> None:
     item.add_new(0x00283002, "US", [4, 0, 12])
     item.add_new(0x00283006, "US", [0, 1000, 3000, 4000])
     pixels = np.array([[0, 1, 2]], dtype=np.uint8)
-    path = _write_dicom(tmp_path / "rlut.dcm", pixels, bits_stored=8,
-                        extra={"VOILUTSequence": [item], "RescaleSlope": 1,
-                               "RescaleIntercept": 1})
+    path = _write_dicom(
+        tmp_path / "rlut.dcm",
+        pixels,
+        bits_stored=8,
+        extra={"VOILUTSequence": [item], "RescaleSlope": 1, "RescaleIntercept": 1},
+    )
     # modality values 1, 2, 3 index the LUT: 1000, 3000, 4000
     np.testing.assert_array_equal(read_image(path), [[64, 191, 255]])
 
 
 def test_dicom_empty_window_falls_back_to_stored_range(tmp_path: Path) -> None:
     pixels = np.array([[0, 2048, 4095]], dtype=np.uint16)
-    path = _write_dicom(tmp_path / "ew.dcm", pixels, bits_stored=12,
-                        extra={"WindowCenter": None, "WindowWidth": None,
-                               "RescaleSlope": -1, "RescaleIntercept": 4095})
+    path = _write_dicom(
+        tmp_path / "ew.dcm",
+        pixels,
+        bits_stored=12,
+        extra={"WindowCenter": None, "WindowWidth": None, "RescaleSlope": -1, "RescaleIntercept": 4095},
+    )
     # empty window elements are ignored: modality 4095 - v over its range, 2047 -> 127.47
     np.testing.assert_array_equal(read_image(path), [[255, 127, 0]])
 
 
 def test_dicom_without_pixel_data(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "header.dcm", np.zeros((2, 2), np.uint8), bits_stored=8,
-                        with_pixels=False)
+    path = _write_dicom(tmp_path / "header.dcm", np.zeros((2, 2), np.uint8), bits_stored=8, with_pixels=False)
     with pytest.raises(ImageReadError, match=r"header\.dcm: .*no pixel data"):
         read_image(path)
 
@@ -341,14 +367,20 @@ def test_dicom_palette_colour_uses_its_lookup_table(tmp_path: Path) -> None:
     red = lut.copy()
     red[3] = 0  # index 3 is pure green and blue: (0, 771, 771) of 65535 -> (0, 3, 3) -> L 2
     descriptor = [256, 0, 16]
-    path = _write_dicom(tmp_path / "palette.dcm", np.array([[0, 3], [128, 255]], np.uint8),
-                        bits_stored=8, photometric="PALETTE COLOR", extra={
-                            "RedPaletteColorLookupTableDescriptor": descriptor,
-                            "GreenPaletteColorLookupTableDescriptor": descriptor,
-                            "BluePaletteColorLookupTableDescriptor": descriptor,
-                            "RedPaletteColorLookupTableData": red.tobytes(),
-                            "GreenPaletteColorLookupTableData": lut.tobytes(),
-                            "BluePaletteColorLookupTableData": lut.tobytes()})
+    path = _write_dicom(
+        tmp_path / "palette.dcm",
+        np.array([[0, 3], [128, 255]], np.uint8),
+        bits_stored=8,
+        photometric="PALETTE COLOR",
+        extra={
+            "RedPaletteColorLookupTableDescriptor": descriptor,
+            "GreenPaletteColorLookupTableDescriptor": descriptor,
+            "BluePaletteColorLookupTableDescriptor": descriptor,
+            "RedPaletteColorLookupTableData": red.tobytes(),
+            "GreenPaletteColorLookupTableData": lut.tobytes(),
+            "BluePaletteColorLookupTableData": lut.tobytes(),
+        },
+    )
     pixels, info = read_image_with_info(path)
     np.testing.assert_array_equal(pixels, [[0, 2], [128, 255]])
     assert info.converted_from_colour and info.mode == "PALETTE COLOR"
@@ -365,15 +397,15 @@ def test_grey_files_report_no_colour_conversion(tmp_path: Path) -> None:
 
 
 def test_dicom_rgb_header_with_one_sample_is_refused(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "rgb1.dcm", np.zeros((2, 2), np.uint8), bits_stored=8,
-                        photometric="RGB")
+    path = _write_dicom(tmp_path / "rgb1.dcm", np.zeros((2, 2), np.uint8), bits_stored=8, photometric="RGB")
     with pytest.raises(ImageReadError, match=r"rgb1\.dcm: colour DICOM .*'RGB'.*SamplesPerPixel 1"):
         read_image(path)
 
 
 def test_dicom_unknown_or_missing_photometric_is_named(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "hsv.dcm", np.zeros((2, 2, 3), np.uint8), bits_stored=8,
-                        photometric="HSV", samples=3)
+    path = _write_dicom(
+        tmp_path / "hsv.dcm", np.zeros((2, 2, 3), np.uint8), bits_stored=8, photometric="HSV", samples=3
+    )
     with pytest.raises(ImageReadError, match=r"hsv\.dcm: unsupported PhotometricInterpretation 'HSV'"):
         read_image(path)
     path = _write_dicom(tmp_path / "none.dcm", np.zeros((2, 2), np.uint8), bits_stored=8, photometric="")
@@ -383,8 +415,7 @@ def test_dicom_unknown_or_missing_photometric_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
 def test_dicom_malformed_number_names_the_tag(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "bad.dcm", np.zeros((2, 2), np.uint8), bits_stored=8,
-                        extra={"NumberOfFrames": 12})
+    path = _write_dicom(tmp_path / "bad.dcm", np.zeros((2, 2), np.uint8), bits_stored=8, extra={"NumberOfFrames": 12})
     data = path.read_bytes()
     element = b"\x28\x00\x08\x00IS\x02\x0012"  # (0028,0008) NumberOfFrames = "12"
     assert data.count(element) == 1
@@ -394,8 +425,7 @@ def test_dicom_malformed_number_names_the_tag(tmp_path: Path) -> None:
 
 
 def test_dicom_multiframe_rejected(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "mf.dcm", np.zeros((3, 2, 2), np.uint8), bits_stored=8,
-                        frames=3)
+    path = _write_dicom(tmp_path / "mf.dcm", np.zeros((3, 2, 2), np.uint8), bits_stored=8, frames=3)
     with pytest.raises(ImageReadError, match=r"mf\.dcm: multi-frame DICOM \(3 frames\)"):
         read_image(path)
 
@@ -415,6 +445,7 @@ def test_real_jpeg_baseline_dicoms() -> None:
 
 # --- masks -------------------------------------------------------------------------------------
 
+
 def test_read_mask_binarises_any_nonzero(tmp_path: Path) -> None:
     Image.fromarray(np.array([[0, 255, 1]], dtype=np.uint8)).save(tmp_path / "m.png")
     out = read_mask(tmp_path / "m.png")
@@ -433,8 +464,7 @@ def test_read_mask_palette_and_alpha(tmp_path: Path) -> None:
 
 
 def test_read_mask_dicom(tmp_path: Path) -> None:
-    path = _write_dicom(tmp_path / "mask.dcm", np.array([[0, 3], [1, 0]], np.uint8),
-                        bits_stored=8)
+    path = _write_dicom(tmp_path / "mask.dcm", np.array([[0, 3], [1, 0]], np.uint8), bits_stored=8)
     np.testing.assert_array_equal(read_mask(path), [[0, 1], [1, 0]])
 
 

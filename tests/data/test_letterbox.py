@@ -13,8 +13,15 @@ from maco_cxr.data.letterbox import Letterbox, letterbox_image
 from maco_cxr.errors import DataError
 
 # (height, width, size): portrait, landscape, square, downscaling and upscaling
-SHAPES = [(1000, 700, 224), (700, 1000, 224), (512, 512, 224), (60, 90, 224), (90, 61, 224),
-          (2544, 3056, 448), (37, 37, 224)]
+SHAPES = [
+    (1000, 700, 224),
+    (700, 1000, 224),
+    (512, 512, 224),
+    (60, 90, 224),
+    (90, 61, 224),
+    (2544, 3056, 448),
+    (37, 37, 224),
+]
 
 
 def _foreground_bbox(binary: np.ndarray) -> np.ndarray:
@@ -42,16 +49,14 @@ def test_fit_portrait_landscape_square() -> None:
     assert (landscape.pad_top, landscape.pad_left) == (37, 0)
     square = Letterbox.fit(100, 100, 224)
     assert square.scale == 2.24
-    assert (square.new_height, square.new_width, square.pad_top, square.pad_left) == (
-        224, 224, 0, 0)
+    assert (square.new_height, square.new_width, square.pad_top, square.pad_left) == (224, 224, 0, 0)
 
 
 def test_fit_rejects_empty_dimensions() -> None:
     with pytest.raises(DataError, match=">= 1"):
         Letterbox.fit(0, 10, 224)
     with pytest.raises(DataError, match="new_width"):
-        Letterbox(src_height=10, src_width=10, size=8, scale=0.8, new_height=8, new_width=9,
-                  pad_top=0, pad_left=0)
+        Letterbox(src_height=10, src_width=10, size=8, scale=0.8, new_height=8, new_width=9, pad_top=0, pad_left=0)
 
 
 def test_area_downsampling_hand_computed() -> None:
@@ -75,13 +80,11 @@ def test_bilinear_upsampling_hand_computed() -> None:
 
 
 @pytest.mark.parametrize(("height", "width", "size"), SHAPES)
-def test_constant_image_constant_content_zero_padding(height: int, width: int,
-                                                      size: int) -> None:
+def test_constant_image_constant_content_zero_padding(height: int, width: int, size: int) -> None:
     out, box = letterbox_image(np.full((height, width), 173, dtype=np.uint8), size)
     assert out.shape == (size, size) and out.dtype == np.uint8
     content = np.zeros_like(out, dtype=bool)
-    content[box.pad_top:box.pad_top + box.new_height,
-            box.pad_left:box.pad_left + box.new_width] = True
+    content[box.pad_top : box.pad_top + box.new_height, box.pad_left : box.pad_left + box.new_width] = True
     assert (out[content] == 173).all()
     assert (out[~content] == 0).all()
     assert max(box.new_height, box.new_width) == size
@@ -97,8 +100,7 @@ def test_boxes_round_trip(height: int, width: int, size: int) -> None:
     np.testing.assert_allclose(box.boxes_to_original(there), boxes, atol=1e-6)
     # the whole image maps onto the content area (within the rounding of new_*)
     whole = box.boxes_to_letterbox(np.array([[0, 0, width, height]]))[0]
-    expected = [box.pad_left, box.pad_top, box.pad_left + box.new_width,
-                box.pad_top + box.new_height]
+    expected = [box.pad_left, box.pad_top, box.pad_left + box.new_width, box.pad_top + box.new_height]
     np.testing.assert_allclose(whole, expected, atol=0.5 + 1e-9)
 
 
@@ -106,8 +108,7 @@ def test_boxes_hand_computed() -> None:
     box = Letterbox.fit(300, 200, 224)
     out = box.boxes_to_letterbox(np.array([[0, 0, 200, 300], [30, 60, 90, 150]]))
     s = 224 / 300
-    np.testing.assert_allclose(out, [[37, 0, 37 + 200 * s, 224],
-                                     [37 + 30 * s, 60 * s, 37 + 90 * s, 150 * s]])
+    np.testing.assert_allclose(out, [[37, 0, 37 + 200 * s, 224], [37 + 30 * s, 60 * s, 37 + 90 * s, 150 * s]])
     assert box.boxes_to_letterbox(np.zeros((0, 4))).shape == (0, 4)
     with pytest.raises(DataError, match=r"\[M, 4\]"):
         box.boxes_to_letterbox(np.zeros(4))
@@ -146,7 +147,7 @@ def test_map_to_original_recovers_box(height: int, width: int, size: int) -> Non
 def test_map_to_original_ignores_padding_and_accepts_tensors() -> None:
     box = Letterbox.fit(300, 200, 224)
     heatmap = torch.full((224, 224), 99.0, dtype=torch.bfloat16)
-    heatmap[:, box.pad_left:box.pad_left + box.new_width] = 0.25
+    heatmap[:, box.pad_left : box.pad_left + box.new_width] = 0.25
     back = box.map_to_original(heatmap)
     assert back.shape == (300, 200)
     np.testing.assert_allclose(back, 0.25, rtol=1e-6)
@@ -181,8 +182,7 @@ def test_shape_and_dtype_checks() -> None:
         letterbox_image(np.zeros((10, 20, 3), dtype=np.uint8), 8)
 
 
-def _reference_weights(n_out: int, n_in: int, step: float, start: float = 0.0,
-                       stop: int | None = None) -> np.ndarray:
+def _reference_weights(n_out: int, n_in: int, step: float, start: float = 0.0, stop: int | None = None) -> np.ndarray:
     """``[n_out, n_in]`` float64 resampling matrix, written out one output pixel at a time.
 
     Output ``j`` covers source ``[start + j * step, start + (j + 1) * step)`` clipped to
@@ -208,9 +208,19 @@ def _reference_weights(n_out: int, n_in: int, step: float, start: float = 0.0,
 
 # odd shapes and scales: integer and fractional factors, strong and tiny downscaling, a single
 # row, upscaling, and a 1023 px side whose scale has no short period
-REFERENCE_SHAPES = [(1024, 1024, 448), (1023, 731, 448), (1201, 1537, 448), (333, 517, 300),
-                    (512, 384, 256), (999, 97, 7), (37, 53, 16), (5, 3, 2), (1, 7, 3),
-                    (61, 90, 224), (17, 5, 64)]
+REFERENCE_SHAPES = [
+    (1024, 1024, 448),
+    (1023, 731, 448),
+    (1201, 1537, 448),
+    (333, 517, 300),
+    (512, 384, 256),
+    (999, 97, 7),
+    (37, 53, 16),
+    (5, 3, 2),
+    (1, 7, 3),
+    (61, 90, 224),
+    (17, 5, 64),
+]
 
 
 @pytest.mark.parametrize(("height", "width", "size"), REFERENCE_SHAPES)
@@ -223,16 +233,16 @@ def test_apply_image_matches_float64_reference(height: int, width: int, size: in
     columns = _reference_weights(box.new_width, width, step)
     exact = rows @ image.astype(np.float64) @ columns.T
     out = box.apply_image(image)
-    content = out[box.pad_top:box.pad_top + box.new_height,
-                  box.pad_left:box.pad_left + box.new_width].astype(np.int64)
+    content = out[box.pad_top : box.pad_top + box.new_height, box.pad_left : box.pad_left + box.new_width].astype(
+        np.int64
+    )
     diff = content - np.rint(np.clip(exact, 0, 255)).astype(np.int64)
     # the fast path rounds like the reference except where float error decides an exact .5
     assert np.abs(diff).max() <= 1
     assert abs(diff.mean()) < 1e-3 and (diff != 0).mean() < 0.01
     assert np.abs(content - exact).max() <= 0.5 + 1e-3
     padding = np.ones_like(out, dtype=bool)
-    padding[box.pad_top:box.pad_top + box.new_height,
-            box.pad_left:box.pad_left + box.new_width] = False
+    padding[box.pad_top : box.pad_top + box.new_height, box.pad_left : box.pad_left + box.new_width] = False
     assert not out[padding].any()
 
 
@@ -242,15 +252,12 @@ def test_map_to_original_and_mask_match_reference(height: int, width: int, size:
     rng = np.random.default_rng(height + 17 * width)
     heatmap = rng.uniform(-1, 1, (size, size))
     rows = _reference_weights(height, size, box.scale, box.pad_top, box.pad_top + box.new_height)
-    columns = _reference_weights(width, size, box.scale, box.pad_left,
-                                 box.pad_left + box.new_width)
-    np.testing.assert_allclose(box.map_to_original(heatmap), rows @ heatmap @ columns.T,
-                               rtol=1e-5, atol=1e-6)
+    columns = _reference_weights(width, size, box.scale, box.pad_left, box.pad_left + box.new_width)
+    np.testing.assert_allclose(box.map_to_original(heatmap), rows @ heatmap @ columns.T, rtol=1e-5, atol=1e-6)
     mask = rng.integers(0, 3, (height, width), dtype=np.uint8)
     step = 1 / box.scale
     ys = np.minimum(((np.arange(box.new_height) + 0.5) * step).astype(int), height - 1)
     xs = np.minimum(((np.arange(box.new_width) + 0.5) * step).astype(int), width - 1)
     expected = np.zeros((size, size), dtype=np.uint8)
-    expected[box.pad_top:box.pad_top + box.new_height,
-             box.pad_left:box.pad_left + box.new_width] = mask[ys][:, xs]
+    expected[box.pad_top : box.pad_top + box.new_height, box.pad_left : box.pad_left + box.new_width] = mask[ys][:, xs]
     np.testing.assert_array_equal(box.apply_mask(mask), expected)

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.
 
 # --- writers ---------------------------------------------------------------------------------
 
+
 def write_dicom(path: Path, uid: str, height: int = 8, width: int = 8) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
@@ -85,8 +86,9 @@ IMG_A, IMG_B, IMG_C = "a" * 32, "b" * 32, "c" * 32
 BOX_HEADER = ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
 
 
-def vindr_label_row(image_id: str, rad: str | None, positives: set[str],
-                    classes: tuple[str, ...] = VINDR_LABELS) -> list[str]:
+def vindr_label_row(
+    image_id: str, rad: str | None, positives: set[str], classes: tuple[str, ...] = VINDR_LABELS
+) -> list[str]:
     cells = ["1" if name in positives else "0" for name in classes]
     return [image_id, *([rad] if rad is not None else []), *cells]
 
@@ -96,29 +98,37 @@ def make_vindr(tmp: Path) -> Path:
     for image_id in (IMG_A, IMG_B, IMG_C):
         write_dicom(root / "train" / f"{image_id}.dicom", f"1.2.{ord(image_id[0])}")
     labels = root / "annotations" / "image_labels_train.csv"
-    write_csv(labels, ["image_id", "rad_id", *VINDR_LABELS], [
-        vindr_label_row(IMG_A, "R1", {"Cardiomegaly", "Pleural effusion"}),
-        vindr_label_row(IMG_A, "R2", {"Cardiomegaly"}),
-        vindr_label_row(IMG_A, "R3", {"No finding"}),
-        vindr_label_row(IMG_B, "R1", {"No finding"}),
-        vindr_label_row(IMG_B, "R4", {"No finding"}),
-        vindr_label_row(IMG_B, "R5", {"Nodule/Mass", "Lung tumor"}),
-        vindr_label_row(IMG_C, "R2", {"Aortic enlargement"}),
-        vindr_label_row(IMG_C, "R3", {"Aortic enlargement"}),
-        vindr_label_row(IMG_C, "R6", {"No finding"}),
-    ])
-    write_csv(root / "annotations" / "annotations_train.csv", BOX_HEADER, [
-        [IMG_A, "R1", "Cardiomegaly", 1, 2, 6, 5],
-        [IMG_A, "R1", "Pleural effusion", 0, 4.5, 3, 7.25],
-        [IMG_A, "R2", "Cardiomegaly", 1.5, 2, 6.5, 5.5],
-        [IMG_A, "R3", "No finding", "", "", "", ""],
-        [IMG_B, "R1", "No finding", "", "", "", ""],
-        [IMG_B, "R4", "No finding", "", "", "", ""],
-        [IMG_B, "R5", "Nodule/Mass", 3, 3, 4, 4],
-        [IMG_C, "R2", "Aortic enlargement", 2, 0, 4, 2],
-        [IMG_C, "R3", "Aortic enlargement", 2, 1, 4, 2],
-        [IMG_C, "R6", "No finding", "", "", "", ""],
-    ])
+    write_csv(
+        labels,
+        ["image_id", "rad_id", *VINDR_LABELS],
+        [
+            vindr_label_row(IMG_A, "R1", {"Cardiomegaly", "Pleural effusion"}),
+            vindr_label_row(IMG_A, "R2", {"Cardiomegaly"}),
+            vindr_label_row(IMG_A, "R3", {"No finding"}),
+            vindr_label_row(IMG_B, "R1", {"No finding"}),
+            vindr_label_row(IMG_B, "R4", {"No finding"}),
+            vindr_label_row(IMG_B, "R5", {"Nodule/Mass", "Lung tumor"}),
+            vindr_label_row(IMG_C, "R2", {"Aortic enlargement"}),
+            vindr_label_row(IMG_C, "R3", {"Aortic enlargement"}),
+            vindr_label_row(IMG_C, "R6", {"No finding"}),
+        ],
+    )
+    write_csv(
+        root / "annotations" / "annotations_train.csv",
+        BOX_HEADER,
+        [
+            [IMG_A, "R1", "Cardiomegaly", 1, 2, 6, 5],
+            [IMG_A, "R1", "Pleural effusion", 0, 4.5, 3, 7.25],
+            [IMG_A, "R2", "Cardiomegaly", 1.5, 2, 6.5, 5.5],
+            [IMG_A, "R3", "No finding", "", "", "", ""],
+            [IMG_B, "R1", "No finding", "", "", "", ""],
+            [IMG_B, "R4", "No finding", "", "", "", ""],
+            [IMG_B, "R5", "Nodule/Mass", 3, 3, 4, 4],
+            [IMG_C, "R2", "Aortic enlargement", 2, 0, 4, 2],
+            [IMG_C, "R3", "Aortic enlargement", 2, 1, 4, 2],
+            [IMG_C, "R6", "No finding", "", "", "", ""],
+        ],
+    )
     return root
 
 
@@ -163,8 +173,7 @@ def test_vindr_any_vote_and_class_subset(tmp_path: Path) -> None:
     root = make_vindr(tmp_path)
     ds = VinDrCxr(root, vote="any", classes=["Pleural effusion", "Nodule/Mass", "No finding"])
     assert ds.classes == ("Pleural effusion", "Nodule/Mass", "No finding")
-    np.testing.assert_array_equal(np.array([r.labels for r in ds.records]),
-                                  [[1, 0, 1], [0, 1, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(np.array([r.labels for r in ds.records]), [[1, 0, 1], [0, 1, 1], [0, 0, 1]])
     assert ds.records[0].meta["rad_labels"]["R3"].tolist() == [0.0, 0.0, 1.0]
     # boxes are every local finding's, whatever the chosen classes
     assert ds.records[0].box_labels == ["Cardiomegaly", "Pleural effusion", "Cardiomegaly"]
@@ -181,13 +190,19 @@ def test_vindr_test_split_consensus_and_column_alias(tmp_path: Path) -> None:
     test_labels = tuple("Other disease" if c == "Other diseases" else c for c in VINDR_LABELS)
     write_dicom(root / "test" / "t1.dicom", "1.3.1")
     write_dicom(root / "test" / "t2.dicom", "1.3.2")
-    write_csv(root / "annotations" / "image_labels_test.csv", ["image_id", *test_labels], [
-        vindr_label_row("t1", None, {"Other disease", "Pneumothorax"}, test_labels),
-        vindr_label_row("t2", None, {"No finding"}, test_labels),
-    ])
-    write_csv(root / "annotations" / "annotations_test.csv",
-              ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"],
-              [["t1", "Pneumothorax", 0, 0, 2, 3], ["t2", "No finding", "", "", "", ""]])
+    write_csv(
+        root / "annotations" / "image_labels_test.csv",
+        ["image_id", *test_labels],
+        [
+            vindr_label_row("t1", None, {"Other disease", "Pneumothorax"}, test_labels),
+            vindr_label_row("t2", None, {"No finding"}, test_labels),
+        ],
+    )
+    write_csv(
+        root / "annotations" / "annotations_test.csv",
+        ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"],
+        [["t1", "Pneumothorax", 0, 0, 2, 3], ["t2", "No finding", "", "", "", ""]],
+    )
     ds = VinDrCxr(root, split="test")
     assert column(ds, "Other diseases") == [1.0, 0.0]
     assert column(ds, "Pneumothorax") == [1.0, 0.0]
@@ -243,8 +258,11 @@ def test_vindr_errors_name_file_line_and_field(tmp_path: Path) -> None:
         VinDrCxr(root)
     broken = [r[:] for r in box_rows] + [[IMG_B, "R1", "No finding", 0, 0, 1, 1]]
     write_csv(boxes, broken[0], broken[1:])
-    with pytest.raises(DataError, match=r"line 12: fields \['x_min', 'y_min', 'x_max', 'y_max'\]: "
-                                        r"a 'No finding' row must have an empty box"):
+    with pytest.raises(
+        DataError,
+        match=r"line 12: fields \['x_min', 'y_min', 'x_max', 'y_max'\]: "
+        r"a 'No finding' row must have an empty box",
+    ):
         VinDrCxr(root)
 
 
@@ -282,8 +300,7 @@ def test_vindr_layout_detection(tmp_path: Path) -> None:
 
 # --- VinDr-CXR (Kaggle VinBigData layout) ----------------------------------------------------
 
-KAGGLE_HEADER = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max",
-                 "y_max"]
+KAGGLE_HEADER = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 
 
 def make_vindr_kaggle(tmp: Path) -> Path:
@@ -291,15 +308,19 @@ def make_vindr_kaggle(tmp: Path) -> Path:
     for image_id in ("k1", "k2"):
         write_dicom(root / "train" / f"{image_id}.dicom", f"1.4.{image_id[-1]}")
     write_dicom(root / "test" / "k9.dicom", "1.4.9")
-    write_csv(root / "train.csv", KAGGLE_HEADER, [
-        ["k1", "Cardiomegaly", 3, "R9", 1, 1, 5, 4],
-        ["k1", "Aortic enlargement", 0, "R9", 2, 0, 3, 1],
-        ["k1", "Cardiomegaly", 3, "R10", 1, 2, 5, 5],
-        ["k1", "No finding", 14, "R8", "", "", "", ""],
-        ["k2", "No finding", 14, "R8", "", "", "", ""],
-        ["k2", "No finding", 14, "R9", "", "", "", ""],
-        ["k2", "No finding", 14, "R10", "", "", "", ""],
-    ])
+    write_csv(
+        root / "train.csv",
+        KAGGLE_HEADER,
+        [
+            ["k1", "Cardiomegaly", 3, "R9", 1, 1, 5, 4],
+            ["k1", "Aortic enlargement", 0, "R9", 2, 0, 3, 1],
+            ["k1", "Cardiomegaly", 3, "R10", 1, 2, 5, 5],
+            ["k1", "No finding", 14, "R8", "", "", "", ""],
+            ["k2", "No finding", 14, "R8", "", "", "", ""],
+            ["k2", "No finding", 14, "R9", "", "", "", ""],
+            ["k2", "No finding", 14, "R10", "", "", "", ""],
+        ],
+    )
     return root
 
 
@@ -330,9 +351,22 @@ def test_vindr_kaggle_layout(tmp_path: Path) -> None:
 CX_ONE = "patient64541_study1_view1_frontal"
 CX_TWO = "patient64542_study1_view1_frontal"
 CX_NEG = "patient64543_study1_view1_frontal"
-CHEXPERT_14 = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
-               "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-               "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+CHEXPERT_14 = [
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
 H, W = 6, 10
 
 
@@ -358,15 +392,24 @@ def make_chexlocalize(tmp: Path) -> Path:
 
     def row(cxr: str, positives: set[str]) -> list[str]:
         patient, study, view, side = cxr.split("_")
-        return [f"CheXpert-v1.0/valid/{patient}/{study}/{view}_{side}.jpg", "Male", "73",
-                "Frontal", "AP", *("1.0" if c in positives else "0.0" for c in CHEXPERT_14)]
+        return [
+            f"CheXpert-v1.0/valid/{patient}/{study}/{view}_{side}.jpg",
+            "Male",
+            "73",
+            "Frontal",
+            "AP",
+            *("1.0" if c in positives else "0.0" for c in CHEXPERT_14),
+        ]
 
-    write_csv(root / "CheXpert" / "val_labels.csv",
-              ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_14], [
-                  row(CX_ONE, {"Cardiomegaly", "Lung Opacity", "Edema"}),
-                  row(CX_TWO, {"Support Devices"}),
-                  row(CX_NEG, {"No Finding"}),
-              ])
+    write_csv(
+        root / "CheXpert" / "val_labels.csv",
+        ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_14],
+        [
+            row(CX_ONE, {"Cardiomegaly", "Lung Opacity", "Edema"}),
+            row(CX_TWO, {"Support Devices"}),
+            row(CX_NEG, {"No Finding"}),
+        ],
+    )
     return root
 
 
@@ -379,8 +422,7 @@ def test_chexlocalize_records_labels_and_masks(tmp_path: Path) -> None:
     assert [r.patient_id for r in ds.records] == ["patient64541", "patient64542", "patient64543"]
     labels = np.array([r.labels for r in ds.records])
     expected = np.zeros((3, 10), np.float32)
-    for i, names in enumerate([("Cardiomegaly", "Airspace Opacity", "Edema"),
-                               ("Support Devices",), ()]):
+    for i, names in enumerate([("Cardiomegaly", "Airspace Opacity", "Edema"), ("Support Devices",), ()]):
         for name in names:
             expected[i, CHEXLOCALIZE_PATHOLOGIES.index(name)] = 1.0
     np.testing.assert_array_equal(labels, expected)  # Edema: labelled, but no mask drawn
@@ -403,8 +445,7 @@ def test_chexlocalize_records_labels_and_masks(tmp_path: Path) -> None:
     assert negative["mask"].shape == (H, W) and int(negative["mask"].sum()) == 0
     assert all(int(m.sum()) == 0 for m in ds.read_pathology_masks(2).values())
 
-    assert ds.pathology_pairs() == [(0, "Cardiomegaly"), (0, "Airspace Opacity"), (0, "Edema"),
-                                    (1, "Support Devices")]
+    assert ds.pathology_pairs() == [(0, "Cardiomegaly"), (0, "Airspace Opacity"), (0, "Edema"), (1, "Support Devices")]
     assert len(ds.pathology_pairs(positive_only=False)) == 30
 
 
@@ -443,19 +484,23 @@ def test_chexlocalize_test_split_with_study_labels(tmp_path: Path) -> None:
     root = tmp_path / "cl"
     mask = np.zeros((H, W), np.uint8)
     mask[1:3, 1:3] = 1
-    entry = {p: encode_rle(mask if p == "Pleural Effusion" else np.zeros((H, W), np.uint8))
-             for p in CHEXLOCALIZE_PATHOLOGIES}
+    entry = {
+        p: encode_rle(mask if p == "Pleural Effusion" else np.zeros((H, W), np.uint8)) for p in CHEXLOCALIZE_PATHOLOGIES
+    }
     root.mkdir()
-    (root / "gt_segmentations_test.json").write_text(
-        json.dumps({"patient64741_study1_view1_frontal": entry}))
+    (root / "gt_segmentations_test.json").write_text(json.dumps({"patient64741_study1_view1_frontal": entry}))
     write_jpeg(root / "CheXpert" / "test" / "patient64741" / "study1" / "view1_frontal.jpg", H, W)
     write_jpeg(root / "CheXpert" / "test" / "patient64741" / "study1" / "view2_lateral.jpg", H, W)
-    write_csv(root / "CheXpert" / "test_labels.csv", ["Study", *CHEXPERT_14],
-              [["CheXpert-v1.0/test/patient64741/study1",
-                *("1" if c == "Pleural Effusion" else "0" for c in CHEXPERT_14)]])
+    write_csv(
+        root / "CheXpert" / "test_labels.csv",
+        ["Study", *CHEXPERT_14],
+        [["CheXpert-v1.0/test/patient64741/study1", *("1" if c == "Pleural Effusion" else "0" for c in CHEXPERT_14)]],
+    )
     ds = CheXlocalize(root, split="test")
-    assert [r.meta["cxr_id"] for r in ds.records] == ["patient64741_study1_view1_frontal",
-                                                      "patient64741_study1_view2_lateral"]
+    assert [r.meta["cxr_id"] for r in ds.records] == [
+        "patient64741_study1_view1_frontal",
+        "patient64741_study1_view2_lateral",
+    ]
     k = CHEXLOCALIZE_PATHOLOGIES.index("Pleural Effusion")
     assert [r.labels[k] for r in ds.records] == [1.0, 1.0]
     np.testing.assert_array_equal(ds[0]["mask"].numpy(), mask)
@@ -484,12 +529,14 @@ def test_chexlocalize_errors(tmp_path: Path) -> None:
         CheXlocalize(root)
 
     broken = json.loads(json.dumps(payload))
-    broken[CX_ONE] = {p: encode_rle(np.zeros((H * 2, W * 2), np.uint8))
-                      for p in CHEXLOCALIZE_PATHOLOGIES}
+    broken[CX_ONE] = {p: encode_rle(np.zeros((H * 2, W * 2), np.uint8)) for p in CHEXLOCALIZE_PATHOLOGIES}
     json_path.write_text(json.dumps(broken))
     ds = CheXlocalize(root)
-    with pytest.raises(DataError, match=r"field 'Enlarged Cardiomediastinum': the mask is 20x12 "
-                                        r"\(WxH\) but the image .* is 10x6"):
+    with pytest.raises(
+        DataError,
+        match=r"field 'Enlarged Cardiomediastinum': the mask is 20x12 "
+        r"\(WxH\) but the image .* is 10x6",
+    ):
         ds[0]
     failed = CheXlocalize(root, on_error="skip")[0]
     assert "error" in failed and "original-resolution" in failed["error"]
@@ -521,19 +568,27 @@ def test_decode_coco_rle_matches_pycocotools_layout() -> None:
 
 # --- relabel and merge -----------------------------------------------------------------------
 
-def in_memory(classes: tuple[str, ...], labels: list[list[float]],
-              names: list[str] | None = None) -> ChestXrayDataset:
+
+def in_memory(classes: tuple[str, ...], labels: list[list[float]], names: list[str] | None = None) -> ChestXrayDataset:
     names = names or [f"img{i}.png" for i in range(len(labels))]
-    records = [Record(image_path=Path(n), labels=np.array(v, dtype=np.float32), meta={"k": i})
-               for i, (n, v) in enumerate(zip(names, labels, strict=True))]
+    records = [
+        Record(image_path=Path(n), labels=np.array(v, dtype=np.float32), meta={"k": i})
+        for i, (n, v) in enumerate(zip(names, labels, strict=True))
+    ]
     return ChestXrayDataset(records, classes)
 
 
 def test_match_classes_synonyms_and_case() -> None:
-    match = match_classes(["Cardiomegaly", "Effusion", "Pleural_Thickening", "Nodule"],
-                          ["pleural effusion", "CARDIOMEGALY", "Pleural Thickening", "Mass"])
-    assert match.mapping == {"pleural effusion": "Effusion", "CARDIOMEGALY": "Cardiomegaly",
-                             "Pleural Thickening": "Pleural_Thickening", "Mass": None}
+    match = match_classes(
+        ["Cardiomegaly", "Effusion", "Pleural_Thickening", "Nodule"],
+        ["pleural effusion", "CARDIOMEGALY", "Pleural Thickening", "Mass"],
+    )
+    assert match.mapping == {
+        "pleural effusion": "Effusion",
+        "CARDIOMEGALY": "Cardiomegaly",
+        "Pleural Thickening": "Pleural_Thickening",
+        "Mass": None,
+    }
     assert match.missing == ("Mass",) and match.dropped == ("Nodule",)
     exact = match_classes(["Effusion", "Pleural Effusion"], ["effusion"])
     assert exact.mapping == {"effusion": "Effusion"} and exact.dropped == ("Pleural Effusion",)
@@ -547,17 +602,14 @@ def test_match_classes_synonyms_and_case() -> None:
     assert match_classes(["X"], ["Effusion"], synonyms=()).missing == ("Effusion",)
 
 
-def test_relabel_dataset_copies_and_reports(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
-    source = in_memory(("Cardiomegaly", "Effusion", "Nodule"),
-                       [[1, 0, 1], [0, 1, NAN], [0, 0, 0]])
+def test_relabel_dataset_copies_and_reports(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = in_memory(("Cardiomegaly", "Effusion", "Nodule"), [[1, 0, 1], [0, 1, NAN], [0, 0, 0]])
     source.records[0].boxes = np.array([[1, 2, 3, 4]], np.float32)
     source.records[0].box_labels = ["Nodule"]
     with caplog.at_level(logging.WARNING):
         target = relabel_dataset(source, ["Pleural Effusion", "Cardiomegaly", "Pneumothorax"])
     assert target.classes == ("Pleural Effusion", "Cardiomegaly", "Pneumothorax")
-    np.testing.assert_array_equal(np.array([r.labels for r in target.records]),
-                                  [[0, 1, NAN], [1, 0, NAN], [0, 0, NAN]])
+    np.testing.assert_array_equal(np.array([r.labels for r in target.records]), [[0, 1, NAN], [1, 0, NAN], [0, 0, NAN]])
     assert target.records[0].labels.dtype == np.float32
     report = target.relabel_report  # type: ignore[attr-defined]
     assert report.missing == ("Pneumothorax",) and report.dropped == ("Nodule",)
@@ -590,26 +642,29 @@ def test_relabel_keeps_adapter_mask_reading(tmp_path: Path) -> None:
     assert [r.labels[0] for r in relabelled.records] == [1.0, 0.0, 0.0]
     assert np.isnan(relabelled.records[0].labels[1])
     truth = cx_masks()[CX_ONE]
-    np.testing.assert_array_equal(relabelled[0]["mask"].numpy(),
-                                  truth["Cardiomegaly"] | truth["Airspace Opacity"])
+    np.testing.assert_array_equal(relabelled[0]["mask"].numpy(), truth["Cardiomegaly"] | truth["Airspace Opacity"])
     assert ds.classes == ("Cardiomegaly", "Airspace Opacity")
 
 
 def test_merge_datasets(tmp_path: Path) -> None:
-    vindr = VinDrCxr(make_vindr(tmp_path), classes=["Cardiomegaly", "Pleural effusion",
-                                                     "Lung Opacity", "No finding"])
-    chexlocalize = CheXlocalize(make_chexlocalize(tmp_path),
-                                pathologies=["Cardiomegaly", "Airspace Opacity", "Edema"])
+    vindr = VinDrCxr(make_vindr(tmp_path), classes=["Cardiomegaly", "Pleural effusion", "Lung Opacity", "No finding"])
+    chexlocalize = CheXlocalize(make_chexlocalize(tmp_path), pathologies=["Cardiomegaly", "Airspace Opacity", "Edema"])
     merged = merge_datasets([vindr, chexlocalize])
     assert isinstance(merged, MergedDataset) and len(merged) == 6
-    assert merged.classes == ("Cardiomegaly", "Pleural effusion", "Lung Opacity", "No finding",
-                              "Edema")
+    assert merged.classes == ("Cardiomegaly", "Pleural effusion", "Lung Opacity", "No finding", "Edema")
     labels = np.array([r.labels for r in merged.records])
-    np.testing.assert_array_equal(labels, [
-        [1, 0, 0, 0, NAN], [0, 0, 0, 1, NAN], [0, 0, 0, 0, NAN],
-        [1, NAN, 1, NAN, 1], [0, NAN, 0, NAN, 0], [0, NAN, 0, NAN, 0]])
-    assert [r.meta["merge_source"] for r in merged.records] == ["VinDrCxr"] * 3 + [
-        "CheXlocalize"] * 3
+    np.testing.assert_array_equal(
+        labels,
+        [
+            [1, 0, 0, 0, NAN],
+            [0, 0, 0, 1, NAN],
+            [0, 0, 0, 0, NAN],
+            [1, NAN, 1, NAN, 1],
+            [0, NAN, 0, NAN, 0],
+            [0, NAN, 0, NAN, 0],
+        ],
+    )
+    assert [r.meta["merge_source"] for r in merged.records] == ["VinDrCxr"] * 3 + ["CheXlocalize"] * 3
     assert merged.relabel_reports["CheXlocalize"].mapping["Lung Opacity"] == "Airspace Opacity"
     assert merged.relabel_reports["VinDrCxr"].missing == ("Edema",)
     assert "merge_source" not in vindr.records[0].meta  # sources untouched

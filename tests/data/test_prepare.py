@@ -47,11 +47,15 @@ def _dataset(root: Path) -> ChestXrayDataset:
     paths = _write_images(root)
     records = []
     for i, path in enumerate(paths):
-        records.append(Record(
-            image_path=path, report=f"report {i}.",
-            labels=np.array([1.0, math.nan], dtype=np.float32) if i % 2 else None,
-            patient_id=f"p{i}", split="train" if i < 5 else "test",
-        ))
+        records.append(
+            Record(
+                image_path=path,
+                report=f"report {i}.",
+                labels=np.array([1.0, math.nan], dtype=np.float32) if i % 2 else None,
+                patient_id=f"p{i}",
+                split="train" if i < 5 else "test",
+            )
+        )
     records[BOXED].boxes = np.array([[10.0, 20.0, 30.0, 60.0]], dtype=np.float32)
     records[BOXED].box_labels = ["nodule"]
     records[MASKED].mask_paths = [root / "masks" / "m1.png"]
@@ -115,8 +119,7 @@ def test_unreadable_file_is_reported_with_reason(tmp_path: Path) -> None:
     (failure,) = report["failures"]
     assert failure["path"] == str(dataset.records[CORRUPT].image_path)
     assert "img4.png" in failure["reason"] and len(failure["reason"]) > len("img4.png")
-    assert str(dataset.records[CORRUPT].image_path) not in {
-        r["path"] for r in _manifest(tmp_path / "store")}
+    assert str(dataset.records[CORRUPT].image_path) not in {r["path"] for r in _manifest(tmp_path / "store")}
 
 
 def test_strict_stops_at_first_failure_naming_the_file(tmp_path: Path) -> None:
@@ -136,8 +139,7 @@ def test_workers_give_the_same_store(tmp_path: Path) -> None:
     assert _snapshot(tmp_path / "serial") == _snapshot(tmp_path / "parallel")
 
 
-def test_resume_after_kill_reads_only_missing_shards(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_kill_reads_only_missing_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = _dataset(tmp_path / "src")
     store = tmp_path / "store"
     prepare_dataset(dataset, store, SIZE, shard_size=3)
@@ -158,8 +160,7 @@ def test_resume_after_kill_reads_only_missing_shards(tmp_path: Path,
     assert _snapshot(store) == reference
 
 
-def test_strict_failure_then_rerun_equals_fresh_run(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strict_failure_then_rerun_equals_fresh_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = _dataset(tmp_path / "src")
     prepare_dataset(dataset, tmp_path / "fresh", SIZE, shard_size=2)
 
@@ -177,8 +178,7 @@ def test_strict_failure_then_rerun_equals_fresh_run(tmp_path: Path,
     assert _snapshot(tmp_path / "store") == _snapshot(tmp_path / "fresh")
 
 
-def test_kill_while_replacing_a_shard_never_reuses_mixed_files(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_while_replacing_a_shard_never_reuses_mixed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = _dataset(tmp_path / "src")
     store = tmp_path / "store"
     prepare_dataset(dataset, store, SIZE, shard_size=3)
@@ -226,8 +226,15 @@ def _write_generic_manifest(root: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["image_path", "report", "labels", "patient_id", "split"])
         for i, path in enumerate(paths):
-            writer.writerow([path.relative_to(root).as_posix(), f"finding {i}.",
-                             "b|c" if i == 1 else "", f"p{i}", "train" if i < 5 else "test"])
+            writer.writerow(
+                [
+                    path.relative_to(root).as_posix(),
+                    f"finding {i}.",
+                    "b|c" if i == 1 else "",
+                    f"p{i}",
+                    "train" if i < 5 else "test",
+                ]
+            )
         writer.writerow(["", "a row without an image", "", "p9", "train"])  # line 9
 
 
@@ -236,15 +243,30 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     _write_generic_manifest(tmp_path / "src")
     store = tmp_path / "store"
-    code = main(["prepare", str(tmp_path / "src"), "--dataset", "manifest", "--out", str(store),
-                 "--size", str(SIZE), "--split", "train", "--shard-size", "2", "--no-progress",
-                 "--dataset-arg", "classes=[b, c]"])
+    code = main(
+        [
+            "prepare",
+            str(tmp_path / "src"),
+            "--dataset",
+            "manifest",
+            "--out",
+            str(store),
+            "--size",
+            str(SIZE),
+            "--split",
+            "train",
+            "--shard-size",
+            "2",
+            "--no-progress",
+            "--dataset-arg",
+            "classes=[b, c]",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "prepared 4 images" in captured.out and "prepare_report.json" in captured.err
     rows = _manifest(store)
-    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png", "img2.png",
-                                                    "img3.png"]
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png", "img2.png", "img3.png"]
     assert {r["split"] for r in rows} == {"train"}
     assert rows[1]["labels"] == [1.0, 1.0] and rows[0]["labels"] == [None, None]
     report = json.loads((store / "prepare_report.json").read_text())
@@ -254,12 +276,37 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     info = json.loads((store / "store.json").read_text())
     assert info["source"] == "manifest" and info["classes"] == ["b", "c"]
 
-    strict = main(["prepare", str(tmp_path / "src"), "--dataset", "manifest", "--out",
-                   str(tmp_path / "strict"), "--size", str(SIZE), "--strict", "--no-progress"])
+    strict = main(
+        [
+            "prepare",
+            str(tmp_path / "src"),
+            "--dataset",
+            "manifest",
+            "--out",
+            str(tmp_path / "strict"),
+            "--size",
+            str(SIZE),
+            "--strict",
+            "--no-progress",
+        ]
+    )
     assert strict == 2
     assert "line 9" in capsys.readouterr().err
-    assert main(["prepare", str(tmp_path / "src"), "--dataset", "manifest", "--out",
-                 str(tmp_path / "bad"), "--dataset-arg", "nonsense"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "src"),
+                "--dataset",
+                "manifest",
+                "--out",
+                str(tmp_path / "bad"),
+                "--dataset-arg",
+                "nonsense",
+            ]
+        )
+        == 2
+    )
 
 
 def test_adapter_skips_are_reported(tmp_path: Path) -> None:
@@ -267,5 +314,8 @@ def test_adapter_skips_are_reported(tmp_path: Path) -> None:
     dataset.skips.add("labels.csv, line 3", "field 'labels' is not a number")
     report = prepare_dataset(dataset, tmp_path / "store", SIZE)
     saved = json.loads((tmp_path / "store" / "prepare_report.json").read_text())
-    assert saved["skipped_rows"] == report.skipped_rows == [
-        {"where": "labels.csv, line 3", "reason": "field 'labels' is not a number"}]
+    assert (
+        saved["skipped_rows"]
+        == report.skipped_rows
+        == [{"where": "labels.csv, line 3", "reason": "field 'labels' is not a number"}]
+    )

@@ -72,38 +72,36 @@ def test_standard_report_sections() -> None:
     sections = extract_sections(REPORT_STANDARD)
     assert sections == {
         "findings": "There is no focal consolidation, pleural effusion or pneumothorax. "
-                    "Bilateral nodular opacities that most likely represent nipple shadows. "
-                    "The cardiomediastinal silhouette is normal.",
+        "Bilateral nodular opacities that most likely represent nipple shadows. "
+        "The cardiomediastinal silhouette is normal.",
         "impression": "No acute cardiopulmonary process.",
     }
 
 
 def test_findings_and_impression_counts_as_impression_and_ends_at_notification() -> None:
     assert extract_sections(REPORT_COMBINED) == {
-        "impression": "Moderate right pleural effusion with adjacent atelectasis. "
-                      "Heart size is mildly enlarged.",
+        "impression": "Moderate right pleural effusion with adjacent atelectasis. Heart size is mildly enlarged.",
     }
 
 
 def test_mixed_case_headers_plural_and_conclusion() -> None:
     sections = extract_sections(REPORT_VARIANTS)
-    assert sections["findings"] == ("Endotracheal tube terminates 4 cm above the carina. "
-                                    "Lungs are clear.")
+    assert sections["findings"] == ("Endotracheal tube terminates 4 cm above the carina. Lungs are clear.")
     # IMPRESSIONS and CONCLUSION are both impression, joined in order; RECOMMENDATION(S) ends
     # the findings; the WET READ text before them belongs to no section
-    assert sections["impression"] == ("1. Appropriately positioned endotracheal tube. "
-                                      "No acute change.")
+    assert sections["impression"] == ("1. Appropriately positioned endotracheal tube. No acute change.")
 
 
 def test_report_text_order_choice_and_missing() -> None:
     assert report_text(REPORT_STANDARD) == (
         "There is no focal consolidation, pleural effusion or pneumothorax. Bilateral "
         "nodular opacities that most likely represent nipple shadows. The "
-        "cardiomediastinal silhouette is normal. No acute cardiopulmonary process.")
-    assert report_text(REPORT_STANDARD, sections=("impression",)) == (
-        "No acute cardiopulmonary process.")
+        "cardiomediastinal silhouette is normal. No acute cardiopulmonary process."
+    )
+    assert report_text(REPORT_STANDARD, sections=("impression",)) == ("No acute cardiopulmonary process.")
     assert report_text(REPORT_STANDARD, sections=("impression", "findings")).startswith(
-        "No acute cardiopulmonary process. There is no focal")
+        "No acute cardiopulmonary process. There is no focal"
+    )
     assert report_text(REPORT_COMBINED, sections=("findings",)) == ""
     assert report_text(REPORT_NO_SECTIONS) == ""
     with pytest.raises(ConfigError, match="'history'"):
@@ -112,29 +110,23 @@ def test_report_text_order_choice_and_missing() -> None:
 
 def test_split_sentences() -> None:
     text = "Nodule measures 1.5 cm.  Is there effusion?\n No!  Heart size normal"
-    assert split_sentences(text) == ["Nodule measures 1.5 cm.", "Is there effusion?", "No!",
-                                     "Heart size normal"]
+    assert split_sentences(text) == ["Nodule measures 1.5 cm.", "Is there effusion?", "No!", "Heart size normal"]
     assert split_sentences(" . ..  ") == []
 
 
 def test_grounding_phrase_official_examples() -> None:
     assert grounding_phrase("Right pleural effusion") == "right pleural effusion. "
-    assert grounding_phrase("Small left apical pneumothorax.") == (
-        "small left apical pneumothorax. ")
+    assert grounding_phrase("Small left apical pneumothorax.") == ("small left apical pneumothorax. ")
     # "RLL. " has length 5 -> dropped; the "_" piece and the "," piece are dropped
-    assert grounding_phrase("RLL. Consolidation in the right lower lobe") == (
-        "consolidation in the right lower lobe. ")
-    assert grounding_phrase("Opacity in the ___ lobe. , with effusion. Left base opacity") == (
-        "left base opacity. ")
+    assert grounding_phrase("RLL. Consolidation in the right lower lobe") == ("consolidation in the right lower lobe. ")
+    assert grounding_phrase("Opacity in the ___ lobe. , with effusion. Left base opacity") == ("left base opacity. ")
     # length 6 with the suffix ("Edema" + ". ") is kept
     assert grounding_phrase("Edema") == "edema. "
     assert grounding_phrase("") == ""
 
 
-SAMPLING_REPORT = ("Moderate right pleural effusion. None. Heart size is normal. . "
-                   "NONE. No pneumothorax.")
-SAMPLING_SENTENCES = ["moderate right pleural effusion", "heart size is normal",
-                      "no pneumothorax"]
+SAMPLING_REPORT = "Moderate right pleural effusion. None. Heart size is normal. . NONE. No pneumothorax."
+SAMPLING_SENTENCES = ["moderate right pleural effusion", "heart size is normal", "no pneumothorax"]
 
 
 def _sampled_pieces(text: str) -> list[str]:
@@ -190,9 +182,11 @@ def test_sampling_edge_cases() -> None:
     assert sample_report_sentences("None.  . ", rng) == ""
     assert sample_report_sentences("No acute process", rng) == "no acute process. "
     # the official split on "." also splits decimals
-    assert sorted(_sampled_pieces(
-        sample_report_sentences("Nodule 1.5 cm", random.Random(1)))) in (
-        ["1"], ["5 cm"], ["1", "5 cm"])
+    assert sorted(_sampled_pieces(sample_report_sentences("Nodule 1.5 cm", random.Random(1)))) in (
+        ["1"],
+        ["5 cm"],
+        ["1", "5 cm"],
+    )
 
 
 def test_sampling_of_section_text() -> None:

@@ -11,12 +11,15 @@ from maco_cxr.errors import DataError
 # Column-major flattening of HAND: col0 = 0 1 1 0, col1 = 0 0 0 0, col2 = 0 0 0 1,
 # col3 = 0 1 1 0 -> runs start at 1 (len 2, ends at 3), 11 (offset 8, len 1, ends at 12),
 # 13 (offset 1, len 2).
-HAND = np.array([
-    [0, 0, 0, 0],
-    [1, 0, 0, 1],
-    [1, 0, 0, 1],
-    [0, 0, 1, 0],
-], dtype=np.uint8)
+HAND = np.array(
+    [
+        [0, 0, 0, 0],
+        [1, 0, 0, 1],
+        [1, 0, 0, 1],
+        [0, 0, 1, 0],
+    ],
+    dtype=np.uint8,
+)
 HAND_RLE = "1 2 8 1 1 2"
 
 
@@ -28,7 +31,7 @@ def official_rle2mask(rle: str, width: int, height: int) -> np.ndarray:
     position = 0
     for start, length in zip(starts, lengths, strict=True):
         position += start
-        mask[position:position + length] = 255
+        mask[position : position + length] = 255
         position += length
     return (mask.reshape(width, height).T > 0).astype(np.uint8)
 
@@ -74,11 +77,14 @@ def test_nonzero_values_are_foreground() -> None:
     assert rle_encode(HAND * 255) == HAND_RLE
 
 
-@pytest.mark.parametrize(("rle", "message"), [
-    ("1 2 3", "pairs"),
-    ("1 x", "'x' is not an integer"),
-    ("1 -2", "negative"),
-])
+@pytest.mark.parametrize(
+    ("rle", "message"),
+    [
+        ("1 2 3", "pairs"),
+        ("1 x", "'x' is not an integer"),
+        ("1 -2", "negative"),
+    ],
+)
 def test_malformed(rle: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         rle_decode(rle, 4, 4)

@@ -30,6 +30,7 @@ UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 # --- the shipped official file ---------------------------------------------------------------
 
+
 def test_official_rsna_detection_test_counts() -> None:
     entries = official_rsna_detection_test()
     assert len(entries) == 1218
@@ -69,8 +70,13 @@ def test_overlap_with_the_classification_lists() -> None:
 
 # --- the reader on small files ---------------------------------------------------------------
 
-def write_coco(path: Path, images: list[dict[str, Any]], annotations: list[dict[str, Any]],
-               categories: list[dict[str, Any]] | None = None) -> Path:
+
+def write_coco(
+    path: Path,
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    categories: list[dict[str, Any]] | None = None,
+) -> Path:
     data: dict[str, Any] = {"images": images, "annotations": annotations}
     if categories is not None:
         data["categories"] = categories
@@ -87,12 +93,12 @@ def box(k: int, image_id: int, bbox: list[float], category: int = 1) -> dict[str
 
 
 def test_read_coco_detection_split(tmp_path: Path) -> None:
-    path = write_coco(tmp_path / "coco.json",
-                      [image(7, "/data/png_all/p-one.png"), image(3, "C:\\x\\p-two.png"),
-                       image(5, "p-three.dcm")],
-                      [box(1, 3, [1, 2, 3, 4]), box(2, 7, [0.5, 0, 2, 1.5]),
-                       box(3, 3, [4, 4, 1, 1], category=0)],
-                      [{"id": 0, "name": "none_pneu"}, {"id": 1, "name": "pneu"}])
+    path = write_coco(
+        tmp_path / "coco.json",
+        [image(7, "/data/png_all/p-one.png"), image(3, "C:\\x\\p-two.png"), image(5, "p-three.dcm")],
+        [box(1, 3, [1, 2, 3, 4]), box(2, 7, [0.5, 0, 2, 1.5]), box(3, 3, [4, 4, 1, 1], category=0)],
+        [{"id": 0, "name": "none_pneu"}, {"id": 1, "name": "pneu"}],
+    )
     entries = read_coco_detection_split(path)
     assert [e.name for e in entries] == ["p-one", "p-two", "p-three"]
     assert [e.line for e in entries] == [1, 2, 3] and entries[1].image_id == 3
@@ -101,29 +107,41 @@ def test_read_coco_detection_split(tmp_path: Path) -> None:
     assert entries[1].box_labels == ("pneu", "none_pneu")
     assert entries[2].boxes.shape == (0, 4) and entries[2].box_labels == ()
     assert (entries[0].width, entries[0].height) == (16, 12)
-    no_categories = write_coco(tmp_path / "bare.json", [image(1, "a.png")],
-                               [box(1, 1, [0, 0, 1, 1])])
+    no_categories = write_coco(tmp_path / "bare.json", [image(1, "a.png")], [box(1, 1, [0, 0, 1, 1])])
     assert read_coco_detection_split(no_categories)[0].box_labels == ("1",)
 
 
-@pytest.mark.parametrize(("images", "annotations", "message"), [
-    ([image(1, "a.png")], [box(1, 2, [0, 0, 1, 1])],
-     r"annotations\[0\] field 'image_id': no image has id 2"),
-    ([image(1, "x/a.png"), image(2, "y/a.png")], [],
-     r"images\[1\] field 'file_name': the base name 'a' is the one of images\[0\] too"),
-    ([image(1, "a.png"), image(1, "b.png")], [],
-     r"images\[1\] field 'id': 1 is the id of images\[0\] too"),
-    ([image(1, "a.png")], [box(1, 1, [0, 0, 0, 1])],
-     r"annotations\[0\] field 'bbox': box size 0.0x1.0 \(w x h\) is not positive"),
-    ([image(1, "a.png")], [box(1, 1, [0, 0, 1])],
-     r"annotations\[0\] field 'bbox': \[0, 0, 1\] is not \[x, y, w, h\]"),
-    ([{"id": "1", "file_name": "a.png", "width": 1, "height": 1}], [],
-     r"images\[0\] field 'id': '1' is not an integer"),
-    ([{"id": 1, "width": 1, "height": 1}], [],
-     r"images\[0\] field 'file_name': None is not a file name"),
-])
-def test_read_coco_detection_split_errors(tmp_path: Path, images: list[dict[str, Any]],
-                                          annotations: list[dict[str, Any]], message: str) -> None:
+@pytest.mark.parametrize(
+    ("images", "annotations", "message"),
+    [
+        ([image(1, "a.png")], [box(1, 2, [0, 0, 1, 1])], r"annotations\[0\] field 'image_id': no image has id 2"),
+        (
+            [image(1, "x/a.png"), image(2, "y/a.png")],
+            [],
+            r"images\[1\] field 'file_name': the base name 'a' is the one of images\[0\] too",
+        ),
+        ([image(1, "a.png"), image(1, "b.png")], [], r"images\[1\] field 'id': 1 is the id of images\[0\] too"),
+        (
+            [image(1, "a.png")],
+            [box(1, 1, [0, 0, 0, 1])],
+            r"annotations\[0\] field 'bbox': box size 0.0x1.0 \(w x h\) is not positive",
+        ),
+        (
+            [image(1, "a.png")],
+            [box(1, 1, [0, 0, 1])],
+            r"annotations\[0\] field 'bbox': \[0, 0, 1\] is not \[x, y, w, h\]",
+        ),
+        (
+            [{"id": "1", "file_name": "a.png", "width": 1, "height": 1}],
+            [],
+            r"images\[0\] field 'id': '1' is not an integer",
+        ),
+        ([{"id": 1, "width": 1, "height": 1}], [], r"images\[0\] field 'file_name': None is not a file name"),
+    ],
+)
+def test_read_coco_detection_split_errors(
+    tmp_path: Path, images: list[dict[str, Any]], annotations: list[dict[str, Any]], message: str
+) -> None:
     path = write_coco(tmp_path / "bad.json", images, annotations)
     with pytest.raises(DataError, match=message) as info:
         read_coco_detection_split(path)
@@ -142,6 +160,7 @@ def test_read_coco_detection_split_file_errors(tmp_path: Path) -> None:
 
 
 # --- applying it to the RSNA adapter ---------------------------------------------------------
+
 
 def write_dicom(path: Path, uid: str) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -169,19 +188,24 @@ def test_subset_rsna_by_the_detection_split(tmp_path: Path) -> None:
     with (root / "stage_2_train_labels.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patientId", "x", "y", "width", "height", "Target"])
-        writer.writerows([["p-one", 1, 2, 3, 4, 1], ["p-two", "", "", "", "", 0],
-                          ["p-three", 0, 0, 2, 2, 1]])
-    entries = read_coco_detection_split(write_coco(
-        tmp_path / "det.json", [image(1, "/mnt/x/p-three.png"), image(2, "/mnt/x/p-one.png")],
-        [box(1, 1, [0, 0, 2, 2]), box(2, 2, [1, 2, 3, 4])]))
+        writer.writerows([["p-one", 1, 2, 3, 4, 1], ["p-two", "", "", "", "", 0], ["p-three", 0, 0, 2, 2, 1]])
+    entries = read_coco_detection_split(
+        write_coco(
+            tmp_path / "det.json",
+            [image(1, "/mnt/x/p-three.png"), image(2, "/mnt/x/p-one.png")],
+            [box(1, 1, [0, 0, 2, 2]), box(2, 2, [1, 2, 3, 4])],
+        )
+    )
     dataset = RsnaPneumonia(root, positives_only=True)
     subset = subset_by_split_file(dataset, detection_split_entries(entries))
     assert [r.patient_id for r in subset.records] == ["p-three", "p-one"]
     for record, entry in zip(subset.records, entries, strict=True):
         np.testing.assert_array_equal(record.boxes, entry.boxes)
-    lists = {"train": read_split_file(_write(tmp_path / "train.txt",
-                                             "stage_2_train_images/p-one.dcm 1\n"
-                                             "stage_2_train_images/p-two.dcm 0\n"))}
+    lists = {
+        "train": read_split_file(
+            _write(tmp_path / "train.txt", "stage_2_train_images/p-one.dcm 1\nstage_2_train_images/p-two.dcm 0\n")
+        )
+    }
     assert detection_split_overlaps(entries, lists) == {"train": 1}
     assert isinstance(entries[0], DetectionEntry)
 

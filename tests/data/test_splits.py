@@ -30,12 +30,16 @@ def entries(*paths: str) -> list[SplitEntry]:
 
 # --- reading split files ---------------------------------------------------------------------
 
+
 def test_read_split_file(tmp_path: Path) -> None:
     path = tmp_path / "list.txt"
     path.write_bytes(b"a/x.png 0 1\r\n\r\nb/y.png  1 0 \r\nc/z.png 1 1")
     got = read_split_file(path)
     assert [(e.path, e.labels.tolist(), e.line) for e in got] == [
-        ("a/x.png", [0.0, 1.0], 1), ("b/y.png", [1.0, 0.0], 3), ("c/z.png", [1.0, 1.0], 4)]
+        ("a/x.png", [0.0, 1.0], 1),
+        ("b/y.png", [1.0, 0.0], 3),
+        ("c/z.png", [1.0, 1.0], 4),
+    ]
 
 
 def test_read_split_file_errors(tmp_path: Path) -> None:
@@ -53,15 +57,19 @@ def test_read_split_file_errors(tmp_path: Path) -> None:
 
 # --- shipped official files ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("dataset", "name", "count", "n_labels"), [
-    ("nih", "test", 22433, 14),
-    ("nih", "train_1", 785, 14),
-    ("chexpert", "val", 5000, 5),
-    ("chexpert", "test", 234, 5),
-    ("rsna", "test", 3000, 1),
-    ("rsna", "train_10", 2518, 1),
-    ("siim", "test", 1904, 0),
-])
+
+@pytest.mark.parametrize(
+    ("dataset", "name", "count", "n_labels"),
+    [
+        ("nih", "test", 22433, 14),
+        ("nih", "train_1", 785, 14),
+        ("chexpert", "val", 5000, 5),
+        ("chexpert", "test", 234, 5),
+        ("rsna", "test", 3000, 1),
+        ("rsna", "train_10", 2518, 1),
+        ("siim", "test", 1904, 0),
+    ],
+)
 def test_official_files(dataset: str, name: str, count: int, n_labels: int) -> None:
     path = official_split_path(dataset, name)  # type: ignore[arg-type]
     assert path.is_file() and "maco-official" in path.parts
@@ -84,8 +92,7 @@ def test_siim_overlap_counts_match_protocols() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lists = {role: load_official_split("siim", role) for role in ("train", "val", "test")}
-    assert split_overlaps(lists) == {("train", "val"): 478, ("train", "test"): 494,
-                                     ("val", "test"): 124}
+    assert split_overlaps(lists) == {("train", "val"): 478, ("train", "test"): 494, ("val", "test"): 124}
 
 
 def test_siim_load_warns_and_deduplicates() -> None:
@@ -94,8 +101,7 @@ def test_siim_load_warns_and_deduplicates() -> None:
     assert len(train) == 7969
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        clean = {role: load_official_split("siim", role, deduplicate=True)
-                 for role in ("train", "val", "test")}
+        clean = {role: load_official_split("siim", role, deduplicate=True) for role in ("train", "val", "test")}
         train_10 = load_official_split("siim", "train_10", deduplicate=True)
     # The three pairwise overlaps share no id, so train loses 478 + 494 and val 124.
     assert {r: len(v) for r, v in clean.items()} == {"train": 6997, "val": 1774, "test": 1904}
@@ -106,22 +112,29 @@ def test_siim_load_warns_and_deduplicates() -> None:
 
 
 def test_deduplicate_splits_priority() -> None:
-    splits = {"train": entries("a", "b", "c", "d"), "val": entries("b", "e"),
-              "test": entries("c", "e", "f")}
+    splits = {"train": entries("a", "b", "c", "d"), "val": entries("b", "e"), "test": entries("c", "e", "f")}
     got = deduplicate_splits(splits)
     assert {k: [e.path for e in v] for k, v in got.items()} == {
-        "train": ["a", "d"], "val": ["b"], "test": ["c", "e", "f"]}
+        "train": ["a", "d"],
+        "val": ["b"],
+        "test": ["c", "e", "f"],
+    }
     with pytest.raises(ConfigError, match=r"\['dev'\]"):
         deduplicate_splits({"dev": entries("a")})
 
 
 # --- subsets ---------------------------------------------------------------------------------
 
-def fake_dataset(paths: list[str], classes: tuple[str, ...] = ("A", "B"),
-                 relative: list[str] | None = None) -> ChestXrayDataset:
+
+def fake_dataset(
+    paths: list[str], classes: tuple[str, ...] = ("A", "B"), relative: list[str] | None = None
+) -> ChestXrayDataset:
     records = [
-        Record(image_path=Path(p), labels=np.full(len(classes), np.nan, np.float32),
-               meta={"relative_path": relative[i]} if relative else {})
+        Record(
+            image_path=Path(p),
+            labels=np.full(len(classes), np.nan, np.float32),
+            meta={"relative_path": relative[i]} if relative else {},
+        )
         for i, p in enumerate(paths)
     ]
     return ChestXrayDataset(records, classes)
@@ -129,13 +142,20 @@ def fake_dataset(paths: list[str], classes: tuple[str, ...] = ("A", "B"),
 
 def test_subset_matches_names_paths_stems_and_relative_paths(tmp_path: Path) -> None:
     ds = fake_dataset(
-        ["/data/nih/images_001/images/00000001_000.png",
-         "/data/rsna/stage_2_train_images/abc.dcm",
-         "/data/siim/dicom-images-train/1.2/1.3/1.2.276.0.1.dcm",
-         "/data/CheX-renamed/train/patient00001/study1/view1_frontal.jpg",
-         "/data/CheX-renamed/train/patient00002/study1/view1_frontal.jpg"],
-        relative=["", "", "", "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
-                  "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg"],
+        [
+            "/data/nih/images_001/images/00000001_000.png",
+            "/data/rsna/stage_2_train_images/abc.dcm",
+            "/data/siim/dicom-images-train/1.2/1.3/1.2.276.0.1.dcm",
+            "/data/CheX-renamed/train/patient00001/study1/view1_frontal.jpg",
+            "/data/CheX-renamed/train/patient00002/study1/view1_frontal.jpg",
+        ],
+        relative=[
+            "",
+            "",
+            "",
+            "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg",
+        ],
     )
     split_file = tmp_path / "list.txt"
     split_file.write_text(
@@ -146,14 +166,19 @@ def test_subset_matches_names_paths_stems_and_relative_paths(tmp_path: Path) -> 
     )
     subset = subset_by_split_file(ds, split_file, use_file_labels=True)
     assert [r.image_path.name for r in subset.records] == [
-        "view1_frontal.jpg", "1.2.276.0.1.dcm", "abc.dcm", "00000001_000.png"]
+        "view1_frontal.jpg",
+        "1.2.276.0.1.dcm",
+        "abc.dcm",
+        "00000001_000.png",
+    ]
     assert "patient00002" in str(subset.records[0].image_path)
     assert [r.labels.tolist() for r in subset.records] == [[1, 0], [0, 0], [0, 1], [1, 1]]
     assert np.isnan(ds.records[1].labels).all()  # the original is untouched
     assert type(subset) is type(ds) and len(ds) == 5
     rest = subset_by_split_file(ds, split_file, exclude=True)
     assert [r.meta["relative_path"] for r in rest.records] == [
-        "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"]
+        "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+    ]
 
 
 def test_subset_reports_unmatched_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -172,9 +197,13 @@ def test_subset_reports_unmatched_entries(tmp_path: Path, caplog: pytest.LogCapt
 
 # --- label fractions -------------------------------------------------------------------------
 
+
 def patient_records(sizes: list[int]) -> list[Record]:
-    return [Record(image_path=Path(f"p{p}_{i}.png"), patient_id=f"p{p}")
-            for p, size in enumerate(sizes) for i in range(size)]
+    return [
+        Record(image_path=Path(f"p{p}_{i}.png"), patient_id=f"p{p}")
+        for p, size in enumerate(sizes)
+        for i in range(size)
+    ]
 
 
 def test_label_fraction_deterministic_and_seeded() -> None:

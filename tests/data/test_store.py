@@ -32,8 +32,14 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(N):
         path = root / f"img{i}.png"
         Image.fromarray(rng.integers(0, 256, (20 + i, 24), dtype=np.uint8)).save(path)
-        records.append(Record(image_path=path, report=f"r{i}", patient_id=f"p{i}",
-                              labels=np.array([i % 2, math.nan], dtype=np.float32)))
+        records.append(
+            Record(
+                image_path=path,
+                report=f"r{i}",
+                patient_id=f"p{i}",
+                labels=np.array([i % 2, math.nan], dtype=np.float32),
+            )
+        )
     records[3].boxes = np.array([[0.0, 0.0, 12.0, 23.0], [2.0, 4.0, 6.0, 8.0]], np.float32)
     records[3].box_labels = ["a", "b"]
     mask = np.zeros((27, 24), dtype=np.uint8)
@@ -104,12 +110,12 @@ def test_loader_with_workers_and_sampler(store_dir: Path) -> None:
     batches = list(loader)
     assert _order(loader) == list(range(N))  # persistent workers serve a second epoch
     assert torch.equal(batches[2]["image"][1], store[9]["image"])
-    sampled = make_loader(store, 4, shuffle=False, seed=0, workers=0, drop_last=False,
-                          sampler=SequentialSampler(range(3)))
+    sampled = make_loader(
+        store, 4, shuffle=False, seed=0, workers=0, drop_last=False, sampler=SequentialSampler(range(3))
+    )
     assert _order(sampled) == [0, 1, 2]
     with pytest.raises(ConfigError, match="sampler"):
-        make_loader(store, 4, shuffle=True, seed=0, workers=0, drop_last=False,
-                    sampler=SequentialSampler(range(3)))
+        make_loader(store, 4, shuffle=True, seed=0, workers=0, drop_last=False, sampler=SequentialSampler(range(3)))
 
 
 def test_pickle_drops_open_memory_maps(store_dir: Path) -> None:

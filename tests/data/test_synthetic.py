@@ -71,12 +71,12 @@ def test_sampled_findings_cover_every_class_and_normal() -> None:
     assert max(len(names) for names in seen) >= 2
 
 
-@pytest.mark.parametrize(("p_normal", "p_extra", "counts"), [(1.0, 0.0, {0}), (0.0, 0.0, {1}),
-                                                             (0.0, 1.0, {3})])
-def test_finding_count_follows_the_probabilities(p_normal: float, p_extra: float,
-                                                 counts: set[int]) -> None:
-    got = {len(generate_phantom(np.random.default_rng(seed), 96, p_normal=p_normal,
-                                p_extra=p_extra).label_names) for seed in range(8)}
+@pytest.mark.parametrize(("p_normal", "p_extra", "counts"), [(1.0, 0.0, {0}), (0.0, 0.0, {1}), (0.0, 1.0, {3})])
+def test_finding_count_follows_the_probabilities(p_normal: float, p_extra: float, counts: set[int]) -> None:
+    got = {
+        len(generate_phantom(np.random.default_rng(seed), 96, p_normal=p_normal, p_extra=p_extra).label_names)
+        for seed in range(8)
+    }
     assert got == counts
 
 
@@ -164,8 +164,7 @@ def test_report_names_findings_with_side_severity_and_a_negation() -> None:
     sentences = [s.strip() for s in phantom.report.rstrip(".").split(". ")]
     assert all(sentences)
     absent = ("effusion", "consolidation", "nodule", "edema")
-    assert any(s.lower().startswith(("no ", "there is no")) and any(a in s for a in absent)
-               for s in sentences)
+    assert any(s.lower().startswith(("no ", "there is no")) and any(a in s for a in absent) for s in sentences)
     assert report.endswith(".")
 
 
@@ -179,11 +178,16 @@ def test_normal_report_says_so_and_negates_classes() -> None:
 def test_class_name_appears_in_most_positive_reports(kind: str) -> None:
     """Zero-shot prompts "There is {class}." need the class name in the positive sentences."""
     mask = np.ones((4, 4), dtype=bool)
-    finding = Finding(kind, "left" if kind in LATERAL else None,
-                      {"pleural effusion": "small", "pneumothorax": "large",
-                       "cardiomegaly": "mild", "edema": "moderate"}.get(kind),
-                      "lower" if kind in ("consolidation", "nodule") else None,
-                      (0.0, 0.0, 4.0, 4.0), mask, f"left {kind}", 2.0)
+    finding = Finding(
+        kind,
+        "left" if kind in LATERAL else None,
+        {"pleural effusion": "small", "pneumothorax": "large", "cardiomegaly": "mild", "edema": "moderate"}.get(kind),
+        "lower" if kind in ("consolidation", "nodule") else None,
+        (0.0, 0.0, 4.0, 4.0),
+        mask,
+        f"left {kind}",
+        2.0,
+    )
     rng = np.random.default_rng(0)
     reports = [write_report([finding], rng).lower() for _ in range(200)]
     with_name = np.mean([kind in report for report in reports])
@@ -245,8 +249,12 @@ def test_written_dataset_round_trips(tmp_path: Path) -> None:
         assert box["category"] in FINDINGS and box["label"]
         x0, y0, x1, y1 = (float(box[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
         old = extents.get((box["image_path"], box["category"]), [96.0, 96.0, 0.0, 0.0])
-        extents[(box["image_path"], box["category"])] = [min(old[0], x0), min(old[1], y0),
-                                                         max(old[2], x1), max(old[3], y1)]
+        extents[(box["image_path"], box["category"])] = [
+            min(old[0], x0),
+            min(old[1], y0),
+            max(old[2], x1),
+            max(old[3], y1),
+        ]
     for mask_row in masks:
         assert (root / mask_row["image_path"]).is_file()
         pixels = np.asarray(Image.open(root / mask_row["mask_path"]))
@@ -269,8 +277,7 @@ def test_item_depends_only_on_seed_and_index(tmp_path: Path) -> None:
         assert a == (long.parent / row["image_path"]).read_bytes()
 
 
-def test_interrupted_write_leaves_no_manifest(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_write_leaves_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "ds"
     write_synthetic_dataset(root, 2, seed=1, size=96)
     real = writer_module._write_item
@@ -286,11 +293,9 @@ def test_interrupted_write_leaves_no_manifest(tmp_path: Path,
     assert not (root / "manifest.csv").exists()
 
 
-def test_cli_writes_dataset_with_workers(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_dataset_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    code = main(["synth", "--out", str(out), "--n", "6", "--seed", "2", "--size", "96",
-                 "--workers", "2"])
+    code = main(["synth", "--out", str(out), "--n", "6", "--seed", "2", "--size", "96", "--workers", "2"])
     assert code == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     rows = _read_csv(out / "manifest.csv")

@@ -250,10 +250,31 @@ def test_metric_table_by_hand() -> None:
     with pytest.warns(RuntimeWarning, match="2 iou, 1 precision"):
         table = grounding_metric_table(TABLE_ROWS)
     assert list(table) == [
-        "threshold", "iou", "cnr", "pg", "dice", "recall", "precision",
-        "iou_cat", "cnr_cat", "pg_cat", "dice_cat", "recall_cat", "precision_cat",
-        "iou_a", "iou_b", "iou_c", "cnr_a", "cnr_b", "cnr_c", "pg_a", "pg_b", "pg_c",
-        "dice_a", "dice_b", "dice_c",
+        "threshold",
+        "iou",
+        "cnr",
+        "pg",
+        "dice",
+        "recall",
+        "precision",
+        "iou_cat",
+        "cnr_cat",
+        "pg_cat",
+        "dice_cat",
+        "recall_cat",
+        "precision_cat",
+        "iou_a",
+        "iou_b",
+        "iou_c",
+        "cnr_a",
+        "cnr_b",
+        "cnr_c",
+        "pg_a",
+        "pg_b",
+        "pg_c",
+        "dice_a",
+        "dice_b",
+        "dice_c",
     ]
     assert table["threshold"] == [0.1, 0.5, "mean"]
 

@@ -183,8 +183,9 @@ def test_group_resampling_unequal_groups() -> None:
     groups = np.array([10, 10, 10, 20, 30, 30])
     seen: list[np.ndarray] = []
     bootstrap_mean_ci(np.arange(6.0), groups=groups, n_resamples=100)
-    bootstrap_metric_ci(lambda y, s: seen.append(s.copy()) or 0.0, np.zeros(6), np.arange(6), groups=groups,
-                        n_resamples=100)
+    bootstrap_metric_ci(
+        lambda y, s: seen.append(s.copy()) or 0.0, np.zeros(6), np.arange(6), groups=groups, n_resamples=100
+    )
     for draw in seen[1:]:
         counts = np.bincount(draw, minlength=6)
         assert counts[0] == counts[1] == counts[2] and counts[4] == counts[5]

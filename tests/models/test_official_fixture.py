@@ -20,9 +20,12 @@ def fixture(official_fixture_dir):
     config = json.loads((official_fixture_dir / "fixture.json").read_text())
     inputs = np.load(official_fixture_dir / "inputs.npz")
     expected = np.load(official_fixture_dir / "expected.npz")
-    model, report = load_official(official_fixture_dir / "maco.pth", text_heads=config["config"]["text_heads"],
-                                  vision_heads=config["config"]["num_heads"],
-                                  decoder_heads=config["config"]["decoder_num_heads"])
+    model, report = load_official(
+        official_fixture_dir / "maco.pth",
+        text_heads=config["config"]["text_heads"],
+        vision_heads=config["config"]["num_heads"],
+        decoder_heads=config["config"]["decoder_num_heads"],
+    )
     return config, inputs, expected, model, report
 
 
@@ -30,8 +33,9 @@ def fixture(official_fixture_dir):
 def pretrain_out(fixture):
     config, inputs, _, model, _ = fixture
     model.zero_grad()
-    out = model.pretrain_losses(torch.from_numpy(inputs["images_448"]), config["reports"],
-                                torch.from_numpy(inputs["mask_noise"]))
+    out = model.pretrain_losses(
+        torch.from_numpy(inputs["images_448"]), config["reports"], torch.from_numpy(inputs["mask_noise"])
+    )
     out["con"].backward()
     return out
 
@@ -39,8 +43,19 @@ def pretrain_out(fixture):
 def test_checkpoint_loads_with_every_used_tensor(fixture):
     config, _, _, model, report = fixture
     assert not report.missing
-    assert all(k.startswith(("pos_weight_text", "pos_cat", "logit_scale", "WCE", "bert_encoder.model.cls",
-                             "bert_encoder.model.bert.embeddings.position_ids")) for k in report.ignored)
+    assert all(
+        k.startswith(
+            (
+                "pos_weight_text",
+                "pos_cat",
+                "logit_scale",
+                "WCE",
+                "bert_encoder.model.cls",
+                "bert_encoder.model.bert.embeddings.position_ids",
+            )
+        )
+        for k in report.ignored
+    )
     c = config["config"]
     assert model.config.vision.embed_dim == c["embed_dim"] and model.config.vision.depth == c["depth"]
     assert model.config.decoder.depth == c["decoder_depth"] and model.config.super_resolution
@@ -81,12 +96,12 @@ def test_losses(fixture, pretrain_out):
 
 def test_contrastive_gradients(fixture, pretrain_out):
     _, _, expected, model, _ = fixture
-    np.testing.assert_allclose(model.patch_weight.weight.grad.numpy(), expected["grad_con_pos_weight_w"],
-                               atol=1e-5)
+    np.testing.assert_allclose(model.patch_weight.weight.grad.numpy(), expected["grad_con_pos_weight_w"], atol=1e-5)
     np.testing.assert_allclose(model.patch_weight.bias.grad.numpy(), expected["grad_con_pos_weight_b"], atol=1e-5)
     assert model.inverse_temperature.grad.item() == pytest.approx(float(expected["grad_con_Tpar"]), rel=1e-4)
     assert model.img_proj.weight.grad.norm().item() == pytest.approx(
-        float(expected["grad_con_img_mlp_w_norm"]), rel=1e-5)
+        float(expected["grad_con_img_mlp_w_norm"]), rel=1e-5
+    )
 
 
 def test_inference_embeddings(fixture):
@@ -109,8 +124,9 @@ def test_paper_and_released_loss_weighting(fixture, pretrain_out):
     try:
         config, inputs = fixture[0], fixture[1]
         with torch.no_grad():
-            out = model.pretrain_losses(torch.from_numpy(inputs["images_448"]), config["reports"],
-                                        torch.from_numpy(inputs["mask_noise"]))
+            out = model.pretrain_losses(
+                torch.from_numpy(inputs["images_448"]), config["reports"], torch.from_numpy(inputs["mask_noise"])
+            )
         assert out["total"].item() == pytest.approx(float(expected["loss_total_sum"]), rel=1e-5)
     finally:
         model.config = dataclasses.replace(model.config, loss_weighting="paper")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from maco_cxr.config import apply_overrides
-from maco_cxr.models.config import preset
 from maco_cxr.hub import create_model, load, save_pretrained
+from maco_cxr.models.config import preset
 
 
 def _batch(config, n=2, seed=0):
@@ -159,8 +159,9 @@ def test_without_correlation_weighting_the_loss_is_plain_symmetric_infonce():
     loss, weights = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(10.0))
     logits = 10.0 * torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T
     targets = torch.arange(5)
-    expected = (torch.nn.functional.cross_entropy(logits, targets)
-                + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
+    ) / 2
     torch.testing.assert_close(loss, expected)
     assert torch.equal(weights, torch.ones(5))
     model = create_model(dataclasses.replace(preset("tiny"), correlation_weighting=False))
@@ -177,8 +178,9 @@ def test_hard_negative_texts_widen_only_the_image_to_text_softmax():
     logits = 5.0 * unit(z, dim=-1) @ unit(t, dim=-1).T
     widened = torch.cat([logits, 5.0 * unit(z, dim=-1) @ unit(hard, dim=-1).T], dim=1)
     targets = torch.arange(4)
-    expected = (torch.nn.functional.cross_entropy(widened, targets)
-                + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(widened, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
+    ) / 2
     torch.testing.assert_close(loss, expected)
     same, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0), negative_text_embed=-t)
     plain, _ = correlation_weighted_contrastive_loss(z, t, None, torch.tensor(5.0))
@@ -194,7 +196,7 @@ def test_trimmed_padding_gives_the_same_text_embeddings():
     trimmed = trim_padding(full)
     longest = int(full["attention_mask"].sum(1).max())
     assert trimmed["input_ids"].shape[1] == -(-longest // 8) * 8 < full["input_ids"].shape[1]
-    assert torch.equal(trimmed["input_ids"], full["input_ids"][:, :trimmed["input_ids"].shape[1]])
+    assert torch.equal(trimmed["input_ids"], full["input_ids"][:, : trimmed["input_ids"].shape[1]])
     with torch.no_grad():
         torch.testing.assert_close(model.encode_texts(trimmed), model.encode_texts(full), rtol=0, atol=1e-6)
     untouched = {k: v[:, :3] for k, v in full.items()}

@@ -9,12 +9,16 @@ from pathlib import Path
 
 from maco_cxr.data.tokenizer import SPECIAL_TOKENS, ReportTokenizer
 
-CORPUS = ("Moderate left pleural effusion. No pneumothorax.",
-          "Small right pleural effusion. The lungs are clear.",
-          "Left pleural effusion, 2.6 cm.")
+CORPUS = (
+    "Moderate left pleural effusion. No pneumothorax.",
+    "Small right pleural effusion. The lungs are clear.",
+    "Left pleural effusion, 2.6 cm.",
+)
 
-BUILD = ("import sys; from maco_cxr.data.tokenizer import ReportTokenizer; "
-         "ReportTokenizer.from_corpus_words(sys.argv[2:]).save(sys.argv[1])")
+BUILD = (
+    "import sys; from maco_cxr.data.tokenizer import ReportTokenizer; "
+    "ReportTokenizer.from_corpus_words(sys.argv[2:]).save(sys.argv[1])"
+)
 
 
 def test_word_vocabulary_ids_follow_frequency_then_alphabet() -> None:
@@ -33,8 +37,20 @@ def test_word_vocabulary_ids_follow_frequency_then_alphabet() -> None:
 def test_words_are_single_tokens_and_unseen_words_fall_back_to_characters() -> None:
     tokenizer = ReportTokenizer.from_corpus_words(CORPUS)
     encoding = tokenizer.tokenizer.encode("[CLS] Moderate left pleural effusion. Pneumo")
-    assert encoding.tokens == ["[CLS]", "moderate", "left", "pleural", "effusion", ".",
-                               "p", "##n", "##e", "##u", "##m", "##o"]
+    assert encoding.tokens == [
+        "[CLS]",
+        "moderate",
+        "left",
+        "pleural",
+        "effusion",
+        ".",
+        "p",
+        "##n",
+        "##e",
+        "##u",
+        "##m",
+        "##o",
+    ]
     ids = tokenizer(["no pneumothorax."])["input_ids"][0]
     assert ids[0] == 2 and tokenizer.tokenizer.id_to_token(int(ids[1])) == "no"
 

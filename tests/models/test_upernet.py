@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from maco_cxr.models.config import VisionConfig
 from maco_cxr.errors import ConfigError
+from maco_cxr.models.config import VisionConfig
 from maco_cxr.models.upernet import (
     IGNORE_INDEX,
     SegmentationLossWeights,
@@ -29,13 +29,16 @@ def _tiny(depth: int = 4, size: int = 64) -> UperNetSegmenter:
     return UperNetSegmenter(vit, UperNetConfig(channels=16, aux_channels=8))
 
 
-@pytest.mark.parametrize(("depth", "expected"), [
-    (12, (3, 5, 7, 11)),  # the paper's 1-based blocks 4, 6, 8, 12
-    (6, (1, 2, 3, 5)),
-    (4, (0, 1, 2, 3)),
-    (2, (0, 0, 0, 1)),
-    (1, (0, 0, 0, 0)),
-])
+@pytest.mark.parametrize(
+    ("depth", "expected"),
+    [
+        (12, (3, 5, 7, 11)),  # the paper's 1-based blocks 4, 6, 8, 12
+        (6, (1, 2, 3, 5)),
+        (4, (0, 1, 2, 3)),
+        (2, (0, 0, 0, 1)),
+        (1, (0, 0, 0, 0)),
+    ],
+)
 def test_feature_blocks_maps_paper_blocks_proportionally(depth: int, expected: tuple[int, ...]) -> None:
     assert feature_blocks(depth) == expected
 
@@ -45,8 +48,7 @@ def test_pyramid_levels_have_strides_4_8_16_32() -> None:
     x = torch.randn(2, 3, 64, 96)
     features = model.backbone.forward_intermediates(x, model.feature_indices)
     levels = model.rescale(features)
-    assert [tuple(level.shape) for level in levels] == [
-        (2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3)]
+    assert [tuple(level.shape) for level in levels] == [(2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3)]
     out = model(x)
     assert out.logits.shape == (2, 1, 16, 24)
     assert out.aux_logits is None  # the auxiliary head only runs in training

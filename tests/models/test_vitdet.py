@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maco_cxr.models.config import VisionConfig
 from maco_cxr.errors import ConfigError
+from maco_cxr.models.config import VisionConfig
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.models.vitdet import LayerNorm2d, SimpleFeaturePyramid, ViTDetBackbone, ViTDetConfig, build_vitdet
 
@@ -17,9 +17,16 @@ def _vit(size: int = 64, depth: int = 2) -> MaskedViT:
 
 
 def _small_config(**changes: object) -> ViTDetConfig:
-    values = dict(out_channels=16, box_head_convs=1, box_head_fc=32, rpn_pre_nms_top_n_train=200,
-                  rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50,
-                  box_batch_size_per_image=32)
+    values = dict(
+        out_channels=16,
+        box_head_convs=1,
+        box_head_fc=32,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=50,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        box_batch_size_per_image=32,
+    )
     values.update(changes)
     return ViTDetConfig(**values)  # type: ignore[arg-type]
 
@@ -29,7 +36,12 @@ def test_pyramid_levels_and_names() -> None:
     maps = backbone(torch.randn(2, 3, 64, 128))
     assert list(maps) == ["p2", "p3", "p4", "p5", "p6"]
     assert [tuple(m.shape) for m in maps.values()] == [
-        (2, 16, 16, 32), (2, 16, 8, 16), (2, 16, 4, 8), (2, 16, 2, 4), (2, 16, 1, 2)]
+        (2, 16, 16, 32),
+        (2, 16, 8, 16),
+        (2, 16, 4, 8),
+        (2, 16, 2, 4),
+        (2, 16, 1, 2),
+    ]
     assert backbone.out_channels == 16
 
 
@@ -77,8 +89,10 @@ def test_anchor_sizes_scale_with_the_input_and_are_checked() -> None:
 def test_detector_trains_and_predicts_in_input_pixels() -> None:
     detector = build_vitdet(_vit(), _small_config(), 64, 0.4978, 0.2449)
     images = [torch.rand(3, 64, 64) for _ in range(2)]
-    targets = [{"boxes": torch.tensor([[8.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[8.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     detector.train()
     losses = detector(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from maco_cxr._atomic import MARKER_NAME
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from maco_cxr._atomic import MARKER_NAME
 from maco_cxr.errors import DataError, RunInterrupted
 from maco_cxr.runtime.checkpoint import list_checkpoints
 from maco_cxr.runtime.loop import Run, RunEnd, RunHooks, RunSettings, run_training
@@ -30,8 +29,14 @@ class _Regression(RunHooks[dict]):
     """A two-layer net with dropout on seeded batches: each batch is a function of its step, the
     dropout draws come from the per-rank generator the skeleton seeds and restores."""
 
-    def __init__(self, *, interrupt_in_step: int | None = None, interrupt_in_save: int | None = None,
-                 nan_at: int | None = None, interrupt_at_start: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        interrupt_in_step: int | None = None,
+        interrupt_in_save: int | None = None,
+        nan_at: int | None = None,
+        interrupt_at_start: bool = False,
+    ) -> None:
         self.interrupt_in_step, self.interrupt_in_save = interrupt_in_step, interrupt_in_save
         self.nan_at, self.interrupt_at_start = nan_at, interrupt_at_start
         self.resumed_from: int | None = None
@@ -84,10 +89,26 @@ class _Regression(RunHooks[dict]):
 
 
 def _settings(out: Path, **changes: Any) -> RunSettings:
-    settings = RunSettings(name="regression", output_dir=out, config={"lr": 0.1},
-                           may_differ=("stop_at_step",), device="cpu", precision="fp32", seed=3,
-                           resume="auto", lr=0.1, accum_steps=1, clip_grad=1.0, log_every=1, save_every=2,
-                           keep_last=2, stop_at_step=None, workers=0, progress=False, tensorboard=False)
+    settings = RunSettings(
+        name="regression",
+        output_dir=out,
+        config={"lr": 0.1},
+        may_differ=("stop_at_step",),
+        device="cpu",
+        precision="fp32",
+        seed=3,
+        resume="auto",
+        lr=0.1,
+        accum_steps=1,
+        clip_grad=1.0,
+        log_every=1,
+        save_every=2,
+        keep_last=2,
+        stop_at_step=None,
+        workers=0,
+        progress=False,
+        tensorboard=False,
+    )
     return replace(settings, **changes)
 
 
@@ -102,8 +123,9 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def _leftovers(out: Path) -> list[str]:
     """Hidden temporaries left in the run folder (the folder's own marker is not one)."""
     folders = (out, out / "checkpoints")
-    return sorted(p.name for folder in folders for p in folder.iterdir()
-                  if p.name.startswith(".") and p.name != MARKER_NAME)
+    return sorted(
+        p.name for folder in folders for p in folder.iterdir() if p.name.startswith(".") and p.name != MARKER_NAME
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +161,7 @@ def test_ctrl_c_before_the_first_step_says_so_and_leaves_no_empty_folder(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_stop_at_step_hands_the_end_to_the_kind_and_the_rerun_continues(tmp_path: Path,
-                                                                         uninterrupted: dict) -> None:
+def test_stop_at_step_hands_the_end_to_the_kind_and_the_rerun_continues(tmp_path: Path, uninterrupted: dict) -> None:
     out = tmp_path / "run"
     stopped = run_training(_settings(out, stop_at_step=4), _Regression())
     assert stopped["end"] == RunEnd(out, 4, STEPS) and stopped["end"].stopped_early

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-INSTALL_HINT = ("install Debian's chromium and chromium-driver (sudo apt-get install chromium "
-                "chromium-driver; `make test` does it when run as root or with passwordless sudo), or set "
-                "MACO_SKIP_BROWSER=1")
+INSTALL_HINT = (
+    "install Debian's chromium and chromium-driver (sudo apt-get install chromium "
+    "chromium-driver; `make test` does it when run as root or with passwordless sudo), or set "
+    "MACO_SKIP_BROWSER=1"
+)
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,10 @@ class BrowserCheck:
 
 def browser_paths(env: Mapping[str, str] = os.environ) -> tuple[Path, Path]:
     """Chromium and chromedriver, as ``.ci/ensure-browser`` looks for them."""
-    return (Path(env.get("MACO_CHROMIUM", "/usr/bin/chromium")),
-            Path(env.get("MACO_CHROMEDRIVER", "/usr/bin/chromedriver")))
+    return (
+        Path(env.get("MACO_CHROMIUM", "/usr/bin/chromium")),
+        Path(env.get("MACO_CHROMEDRIVER", "/usr/bin/chromedriver")),
+    )
 
 
 def under_ci(env: Mapping[str, str]) -> bool:
@@ -46,6 +50,7 @@ def check_browser(env: Mapping[str, str] = os.environ) -> BrowserCheck:
     if not missing:
         return BrowserCheck("run")
     if under_ci(env):
-        return BrowserCheck("fail", f"{' and '.join(missing)} missing, and CI={env['CI']} must run the "
-                            f"browser test: {INSTALL_HINT}")
+        return BrowserCheck(
+            "fail", f"{' and '.join(missing)} missing, and CI={env['CI']} must run the browser test: {INSTALL_HINT}"
+        )
     return BrowserCheck("skip", f"BROWSER TEST NOT RUN: {' and '.join(missing)} missing; {INSTALL_HINT}")

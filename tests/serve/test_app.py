@@ -30,14 +30,13 @@ from maco_cxr.tasks.zeroshot import zero_shot
 from tests.serve.conftest import DICOM_MONO1, DICOM_MONO2, PNG_SQUARE, PNG_WIDE
 from tests.tiny_finetuned import save_tiny_detector, save_tiny_segmenter
 
-
 # truncated DICOMs make pydicom warn (naming "upload.dcm"); that is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")
 
+
 def _post(client, path, name=None, **data):
     payload = path.read_bytes() if hasattr(path, "read_bytes") else path
-    return client.post("/api/analyze", files={"file": (name or getattr(path, "name", "x"), payload)},
-                       data=data)
+    return client.post("/api/analyze", files={"file": (name or getattr(path, "name", "x"), payload)}, data=data)
 
 
 def _png(b64: str) -> np.ndarray:
@@ -59,8 +58,14 @@ def test_health_reports_model_device_tasks_classes_and_limits(client):
     assert body["model"]["name"] == "tiny-maco" and body["model"]["kind"] == "maco"
     assert body["model"]["parameters"] > 0 and "ViT" in body["model"]["vision"]
     assert body["device"] == "cpu"
-    assert body["tasks"] == {"classification": True, "zero_shot": True, "grounding": True,
-                             "segmentation": False, "detection": False, "maps": False}
+    assert body["tasks"] == {
+        "classification": True,
+        "zero_shot": True,
+        "grounding": True,
+        "segmentation": False,
+        "detection": False,
+        "maps": False,
+    }
     assert body["classes"]["default"] == list(CLASS_SETS["chexpert"])
     assert body["classes"]["editable"] is True and body["classes"]["sets"]["nih"] == list(CLASS_SETS["nih"])
     assert body["scores"].startswith("zero-shot probability")
@@ -176,8 +181,17 @@ def test_dicom_window_is_reported_as_read_image_applies_it(client):
 def test_dicom_tags_beyond_size_modality_photometric_are_not_echoed(client):
     header = pydicom.dcmread(DICOM_MONO2, stop_before_pixels=True)
     text = _post(client, DICOM_MONO2, phrase="edema").text
-    for keyword in ("PatientName", "PatientID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                    "StudyDate", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "StudyDate",
+        "PatientBirthDate",
+        "InstitutionName",
+        "ReferringPhysicianName",
+    ):
         value = str(header.get(keyword, "") or "")
         if len(value) > 3:
             assert value not in text, keyword
@@ -200,11 +214,14 @@ def test_classes_are_comma_separated_trimmed_and_deduplicated(client, model):
     np.testing.assert_allclose(list(body["scores"].values()), expected.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize(("text", "names"), [
-    ("Pneumothorax\nPleural Effusion\nEdema", ["Pneumothorax", "Pleural Effusion", "Edema"]),
-    ("Pneumothorax\r\n\r\nPleural   Effusion,\n Edema\n", ["Pneumothorax", "Pleural Effusion", "Edema"]),
-    ("Pneumothorax, Pleural Effusion\nedema\nEdema", ["Pneumothorax", "Pleural Effusion", "edema"]),
-])
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("Pneumothorax\nPleural Effusion\nEdema", ["Pneumothorax", "Pleural Effusion", "Edema"]),
+        ("Pneumothorax\r\n\r\nPleural   Effusion,\n Edema\n", ["Pneumothorax", "Pleural Effusion", "Edema"]),
+        ("Pneumothorax, Pleural Effusion\nedema\nEdema", ["Pneumothorax", "Pleural Effusion", "edema"]),
+    ],
+)
 def test_classes_one_per_line_are_separate_classes(client, model, text, names):
     """The page's textarea: each line is a class (commas still separate), never merged into one."""
     body = _post(client, PNG_SQUARE, classes=text).json()
@@ -213,13 +230,16 @@ def test_classes_one_per_line_are_separate_classes(client, model, text, names):
     np.testing.assert_allclose(list(body["scores"].values()), expected.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize(("data", "words"), [
-    ({"classes": ""}, "holds no class name"),
-    ({"classes": ",,"}, "holds no class name"),
-    ({"classes": " , \n ,"}, "holds no class name"),
-    ({"phrase": "   "}, "'phrase' field is empty"),
-    ({"phrase": ""}, "'phrase' field is empty"),
-])
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"classes": ""}, "holds no class name"),
+        ({"classes": ",,"}, "holds no class name"),
+        ({"classes": " , \n ,"}, "holds no class name"),
+        ({"phrase": "   "}, "'phrase' field is empty"),
+        ({"phrase": ""}, "'phrase' field is empty"),
+    ],
+)
 def test_blank_classes_or_phrase_are_refused_not_read_as_the_defaults(client, data, words):
     response = _post(client, PNG_SQUARE, **data)
     assert response.status_code == 400, response.text
@@ -246,29 +266,57 @@ def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0un
 _FORM = {"content-type": "multipart/form-data; boundary=b0undary"}
 
 
-@pytest.mark.parametrize(("kwargs", "status", "words"), [
-    ({"data": {"phrase": "edema"}}, 422, "multipart/form-data"),  # urlencoded
-    ({"content": _multipart([("phrase", None, b"edema")]), "headers": _FORM}, 422, "no 'file' field"),
-    ({"content": b'{"file": 1}', "headers": {"content-type": "application/json"}}, 422, "multipart/form-data"),
-    ({"content": b"", "headers": {"content-type": "multipart/form-data"}}, 422, "multipart/form-data"),
-    ({"content": _multipart([("file", "a.png", b"x"), ("colour", None, b"red")]), "headers": _FORM},
-     422, "unknown form fields ['colour']"),
-    ({"content": _multipart([("file", "a.png", b"x")])[:-30], "headers": _FORM}, 422, "ends early"),
-    ({"content": _multipart([("file", "a.png", b"x"), ("file", "b.png", b"y")]), "headers": _FORM}, 422,
-     "more than once"),
-    ({"files": {"file": ("a.png", b"")}}, 400, "empty"),
-    ({"files": {"file": ("a.png", b"not an image at all")}}, 400, "cannot decode the image"),
-    ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes()[:3000])}}, 400, "upload.png"),
-    ({"files": {"file": ("a.dcm", DICOM_MONO2.read_bytes()[:5000])}}, 400, "truncated or corrupt"),
-    ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes())}, "data": {"phrase": "a"}}, 400, "phrase 'a'"),
-    ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes())}, "data": {"phrase": "x" * 301}}, 400, "longer than 300"),
-    ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes())},
-      "data": {"classes": ",".join(f"c{i}" for i in range(65))}}, 400, "at most 64"),
-    ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes())}, "data": {"classes": "y" * 121}}, 400,
-     "longer than 120"),
-    ({"content": _multipart([("file", "a.png", PNG_SQUARE.read_bytes()), ("phrase", None, b"\xff\xfe")]),
-      "headers": _FORM}, 400, "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "words"),
+    [
+        ({"data": {"phrase": "edema"}}, 422, "multipart/form-data"),  # urlencoded
+        ({"content": _multipart([("phrase", None, b"edema")]), "headers": _FORM}, 422, "no 'file' field"),
+        ({"content": b'{"file": 1}', "headers": {"content-type": "application/json"}}, 422, "multipart/form-data"),
+        ({"content": b"", "headers": {"content-type": "multipart/form-data"}}, 422, "multipart/form-data"),
+        (
+            {"content": _multipart([("file", "a.png", b"x"), ("colour", None, b"red")]), "headers": _FORM},
+            422,
+            "unknown form fields ['colour']",
+        ),
+        ({"content": _multipart([("file", "a.png", b"x")])[:-30], "headers": _FORM}, 422, "ends early"),
+        (
+            {"content": _multipart([("file", "a.png", b"x"), ("file", "b.png", b"y")]), "headers": _FORM},
+            422,
+            "more than once",
+        ),
+        ({"files": {"file": ("a.png", b"")}}, 400, "empty"),
+        ({"files": {"file": ("a.png", b"not an image at all")}}, 400, "cannot decode the image"),
+        ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes()[:3000])}}, 400, "upload.png"),
+        ({"files": {"file": ("a.dcm", DICOM_MONO2.read_bytes()[:5000])}}, 400, "truncated or corrupt"),
+        ({"files": {"file": ("a.png", PNG_SQUARE.read_bytes())}, "data": {"phrase": "a"}}, 400, "phrase 'a'"),
+        (
+            {"files": {"file": ("a.png", PNG_SQUARE.read_bytes())}, "data": {"phrase": "x" * 301}},
+            400,
+            "longer than 300",
+        ),
+        (
+            {
+                "files": {"file": ("a.png", PNG_SQUARE.read_bytes())},
+                "data": {"classes": ",".join(f"c{i}" for i in range(65))},
+            },
+            400,
+            "at most 64",
+        ),
+        (
+            {"files": {"file": ("a.png", PNG_SQUARE.read_bytes())}, "data": {"classes": "y" * 121}},
+            400,
+            "longer than 120",
+        ),
+        (
+            {
+                "content": _multipart([("file", "a.png", PNG_SQUARE.read_bytes()), ("phrase", None, b"\xff\xfe")]),
+                "headers": _FORM,
+            },
+            400,
+            "not UTF-8",
+        ),
+    ],
+)
 def test_bad_requests_get_a_json_message(client, kwargs, status, words):
     response = client.post("/api/analyze", **kwargs)
     assert response.status_code == status, response.text
@@ -290,7 +338,7 @@ def test_uploads_over_the_size_limit_get_413(backend):
     response = _post(client, DICOM_MONO2)  # 127 kB, refused from its Content-Length
     assert response.status_code == 413 and "upload limit of" in response.json()["error"]
     body = _multipart([("file", "a.dcm", DICOM_MONO2.read_bytes())])
-    chunks = (body[i:i + 4096] for i in range(0, len(body), 4096))  # chunked: no Content-Length
+    chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))  # chunked: no Content-Length
     response = client.post("/api/analyze", content=chunks, headers=_FORM)
     assert response.status_code == 413 and "upload limit" in response.json()["error"]
     assert _post(client, PNG_SQUARE.read_bytes()[:9000], name="small.png").status_code == 400  # under it
@@ -298,8 +346,10 @@ def test_uploads_over_the_size_limit_get_413(backend):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming ``width x height``, then a tiny broken IDAT."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
@@ -312,8 +362,11 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding(backend, monkeyp
 
     monkeypatch.setattr(uploads, "read_image_bytes", never)
     client = _app_client(backend, max_pixels=100_000)
-    for payload, name in ((_png_header_only(6000, 6000), "bomb.png"), (PNG_SQUARE.read_bytes(), "a.png"),
-                          (DICOM_MONO2.read_bytes(), "a.dcm")):
+    for payload, name in (
+        (_png_header_only(6000, 6000), "bomb.png"),
+        (PNG_SQUARE.read_bytes(), "a.png"),
+        (DICOM_MONO2.read_bytes(), "a.dcm"),
+    ):
         response = _post(client, payload, name=name)
         assert response.status_code == 413, name
         assert "pixels" in response.json()["error"] and "--max-pixels" in response.json()["error"]
@@ -377,8 +430,13 @@ def test_host_header_check_guards_against_dns_rebinding(backend):
         assert response.status_code == 400, base
         assert "invalid Host header" in response.json()["error"]
         assert response.headers["cache-control"] == "no-store"
-    for base in ("http://127.0.0.1:8000", "http://localhost", "http://LocalHost:8000", "http://[::1]:8000",
-                 "http://[::1]"):
+    for base in (
+        "http://127.0.0.1:8000",
+        "http://localhost",
+        "http://LocalHost:8000",
+        "http://[::1]:8000",
+        "http://[::1]",
+    ):
         assert TestClient(app, base_url=base).get("/api/health").status_code == 200, base
 
 
@@ -443,8 +501,10 @@ def test_uploads_beyond_the_cap_get_503_with_retry_after_and_their_slots_come_ba
             release.set()
         answers = [future.result(timeout=60) for future in held]
     assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
-    assert busy.json()["error"] == ("the viewer is busy: 2 uploads are already in progress (maco-cxr serve "
-                                    "--max-concurrent-uploads); send this one again in 2 s")
+    assert busy.json()["error"] == (
+        "the viewer is busy: 2 uploads are already in progress (maco-cxr serve "
+        "--max-concurrent-uploads); send this one again in 2 s"
+    )
     assert health.status_code == 200 and health.json()["limits"]["max_concurrent_uploads"] == 2
     assert [answer.status_code for answer in answers] == [200, 200]
     assert answers[0].json()["scores"] == answers[1].json()["scores"]
@@ -456,10 +516,11 @@ def test_refused_and_failed_uploads_give_their_slot_back(backend):
         raise RuntimeError("boom")
 
     client = _app_client(backend, max_concurrent_uploads=1, max_upload_bytes=200_000)
-    statuses = [_post(client, b"junk", name="a.png").status_code,  # 400
-                _post(client, DICOM_MONO2.read_bytes() * 2, name="a.dcm").status_code,  # 413
-                client.post("/api/analyze", content=_multipart([("phrase", None, b"x")]),
-                            headers=_FORM).status_code]  # 422
+    statuses = [
+        _post(client, b"junk", name="a.png").status_code,  # 400
+        _post(client, DICOM_MONO2.read_bytes() * 2, name="a.dcm").status_code,  # 413
+        client.post("/api/analyze", content=_multipart([("phrase", None, b"x")]), headers=_FORM).status_code,
+    ]  # 422
     failing = TestClient(create_app(replace(backend, predict=broken), ServeLimits(max_concurrent_uploads=1)))
     statuses += [_post(failing, PNG_SQUARE).status_code, _post(failing, PNG_SQUARE).status_code]  # 500
     assert statuses == [400, 413, 422, 500, 500]
@@ -498,12 +559,15 @@ def test_a_slow_upload_holds_its_slot_while_its_body_arrives(backend, monkeypatc
         url = f"http://127.0.0.1:{port}/api/analyze"
         body = _multipart([("file", "a.png", PNG_SQUARE.read_bytes())])
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
-            slow.sendall(f"POST /api/analyze HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                         f"Content-Type: {_FORM['content-type']}\r\nContent-Length: {len(body)}\r\n"
-                         f"\r\n".encode() + body[:len(body) // 2])
+            slow.sendall(
+                f"POST /api/analyze HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: {_FORM['content-type']}\r\nContent-Length: {len(body)}\r\n"
+                f"\r\n".encode()
+                + body[: len(body) // 2]
+            )
             assert reading.wait(timeout=30), "the slow upload never reached the app"
             busy = httpx.post(url, files={"file": ("b.png", PNG_SQUARE.read_bytes())}, timeout=30)
-            slow.sendall(body[len(body) // 2:])
+            slow.sendall(body[len(body) // 2 :])
             status_line = slow.makefile("rb").readline()
         after = httpx.post(url, files={"file": ("c.png", PNG_SQUARE.read_bytes())}, timeout=30)
     finally:
@@ -528,7 +592,7 @@ def test_the_byte_limit_is_checked_as_the_body_streams_in():
     async def chunks():
         for start in range(0, len(body), 4096):
             pulled.append(start)
-            yield body[start:start + 4096]
+            yield body[start : start + 4096]
 
     with pytest.raises(UploadError, match="larger than the upload limit") as refused:
         asyncio.run(read_form(_FORM["content-type"], chunks(), max_file_bytes=100_000))
@@ -575,8 +639,14 @@ def test_a_fine_tuned_classifier_plugs_in_as_one_backend():
     client = TestClient(create_app(classifier_backend(model, name="siim-finetuned")))
     health = client.get("/api/health").json()
     assert health["model"]["kind"] == "finetuned-classifier"
-    assert health["tasks"] == {"classification": True, "zero_shot": False, "grounding": False,
-                               "segmentation": False, "detection": False, "maps": False}
+    assert health["tasks"] == {
+        "classification": True,
+        "zero_shot": False,
+        "grounding": False,
+        "segmentation": False,
+        "detection": False,
+        "maps": False,
+    }
     assert health["scores"].startswith("the fine-tuned classifier's probability")
     assert health["classes"] == {"default": ["Pneumothorax", "No Finding"], "editable": False, "sets": {}}
     body = _post(client, DICOM_MONO2).json()
@@ -623,8 +693,14 @@ def test_a_fine_tuned_segmenter_directory_shows_its_probability_map(tmp_path):
     client = TestClient(create_app(backend))
     health = client.get("/api/health").json()
     assert health["model"]["kind"] == "finetuned-segmenter"
-    assert health["tasks"] == {"classification": False, "zero_shot": False, "grounding": False,
-                               "segmentation": True, "detection": False, "maps": True}
+    assert health["tasks"] == {
+        "classification": False,
+        "zero_shot": False,
+        "grounding": False,
+        "segmentation": True,
+        "detection": False,
+        "maps": True,
+    }
     assert health["classes"]["default"] == ["lung"] and health["model"]["target_labels"] == ["lung"]
     assert "highest foreground probability" in health["scores"] and "'lung'" in health["scores"]
     body = _post(client, PNG_WIDE).json()
@@ -672,8 +748,14 @@ def test_a_fine_tuned_detector_directory_lists_and_draws_its_boxes(tmp_path):
     client = TestClient(create_app(load_backend(tmp_path / "best", device="cpu")))
     health = client.get("/api/health").json()
     assert health["model"]["kind"] == "finetuned-detector"
-    assert health["tasks"] == {"classification": False, "zero_shot": False, "grounding": False,
-                               "segmentation": False, "detection": True, "maps": True}
+    assert health["tasks"] == {
+        "classification": False,
+        "zero_shot": False,
+        "grounding": False,
+        "segmentation": False,
+        "detection": True,
+        "maps": True,
+    }
     body = _post(client, PNG_WIDE).json()
     expected = load_finetuned(tmp_path / "best").predict(read_image(PNG_WIDE))
     assert len(body["boxes"]) == len(expected["boxes"]) > 0

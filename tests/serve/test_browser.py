@@ -28,9 +28,18 @@ from tests.serve.browser_env import INSTALL_HINT, browser_paths, check_browser
 from tests.serve.conftest import DICOM_MONO1
 
 CHROMIUM, CHROMEDRIVER = browser_paths()
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1440,1000")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1440,1000",
+)
 PHRASE = "right pleural effusion"
 CLASSES = ("Pneumothorax", "Pleural Effusion", "Cardiomegaly")
 
@@ -51,8 +60,22 @@ def server(tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "maco_cxr", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "maco_cxr",
+                "serve",
+                "--model",
+                str(tiny_model_dir),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -96,8 +119,10 @@ def browser(tmp_path_factory):
         driver = webdriver.Chrome(service=service, options=options)
     except WebDriverException as exc:
         log = folder / "chromedriver.log"
-        pytest.fail(f"headless Chromium did not start ({exc.msg}); chromedriver log:\n"
-                    f"{log.read_text()[-2000:] if log.exists() else '(none)'}\n{INSTALL_HINT}")
+        pytest.fail(
+            f"headless Chromium did not start ({exc.msg}); chromedriver log:\n"
+            f"{log.read_text()[-2000:] if log.exists() else '(none)'}\n{INSTALL_HINT}"
+        )
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
@@ -111,13 +136,16 @@ def _wait(driver, condition, what: str, timeout: float = 60.0):
         return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
     except TimeoutException:
         error = driver.find_element("id", "error").text
-        pytest.fail(f"timed out waiting for {what}; page error box: {error!r}; status: "
-                    f"{driver.find_element('id', 'status').text!r}")
+        pytest.fail(
+            f"timed out waiting for {what}; page error box: {error!r}; status: "
+            f"{driver.find_element('id', 'status').text!r}"
+        )
 
 
 def _analyze_requests(driver) -> int:
     return driver.execute_script(
-        "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/analyze')).length")
+        "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/analyze')).length"
+    )
 
 
 def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server, tmp_path):
@@ -126,7 +154,8 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server
     driver.get(url + "/")
     _wait(driver, lambda d: "tiny-maco" in d.find_element("id", "model-info").text, "the model info")
     assert driver.find_element("id", "classes").get_attribute("value") == (
-        "Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion")
+        "Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion"
+    )
 
     # choosing the file analyses it at once: scores, no heatmap yet
     driver.find_element("id", "file-input").send_keys(str(DICOM_MONO1.resolve()))
@@ -137,14 +166,19 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server
     phrase = driver.find_element("id", "phrase")
     phrase.send_keys(PHRASE)
     driver.find_element("id", "analyze").click()
-    _wait(driver, lambda d: d.execute_script(
-        "const o = document.getElementById('overlay'); return !o.hidden && o.complete && o.naturalWidth > 0"),
-        "the heatmap overlay")
+    _wait(
+        driver,
+        lambda d: d.execute_script(
+            "const o = document.getElementById('overlay'); return !o.hidden && o.complete && o.naturalWidth > 0"
+        ),
+        "the heatmap overlay",
+    )
     sizes = driver.execute_script(
         "const b = document.getElementById('base-image'), o = document.getElementById('overlay');"
         "const r1 = b.getBoundingClientRect(), r2 = o.getBoundingClientRect();"
         "return [b.naturalWidth, b.naturalHeight, o.naturalWidth, o.naturalHeight,"
-        "        r1.left, r1.top, r1.width, r1.height, r2.left, r2.top, r2.width, r2.height]")
+        "        r1.left, r1.top, r1.width, r1.height, r2.left, r2.top, r2.width, r2.height]"
+    )
     assert sizes[:4] == [1024, 1024, 1024, 1024]  # the DICOM's own grid
     assert sizes[6] > 200 and np.allclose(sizes[4:8], sizes[8:12], atol=0.5)  # drawn exactly over it
 
@@ -163,12 +197,14 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server
 
     # the opacity slider works in the page, without a new request
     before = _analyze_requests(driver)
-    driver.execute_script("const s = document.getElementById('opacity'); s.value = 80;"
-                          "s.dispatchEvent(new Event('input'));")
+    driver.execute_script(
+        "const s = document.getElementById('opacity'); s.value = 80;s.dispatchEvent(new Event('input'));"
+    )
     assert driver.find_element("id", "overlay").value_of_css_property("opacity") == "0.8"
     assert driver.find_element("id", "opacity-value").text == "80%"
-    driver.execute_script("const s = document.getElementById('opacity'); s.value = 45;"
-                          "s.dispatchEvent(new Event('input'));")
+    driver.execute_script(
+        "const s = document.getElementById('opacity'); s.value = 45;s.dispatchEvent(new Event('input'));"
+    )
     assert _analyze_requests(driver) == before
 
     # a bad phrase shows the server's message
@@ -180,8 +216,13 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server
     phrase.clear()
     phrase.send_keys(PHRASE)
     driver.find_element("id", "analyze").click()
-    _wait(driver, lambda d: not d.find_element("id", "error").is_displayed()
-          and d.find_element("id", "status").text.startswith("Done"), "the analysis after the error")
+    _wait(
+        driver,
+        lambda d: (
+            not d.find_element("id", "error").is_displayed() and d.find_element("id", "status").text.startswith("Done")
+        ),
+        "the analysis after the error",
+    )
 
     # an emptied class list is refused with the server's message, not scored as the defaults
     classes = driver.find_element("id", "classes")
@@ -193,9 +234,14 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server
     # one class per line: each line is its own class
     classes.send_keys("\n".join(CLASSES))
     driver.find_element("id", "analyze").click()
-    _wait(driver, lambda d: not d.find_element("id", "error").is_displayed()
-          and [e.text for e in d.find_elements("css selector", "#scores .score-row .name")] == list(CLASSES),
-          "the scores of the classes typed one per line")
+    _wait(
+        driver,
+        lambda d: (
+            not d.find_element("id", "error").is_displayed()
+            and [e.text for e in d.find_elements("css selector", "#scores .score-row .name")] == list(CLASSES)
+        ),
+        "the scores of the classes typed one per line",
+    )
     assert driver.find_element("id", "classes").get_attribute("value") == "\n".join(CLASSES)
 
     shot = tmp_path / "viewer.png"
@@ -207,10 +253,13 @@ def test_upload_a_dicom_type_a_phrase_and_see_overlay_and_scores(browser, server
     print(f"colourful screenshot pixels: {(spread > 50).mean():.3f}")
     assert (spread > 50).mean() > 0.10  # the jet-coloured heatmap is on screen, not only grey
 
-    severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"
-              and "/api/analyze" not in entry["message"]]  # the 400 above is logged by Chromium
+    severe = [
+        entry
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and "/api/analyze" not in entry["message"]
+    ]  # the 400 above is logged by Chromium
     assert not severe, json.dumps(severe, indent=1)  # no script error, no CSP violation
 
     log = log_path.read_text()
-    assert "POST /api/analyze HTTP/1.1\" 200" in log  # the access log has request lines only
+    assert 'POST /api/analyze HTTP/1.1" 200' in log  # the access log has request lines only
     assert DICOM_MONO1.name not in log and DICOM_MONO1.stem not in log

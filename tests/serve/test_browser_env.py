@@ -56,7 +56,8 @@ def test_a_missing_browser_fails_under_ci(fake_browser, ci):
 
 def test_maco_skip_browser_skips_even_under_ci(fake_browser):
     assert check_browser({**fake_browser, "CI": "true", "MACO_SKIP_BROWSER": "1"}) == check_browser(
-        {"MACO_SKIP_BROWSER": "1"})
+        {"MACO_SKIP_BROWSER": "1"}
+    )
     assert check_browser({**fake_browser, "CI": "true", "MACO_SKIP_BROWSER": "1"}).action == "skip"
 
 
@@ -71,8 +72,14 @@ def test_a_browser_that_is_not_executable_counts_as_missing(fake_browser):
 
 def _script(env: dict[str, str], path: Path) -> subprocess.CompletedProcess:
     """The script under bash with PATH = ``path`` only (so no real apt-get or sudo is found)."""
-    return subprocess.run(["/bin/bash", str(SCRIPT)], env={**env, "PATH": str(path)}, capture_output=True,
-                          text=True, timeout=30, check=False)
+    return subprocess.run(
+        ["/bin/bash", str(SCRIPT)],
+        env={**env, "PATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_without_apt_get_the_script_warns_and_lets_the_test_skip(fake_browser, tmp_path):
@@ -98,15 +105,17 @@ def test_the_script_installs_with_apt_get_when_it_may(fake_browser, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.txt"
-    _executable(bin_dir / "apt-get", f'#!/bin/bash\necho "apt-get $*" >> {calls}\n'
-                f'if [ "$1" = install ]; then for f in "$MACO_CHROMIUM" "$MACO_CHROMEDRIVER"; do\n'
-                f'  echo "#!/bin/sh" > "$f"; /bin/chmod +x "$f"; done; fi\n')
+    _executable(
+        bin_dir / "apt-get",
+        f'#!/bin/bash\necho "apt-get $*" >> {calls}\n'
+        f'if [ "$1" = install ]; then for f in "$MACO_CHROMIUM" "$MACO_CHROMEDRIVER"; do\n'
+        f'  echo "#!/bin/sh" > "$f"; /bin/chmod +x "$f"; done; fi\n',
+    )
     _executable(bin_dir / "sudo", '#!/bin/bash\n[ "$1" = -n ] && shift\n"$@"\n')
     _executable(bin_dir / "env", '#!/bin/bash\nexport "$1"; shift\n"$@"\n')
     done = _script({**fake_browser, "CI": "true"}, bin_dir)
     assert done.returncode == 0, done.stderr
-    assert calls.read_text().splitlines() == ["apt-get update -q",
-                                              "apt-get install -y -q chromium chromium-driver"]
+    assert calls.read_text().splitlines() == ["apt-get update -q", "apt-get install -y -q chromium chromium-driver"]
     assert check_browser({**fake_browser, "CI": "true"}).action == "run"
     again = _script({**fake_browser, "CI": "true"}, bin_dir)  # present now: nothing to do
     assert again.returncode == 0 and len(calls.read_text().splitlines()) == 2
@@ -117,17 +126,26 @@ def test_the_script_does_nothing_with_maco_skip_browser(fake_browser, tmp_path):
     assert (done.returncode, done.stderr) == (0, "")
 
 
-@pytest.mark.parametrize(("ci", "outcome", "words"), [
-    ("", "1 skipped", "SKIPPED [1] tests/serve/test_browser.py"),
-    ("true", "1 error", "ERROR tests/serve/test_browser.py"),
-])
+@pytest.mark.parametrize(
+    ("ci", "outcome", "words"),
+    [
+        ("", "1 skipped", "SKIPPED [1] tests/serve/test_browser.py"),
+        ("true", "1 error", "ERROR tests/serve/test_browser.py"),
+    ],
+)
 def test_pytest_shows_the_missing_browser_in_its_summary(fake_browser, ci, outcome, words):
     """The browser test's own run (pytest -ra, as `make test`): skipped with the reason in the
     summary, an error under CI; the skip comes before the server is started."""
     root = SCRIPT.parents[1]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
-                           "tests/serve/test_browser.py"], cwd=root, capture_output=True, text=True,
-                          timeout=120, check=False, env={**_environ(), **fake_browser, "CI": ci})
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "tests/serve/test_browser.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**_environ(), **fake_browser, "CI": ci},
+    )
     assert outcome in done.stdout, done.stdout
     assert words in done.stdout and fake_browser["MACO_CHROMIUM"] in done.stdout
     assert done.returncode == (0 if ci == "" else 1)

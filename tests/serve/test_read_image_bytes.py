@@ -45,11 +45,14 @@ def test_jpeg_with_exif_orientation_and_colour_decode_as_from_a_file(tmp_path):
     np.testing.assert_array_equal(pixels, read_image(path))
 
 
-@pytest.mark.parametrize(("data", "name", "words"), [
-    (b"", "upload.png", "upload.png: cannot decode the image"),
-    (b"GIF89a broken", "upload.gif", "upload.gif: cannot decode"),
-    (DICOM_MONO2.read_bytes()[:4000], "upload.dcm", "upload.dcm: the PixelData element could not be read"),
-])
+@pytest.mark.parametrize(
+    ("data", "name", "words"),
+    [
+        (b"", "upload.png", "upload.png: cannot decode the image"),
+        (b"GIF89a broken", "upload.gif", "upload.gif: cannot decode"),
+        (DICOM_MONO2.read_bytes()[:4000], "upload.dcm", "upload.dcm: the PixelData element could not be read"),
+    ],
+)
 def test_errors_name_the_given_name(data, name, words):
     with pytest.raises(ImageReadError, match=words):
         read_image_bytes(data, name)
@@ -95,7 +98,10 @@ def test_header_of_a_file_and_of_its_bytes_agree_with_pydicom():
     assert (header.modality, header.photometric, header.bits_stored) == ("CR", "MONOCHROME2", 8)
     assert header.pixel_count == read_image(DICOM_MONO2).size == 1024 * 1024
     assert (header.modality_lut, header.voi, header.window) == (
-        "none (stored values)", "none: the full output range maps to 0..255", None)
+        "none (stored values)",
+        "none: the full output range maps to 0..255",
+        None,
+    )
     assert not header.inverted and not header.is_dicomdir
     assert read_dicom_header(DICOM_MONO1).inverted
 
@@ -127,8 +133,9 @@ def test_a_window_is_reported_as_its_first_values():
     two = _dicom_bytes(WindowCenter=[100, 50], WindowWidth=[120, 60])
     header = read_dicom_header(two, name="w.dcm")
     assert (header.window, header.voi) == ((100.0, 120.0), "window center 100, width 120")
-    np.testing.assert_array_equal(read_image_bytes(two, "w.dcm"),
-                                  read_image_bytes(_dicom_bytes(WindowCenter=100, WindowWidth=120), "w.dcm"))
+    np.testing.assert_array_equal(
+        read_image_bytes(two, "w.dcm"), read_image_bytes(_dicom_bytes(WindowCenter=100, WindowWidth=120), "w.dcm")
+    )
 
 
 def test_a_voi_lut_is_reported_and_applied_over_a_window():
@@ -136,8 +143,9 @@ def test_a_voi_lut_is_reported_and_applied_over_a_window():
     header = read_dicom_header(both, name="lut.dcm")
     assert (header.voi, header.window) == ("VOI LUT (first)", None)
     plain = read_image(DICOM_MONO2).astype(np.int64)
-    np.testing.assert_array_equal(read_image_bytes(both, "lut.dcm"),
-                                  read_image_bytes(_dicom_bytes(VOILUTSequence=[_voi_lut()]), "lut.dcm"))
+    np.testing.assert_array_equal(
+        read_image_bytes(both, "lut.dcm"), read_image_bytes(_dicom_bytes(VOILUTSequence=[_voi_lut()]), "lut.dcm")
+    )
     np.testing.assert_array_equal(read_image_bytes(both, "lut.dcm"), np.minimum(255, 2 * plain))
 
 
@@ -148,8 +156,10 @@ def test_a_rescale_is_reported_and_applied():
 
 
 def test_colour_reports_no_lut_steps():
-    header = read_dicom_header(_dicom_bytes(PhotometricInterpretation="RGB", SamplesPerPixel=3,
-                                            RescaleSlope=2, RescaleIntercept=0), name="c.dcm")
+    header = read_dicom_header(
+        _dicom_bytes(PhotometricInterpretation="RGB", SamplesPerPixel=3, RescaleSlope=2, RescaleIntercept=0),
+        name="c.dcm",
+    )
     assert header.modality_lut == "none (colour: no LUT steps)" and header.voi.startswith("none: colour")
     assert header.window is None and not header.inverted
 
@@ -174,6 +184,11 @@ def test_the_viewer_shows_the_headers_facts_and_nothing_else():
 
     data = _dicom_bytes(WindowCenter=100, WindowWidth=120)
     assert decode_upload(data, ".dcm", max_pixels=10**8).dicom == {
-        "modality": "CR", "photometric": "MONOCHROME2", "bits_stored": 8,
-        "modality_lut": "none (stored values)", "voi": "window center 100, width 120",
-        "window": {"center": 100.0, "width": 120.0}, "inverted": False}
+        "modality": "CR",
+        "photometric": "MONOCHROME2",
+        "bits_stored": 8,
+        "modality_lut": "none (stored values)",
+        "voi": "window center 100, width 120",
+        "window": {"center": 100.0, "width": 120.0},
+        "inverted": False,
+    }

@@ -57,8 +57,18 @@ def test_every_variant_builds_a_valid_pretraining_config(tmp_path) -> None:
 @pytest.mark.slow
 def test_quick_ablation_writes_the_table_and_reuses_finished_runs(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "ablation"
-    args = ["ablate", "--quick", "--out", str(out), "--variants", "maco", "official-text+negation-negatives",
-            "--seeds", "0", "--no-progress"]
+    args = [
+        "ablate",
+        "--quick",
+        "--out",
+        str(out),
+        "--variants",
+        "maco",
+        "official-text+negation-negatives",
+        "--seeds",
+        "0",
+        "--no-progress",
+    ]
     assert main(args) == 0
     with open(out / "ablation.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

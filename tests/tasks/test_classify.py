@@ -23,6 +23,8 @@ from maco_cxr.metrics import roc_auc_per_class
 from maco_cxr.models.classifier import ClassifierModel
 from maco_cxr.models.config import preset
 from maco_cxr.models.vit import MaskedViT
+from maco_cxr.runtime.rng import isolated_rng
+from maco_cxr.runtime.schedules import set_learning_rate
 from maco_cxr.tasks.finetune import ClassifyConfig, finetune_classifier, load_finetuned
 from maco_cxr.tasks.finetune.classification import (
     ClassifyAugment,
@@ -36,14 +38,21 @@ from maco_cxr.tasks.finetune.classification import (
 from maco_cxr.tasks.finetune.config import FinetuneData
 from maco_cxr.tasks.finetune.engine import build_optimizer
 from maco_cxr.tasks.finetune.splits import build_splits
-from maco_cxr.runtime.rng import isolated_rng
-from maco_cxr.runtime.schedules import set_learning_rate
 
 CONFIGS = recipe_folder() / "finetune"
 PHANTOM_CLASSES = ("cardiomegaly", "consolidation", "edema", "nodule", "pleural effusion", "pneumothorax")
-TINY_RUN = ["model.preset=tiny", "model.img_size=32", "data.workers=0", "optim.batch_size=8",
-            "optim.warmup_steps=1", "optim.lr=0.05", "evaluation.batch_size=16", "evaluation.bootstrap=20",
-            "runtime.device=cpu", "runtime.log_every=1"]
+TINY_RUN = [
+    "model.preset=tiny",
+    "model.img_size=32",
+    "data.workers=0",
+    "optim.batch_size=8",
+    "optim.warmup_steps=1",
+    "optim.lr=0.05",
+    "evaluation.batch_size=16",
+    "evaluation.bootstrap=20",
+    "runtime.device=cpu",
+    "runtime.log_every=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +63,9 @@ def phantoms(tmp_path_factory) -> Path:
 
 
 def _config(root: Path, out: Path, *overrides: str) -> ClassifyConfig:
-    return load_config(ClassifyConfig, None, [f"data.root={root}", f"runtime.out={out}", "model.source=none",
-                                              *TINY_RUN, *overrides])
+    return load_config(
+        ClassifyConfig, None, [f"data.root={root}", f"runtime.out={out}", "model.source=none", *TINY_RUN, *overrides]
+    )
 
 
 def _run(config: ClassifyConfig) -> dict:
@@ -150,8 +160,9 @@ def test_train_transform_is_seeded_and_flips():
     image = torch.arange(64 * 48, dtype=torch.int64).reshape(1, 64, 48).remainder(256).to(torch.uint8)
     aug = ClassifyAugment(crop_scale=(1.0, 1.0), crop_ratio=(0.75, 0.75), flip_p=1.0)
     out = train_transform(image, 16, aug, np.random.default_rng(0))
-    plain = train_transform(image, 16, ClassifyAugment(crop_scale=(1.0, 1.0), crop_ratio=(0.75, 0.75), flip_p=0.0),
-                            np.random.default_rng(0))
+    plain = train_transform(
+        image, 16, ClassifyAugment(crop_scale=(1.0, 1.0), crop_ratio=(0.75, 0.75), flip_p=0.0), np.random.default_rng(0)
+    )
     assert out.shape == (1, 16, 16) and out.dtype == torch.uint8 and torch.equal(out, plain.flip(-1))
     a = train_transform(image, 16, ClassifyAugment(), np.random.default_rng(5))
     assert torch.equal(a, train_transform(image, 16, ClassifyAugment(), np.random.default_rng(5)))
@@ -161,8 +172,9 @@ def test_train_transform_is_seeded_and_flips():
 
 
 def test_layer_wise_lr_scales_and_decay_exclusions(phantoms):
-    config = _config(phantoms, Path("unused"), "optim.name=adamw", "optim.lr=1.0", "optim.weight_decay=0.05",
-                     "optim.layer_decay=0.5")
+    config = _config(
+        phantoms, Path("unused"), "optim.name=adamw", "optim.lr=1.0", "optim.weight_decay=0.05", "optim.layer_decay=0.5"
+    )
     task = ClassifyTask(config)
     model, summary = task.build_model(build_splits(config.data))
     assert summary["init"] == "random (tiny)" and model.classes == PHANTOM_CLASSES
@@ -208,10 +220,15 @@ def test_sgd_is_the_default_recipe_and_a_linear_probe_trains_the_head_only(phant
 
 
 PROTOCOL = {  # docs/protocols.md section 4: lr / steps / warm-up
-    ("chexpert", 1): (8e-4, 2000, 50), ("chexpert", 10): (1e-4, 60000, 1500),
+    ("chexpert", 1): (8e-4, 2000, 50),
+    ("chexpert", 10): (1e-4, 60000, 1500),
     ("chexpert", 100): (1e-5, 200000, 15000),
-    ("nih", 1): (8.5e-3, 2000, 50), ("nih", 10): (3e-3, 30000, 500), ("nih", 100): (3e-3, 200000, 5000),
-    ("rsna", 1): (6.5e-3, 2000, 50), ("rsna", 10): (6e-4, 10000, 200), ("rsna", 100): (5e-4, 50000, 2000),
+    ("nih", 1): (8.5e-3, 2000, 50),
+    ("nih", 10): (3e-3, 30000, 500),
+    ("nih", 100): (3e-3, 200000, 5000),
+    ("rsna", 1): (6.5e-3, 2000, 50),
+    ("rsna", 10): (6e-4, 10000, 200),
+    ("rsna", 100): (5e-4, 50000, 2000),
 }
 
 
@@ -303,8 +320,9 @@ def test_official_nih_lists_select_images_with_the_file_labels(tmp_path):
         Image.fromarray(np.full((8, 8), 10 * k, dtype=np.uint8)).save(tmp_path / entry.path)
         rows.append(f"{entry.path},No Finding,0,{k}")
     (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
-    cfg = FinetuneData(kind="nih", root=str(tmp_path), train_split="train_1", on_error="skip",
-                       options={"bbox_list": None})
+    cfg = FinetuneData(
+        kind="nih", root=str(tmp_path), train_split="train_1", on_error="skip", options={"bbox_list": None}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         splits = build_splits(cfg)
@@ -331,8 +349,14 @@ def _initial_model(config: ClassifyConfig):
 @pytest.mark.parametrize("cache", [True, False])
 def test_linear_probe_keeps_the_encoder_frozen(phantoms, tmp_path, cache):
     out = tmp_path / "probe"
-    config = _config(phantoms, out, "model.mode=linear_probe", f"model.cache_features={str(cache).lower()}",
-                     "optim.steps=4", "evaluation.every=2")
+    config = _config(
+        phantoms,
+        out,
+        "model.mode=linear_probe",
+        f"model.cache_features={str(cache).lower()}",
+        "optim.steps=4",
+        "evaluation.every=2",
+    )
     metrics = _run(config)
     assert metrics["mode"] == "linear_probe" and metrics["model"]["mode"] == "linear_probe"
     initial = _initial_model(config).state_dict()
@@ -374,7 +398,9 @@ def test_best_model_is_the_best_validation_step(phantoms, tmp_path):
 
 def test_cxr_real_with_sparse_labels(cxr_real_dir, tmp_path):
     out = tmp_path / "real"
-    config = _config(cxr_real_dir, out, "data.kind=cxr-real", "data.test_name=val", "optim.steps=2", "evaluation.every=2")
+    config = _config(
+        cxr_real_dir, out, "data.kind=cxr-real", "data.test_name=val", "optim.steps=2", "evaluation.every=2"
+    )
     metrics = _run(config)
     assert metrics["data"]["counts"] == {"train": 19, "val": 7, "test": 7}
     test = metrics["test"]
@@ -392,9 +418,23 @@ def test_cli_names_the_classes_left_out_of_the_mean_auc_without_raw_warnings(cxr
     RuntimeWarning (and its source line) printed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = main(["finetune", "--model", "none", "--dataset", "cxr-real", "--root", str(cxr_real_dir),
-                     "--out", str(tmp_path / "real"), "data.test_name=val", "optim.steps=2",
-                     "evaluation.every=2", *TINY_RUN])
+        code = main(
+            [
+                "finetune",
+                "--model",
+                "none",
+                "--dataset",
+                "cxr-real",
+                "--root",
+                str(cxr_real_dir),
+                "--out",
+                str(tmp_path / "real"),
+                "data.test_name=val",
+                "optim.steps=2",
+                "evaluation.every=2",
+                *TINY_RUN,
+            ]
+        )
     assert code == 0
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
     printed = capsys.readouterr().out
@@ -412,13 +452,38 @@ def test_cli_end_to_end(phantoms, tmp_path, capsys):
     out = tmp_path / "cli"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        code = main(["finetune", "--model", "none", "--dataset", "manifest", "--root", str(phantoms),
-                     "--fraction", "50", "--out", str(out), "optim.steps=3", "evaluation.every=3", *TINY_RUN])
+        code = main(
+            [
+                "finetune",
+                "--model",
+                "none",
+                "--dataset",
+                "manifest",
+                "--root",
+                str(phantoms),
+                "--fraction",
+                "50",
+                "--out",
+                str(out),
+                "optim.steps=3",
+                "evaluation.every=3",
+                *TINY_RUN,
+            ]
+        )
     assert code == 0
     printed = capsys.readouterr().out
     assert "test mean AUC" in printed and "pneumothorax" in printed and "best validation AUC" in printed
-    for name in ("metrics.json", "predictions.csv", "roc.png", "training_curves.png", "log.jsonl",
-                 "config.json", "best/model.safetensors", "best/config.json", "final/model.safetensors"):
+    for name in (
+        "metrics.json",
+        "predictions.csv",
+        "roc.png",
+        "training_curves.png",
+        "log.jsonl",
+        "config.json",
+        "best/model.safetensors",
+        "best/config.json",
+        "final/model.safetensors",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]["per_class_auc"]) == set(PHANTOM_CLASSES) and metrics["best_step"] == 3

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from maco_cxr.cli import main
-from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.data.io import read_image
 from maco_cxr.hub import create_model, save_pretrained
+from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,23 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_zeroshot_writes_scores_roc_and_summary(tiny_model_dir, cxr_real_dir, tmp_path, capsys):
     out = tmp_path / "zs"
-    code = main(["zeroshot", "--model", str(tiny_model_dir), "--dataset", "cxr-real", "--root",
-                 str(cxr_real_dir), "--classes", "Cardiomegaly", "covid-19", "--out", str(out),
-                 "--no-progress"])
+    code = main(
+        [
+            "zeroshot",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "cxr-real",
+            "--root",
+            str(cxr_real_dir),
+            "--classes",
+            "Cardiomegaly",
+            "covid-19",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 26 and summary["classes"] == ["Cardiomegaly", "covid-19"]
@@ -48,8 +62,9 @@ def test_zeroshot_writes_scores_roc_and_summary(tiny_model_dir, cxr_real_dir, tm
 def test_ground_one_image_writes_overlay_and_map_in_original_geometry(tiny_model_dir, cxr_real_dir, tmp_path):
     image = cxr_real_dir / "images" / "covid_ARDSSevere.png"
     out = tmp_path / "one"
-    assert main(["ground", str(image), "right pleural effusion", "--model", str(tiny_model_dir),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["ground", str(image), "right pleural effusion", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    )
     heatmap = np.load(out / "covid_ARDSSevere_right-pleural-effusion.npy")
     assert heatmap.shape == read_image(image).shape == (409, 512)
     assert (out / "covid_ARDSSevere_right-pleural-effusion.png").is_file()
@@ -57,9 +72,28 @@ def test_ground_one_image_writes_overlay_and_map_in_original_geometry(tiny_model
 
 def test_ground_evaluates_a_manifest_with_boxes(tiny_model_dir, cxr_real_dir, tmp_path):
     out = tmp_path / "eval"
-    assert main(["ground", "--model", str(tiny_model_dir), "--dataset", "manifest", "--root",
-                 str(cxr_real_dir), "--phrases", "left lung", "right lung", "--overlays", "3",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ground",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "manifest",
+                "--root",
+                str(cxr_real_dir),
+                "--phrases",
+                "left lung",
+                "right lung",
+                "--overlays",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 48 and set(summary["per_category"]) == {"left lung", "right lung"}
     assert {"cnr", "miou", "pointing", "category_mean"} <= set(summary)
@@ -69,8 +103,21 @@ def test_ground_evaluates_a_manifest_with_boxes(tiny_model_dir, cxr_real_dir, tm
 
 
 def test_retrieve_reports_recall_both_ways(tiny_model_dir, cxr_real_dir, tmp_path, capsys):
-    assert main(["retrieve", "--model", str(tiny_model_dir), "--manifest", str(cxr_real_dir / "manifest.csv"),
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "retrieve",
+                "--model",
+                str(tiny_model_dir),
+                "--manifest",
+                str(cxr_real_dir / "manifest.csv"),
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n"] == 24 and summary["n_without_report"] == 2
     assert summary["i2t_R@10"] >= summary["i2t_R@1"]

@@ -11,9 +11,21 @@ from maco_cxr.cli import main
 from maco_cxr.errors import ConfigError
 
 SUMMARY_KEYS = {
-    "zeroshot_macro_auc", "grounding_mean_cnr", "baseline_zeroshot_macro_auc", "baseline_grounding_mean_cnr",
-    "zeroshot_per_class_auc", "grounding_mean_miou", "grounding_pointing_game", "grounding_mean_cnr_mismatched_phrase",
-    "retrieval", "baseline_retrieval", "real_images", "pretraining", "data", "timings", "model_dir",
+    "zeroshot_macro_auc",
+    "grounding_mean_cnr",
+    "baseline_zeroshot_macro_auc",
+    "baseline_grounding_mean_cnr",
+    "zeroshot_per_class_auc",
+    "grounding_mean_miou",
+    "grounding_pointing_game",
+    "grounding_mean_cnr_mismatched_phrase",
+    "retrieval",
+    "baseline_retrieval",
+    "real_images",
+    "pretraining",
+    "data",
+    "timings",
+    "model_dir",
 }
 
 
@@ -24,7 +36,13 @@ def test_quick_demo_writes_the_report(tmp_path, cxr_real_dir, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert set(summary["zeroshot_per_class_auc"]) == {
-        "pleural effusion", "pneumothorax", "consolidation", "cardiomegaly", "nodule", "edema"}
+        "pleural effusion",
+        "pneumothorax",
+        "consolidation",
+        "cardiomegaly",
+        "nodule",
+        "edema",
+    }
     for key in ("zeroshot_macro_auc", "baseline_zeroshot_macro_auc"):
         assert summary[key] is None or 0.0 <= summary[key] <= 1.0
     assert summary["real_images"]["n_items"] > 0

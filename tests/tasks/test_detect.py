@@ -23,21 +23,33 @@ from maco_cxr.errors import DataError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.models.vitdet import ViTDetConfig
+from maco_cxr.runtime.rng import isolated_rng
+from maco_cxr.runtime.schedules import set_learning_rate
 from maco_cxr.tasks.finetune import DetectConfig, load_finetuned, train_detector
 from maco_cxr.tasks.finetune import detection as detect_module
 from maco_cxr.tasks.finetune.backbone import load_backbone
 from maco_cxr.tasks.finetune.detection import DetectTask, FinetunedDetector, _selected, large_scale_jitter
 from maco_cxr.tasks.finetune.engine import build_optimizer
 from maco_cxr.tasks.finetune.splits import FinetuneSplits
-from maco_cxr.runtime.rng import isolated_rng
-from maco_cxr.runtime.schedules import set_learning_rate
 
 CONFIGS = recipe_folder() / "detect"
-SMALL = ["input.image_size=64", "detector.out_channels=16", "detector.box_head_convs=1", "detector.box_head_fc=32",
-         "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=50",
-         "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=50",
-         "detector.box_batch_size_per_image=32", "optim.batch_size=2", "optim.warmup_steps=1", "data.workers=0",
-         "evaluation.overlays=2", "runtime.device=cpu", "runtime.log_every=1"]
+SMALL = [
+    "input.image_size=64",
+    "detector.out_channels=16",
+    "detector.box_head_convs=1",
+    "detector.box_head_fc=32",
+    "detector.rpn_pre_nms_top_n_train=200",
+    "detector.rpn_post_nms_top_n_train=50",
+    "detector.rpn_pre_nms_top_n_test=200",
+    "detector.rpn_post_nms_top_n_test=50",
+    "detector.box_batch_size_per_image=32",
+    "optim.batch_size=2",
+    "optim.warmup_steps=1",
+    "data.workers=0",
+    "evaluation.overlays=2",
+    "runtime.device=cpu",
+    "runtime.log_every=1",
+]
 MANIFEST = ["data.kind=manifest"]
 # RSNA patient ids from the official lists: two positives and a negative of the train list, a
 # positive of the val list, and three images of the paper's detection test set (two listed in
@@ -52,9 +64,11 @@ RSNA_TEST_IN_VAL = "f92793eb-6396-4597-ad39-2cc6e8eff84b"
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    config = MacoConfig(vision=VisionConfig(embed_dim=32, depth=2, num_heads=2),
-                        decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
-                        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    config = MacoConfig(
+        vision=VisionConfig(embed_dim=32, depth=2, num_heads=2),
+        decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
+        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+    )
     directory = tmp_path_factory.mktemp("model") / "tiny"
     save_pretrained(create_model(config), directory)
     return directory
@@ -120,8 +134,11 @@ def test_shipped_configs_hold_the_paper_recipe() -> None:
         assert config.detector.anchor_sizes == (32, 64, 128, 256, 512)
         assert config.data.train_split == split and config.data.val_split == "val"
         assert (config.evaluation.select, config.evaluation.every) == ("last", 0)
-        assert (config.data.kind, config.data.test_split, config.data.options) == ("rsna", "detection_test",
-                                                                                   {"split": "train"})
+        assert (config.data.kind, config.data.test_split, config.data.options) == (
+            "rsna",
+            "detection_test",
+            {"split": "train"},
+        )
         assert config.model.grad_checkpointing and config.model.preset == "base"
     # the defaults are the same recipe: RSNA (the task reads stage_2_train and tests on the paper's
     # detection test set when the config names no other; see the hold-out tests below)
@@ -130,11 +147,13 @@ def test_shipped_configs_hold_the_paper_recipe() -> None:
 
 
 def test_head_widths_follow_the_backbone(tiny_model_dir: Path) -> None:
-    _, summary = DetectTask(load_config(DetectConfig, None, ["model.preset=tiny", "input.image_size=64"])
-                            ).build_model(None)
+    _, summary = DetectTask(load_config(DetectConfig, None, ["model.preset=tiny", "input.image_size=64"])).build_model(
+        None
+    )
     assert summary["pyramid_channels"] == 48  # 128 / 3 rounded to 16
-    model, summary = DetectTask(_config(f"model.source={tiny_model_dir}", "detector.out_channels=null",
-                                        "detector.box_head_fc=null")).build_model(None)
+    model, summary = DetectTask(
+        _config(f"model.source={tiny_model_dir}", "detector.out_channels=null", "detector.box_head_fc=null")
+    ).build_model(None)
     assert summary["pyramid_channels"] == 16 and model.net.roi_heads.box_predictor.cls_score.in_features == 64
     # the shipped recipe on ViT-B keeps the paper's 256 / 1024, set or left to the default
     for extra in ([], ["detector.out_channels=null", "detector.box_head_fc=null"]):
@@ -164,8 +183,12 @@ def test_layerwise_lr_decay_07_and_no_decay_on_norms(tiny_model_dir: Path) -> No
     assert group("net.roi_heads.box_predictor.cls_score.weight")["lr"] == pytest.approx(5e-4)
     assert group("net.backbone.vit.blocks.0.attn.qkv.weight")["weight_decay"] == 0.05
     assert group("net.rpn.head.cls_logits.weight")["weight_decay"] == 0.05
-    for name in ("net.backbone.vit.cls_token", "net.backbone.vit.blocks.0.norm1.weight",
-                 "net.backbone.pyramid.stages.0.1.weight", "net.rpn.head.cls_logits.bias"):
+    for name in (
+        "net.backbone.vit.cls_token",
+        "net.backbone.vit.blocks.0.norm1.weight",
+        "net.backbone.pyramid.stages.0.1.weight",
+        "net.rpn.head.cls_logits.bias",
+    ):
         assert group(name)["weight_decay"] == 0.0, name
     assert not named["net.backbone.vit.pos_embed"].requires_grad
     assert id(named["net.backbone.vit.pos_embed"]) not in by_param
@@ -211,13 +234,15 @@ def test_large_scale_jitter_moves_boxes_with_the_pixels() -> None:
 
 def test_jitter_at_scale_one_without_flip_is_the_letterbox() -> None:
     image = np.arange(64 * 32, dtype=np.int64).reshape(64, 32).astype(np.uint8)
-    out, valid, moved = large_scale_jitter(image, np.array([[4.0, 8.0, 12.0, 20.0]]), 64, (1.0, 1.0), 0.0,
-                                           np.random.default_rng(0))
+    out, valid, moved = large_scale_jitter(
+        image, np.array([[4.0, 8.0, 12.0, 20.0]]), 64, (1.0, 1.0), 0.0, np.random.default_rng(0)
+    )
     left = int(np.argmax(valid[0]))
-    assert valid.sum() == 64 * 32 and np.array_equal(out[:, left:left + 32], image)
+    assert valid.sum() == 64 * 32 and np.array_equal(out[:, left : left + 32], image)
     np.testing.assert_allclose(moved, [[4.0 + left, 8.0, 12.0 + left, 20.0]])
-    flipped, _, flipped_boxes = large_scale_jitter(image, np.array([[4.0, 8.0, 12.0, 20.0]]), 64, (1.0, 1.0), 1.0,
-                                                   np.random.default_rng(0))
+    flipped, _, flipped_boxes = large_scale_jitter(
+        image, np.array([[4.0, 8.0, 12.0, 20.0]]), 64, (1.0, 1.0), 1.0, np.random.default_rng(0)
+    )
     assert np.array_equal(flipped, out[:, ::-1])
     np.testing.assert_allclose(flipped_boxes, [[64 - 12.0 - left, 8.0, 64 - 4.0 - left, 20.0]])
 
@@ -225,16 +250,24 @@ def test_jitter_at_scale_one_without_flip_is_the_letterbox() -> None:
 def _splits_of(monkeypatch: pytest.MonkeyPatch, records: list[Record], *overrides: str) -> FinetuneSplits:
     """DetectTask.splits() over one in-memory dataset serving every role."""
     dataset = ChestXrayDataset(records)
-    monkeypatch.setattr(detect_module, "build_splits", lambda data: FinetuneSplits(
-        dataset, dataset, dataset, (), {"train": "memory", "val": "memory", "test": "memory"}))
+    monkeypatch.setattr(
+        detect_module,
+        "build_splits",
+        lambda data: FinetuneSplits(
+            dataset, dataset, dataset, (), {"train": "memory", "val": "memory", "test": "memory"}
+        ),
+    )
     return DetectTask(load_config(DetectConfig, None, [*MANIFEST, "data.root=unused", *overrides])).splits()
 
 
 def test_box_selection_by_label_or_category_and_positives_only(monkeypatch: pytest.MonkeyPatch) -> None:
     records = [
-        Record(image_path=Path("a.png"), boxes=np.array([[0, 0, 5, 5], [1, 1, 9, 9]], dtype=np.float32),
-               box_labels=["small right nodule", "left lower lobe consolidation"],
-               meta={"box_meta": [{"category": "nodule"}, {"category": "consolidation"}]}),
+        Record(
+            image_path=Path("a.png"),
+            boxes=np.array([[0, 0, 5, 5], [1, 1, 9, 9]], dtype=np.float32),
+            box_labels=["small right nodule", "left lower lobe consolidation"],
+            meta={"box_meta": [{"category": "nodule"}, {"category": "consolidation"}]},
+        ),
         Record(image_path=Path("b.png"), boxes=np.zeros((0, 4), dtype=np.float32)),
         Record(image_path=Path("c.png")),
         Record(image_path=Path("d.png"), boxes=np.array([[2, 2, 4, 4]], dtype=np.float32), box_labels=["left lung"]),
@@ -272,8 +305,9 @@ class _BrightBox(nn.Module):
 def test_predicted_boxes_are_mapped_back_to_original_pixels() -> None:
     image = np.full((100, 160), 30, dtype=np.uint8)
     image[20:60, 40:120] = 250
-    model = FinetunedDetector(_BrightBox(), ("finding",), {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD},
-                              ViTDetConfig()).eval()
+    model = FinetunedDetector(
+        _BrightBox(), ("finding",), {"image_size": 64, "mean": IMAGE_MEAN, "std": IMAGE_STD}, ViTDetConfig()
+    ).eval()
     pred = model.predict(image)
     np.testing.assert_allclose(pred["boxes"], [[40.0, 20.0, 120.0, 60.0]], atol=2.5)
     assert pred["scores"].tolist() == [pytest.approx(0.9)] and pred["labels"].tolist() == [1]
@@ -285,9 +319,16 @@ def test_predicted_boxes_are_mapped_back_to_original_pixels() -> None:
 
 
 def test_detect_trains_on_cxr_real_lung_boxes(cxr_real_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    metrics = _run(*MANIFEST, f"data.root={cxr_real_dir}", "data.test_name=val",
-                   "input.box_labels=[left lung, right lung]", f"model.source={tiny_model_dir}", "optim.steps=3",
-                   "evaluation.every=2", f"runtime.out={tmp_path / 'run'}")
+    metrics = _run(
+        *MANIFEST,
+        f"data.root={cxr_real_dir}",
+        "data.test_name=val",
+        "input.box_labels=[left lung, right lung]",
+        f"model.source={tiny_model_dir}",
+        "optim.steps=3",
+        "evaluation.every=2",
+        f"runtime.out={tmp_path / 'run'}",
+    )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == metrics["test"]
     assert metrics["data"]["counts"] == {"train": 18, "val": 6, "test": 6}
     assert metrics["data"]["left_out"]["train"] == {"without_box_annotation": 1, "without_selected_box": 0}
@@ -307,12 +348,28 @@ def test_detect_trains_on_cxr_real_lung_boxes(cxr_real_dir: Path, tiny_model_dir
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
 
 
-def test_cli_detect_on_phantoms(phantoms: Path, tiny_model_dir: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_detect_on_phantoms(
+    phantoms: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cli"
-    code = main(["detect", "--model", str(tiny_model_dir), "--dataset", "manifest", "--root", str(phantoms),
-                 "--out", str(out), *SMALL, *MANIFEST[1:], "optim.steps=2", "evaluation.every=0",
-                 "input.box_labels=[consolidation, nodule]"])
+    code = main(
+        [
+            "detect",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "manifest",
+            "--root",
+            str(phantoms),
+            "--out",
+            str(out),
+            *SMALL,
+            *MANIFEST[1:],
+            "optim.steps=2",
+            "evaluation.every=0",
+            "input.box_labels=[consolidation, nodule]",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "AP50" in printed and "AP75" in printed and "load_finetuned" in printed
@@ -325,10 +382,19 @@ def test_cli_detect_on_phantoms(phantoms: Path, tiny_model_dir: Path, tmp_path: 
     assert "detector.outchannels" in capsys.readouterr().err
 
 
-def test_a_frozen_backbone_stays_as_loaded_while_the_heads_train(phantoms: Path, tiny_model_dir: Path,
-                                                                 tmp_path: Path) -> None:
-    overrides = [*MANIFEST, f"data.root={phantoms}", f"model.source={tiny_model_dir}", "model.freeze_backbone=true",
-                 "optim.steps=2", "evaluation.every=0", "optim.lr=0.01", f"runtime.out={tmp_path / 'run'}"]
+def test_a_frozen_backbone_stays_as_loaded_while_the_heads_train(
+    phantoms: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        *MANIFEST,
+        f"data.root={phantoms}",
+        f"model.source={tiny_model_dir}",
+        "model.freeze_backbone=true",
+        "optim.steps=2",
+        "evaluation.every=0",
+        "optim.lr=0.01",
+        f"runtime.out={tmp_path / 'run'}",
+    ]
     metrics = _run(*overrides)
     assert metrics["model"]["frozen_backbone"] is True
     loaded = load_backbone(tiny_model_dir, img_size=64)[0].state_dict()
@@ -338,19 +404,26 @@ def test_a_frozen_backbone_stays_as_loaded_while_the_heads_train(phantoms: Path,
         initial = DetectTask(config).build_model(None)[0].net.state_dict()
     for name, value in trained.items():
         if name.startswith("backbone.vit."):
-            assert torch.equal(value, loaded[name[len("backbone.vit."):]]), name
+            assert torch.equal(value, loaded[name[len("backbone.vit.") :]]), name
     changed = [name for name, value in trained.items() if not torch.equal(value, initial[name])]
     assert not any(name.startswith("backbone.vit.") for name in changed)
     assert any(name.startswith("backbone.pyramid.") for name in changed)
     assert any(name.startswith("roi_heads.") for name in changed)
 
 
-def test_rsna_detection_test_set_is_held_out_and_positives_only(rsna_root: Path, tiny_model_dir: Path,
-                                                                tmp_path: Path) -> None:
+def test_rsna_detection_test_set_is_held_out_and_positives_only(
+    rsna_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     # the default RSNA data: official train / val lists, the paper's detection test set as the test;
     # on_error=skip because this tree holds 8 of their images
-    metrics = _run(f"data.root={rsna_root}", "data.on_error=skip", f"model.source={tiny_model_dir}",
-                   "optim.steps=2", "evaluation.every=0", f"runtime.out={tmp_path / 'run'}")
+    metrics = _run(
+        f"data.root={rsna_root}",
+        "data.on_error=skip",
+        f"model.source={tiny_model_dir}",
+        "optim.steps=2",
+        "evaluation.every=0",
+        f"runtime.out={tmp_path / 'run'}",
+    )
     data = metrics["data"]
     assert data["sources"]["test"].startswith("official RSNA detection test set")
     assert data["rsna_detection_test_held_out"] == {"train": 2, "val": 1}
@@ -365,13 +438,20 @@ def test_rsna_detection_test_set_is_held_out_and_positives_only(rsna_root: Path,
         assert 0.0 <= float(row["x_min"]) <= float(row["x_max"]) <= 1024.0
 
 
-def test_rsna_split_files_listing_detection_test_images_lose_them(rsna_root: Path, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    for role, ids in (("train", [*RSNA_TRAIN, RSNA_TRAIN_NEGATIVE, RSNA_TEST_IN_TRAIN[0]]),
-                      ("val", [RSNA_VAL, RSNA_TEST_IN_VAL])):
+def test_rsna_split_files_listing_detection_test_images_lose_them(
+    rsna_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for role, ids in (
+        ("train", [*RSNA_TRAIN, RSNA_TRAIN_NEGATIVE, RSNA_TEST_IN_TRAIN[0]]),
+        ("val", [RSNA_VAL, RSNA_TEST_IN_VAL]),
+    ):
         (tmp_path / f"{role}.txt").write_text("".join(f"stage_2_train_images/{i}.dcm\n" for i in ids))
-    config = _config(f"data.root={rsna_root}", "data.on_error=skip", f"data.train_split={tmp_path / 'train.txt'}",
-                     f"data.val_split={tmp_path / 'val.txt'}")
+    config = _config(
+        f"data.root={rsna_root}",
+        "data.on_error=skip",
+        f"data.train_split={tmp_path / 'train.txt'}",
+        f"data.val_split={tmp_path / 'val.txt'}",
+    )
     with caplog.at_level(logging.WARNING, logger="maco_cxr.tasks.finetune.detection"):
         splits = DetectTask(config).splits()
     assert splits.notes["rsna_detection_test_held_out"] == {"train": 1, "val": 1}
@@ -381,7 +461,13 @@ def test_rsna_split_files_listing_detection_test_images_lose_them(rsna_root: Pat
     assert "data.val_split lists 1 images" in caplog.text
     # another test split: nothing is held out
     (tmp_path / "test.txt").write_text(f"stage_2_train_images/{RSNA_VAL}.dcm\n")
-    other = DetectTask(_config(f"data.root={rsna_root}", f"data.train_split={tmp_path / 'train.txt'}",
-                               f"data.val_split={tmp_path / 'val.txt'}", f"data.test_split={tmp_path / 'test.txt'}"))
+    other = DetectTask(
+        _config(
+            f"data.root={rsna_root}",
+            f"data.train_split={tmp_path / 'train.txt'}",
+            f"data.val_split={tmp_path / 'val.txt'}",
+            f"data.test_split={tmp_path / 'test.txt'}",
+        )
+    )
     splits = other.splits()
     assert "rsna_detection_test_held_out" not in splits.notes and splits.counts()["train"] == 3

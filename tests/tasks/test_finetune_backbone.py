@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maco_cxr.models.config import preset
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import create_model, load, save_pretrained
+from maco_cxr.models.config import preset
 from maco_cxr.models.vit import MaskedViT, resample_pos_embed
 from maco_cxr.tasks.finetune.backbone import backbone_key_map, load_backbone
 
@@ -34,8 +34,9 @@ def test_official_checkpoint_weights_arrive_in_every_tensor(official):
     path, source = official
     backbone, report = load_backbone(path, img_size=224, **HEADS)
     source_state = source.state_dict()
-    torch.testing.assert_close(backbone.blocks[0].attn.qkv.weight, source.visual.blocks[0].attn.qkv.weight,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        backbone.blocks[0].attn.qkv.weight, source.visual.blocks[0].attn.qkv.weight, rtol=0, atol=0
+    )
     for name, value in backbone.state_dict().items():
         torch.testing.assert_close(value, source_state[f"visual.{name}"], rtol=0, atol=0)
     assert report.loaded == sorted(f"visual.{n}" for n in backbone.state_dict())
@@ -53,8 +54,7 @@ def test_new_input_size_resamples_the_position_table(official):
     expected = resample_pos_embed(source.visual.pos_embed.detach(), (6, 6))
     assert backbone.pos_embed.shape == (1, 37, source.config.vision.embed_dim)
     torch.testing.assert_close(backbone.pos_embed.detach(), expected, rtol=0, atol=0)
-    torch.testing.assert_close(backbone.patch_embed.proj.weight, source.visual.patch_embed.proj.weight,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(backbone.patch_embed.proj.weight, source.visual.patch_embed.proj.weight, rtol=0, atol=0)
     assert backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
     assert backbone.forward_features(torch.randn(1, 3, 96, 96)).shape == (1, 37, 64)
 

@@ -37,20 +37,60 @@ from maco_cxr.tasks.finetune.splits import build_splits
 
 # SGD everywhere: AdamW turns float noise in near-zero gradients into lr-sized steps, which would
 # hide real differences between 1 and 2 processes behind a loose tolerance.
-COMMON = ["data.workers=0", "model.preset=tiny", "model.source=none", "runtime.device=cpu", "runtime.log_every=1",
-          "model.drop_path_rate=0", "optim.warmup_steps=1", "runtime.save_every=2", "optim.name=sgd",
-          "optim.weight_decay=0"]
+COMMON = [
+    "data.workers=0",
+    "model.preset=tiny",
+    "model.source=none",
+    "runtime.device=cpu",
+    "runtime.log_every=1",
+    "model.drop_path_rate=0",
+    "optim.warmup_steps=1",
+    "runtime.save_every=2",
+    "optim.name=sgd",
+    "optim.weight_decay=0",
+]
 TASKS = {
-    "classify": (ClassifyConfig, finetune_classifier,
-                 ["model.img_size=32", "optim.batch_size=8", "optim.lr=0.05", "optim.steps=4", "evaluation.every=2",
-                  "evaluation.bootstrap=20"]),
-    "segment": (SegmentConfig, train_segmenter,
-                ["input.image_size=64", "optim.batch_size=4", "optim.steps=4", "optim.lr=0.05", "evaluation.every=2",
-                 "evaluation.bootstrap=20", "evaluation.overlays=2", "input.missing_mask=empty", "head.dropout=0",
-                 "data.options.mask_labels=[pneumothorax, pleural effusion]"]),
-    "detect": (DetectConfig, train_detector,
-               ["data.kind=manifest", "input.image_size=64",
-                "optim.batch_size=4", "optim.steps=4", "optim.lr=0.02", "evaluation.every=2", "evaluation.overlays=2"]),
+    "classify": (
+        ClassifyConfig,
+        finetune_classifier,
+        [
+            "model.img_size=32",
+            "optim.batch_size=8",
+            "optim.lr=0.05",
+            "optim.steps=4",
+            "evaluation.every=2",
+            "evaluation.bootstrap=20",
+        ],
+    ),
+    "segment": (
+        SegmentConfig,
+        train_segmenter,
+        [
+            "input.image_size=64",
+            "optim.batch_size=4",
+            "optim.steps=4",
+            "optim.lr=0.05",
+            "evaluation.every=2",
+            "evaluation.bootstrap=20",
+            "evaluation.overlays=2",
+            "input.missing_mask=empty",
+            "head.dropout=0",
+            "data.options.mask_labels=[pneumothorax, pleural effusion]",
+        ],
+    ),
+    "detect": (
+        DetectConfig,
+        train_detector,
+        [
+            "data.kind=manifest",
+            "input.image_size=64",
+            "optim.batch_size=4",
+            "optim.steps=4",
+            "optim.lr=0.02",
+            "evaluation.every=2",
+            "evaluation.overlays=2",
+        ],
+    ),
 }
 
 
@@ -80,8 +120,9 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     """Every task in one pair of processes (starting them is the slow part)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from maco_cxr.runtime.distributed import cleanup_distributed, init_distributed
 
@@ -152,8 +193,9 @@ def test_every_rank_returns_the_same_result(two_processes: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
-def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(task: str, phantoms: Path, one_process: Path,
-                                                                     tmp_path: Path) -> None:
+def test_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(
+    task: str, phantoms: Path, one_process: Path, tmp_path: Path
+) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -209,8 +251,7 @@ def test_reloaded_segmenter_reproduces_the_test_metrics(phantoms: Path, one_proc
     model = load_finetuned(run / "best")
     test = build_splits(_config("segment", phantoms, run).data).test
     masks = model.predict([str(r.image_path) for r in test.records])
-    truths = [(test[i]["mask"].numpy() if "mask" in test[i] else np.zeros_like(masks[i][0]))
-              for i in range(len(test))]
+    truths = [(test[i]["mask"].numpy() if "mask" in test[i] else np.zeros_like(masks[i][0])) for i in range(len(test))]
     assert all(m.shape == (1, *t.shape) and m.dtype == np.uint8 for m, t in zip(masks, truths))
     report = segmentation_report([m[0] for m in masks], truths, ignore_index=None)
     for key in ("dice_per_image_mean", "dice_foreground_dataset", "dice_mean_over_classes"):
@@ -267,9 +308,18 @@ def test_the_global_batch_must_split_over_processes_and_micro_steps(phantoms: Pa
 
 def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(phantoms: Path, tmp_path: Path) -> None:
     """Two micro-steps of 4 train what one step of 8 trains (the loss is a mean over known labels)."""
-    whole = _run("classify", phantoms, tmp_path / "whole", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0")
-    split = _run("classify", phantoms, tmp_path / "split", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0",
-                 "optim.accum_steps=2")
+    whole = _run(
+        "classify", phantoms, tmp_path / "whole", "optim.steps=2", "evaluation.every=2", "evaluation.bootstrap=0"
+    )
+    split = _run(
+        "classify",
+        phantoms,
+        tmp_path / "split",
+        "optim.steps=2",
+        "evaluation.every=2",
+        "evaluation.bootstrap=0",
+        "optim.accum_steps=2",
+    )
     assert whole.test["n_images"] == split.test["n_images"]
     a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
     b = load_file(tmp_path / "split" / "final" / "model.safetensors")

@@ -80,8 +80,10 @@ def hot_patch_model(official, monkeypatch):
         return hot
 
     monkeypatch.setattr("maco_cxr.tasks.grounding.patch_embeddings", patch_embeddings)
-    monkeypatch.setattr("maco_cxr.tasks.grounding.encode_texts",
-                        lambda model, texts, **kwargs: torch.ones(len(texts), model.config.embed_dim))
+    monkeypatch.setattr(
+        "maco_cxr.tasks.grounding.encode_texts",
+        lambda model, texts, **kwargs: torch.ones(len(texts), model.config.embed_dim),
+    )
     return model
 
 
@@ -119,13 +121,19 @@ def test_evaluation_groups_boxes_by_phrase_and_maps_boxes_through_the_letterbox(
     image = np.zeros((100, 300), np.uint8)
     # a box around the hot patch's original location and one far away, plus a second box with
     # the first box's phrase (merged into one item)
-    records = [Record(image_path=tmp_path / "a.png",
-                      boxes=np.array([[40, 50, 70, 75], [250, 0, 300, 20], [0, 90, 10, 100]], np.float32),
-                      box_labels=["Left lung", "far away", "left lung"])]
+    records = [
+        Record(
+            image_path=tmp_path / "a.png",
+            boxes=np.array([[40, 50, 70, 75], [250, 0, 300, 20], [0, 90, 10, 100]], np.float32),
+            box_labels=["Left lung", "far away", "left lung"],
+        )
+    ]
     dataset = _Boxes([image], records)
     items = grounding_items(dataset)
-    assert [(i.phrase, len(i.boxes), i.category) for i in items] == [("Left lung", 2, "left lung"),
-                                                                    ("far away", 1, "far away")]
+    assert [(i.phrase, len(i.boxes), i.category) for i in items] == [
+        ("Left lung", 2, "left lung"),
+        ("far away", 1, "far away"),
+    ]
     result = evaluate_grounding(hot_patch_model, dataset, overlays=1, overlay_dir=tmp_path / "ov")
     near, far = result.rows
     assert near["pointing"] and not far["pointing"]

@@ -63,16 +63,36 @@ def _outside_cnr(inside: float, outside_values: list[tuple[int, float]]) -> floa
 
 
 EXPECTED = {
-    "wide": {"iou": [1, 1, .5, .5, .5], "dice": [1, 1, 2 / 3, 2 / 3, 2 / 3], "precision": [1] * 5,
-             "recall": [1, 1, .5, .5, .5], "miou": .7, "cnr": 13 / 3, "pointing": True,
-             "opt_iou": [1, 1, 1, 1, 1, .5, .5]},
-    "narrow": {"iou": [.5, .5, 1, 1, 1], "dice": [2 / 3, 2 / 3, 1, 1, 1], "precision": [.5, .5, 1, 1, 1],
-               "recall": [1] * 5, "miou": .8, "pointing": True,
-               "cnr": _outside_cnr(1.0, [(256, .25), (N_PIXELS - 512, -1.0)]),
-               "opt_iou": [.5, .5, .5, .5, .5, 1, 1]},
-    "miss": {"iou": [0] * 5, "dice": [0] * 5, "precision": [0] * 5, "recall": [0] * 5, "miou": 0.0,
-             "pointing": False, "cnr": _outside_cnr(-1.0, [(256, 1.0), (256, .25), (N_PIXELS - 768, -1.0)]),
-             "opt_iou": [0] * 7},
+    "wide": {
+        "iou": [1, 1, 0.5, 0.5, 0.5],
+        "dice": [1, 1, 2 / 3, 2 / 3, 2 / 3],
+        "precision": [1] * 5,
+        "recall": [1, 1, 0.5, 0.5, 0.5],
+        "miou": 0.7,
+        "cnr": 13 / 3,
+        "pointing": True,
+        "opt_iou": [1, 1, 1, 1, 1, 0.5, 0.5],
+    },
+    "narrow": {
+        "iou": [0.5, 0.5, 1, 1, 1],
+        "dice": [2 / 3, 2 / 3, 1, 1, 1],
+        "precision": [0.5, 0.5, 1, 1, 1],
+        "recall": [1] * 5,
+        "miou": 0.8,
+        "pointing": True,
+        "cnr": _outside_cnr(1.0, [(256, 0.25), (N_PIXELS - 512, -1.0)]),
+        "opt_iou": [0.5, 0.5, 0.5, 0.5, 0.5, 1, 1],
+    },
+    "miss": {
+        "iou": [0] * 5,
+        "dice": [0] * 5,
+        "precision": [0] * 5,
+        "recall": [0] * 5,
+        "miou": 0.0,
+        "pointing": False,
+        "cnr": _outside_cnr(-1.0, [(256, 1.0), (256, 0.25), (N_PIXELS - 768, -1.0)]),
+        "opt_iou": [0] * 7,
+    },
 }
 
 
@@ -95,15 +115,19 @@ def blocky(monkeypatch):
         return np.kron(np.asarray(patches)[..., 0], np.ones((16, 16))).astype(np.float32)
 
     monkeypatch.setattr("maco_cxr.tasks.grounding.patch_embeddings", patch_embeddings)
-    monkeypatch.setattr("maco_cxr.tasks.grounding.encode_texts",
-                        lambda model, texts, **kwargs: torch.ones(len(texts), model.config.embed_dim))
+    monkeypatch.setattr(
+        "maco_cxr.tasks.grounding.encode_texts",
+        lambda model, texts, **kwargs: torch.ones(len(texts), model.config.embed_dim),
+    )
     monkeypatch.setattr("maco_cxr.tasks.grounding.grounding_map", grounding_map)
 
 
 def _tiny_config() -> MacoConfig:
-    return MacoConfig(vision=VisionConfig(embed_dim=32, depth=1, num_heads=2),
-                      decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
-                      text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    return MacoConfig(
+        vision=VisionConfig(embed_dim=32, depth=1, num_heads=2),
+        decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
+        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +163,22 @@ class _Images(ChestXrayDataset):
 
 
 def _record(boxes: list[tuple[tuple[int, ...], str, str]], patient: str | None = None) -> Record:
-    return Record(image_path=Path("mem.png"), boxes=np.array([b for b, _, _ in boxes], np.float32),
-                  box_labels=[label for _, label, _ in boxes], patient_id=patient,
-                  meta={"box_meta": [{"category": c} for _, _, c in boxes]})
+    return Record(
+        image_path=Path("mem.png"),
+        boxes=np.array([b for b, _, _ in boxes], np.float32),
+        box_labels=[label for _, label, _ in boxes],
+        patient_id=patient,
+        meta={"box_meta": [{"category": c} for _, _, c in boxes]},
+    )
 
 
 def _test_set() -> _Images:
-    return _Images([
-        _record([(WIDE, "wide effusion", "effusion"), (NARROW, "narrow effusion", "effusion")], "p1"),
-        _record([(MISS, "missed nodule", "nodule"), (WIDE, "large nodule", "nodule")], "p2"),
-    ])
+    return _Images(
+        [
+            _record([(WIDE, "wide effusion", "effusion"), (NARROW, "narrow effusion", "effusion")], "p1"),
+            _record([(MISS, "missed nodule", "nodule"), (WIDE, "large nodule", "nodule")], "p2"),
+        ]
+    )
 
 
 def _val_set() -> _Images:
@@ -158,8 +188,7 @@ def _val_set() -> _Images:
 def test_rows_hold_the_per_threshold_metrics_and_the_table_is_the_official_layout(tiny_model, blocky):
     result = evaluate_grounding(tiny_model, _test_set())
     kinds = ["wide", "narrow", "miss", "wide"]
-    assert [r["phrase"] for r in result.rows] == ["wide effusion", "narrow effusion", "missed nodule",
-                                                  "large nodule"]
+    assert [r["phrase"] for r in result.rows] == ["wide effusion", "narrow effusion", "missed nodule", "large nodule"]
     for row, kind in zip(result.rows, kinds):
         _assert_item(row, kind)
         assert row["target"] == "boxes" and row["mask_pixels"] == (512 if kind == "wide" else 256)
@@ -168,20 +197,41 @@ def test_rows_hold_the_per_threshold_metrics_and_the_table_is_the_official_layou
 
     table = result.table
     assert result.summary["metric_table"] is table
-    assert list(table)[:13] == ["threshold", "iou", "cnr", "pg", "dice", "recall", "precision", "iou_cat",
-                                "cnr_cat", "pg_cat", "dice_cat", "recall_cat", "precision_cat"]
-    assert list(table)[13:] == ["iou_effusion", "iou_nodule", "cnr_effusion", "cnr_nodule", "pg_effusion",
-                                "pg_nodule", "dice_effusion", "dice_nodule"]
+    assert list(table)[:13] == [
+        "threshold",
+        "iou",
+        "cnr",
+        "pg",
+        "dice",
+        "recall",
+        "precision",
+        "iou_cat",
+        "cnr_cat",
+        "pg_cat",
+        "dice_cat",
+        "recall_cat",
+        "precision_cat",
+    ]
+    assert list(table)[13:] == [
+        "iou_effusion",
+        "iou_nodule",
+        "cnr_effusion",
+        "cnr_nodule",
+        "pg_effusion",
+        "pg_nodule",
+        "dice_effusion",
+        "dice_nodule",
+    ]
     assert table["threshold"] == [0.1, 0.2, 0.3, 0.4, 0.5, "mean"]
     # IoU per item: t <= .2: 1, .5, 0, 1; t >= .3: .5, 1, 0, .5
-    np.testing.assert_allclose(table["iou"], [.625, .625, .5, .5, .5, .55])
-    np.testing.assert_allclose(table["iou_effusion"], [.75] * 6)
-    np.testing.assert_allclose(table["iou_nodule"], [.5, .5, .25, .25, .25, .35])
-    np.testing.assert_allclose(table["iou_cat"], [.625, .625, .5, .5, .5, .55])
+    np.testing.assert_allclose(table["iou"], [0.625, 0.625, 0.5, 0.5, 0.5, 0.55])
+    np.testing.assert_allclose(table["iou_effusion"], [0.75] * 6)
+    np.testing.assert_allclose(table["iou_nodule"], [0.5, 0.5, 0.25, 0.25, 0.25, 0.35])
+    np.testing.assert_allclose(table["iou_cat"], [0.625, 0.625, 0.5, 0.5, 0.5, 0.55])
     # precision per item: t <= .2: 1, .5, 0, 1; t >= .3: 1, 1, 0, 1
-    np.testing.assert_allclose(table["precision"], [.625, .625, .75, .75, .75, .7])
-    np.testing.assert_allclose(table["pg"], [.75] * 6)
-    np.testing.assert_allclose(table["pg_nodule"], [.5] * 6)
+    np.testing.assert_allclose(table["precision"], [0.625, 0.625, 0.75, 0.75, 0.75, 0.7])
+    np.testing.assert_allclose(table["pg"], [0.75] * 6)
+    np.testing.assert_allclose(table["pg_nodule"], [0.5] * 6)
     cnr = [EXPECTED[k]["cnr"] for k in kinds]
     np.testing.assert_allclose(table["cnr"], [np.mean(cnr)] * 6)
     np.testing.assert_allclose(table["cnr_nodule"], [(cnr[2] + cnr[3]) / 2] * 6)
@@ -198,13 +248,13 @@ def test_validation_thresholds_are_chosen_per_category_and_applied_to_test(tiny_
     assert opt["per_category"]["nodule"]["threshold"] == OPT_TH_THRESHOLDS[5] == pytest.approx(0.7)
     assert opt["per_category"]["effusion"]["val_iou"] == opt["per_category"]["nodule"]["val_iou"] == 1.0
     # test at 0.2: wide 1, narrow .5; at 0.7: miss 0, wide .5
-    assert [r["opt_iou"] for r in result.rows] == pytest.approx([1.0, .5, 0.0, .5])
-    assert opt["per_category"]["effusion"]["iou"] == pytest.approx(.75)
-    assert opt["per_category"]["effusion"]["precision"] == pytest.approx(.75)
+    assert [r["opt_iou"] for r in result.rows] == pytest.approx([1.0, 0.5, 0.0, 0.5])
+    assert opt["per_category"]["effusion"]["iou"] == pytest.approx(0.75)
+    assert opt["per_category"]["effusion"]["precision"] == pytest.approx(0.75)
     assert opt["per_category"]["effusion"]["recall"] == pytest.approx(1.0)
-    assert opt["per_category"]["nodule"]["iou"] == pytest.approx(.25)
-    assert opt["iou"] == pytest.approx(.5) and opt["iou_cat"] == pytest.approx(.5)
-    assert opt["mean"]["threshold"] == pytest.approx(.45) and opt["n_val"] == 2
+    assert opt["per_category"]["nodule"]["iou"] == pytest.approx(0.25)
+    assert opt["iou"] == pytest.approx(0.5) and opt["iou_cat"] == pytest.approx(0.5)
+    assert opt["mean"]["threshold"] == pytest.approx(0.45) and opt["n_val"] == 2
     assert opt["categories_without_validation"] == []
 
 
@@ -225,11 +275,11 @@ def test_bootstrap_intervals_are_seeded_by_patient_and_cover_the_estimate(tiny_m
     assert first["unit"] == "patient" and first["n_groups"] == 2 and first["n_resamples"] == 200
     cnr = [EXPECTED[k]["cnr"] for k in ("wide", "narrow", "miss", "wide")]
     assert first["cnr"]["estimate"] == pytest.approx(np.mean(cnr))
-    assert first["miou"]["estimate"] == pytest.approx((.7 + .8 + 0 + .7) / 4)
+    assert first["miou"]["estimate"] == pytest.approx((0.7 + 0.8 + 0 + 0.7) / 4)
     for key in ("cnr", "miou"):
         assert first[key]["low"] <= first[key]["estimate"] <= first[key]["high"]
     # two patients: a draw holds p1 twice (mIoU .75), p2 twice (.35) or both (.55)
-    assert first["miou"]["low"] == pytest.approx(.35) and first["miou"]["high"] == pytest.approx(.75)
+    assert first["miou"]["low"] == pytest.approx(0.35) and first["miou"]["high"] == pytest.approx(0.75)
 
 
 # --- boxes: the CLI on a manifest with train / val / test splits ------------------------------
@@ -254,16 +304,23 @@ def _manifest(tmp_path: Path) -> Path:
     root = tmp_path / "manifest"
     for name in ("t1", "t2", "v1"):
         _write_png(root / "images" / f"{name}.png")
-    _write_csv(root / "manifest.csv", ["image_path", "labels", "patient_id", "split"], [
-        ["images/t1.png", "", "p1", "test"], ["images/t2.png", "", "p2", "test"],
-        ["images/v1.png", "", "p9", "val"]])
-    _write_csv(root / "boxes.csv", ["image_path", "label", "x_min", "y_min", "x_max", "y_max", "category"], [
-        ["images/t1.png", "wide effusion", *WIDE, "effusion"],
-        ["images/t1.png", "narrow effusion", *NARROW, "effusion"],
-        ["images/t2.png", "missed nodule", *MISS, "nodule"],
-        ["images/t2.png", "large nodule", *WIDE, "nodule"],
-        ["images/v1.png", "val effusion", *WIDE, "effusion"],
-        ["images/v1.png", "val nodule", *NARROW, "nodule"]])
+    _write_csv(
+        root / "manifest.csv",
+        ["image_path", "labels", "patient_id", "split"],
+        [["images/t1.png", "", "p1", "test"], ["images/t2.png", "", "p2", "test"], ["images/v1.png", "", "p9", "val"]],
+    )
+    _write_csv(
+        root / "boxes.csv",
+        ["image_path", "label", "x_min", "y_min", "x_max", "y_max", "category"],
+        [
+            ["images/t1.png", "wide effusion", *WIDE, "effusion"],
+            ["images/t1.png", "narrow effusion", *NARROW, "effusion"],
+            ["images/t2.png", "missed nodule", *MISS, "nodule"],
+            ["images/t2.png", "large nodule", *WIDE, "nodule"],
+            ["images/v1.png", "val effusion", *WIDE, "effusion"],
+            ["images/v1.png", "val nodule", *NARROW, "nodule"],
+        ],
+    )
     return root
 
 
@@ -274,9 +331,26 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_cli_writes_metric_csv_opt_thresholds_and_intervals(tiny_model_dir, tmp_path, blocky, capsys):
     root = _manifest(tmp_path)
-    args = ["ground", "--model", str(tiny_model_dir), "--dataset", "manifest", "--root", str(root),
-            "--split", "test", "--val-split", "val", "--bootstrap", "100", "--seed", "3", "--overlays", "1",
-            "--no-progress"]
+    args = [
+        "ground",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "manifest",
+        "--root",
+        str(root),
+        "--split",
+        "test",
+        "--val-split",
+        "val",
+        "--bootstrap",
+        "100",
+        "--seed",
+        "3",
+        "--overlays",
+        "1",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     out = tmp_path / "a"
@@ -285,25 +359,29 @@ def test_cli_writes_metric_csv_opt_thresholds_and_intervals(tiny_model_dir, tmp_
     for row, kind in zip(items, ["wide", "narrow", "miss", "wide"]):
         _assert_item(row, kind)
     assert list(items[0])[-4:] == ["opt_threshold", "opt_iou", "patient", "path"]
-    assert [float(r["opt_iou"]) for r in items] == pytest.approx([1.0, .5, 0.0, .5])
+    assert [float(r["opt_iou"]) for r in items] == pytest.approx([1.0, 0.5, 0.0, 0.5])
 
     table = _read_csv(out / "metric.csv")
     assert [r["threshold"] for r in table] == ["0.1", "0.2", "0.3", "0.4", "0.5", "mean"]
-    assert [float(r["iou"]) for r in table] == pytest.approx([.625, .625, .5, .5, .5, .55])
-    assert [float(r["recall"]) for r in table] == pytest.approx([.75, .75, .5, .5, .5, .6])
+    assert [float(r["iou"]) for r in table] == pytest.approx([0.625, 0.625, 0.5, 0.5, 0.5, 0.55])
+    assert [float(r["recall"]) for r in table] == pytest.approx([0.75, 0.75, 0.5, 0.5, 0.5, 0.6])
     assert float(table[0]["dice_effusion"]) == pytest.approx(round((1 + 2 / 3) / 2, 3))
-    assert table[0]["cnr"] == str(round(float(np.mean([EXPECTED[k]["cnr"] for k in
-                                                        ("wide", "narrow", "miss", "wide")])), 3))
+    assert table[0]["cnr"] == str(
+        round(float(np.mean([EXPECTED[k]["cnr"] for k in ("wide", "narrow", "miss", "wide")])), 3)
+    )
 
     opt = _read_csv(out / "opt_thresholds.csv")
     assert [(r["category"], r["threshold"], r["n_val"], r["n_test"]) for r in opt] == [
-        ("effusion", "0.2", "1", "2"), ("nodule", "0.7", "1", "2"), ("mean", "0.45", "2", "4")]
-    assert [float(r["iou"]) for r in opt] == pytest.approx([.75, .25, .5])
+        ("effusion", "0.2", "1", "2"),
+        ("nodule", "0.7", "1", "2"),
+        ("mean", "0.45", "2", "4"),
+    ]
+    assert [float(r["iou"]) for r in opt] == pytest.approx([0.75, 0.25, 0.5])
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 4 and summary["target"] == "boxes" and summary["validation"]["n"] == 2
-    assert summary["opt_thresholds"]["iou"] == pytest.approx(.5)
-    assert summary["metric_table"]["iou"][0] == pytest.approx(.625)
+    assert summary["opt_thresholds"]["iou"] == pytest.approx(0.5)
+    assert summary["metric_table"]["iou"][0] == pytest.approx(0.625)
     ci = summary["ci"]
     assert ci["unit"] == "patient" and ci["seed"] == 3 and ci["n_resamples"] == 100
     assert ci["miou"]["low"] <= summary["miou"] <= ci["miou"]["high"]
@@ -316,8 +394,24 @@ def test_cli_writes_metric_csv_opt_thresholds_and_intervals(tiny_model_dir, tmp_
 
 def test_cli_rejects_a_negative_bootstrap(tiny_model_dir, tmp_path, capsys):
     root = _manifest(tmp_path)
-    assert main(["ground", "--model", str(tiny_model_dir), "--dataset", "manifest", "--root", str(root),
-                 "--bootstrap", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "ground",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "manifest",
+                "--root",
+                str(root),
+                "--bootstrap",
+                "-1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--bootstrap -1" in capsys.readouterr().err
 
 
@@ -360,23 +454,41 @@ def test_siim_masks_through_the_cli(tiny_model_dir, tmp_path, blocky):
     stray = _mask(NARROW)
     stray[200, 300] = 1  # an even row and column: the nearest-neighbour halving never samples it
     (root / "train-rle.csv").write_text(
-        "ImageId, EncodedPixels\n"
-        f"{uids[0]}, {rle_encode(_mask(WIDE))}\n"
-        f"{uids[1]}, -1\n"
-        f"{uids[2]}, {rle_encode(stray)}\n")
+        f"ImageId, EncodedPixels\n{uids[0]}, {rle_encode(_mask(WIDE))}\n{uids[1]}, -1\n{uids[2]}, {rle_encode(stray)}\n"
+    )
     out = tmp_path / "out"
-    assert main(["ground", "--model", str(tiny_model_dir), "--dataset", "siim", "--root", str(root),
-                 "--bootstrap", "50", "--overlays", "0", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ground",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "siim",
+                "--root",
+                str(root),
+                "--bootstrap",
+                "50",
+                "--overlays",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     items = _read_csv(out / "items.csv")
     assert [(r["category"], r["query"], r["target"], r["n_boxes"], r["mask_pixels"]) for r in items] == [
         ("Pneumothorax", "findings suggesting pneumothorax. ", "mask", "0", "512"),
-        ("Pneumothorax", "findings suggesting pneumothorax. ", "mask", "0", "256")]
+        ("Pneumothorax", "findings suggesting pneumothorax. ", "mask", "0", "256"),
+    ]
     _assert_item(items[0], "wide")
     _assert_item(items[1], "narrow")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target"] == "mask" and summary["n"] == 2 and summary["ci"]["unit"] == "image"
     table = _read_csv(out / "metric.csv")
-    assert [float(r["iou_Pneumothorax"]) for r in table] == pytest.approx([.75] * 6)
+    assert [float(r["iou_Pneumothorax"]) for r in table] == pytest.approx([0.75] * 6)
 
 
 def test_covid_rural_masks_with_a_phrase_template_and_empty_masks_left_out(tiny_model_dir, tmp_path, blocky):
@@ -387,9 +499,31 @@ def test_covid_rural_masks_with_a_phrase_template_and_empty_masks_left_out(tiny_
         _write_png(root / "masks" / f"{stem}.png")
         Image.fromarray(mask * 255).save(root / "masks" / f"{stem}.png")
     out = tmp_path / "out"
-    assert main(["ground", "--model", str(tiny_model_dir), "--dataset", "covid-rural", "--root", str(root),
-                 "--target", "masks", "--phrase-template", "{c}", "--bootstrap", "0", "--out", str(out),
-                 "--overlays", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ground",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "covid-rural",
+                "--root",
+                str(root),
+                "--target",
+                "masks",
+                "--phrase-template",
+                "{c}",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(out),
+                "--overlays",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     items = _read_csv(out / "items.csv")
     assert [(r["phrase"], r["query"], r["category"]) for r in items] == [("Opacity", "opacity. ", "Opacity")] * 2
     _assert_item(items[0], "wide")
@@ -416,7 +550,8 @@ def test_chexlocalize_pathology_masks_through_evaluate_grounding(tiny_model, tmp
     truth[two]["Cardiomegaly"] = _mask(MISS)
     (root / "CheXlocalize").mkdir(parents=True)
     (root / "CheXlocalize" / "gt_segmentations_val.json").write_text(
-        json.dumps({cxr: {p: _encode_coco(m) for p, m in per.items()} for cxr, per in truth.items()}))
+        json.dumps({cxr: {p: _encode_coco(m) for p, m in per.items()} for cxr, per in truth.items()})
+    )
     for cxr in (one, two):
         patient, study, view, side = cxr.split("_")
         path = root / "CheXpert" / "val" / patient / study / f"{view}_{side}.jpg"
@@ -427,7 +562,8 @@ def test_chexlocalize_pathology_masks_through_evaluate_grounding(tiny_model, tmp
     assert [(i.record_index, i.category, i.phrase, i.target) for i in items] == [
         (0, "Cardiomegaly", "Findings suggesting Cardiomegaly.", "mask"),
         (0, "Airspace Opacity", "Findings suggesting Airspace Opacity.", "mask"),
-        (1, "Cardiomegaly", "Findings suggesting Cardiomegaly.", "mask")]
+        (1, "Cardiomegaly", "Findings suggesting Cardiomegaly.", "mask"),
+    ]
     from maco_cxr.cli.ground import _DEFAULT_TEMPLATE
 
     assert DEFAULT_PHRASE_TEMPLATE == _DEFAULT_TEMPLATE == "Findings suggesting {c}."
@@ -438,9 +574,9 @@ def test_chexlocalize_pathology_masks_through_evaluate_grounding(tiny_model, tmp
     assert [r["patient"] for r in result.rows] == ["patient1", "patient1", "patient2"]
     s = result.summary
     assert s["ci"]["unit"] == "patient" and s["ci"]["n_groups"] == 2
-    assert s["per_category"]["Cardiomegaly"]["miou"] == pytest.approx(.35)
+    assert s["per_category"]["Cardiomegaly"]["miou"] == pytest.approx(0.35)
     assert s["per_category"]["Airspace Opacity"]["pointing"] == 1.0
-    np.testing.assert_allclose(result.table["iou_Cardiomegaly"], [.5, .5, .25, .25, .25, .35])
+    np.testing.assert_allclose(result.table["iou_Cardiomegaly"], [0.5, 0.5, 0.25, 0.25, 0.25, 0.35])
     only = mask_grounding_items(dataset, ["airspace opacity"], phrase_template="{c}")
     assert [(i.phrase, i.mask_part) for i in only] == [("Airspace Opacity", "Airspace Opacity")]
 
@@ -451,12 +587,17 @@ def test_manifest_mask_labels_are_separate_items(tiny_model, tmp_path, blocky):
     for name, box in (("lungs", WIDE), ("heart", NARROW)):
         Image.fromarray(_mask(box) * 255).save(_write_png(root / "masks" / f"{name}.png"))
     _write_csv(root / "manifest.csv", ["image_path", "labels"], [["images/x.png", ""]])
-    _write_csv(root / "masks.csv", ["image_path", "mask_path", "label"], [
-        ["images/x.png", "masks/lungs.png", "lungs"], ["images/x.png", "masks/heart.png", "heart"]])
+    _write_csv(
+        root / "masks.csv",
+        ["image_path", "mask_path", "label"],
+        [["images/x.png", "masks/lungs.png", "lungs"], ["images/x.png", "masks/heart.png", "heart"]],
+    )
     dataset = build_dataset("manifest", root)
     items = grounding_items(dataset, phrase_template="the {c}")
-    assert [(i.phrase, i.category, i.mask_part) for i in items] == [("the lungs", "lungs", "lungs"),
-                                                                   ("the heart", "heart", "heart")]
+    assert [(i.phrase, i.category, i.mask_part) for i in items] == [
+        ("the lungs", "lungs", "lungs"),
+        ("the heart", "heart", "heart"),
+    ]
     result = evaluate_grounding(tiny_model, dataset, items=items)
     _assert_item(result.rows[0], "wide")
     _assert_item(result.rows[1], "narrow")
@@ -464,29 +605,60 @@ def test_manifest_mask_labels_are_separate_items(tiny_model, tmp_path, blocky):
 
 def test_ms_cxr_validation_annotation_file_chooses_the_thresholds(tiny_model_dir, tmp_path, blocky):
     root = tmp_path / "mimic-jpg"
-    header = ["dicom_id", "path", "x", "y", "w", "h", "image_width", "image_height", "category_name",
-              "label_text"]
+    header = ["dicom_id", "path", "x", "y", "w", "h", "image_width", "image_height", "category_name", "label_text"]
 
     def xywh(box: tuple[int, int, int, int]) -> list[int]:
         return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
 
     for name in ("aaa", "bbb"):
         _write_png(root / "files" / "p10" / f"{name}.png")
-    test = _write_csv(tmp_path / "ms_cxr_test.csv", header, [
-        ["aaa", "files/p10/aaa.png", *xywh(WIDE), W, H, "Pleural Effusion", "Left pleural effusion"],
-        ["aaa", "files/p10/aaa.png", *xywh(NARROW), W, H, "Cardiomegaly", "Enlarged heart"]])
-    val = _write_csv(tmp_path / "ms_cxr_val.csv", header, [
-        ["bbb", "files/p10/bbb.png", *xywh(NARROW), W, H, "Pleural Effusion", "Small effusion"],
-        ["bbb", "files/p10/bbb.png", *xywh(WIDE), W, H, "Cardiomegaly", "Cardiomegaly"]])
+    test = _write_csv(
+        tmp_path / "ms_cxr_test.csv",
+        header,
+        [
+            ["aaa", "files/p10/aaa.png", *xywh(WIDE), W, H, "Pleural Effusion", "Left pleural effusion"],
+            ["aaa", "files/p10/aaa.png", *xywh(NARROW), W, H, "Cardiomegaly", "Enlarged heart"],
+        ],
+    )
+    val = _write_csv(
+        tmp_path / "ms_cxr_val.csv",
+        header,
+        [
+            ["bbb", "files/p10/bbb.png", *xywh(NARROW), W, H, "Pleural Effusion", "Small effusion"],
+            ["bbb", "files/p10/bbb.png", *xywh(WIDE), W, H, "Cardiomegaly", "Cardiomegaly"],
+        ],
+    )
     out = tmp_path / "out"
-    assert main(["ground", "--model", str(tiny_model_dir), "--dataset", "ms-cxr", "--root", str(root),
-                 "--annotations", str(test), "--val-annotations", str(val), "--bootstrap", "0",
-                 "--overlays", "0", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "ground",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                "ms-cxr",
+                "--root",
+                str(root),
+                "--annotations",
+                str(test),
+                "--val-annotations",
+                str(val),
+                "--bootstrap",
+                "0",
+                "--overlays",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     opt = {r["category"]: r for r in _read_csv(out / "opt_thresholds.csv")}
     # validation: effusion is A only (best at 0.7), cardiomegaly A + B (best at 0.2); on test
     # the effusion (A + B) at 0.7 and the heart (A) at 0.2 both score IoU .5
     assert (opt["Pleural Effusion"]["threshold"], opt["Cardiomegaly"]["threshold"]) == ("0.7", "0.2")
-    assert float(opt["Pleural Effusion"]["iou"]) == pytest.approx(.5)
-    assert float(opt["Cardiomegaly"]["iou"]) == pytest.approx(.5)
+    assert float(opt["Pleural Effusion"]["iou"]) == pytest.approx(0.5)
+    assert float(opt["Cardiomegaly"]["iou"]) == pytest.approx(0.5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["validation"]["annotations"] == str(val) and summary["validation"]["n"] == 2

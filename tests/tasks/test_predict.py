@@ -24,9 +24,9 @@ from maco_cxr.tasks import predict as predict_module
 from maco_cxr.tasks.finetune import load_finetuned
 from maco_cxr.tasks.finetune.model_io import save_finetuned
 from maco_cxr.tasks.grounding import ground
-from tests.tiny_finetuned import save_tiny_detector, save_tiny_segmenter, tiny_vision
 from maco_cxr.tasks.predict import predict
 from maco_cxr.tasks.zeroshot import zero_shot
+from tests.tiny_finetuned import save_tiny_detector, save_tiny_segmenter, tiny_vision
 
 CLASSES = ["Pneumothorax", "Edema"]
 PATIENT = "16d7f894-55d7-4d95-8957-d18987f0e981"  # the PatientID of the test DICOMs
@@ -190,8 +190,9 @@ def test_a_killed_run_resumes_without_recomputing_its_finished_chunks(model_dir,
     assert [p.name for p in (tmp_path / "resumed" / "parts").iterdir()] == ["000000"]
 
     calls.clear()
-    monkeypatch.setattr(predict_module, "_predict_batch", lambda engine, items: calls.append(len(items))
-                        or original(engine, items))
+    monkeypatch.setattr(
+        predict_module, "_predict_batch", lambda engine, items: calls.append(len(items)) or original(engine, items)
+    )
     resumed = predict(model_dir, inputs, tmp_path / "resumed", **options)
     assert calls == [2, 1]  # files 3-4 and 5; files 1-2 were done
     assert (resumed.n_done_before, resumed.n_predicted) == (2, 5)
@@ -214,7 +215,9 @@ def test_resuming_with_other_settings_is_refused_naming_the_difference(zero_shot
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "report.docx").write_text("x")
-    with pytest.raises(OutputFolderError, match=r"busy: refusing to write into a folder that holds files \(report.docx\)"):
+    with pytest.raises(
+        OutputFolderError, match=r"busy: refusing to write into a folder that holds files \(report.docx\)"
+    ):
         predict(model_dir, [folder], busy, classes=CLASSES)
     assert sorted(p.name for p in busy.iterdir()) == ["report.docx"]
 
@@ -228,7 +231,9 @@ def test_a_list_file_with_relative_and_missing_entries(model_dir, folder, tmp_pa
         listing.unlink()
     assert [Path(r["path"]).name for r in _rows(result.out / "predictions.csv")] == ["a.png", "b.png"]
     failures = _rows(result.out / "failures.csv")
-    assert [Path(r["path"]).name for r in failures] == ["missing.png"] and "no such file" in failures[0]["reason"].lower()
+    assert [Path(r["path"]).name for r in failures] == ["missing.png"] and "no such file" in failures[0][
+        "reason"
+    ].lower()
 
 
 def test_a_fine_tuned_classifier_folder_gives_its_probabilities(folder, tmp_path):
@@ -282,8 +287,24 @@ def test_a_fine_tuned_detector_folder_writes_its_boxes(folder, tmp_path):
 
 def test_cli_predict_end_to_end_with_a_worker(model_dir, folder, tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["predict", str(folder), "--model", str(model_dir), "--out", str(out), "--classes", "siim",
-                 "--frontal-only", "--workers", "1", "--batch-size", "4", "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(folder),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--classes",
+            "siim",
+            "--frontal-only",
+            "--workers",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "8 files: 5 predicted, 2 failed, 1 skipped views" in printed and "images/s" in printed

@@ -77,22 +77,31 @@ def _names(path: Path) -> list[str]:
 
 def test_file_kind_reads_extension_and_signature(tmp_path) -> None:
     cases = {
-        "x.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "x.txt": b"\xff\xd8\xff\xe0" + b"\0" * 20,
-        "1.2.840.113619.2.55": b"\0" * 128 + b"DICM" + b"\0" * 8, "t": b"II*\x00" + b"\0" * 8,
-        "bad.dcm": b"plain text", "blob": bytes(range(256)), "README.md": b"# hi\n",
+        "x.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 20,
+        "x.txt": b"\xff\xd8\xff\xe0" + b"\0" * 20,
+        "1.2.840.113619.2.55": b"\0" * 128 + b"DICM" + b"\0" * 8,
+        "t": b"II*\x00" + b"\0" * 8,
+        "bad.dcm": b"plain text",
+        "blob": bytes(range(256)),
+        "README.md": b"# hi\n",
         "LICENSE": b"MIT License\n",
-        "table.csv": b"a,b\n", "zero.dcm": b"", "zero": b"", "zero.txt": b"",
+        "table.csv": b"a,b\n",
+        "zero.dcm": b"",
+        "zero": b"",
+        "zero.txt": b"",
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     kinds = {name: file_kind(tmp_path / name) for name in cases}
-    by_kind = {kind: {n for n, k in kinds.items() if k.kind == kind}
-               for kind in ("image", "not-image", "empty")}
-    assert by_kind == {"image": {"x.png", "x.txt", "1.2.840.113619.2.55", "t", "bad.dcm", "blob"},
-                       "not-image": {"README.md", "LICENSE", "table.csv", "zero.txt"},
-                       "empty": {"zero.dcm", "zero"}}
-    assert kinds["README.md"].reason == ("not an image: a .md file without the signature of PNG, JPEG, "
-                                         "DICOM, TIFF, JPEG 2000, GIF, WebP")
+    by_kind = {kind: {n for n, k in kinds.items() if k.kind == kind} for kind in ("image", "not-image", "empty")}
+    assert by_kind == {
+        "image": {"x.png", "x.txt", "1.2.840.113619.2.55", "t", "bad.dcm", "blob"},
+        "not-image": {"README.md", "LICENSE", "table.csv", "zero.txt"},
+        "empty": {"zero.dcm", "zero"},
+    }
+    assert kinds["README.md"].reason == (
+        "not an image: a .md file without the signature of PNG, JPEG, DICOM, TIFF, JPEG 2000, GIF, WebP"
+    )
     assert kinds["LICENSE"].reason == "not an image: a text file without an image extension or signature"
     assert kinds["zero.txt"].reason == "not an image: an empty .txt file"
     assert kinds["zero"].reason == "the file is empty (0 bytes); copy it again from its source"
@@ -100,13 +109,27 @@ def test_file_kind_reads_extension_and_signature(tmp_path) -> None:
 
 
 def test_non_images_are_listed_apart_from_failures_and_empty_files_are_called_empty(
-        model_dir, export, tmp_path, capsys) -> None:
+    model_dir, export, tmp_path, capsys
+) -> None:
     out = tmp_path / "out"
-    assert main(["predict", str(export), "--model", str(model_dir), "--out", str(out), "--classes", "Edema",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(export),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--classes",
+                "Edema",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "11 files: 4 predicted, 2 failed, 0 skipped views, 5 not images, 0 hidden entries ignored" \
-        in printed
+    assert "11 files: 4 predicted, 2 failed, 0 skipped views, 5 not images, 0 hidden entries ignored" in printed
     assert f"listed in {out / 'non_images.csv'}" in printed
     assert _names(out / "predictions.csv") == ["IM0001", "a.png", "b.png", "scan.txt"]
     signatures = "PNG, JPEG, DICOM, TIFF, JPEG 2000, GIF, WebP"
@@ -119,27 +142,48 @@ def test_non_images_are_listed_apart_from_failures_and_empty_files_are_called_em
     }
     failures = {Path(r["path"]).name: r["reason"] for r in _rows(out / "failures.csv")}
     assert sorted(failures) == ["empty.png", "truncated.png"]
-    assert failures["empty.png"] == (f"{export / 'empty.png'}: the file is empty (0 bytes); copy it again "
-                                     "from its source")
+    assert failures["empty.png"] == (
+        f"{export / 'empty.png'}: the file is empty (0 bytes); copy it again from its source"
+    )
     assert "cannot decode the image" in failures["truncated.png"]
 
 
-def test_failed_files_are_kept_on_resume_unless_retry_failed(model_dir, export, cxr_real_dir, tmp_path,
-                                                              monkeypatch, capsys) -> None:
+def test_failed_files_are_kept_on_resume_unless_retry_failed(
+    model_dir, export, cxr_real_dir, tmp_path, monkeypatch, capsys
+) -> None:
     inputs = [export / "a.png", export / "truncated.png", export / "empty.png"]
     first = predict(model_dir, inputs, tmp_path / "out", classes=CLASSES)
     assert (first.n_predicted, first.n_failed, first.n_failed_not_retried) == (1, 2, 0)
     shutil.copy(_pngs(cxr_real_dir)[3], export / "truncated.png")  # the user fixes one file
     calls: list[list[str]] = []
     original = predict_module._predict_batch
-    monkeypatch.setattr(predict_module, "_predict_batch", lambda engine, items: calls.append(
-        [i["path"] for i in items]) or original(engine, items))
+    monkeypatch.setattr(
+        predict_module,
+        "_predict_batch",
+        lambda engine, items: calls.append([i["path"] for i in items]) or original(engine, items),
+    )
     again = predict(model_dir, inputs, tmp_path / "out", classes=CLASSES)
     assert calls == [] and (again.n_done_before, again.n_failed, again.n_failed_not_retried) == (3, 2, 2)
-    assert main(["predict", *map(str, inputs), "--model", str(model_dir), "--out", str(tmp_path / "out"),
-                 "--classes", "Edema", "--no-progress"]) == 0
-    assert "2 of them failed in an earlier run and were not retried (--retry-failed retries them)" in \
-        capsys.readouterr().out
+    assert (
+        main(
+            [
+                "predict",
+                *map(str, inputs),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "out"),
+                "--classes",
+                "Edema",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "2 of them failed in an earlier run and were not retried (--retry-failed retries them)"
+        in capsys.readouterr().out
+    )
     retried = predict(model_dir, inputs, tmp_path / "out", classes=CLASSES, retry_failed=True)
     assert calls == [[str(export / "truncated.png")]]  # empty.png fails before the model; a.png was done
     assert (retried.n_predicted, retried.n_failed, retried.n_failed_not_retried) == (2, 1, 0)
@@ -149,8 +193,7 @@ def test_failed_files_are_kept_on_resume_unless_retry_failed(model_dir, export, 
 def test_maps_of_deleted_inputs_are_removed_and_nothing_else(model_dir, export, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     first = predict(model_dir, [export], out, phrases=["edema", "left effusion"], overlays=True)
-    maps = {Path(r["path"]).name: (r["map:edema"], r["map:left effusion"])
-            for r in _rows(out / "predictions.csv")}
+    maps = {Path(r["path"]).name: (r["map:edema"], r["map:left effusion"]) for r in _rows(out / "predictions.csv")}
     assert sorted(maps) == ["IM0001", "a.png", "b.png", "scan.txt"] and first.removed == []
     gone = [name for npy in maps["b.png"] for name in (npy, npy.replace(".npy", ".png"))]
     assert all((out / name).is_file() for name in gone)
@@ -159,13 +202,34 @@ def test_maps_of_deleted_inputs_are_removed_and_nothing_else(model_dir, export, 
     unlisted.write_bytes(b"x")
     saved = (export / "b.png").read_bytes()
     (export / "b.png").unlink()
-    assert main(["predict", str(export), "--model", str(model_dir), "--out", str(out), "--phrase", "edema",
-                 "--phrase", "left effusion", "--overlays", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(export),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--phrase",
+                "edema",
+                "--phrase",
+                "left effusion",
+                "--overlays",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "removed 4 map/mask files of 1 inputs that no longer exist" in capsys.readouterr().out
     assert not any((out / name).exists() for name in gone)
     assert (out / "maps" / "my_notes.txt").read_text() == "mine" and unlisted.read_bytes() == b"x"
-    kept = [name for key in ("a.png", "scan.txt", "IM0001") for npy in maps[key]
-            for name in (npy, npy.replace(".npy", ".png"))]
+    kept = [
+        name
+        for key in ("a.png", "scan.txt", "IM0001")
+        for npy in maps[key]
+        for name in (npy, npy.replace(".npy", ".png"))
+    ]
     assert all((out / name).is_file() for name in kept)
     assert _names(out / "predictions.csv") == ["IM0001", "a.png", "scan.txt"]
     summary = (out / "summary.json").read_text()
@@ -180,8 +244,7 @@ def test_maps_of_deleted_inputs_are_removed_and_nothing_else(model_dir, export, 
     assert redone.summary["counts"]["processed_now"] == 1 and (out / kept[0]).is_file()
 
 
-def test_overlays_only_on_request_and_a_failed_write_is_raised(model_dir, export, tmp_path,
-                                                               monkeypatch) -> None:
+def test_overlays_only_on_request_and_a_failed_write_is_raised(model_dir, export, tmp_path, monkeypatch) -> None:
     inputs = [export / "a.png", export / "b.png"]
     plain = predict(model_dir, inputs, tmp_path / "plain", phrases="edema")  # one phrase may be a str
     assert sorted(p.suffix for p in (plain.out / "maps").iterdir()) == [".npy", ".npy"]
@@ -203,8 +266,7 @@ def test_overlays_only_on_request_and_a_failed_write_is_raised(model_dir, export
 
 def test_a_folder_swallowed_by_classes_is_named(model_dir, export, tmp_path, monkeypatch, capsys) -> None:
     common = ["--model", str(model_dir), "--no-progress"]
-    assert main(["predict", *common, "--out", str(tmp_path / "a"), "--classes", "Edema", "Effusion",
-                 str(export)]) == 2
+    assert main(["predict", *common, "--out", str(tmp_path / "a"), "--classes", "Edema", "Effusion", str(export)]) == 2
     err = capsys.readouterr().err
     assert f"--classes: '{export}' is an existing path, not class names" in err
     assert "put INPUTs before --classes or end the list with --" in err
@@ -256,12 +318,14 @@ def test_ctrl_c_names_the_chunk_and_the_rerun_finishes(model_dir, export, tmp_pa
     assert resumed.n_done_before == 2
     assert (resumed.out / "predictions.csv").read_text() == (reference.out / "predictions.csv").read_text()
     for row in _rows(resumed.out / "predictions.csv"):
-        np.testing.assert_array_equal(np.load(resumed.out / row["map:edema"]),
-                                      np.load(reference.out / row["map:edema"]))
+        np.testing.assert_array_equal(
+            np.load(resumed.out / row["map:edema"]), np.load(reference.out / row["map:edema"])
+        )
 
 
-def test_colour_files_are_reduced_to_grey_and_said_so_and_tiny_images_fail(model_dir, cxr_real_dir, tmp_path,
-                                                                             capsys) -> None:
+def test_colour_files_are_reduced_to_grey_and_said_so_and_tiny_images_fail(
+    model_dir, cxr_real_dir, tmp_path, capsys
+) -> None:
     root = tmp_path / "colour"
     root.mkdir()
     grey = Image.open(_pngs(cxr_real_dir)[0])
@@ -270,8 +334,12 @@ def test_colour_files_are_reduced_to_grey_and_said_so_and_tiny_images_fail(model
     Image.new("L", (1, 1), 128).save(root / "dot.png")
     Image.new("L", (2000, 40), 128).save(root / "strip.png")
     out = tmp_path / "out"
-    assert main(["predict", str(root), "--model", str(model_dir), "--out", str(out), "--classes", "Edema",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["predict", str(root), "--model", str(model_dir), "--out", str(out), "--classes", "Edema", "--no-progress"]
+        )
+        == 0
+    )
     assert "1 colour images were reduced to grey with the PNG luma" in capsys.readouterr().out
     rows = {Path(r["path"]).name: r for r in _rows(out / "predictions.csv")}
     assert {name: row["colour"] for name, row in rows.items()} == {"grey.png": "", "rgb.png": "RGB"}

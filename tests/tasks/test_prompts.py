@@ -29,7 +29,8 @@ def test_siim_set_adds_the_official_extra_prompts():
     prompts = resolve_prompts(["Pneumothorax"], "siim")["Pneumothorax"]
     assert prompts.positive == (
         "Abnormal collection of air in the pleural space between the lung and the chest wall. ",
-        "There is pneumothorax. ")
+        "There is pneumothorax. ",
+    )
     assert len(prompts.negative) == 5
     assert prompts.negative[-1].startswith("The lung parenchyma is homogeneous")
     assert SIIM_PROMPTS.negative[:4] == DEFAULT_PROMPTS.negative
@@ -40,7 +41,12 @@ def test_class_sets_follow_the_official_evaluations():
     assert CLASS_SETS["nih"][12] == "Pleural Thickening"
     assert CLASS_SETS["rsna"] == ("Lung Opacity",) and CLASS_SETS["siim"] == ("Pneumothorax",)
     assert {c.lower() for c in CLASS_SETS["chexpert"]} == {
-        "cardiomegaly", "edema", "consolidation", "atelectasis", "pleural effusion"}
+        "cardiomegaly",
+        "edema",
+        "consolidation",
+        "atelectasis",
+        "pleural effusion",
+    }
 
 
 def test_template_file_applies_to_every_class(tmp_path):

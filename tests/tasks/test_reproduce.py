@@ -27,14 +27,41 @@ from maco_cxr.tasks.reproduce import (
 from tests.data.test_datasets import make_mscxr, write_csv, write_dicom, write_image, write_mask
 
 # a few images per split: undefined AUCs and thresholds are expected, and the official SIIM lists overlap
-pytestmark = [pytest.mark.filterwarnings("ignore:AUC of .* is undefined:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:no (youden|max_f1) threshold for:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:the official SIIM-ACR split lists overlap:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:AUC of .* is undefined:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:no (youden|max_f1) threshold for:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:the official SIIM-ACR split lists overlap:UserWarning"),
+]
 
-NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-              "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
-NIH_NAMES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-             "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+NIH_HEADER = [
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
+]
+NIH_NAMES = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
 
 
 # --- fake trees holding a few images of every official list ---------------------------------------------
@@ -64,8 +91,9 @@ def make_nih(root: Path) -> Path:
     for k, (name, entry) in enumerate(_picks("nih", ("train_1", "train_10", "train", "val", "test")).items()):
         write_image(root / f"images_{k % 3 + 1:03d}" / "images" / name, 40, 48, value=7 * k)
         found = [NIH_NAMES[i] for i, v in enumerate(entry.labels) if v == 1]
-        rows.append([name, "|".join(found) or "No Finding", 0, int(name.split("_")[0]), 50, "F", "PA", 24, 20,
-                     0.1, 0.1])
+        rows.append(
+            [name, "|".join(found) or "No Finding", 0, int(name.split("_")[0]), 50, "F", "PA", 24, 20, 0.1, 0.1]
+        )
     write_csv(root / "Data_Entry_2017.csv", NIH_HEADER, rows)
     write_csv(root / "BBox_List_2017.csv", ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"], [])
     return root
@@ -78,15 +106,24 @@ def make_chexpert(root: Path) -> Path:
     tables: dict[str, list[list[str]]] = {"train": [], "valid": []}
     val = _picks("chexpert", ("val",))
     (root / "val_split.txt").parent.mkdir(parents=True, exist_ok=True)
-    (root / "val_split.txt").write_text("".join(f"{p} {' '.join(f'{v:g}' for v in e.labels)}\n"
-                                               for p, e in val.items()))
+    (root / "val_split.txt").write_text(
+        "".join(f"{p} {' '.join(f'{v:g}' for v in e.labels)}\n" for p, e in val.items())
+    )
     for k, (path, entry) in enumerate(_picks("chexpert", ("train_1", "train_10", "val", "test")).items()):
         parts = Path(path).parts  # CheXpert-v1.0-small/<split>/patientN/studyM/viewK_<frontal|lateral>.jpg
         write_image(root.joinpath(*parts[1:]), 48, 40, value=11 * k)
         labels = dict(zip(CHEXPERT_5, entry.labels))
         view = "Frontal" if "frontal" in parts[-1] else "Lateral"
-        tables[parts[1]].append([path, "Female", "60", view, "AP" if view == "Frontal" else "",
-                                 *(f"{labels[c]:.1f}" if c in labels else "" for c in CHEXPERT_OBSERVATIONS)])
+        tables[parts[1]].append(
+            [
+                path,
+                "Female",
+                "60",
+                view,
+                "AP" if view == "Frontal" else "",
+                *(f"{labels[c]:.1f}" if c in labels else "" for c in CHEXPERT_OBSERVATIONS),
+            ]
+        )
     for split, rows in tables.items():
         write_csv(root / f"{split}.csv", header, rows)
     return root
@@ -125,7 +162,7 @@ def make_covid_rural(root: Path) -> dict[str, str]:
     for k, stem in enumerate(("a", "b", "c", "d", "e")):
         write_image(root / "images" / f"{stem}.png", 40, 48, value=13 * k)
         mask = np.zeros((40, 48), np.uint8)
-        mask[4 + k: 12, 3: 10 + k] = 1
+        mask[4 + k : 12, 3 : 10 + k] = 1
         write_mask(root / "masks" / f"{stem}.png", mask)
     splits = {"train_split": ("a", "b"), "val_split": ("c",), "test_split": ("d", "e")}
     files = {}
@@ -142,8 +179,10 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     mscxr = make_mscxr(base)
     return {
         "nih": {"root": str(make_nih(base / "nih"))},
-        "chexpert": {"root": str(make_chexpert(base / "CheXpert-v1.0-small")),
-                     "val_split": str(base / "CheXpert-v1.0-small" / "val_split.txt")},
+        "chexpert": {
+            "root": str(make_chexpert(base / "CheXpert-v1.0-small")),
+            "val_split": str(base / "CheXpert-v1.0-small" / "val_split.txt"),
+        },
         "rsna": {"root": str(make_rsna(base / "rsna"))},
         "siim": {"root": str(make_siim(base / "siim"))},
         "ms_cxr": {"root": str(mscxr.root), "annotations": str(mscxr.kwargs["annotations"])},
@@ -204,8 +243,7 @@ def test_published_table_is_table_1_with_its_sources() -> None:
 
 def test_plan_selects_cells_and_skips_datasets_without_roots(tmp_path: Path) -> None:
     data = load_reproduce_data(None, ["nih.root=/data/nih", "mimic.root=/data/mimic"])
-    cells, skipped = plan_cells(data, ReproduceOptions(tasks=("zeroshot", "grounding", "finetune"),
-                                                       fractions=(1, 100)))
+    cells, skipped = plan_cells(data, ReproduceOptions(tasks=("zeroshot", "grounding", "finetune"), fractions=(1, 100)))
     assert [c.id for c in cells] == ["zeroshot-nih", "grounding-ms-cxr", "finetune-nih-1", "finetune-nih-100"]
     assert set(skipped) == {"rsna", "siim", "chexpert"} and "rsna.root is not set" in skipped["rsna"]
     cells, skipped = plan_cells(data, ReproduceOptions(tasks=("segment",), datasets=("covid-rural",)))
@@ -225,11 +263,28 @@ def test_plan_selects_cells_and_skips_datasets_without_roots(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_cli_zero_shot_and_grounding_cells_then_a_rerun_reuses_them(
-        trees: dict, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trees: dict, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = _data_file(tmp_path / "data.yaml", trees, "nih", "chexpert", "rsna", "siim", "ms_cxr")
     out = tmp_path / "out"
-    argv = ["reproduce", "--model", str(tiny_model), "--data", str(data), "--out", str(out), "--tasks", "zeroshot",
-            "grounding", "--quick", "--skip-bad", "--overlays", "1", "--device", "cpu"]
+    argv = [
+        "reproduce",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--tasks",
+        "zeroshot",
+        "grounding",
+        "--quick",
+        "--skip-bad",
+        "--overlays",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     assert "5 cells: 5 run, 0 reused, 0 failed" in capsys.readouterr().out
     payload = json.loads((out / "reproduce.json").read_text())
@@ -266,11 +321,17 @@ def test_the_whole_table_every_cell_filled_with_table_1_beside(trees: dict, tiny
     data = load_reproduce_data(_data_file(tmp_path / "data.yaml", trees, *trees))
     options = ReproduceOptions(quick=True, skip_bad=True, device="cpu", overlays=0)  # all tasks, datasets, fractions
     report = reproduce(tiny_model, data, tmp_path / "out", options)
-    expected = (["zeroshot-nih", "zeroshot-rsna", "zeroshot-siim", "zeroshot-chexpert", "grounding-ms-cxr"]
-                + [f"{task}-{d}-{f}" for task in ("linear", "finetune") for d in ("nih", "chexpert", "rsna")
-                   for f in (1, 10, 100)]
-                + [f"segment-{d}-{f}" for d in ("siim", "covid-rural") for f in (1, 10, 100)]
-                + [f"detect-rsna-{f}" for f in (1, 10, 100)])
+    expected = (
+        ["zeroshot-nih", "zeroshot-rsna", "zeroshot-siim", "zeroshot-chexpert", "grounding-ms-cxr"]
+        + [
+            f"{task}-{d}-{f}"
+            for task in ("linear", "finetune")
+            for d in ("nih", "chexpert", "rsna")
+            for f in (1, 10, 100)
+        ]
+        + [f"segment-{d}-{f}" for d in ("siim", "covid-rural") for f in (1, 10, 100)]
+        + [f"detect-rsna-{f}" for f in (1, 10, 100)]
+    )
     assert [c.id for c in report.cells] == expected
     assert not report.failed, [(c.id, c.error) for c in report.failed]
     assert report.skipped_datasets == {}
@@ -314,8 +375,12 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(trees: dict, tiny_model:
     options = ReproduceOptions(tasks=("zeroshot", "detect"), fractions=(1,), quick=True, skip_bad=True, device="cpu")
     report = reproduce(tiny_model, data, tmp_path / "out", options)
     status = {c.id: c.status for c in report.cells}
-    assert status == {"zeroshot-rsna": "done", "zeroshot-siim": "done", "zeroshot-chexpert": "failed",
-                      "detect-rsna-1": "done"}, [c.error for c in report.cells]
+    assert status == {
+        "zeroshot-rsna": "done",
+        "zeroshot-siim": "done",
+        "zeroshot-chexpert": "failed",
+        "detect-rsna-1": "done",
+    }, [c.error for c in report.cells]
     assert report.skipped_datasets == {"nih": "nih.root is not set in the data file"}  # ms-cxr: no task uses it
     (failed,) = report.failed
     assert failed.error.startswith("DataError: ") and "no-chexpert-here" in failed.error
@@ -331,5 +396,9 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(trees: dict, tiny_model:
     # a rerun retries the failed cell (now fixed) and reuses the others
     fixed = load_reproduce_data(_data_file(tmp_path / "data.yaml", trees, "rsna", "siim", "chexpert"))
     again = reproduce(tiny_model, fixed, tmp_path / "out", options)
-    assert {c.id: c.status for c in again.cells} == {"zeroshot-rsna": "reused", "zeroshot-siim": "reused",
-                                                     "zeroshot-chexpert": "done", "detect-rsna-1": "reused"}
+    assert {c.id: c.status for c in again.cells} == {
+        "zeroshot-rsna": "reused",
+        "zeroshot-siim": "reused",
+        "zeroshot-chexpert": "done",
+        "detect-rsna-1": "reused",
+    }

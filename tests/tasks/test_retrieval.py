@@ -10,8 +10,7 @@ from maco_cxr.tasks.retrieval import report_query, retrieve
 
 
 def test_report_query_keeps_every_sentence_in_order():
-    assert report_query("Small LEFT effusion. None. . No pneumothorax") == \
-        "small left effusion. no pneumothorax. "
+    assert report_query("Small LEFT effusion. None. . No pneumothorax") == "small left effusion. no pneumothorax. "
     assert report_query("None.") == ""
 
 

@@ -25,6 +25,10 @@ from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.config import DecoderConfig, MacoConfig, TextConfig, VisionConfig
 from maco_cxr.models.upernet import IGNORE_INDEX, SegmentationOutput
+from maco_cxr.runtime.distributed import DistInfo
+from maco_cxr.runtime.loop import Run
+from maco_cxr.runtime.rng import isolated_rng
+from maco_cxr.runtime.schedules import set_learning_rate
 from maco_cxr.tasks.finetune import SegmentConfig, load_finetuned, train_segmenter
 from maco_cxr.tasks.finetune.backbone import load_backbone
 from maco_cxr.tasks.finetune.engine import build_optimizer
@@ -36,25 +40,34 @@ from maco_cxr.tasks.finetune.segmentation import (
     _normalise,
     _TrainItems,
 )
-from maco_cxr.runtime.distributed import DistInfo
-from maco_cxr.runtime.loop import Run
-from maco_cxr.runtime.rng import isolated_rng
-from maco_cxr.runtime.schedules import set_learning_rate
 
 CONFIGS = recipe_folder() / "segment"
 PHANTOM_MASKS = "data.options={mask_labels: [pneumothorax, pleural effusion]}"
-SMALL = ["input.image_size=64", "head.channels=16", "head.aux_channels=8", "head.pool_scales=[1, 2]",
-         "optim.batch_size=2", "optim.warmup_steps=1", "optim.lr=1e-3", "data.workers=0", "evaluation.overlays=2",
-         "evaluation.bootstrap=20", "runtime.device=cpu", "runtime.log_every=1"]
+SMALL = [
+    "input.image_size=64",
+    "head.channels=16",
+    "head.aux_channels=8",
+    "head.pool_scales=[1, 2]",
+    "optim.batch_size=2",
+    "optim.warmup_steps=1",
+    "optim.lr=1e-3",
+    "data.workers=0",
+    "evaluation.overlays=2",
+    "evaluation.bootstrap=20",
+    "runtime.device=cpu",
+    "runtime.log_every=1",
+]
 CPU_RUN = Run(torch.device("cpu"), DistInfo(), "fp32", 0, False)
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    config = MacoConfig(vision=VisionConfig(embed_dim=32, depth=2, num_heads=2),
-                        decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
-                        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    config = MacoConfig(
+        vision=VisionConfig(embed_dim=32, depth=2, num_heads=2),
+        decoder=DecoderConfig(embed_dim=32, depth=1, num_heads=2),
+        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+    )
     directory = tmp_path_factory.mktemp("model") / "tiny"
     save_pretrained(create_model(config), directory)
     return directory
@@ -69,8 +82,9 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _built(root: Path, *overrides: str) -> tuple[SegmentTask, FinetunedSegmenter, dict]:
     """The task on ``root`` (phantoms: their two mask labels) and the model a run would train."""
-    config = load_config(SegmentConfig, None, [f"data.root={root}", "input.missing_mask=empty", PHANTOM_MASKS,
-                                               *overrides])
+    config = load_config(
+        SegmentConfig, None, [f"data.root={root}", "input.missing_mask=empty", PHANTOM_MASKS, *overrides]
+    )
     task = SegmentTask(config)
     model, summary = task.build_model(task.splits())
     return task, model, summary
@@ -107,16 +121,25 @@ class _Threshold(nn.Module):
 
 def _fake_segmenter(image_size: int = 64) -> FinetunedSegmenter:
     cfg = SegmentInput(image_size=image_size)
-    return FinetunedSegmenter(_Threshold(), ("foreground",), {"image_size": image_size, "mean": cfg.pixel_mean,
-                                                              "std": cfg.pixel_std, "threshold": 0.5}).eval()
+    return FinetunedSegmenter(
+        _Threshold(),
+        ("foreground",),
+        {"image_size": image_size, "mean": cfg.pixel_mean, "std": cfg.pixel_std, "threshold": 0.5},
+    ).eval()
 
 
 # ---------------------------------------------------------------------------------- configs
 
 
 def test_shipped_configs_hold_the_paper_schedules() -> None:
-    expected = {"siim_1": (5e-6, 1000, 100), "siim_10": (2e-5, 5000, 100), "siim_100": (1.5e-5, 160_000, 1500),
-                "covid_1": (2e-5, 1000, 100), "covid_10": (8e-6, 650, 100), "covid_100": (1e-5, 6700, 100)}
+    expected = {
+        "siim_1": (5e-6, 1000, 100),
+        "siim_10": (2e-5, 5000, 100),
+        "siim_100": (1.5e-5, 160_000, 1500),
+        "covid_1": (2e-5, 1000, 100),
+        "covid_10": (8e-6, 650, 100),
+        "covid_100": (1e-5, 6700, 100),
+    }
     for name, (lr, steps, warmup) in expected.items():
         config = load_config(SegmentConfig, CONFIGS / f"{name}.yaml")
         optim = config.optim
@@ -187,8 +210,12 @@ def test_layerwise_lr_scales_follow_065_per_block(phantoms: Path) -> None:
     assert group("net.decode_head.classifier.weight")["lr"] == pytest.approx(lr * 0.5)
     assert group("net.backbone.blocks.0.attn.qkv.weight")["lr"] == pytest.approx(lr * 0.5 * 0.65**4)
     assert group("net.backbone.blocks.0.attn.qkv.weight")["weight_decay"] == 0.05
-    for name in ("net.backbone.cls_token", "net.backbone.blocks.0.norm1.weight", "net.decode_head.classifier.bias",
-                 "net.decode_head.fpn_bottleneck.1.weight"):
+    for name in (
+        "net.backbone.cls_token",
+        "net.backbone.blocks.0.norm1.weight",
+        "net.decode_head.classifier.bias",
+        "net.decode_head.fpn_bottleneck.1.weight",
+    ):
         assert group(name)["weight_decay"] == 0.0, name
     assert id(named["net.backbone.pos_embed"]) not in by_param
 
@@ -208,8 +235,9 @@ def test_several_mask_labels_need_a_choice(phantoms: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.options\.mask_labels.*pneumothorax") as err:
         SegmentTask(config).splits()
     assert "pleural effusion" in str(err.value)
-    task = SegmentTask(load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=skip",
-                                                         PHANTOM_MASKS]))
+    task = SegmentTask(
+        load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=skip", PHANTOM_MASKS])
+    )
     splits = task.splits()
     assert splits.notes["target_labels"] == ["pneumothorax", "pleural effusion"]
     # phantoms without either mask are left out and counted
@@ -233,12 +261,16 @@ def test_the_mask_labels_error_suggests_only_labels_the_dataset_has(phantoms: Pa
     suggested = re.findall(r"data\.options\.mask_labels=\[([^\]]*)\]", message)
     assert suggested == [carried[0], f"{carried[0]}, {carried[1]}"]  # the most frequent labels
     # the suggestion, as written, is accepted
-    chosen = load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=empty",
-                                               f"data.options.mask_labels=[{suggested[1]}]"])
+    chosen = load_config(
+        SegmentConfig,
+        None,
+        [f"data.root={phantoms}", "input.missing_mask=empty", f"data.options.mask_labels=[{suggested[1]}]"],
+    )
     assert SegmentTask(chosen).splits().notes["target_labels"] == [s.strip() for s in suggested[1].split(",")]
     # a label no mask carries is refused, also where images without a mask count as empty
-    absent = load_config(SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=empty",
-                                               "data.options.mask_labels=[lungs]"])
+    absent = load_config(
+        SegmentConfig, None, [f"data.root={phantoms}", "input.missing_mask=empty", "data.options.mask_labels=[lungs]"]
+    )
     with pytest.raises(DataError, match=r"no training image has a mask labelled lungs \(data\.options\.mask_labels"):
         SegmentTask(absent).splits()
 
@@ -321,12 +353,20 @@ def test_evaluation_scores_in_original_geometry_with_named_figures(cxr_real_dir:
 # ------------------------------------------------------------------------------------- runs
 
 
-def test_segment_trains_on_cxr_real_lungs(cxr_real_dir: Path, tiny_model_dir: Path, tmp_path: Path,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_segment_trains_on_cxr_real_lungs(
+    cxr_real_dir: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, logger="maco_cxr"):
-        metrics = _run("data.kind=manifest", f"data.root={cxr_real_dir}", "data.test_name=val",
-                       "data.options={mask_labels: [lungs]}", f"model.source={tiny_model_dir}",
-                       "optim.steps=3", "evaluation.every=2", f"runtime.out={tmp_path / 'run'}")
+        metrics = _run(
+            "data.kind=manifest",
+            f"data.root={cxr_real_dir}",
+            "data.test_name=val",
+            "data.options={mask_labels: [lungs]}",
+            f"model.source={tiny_model_dir}",
+            "optim.steps=3",
+            "evaluation.every=2",
+            f"runtime.out={tmp_path / 'run'}",
+        )
     assert "validation every 2 steps and at the end (step 3), 2 in all" in caplog.text
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == metrics["test"]
     assert metrics["data"]["counts"] == {"train": 18, "val": 6, "test": 6}
@@ -346,12 +386,28 @@ def test_segment_trains_on_cxr_real_lungs(cxr_real_dir: Path, tiny_model_dir: Pa
     assert {"loss", "lr"} <= set(steps[0])
 
 
-def test_cli_segment_on_phantoms(phantoms: Path, tiny_model_dir: Path, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_segment_on_phantoms(
+    phantoms: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cli"
-    code = main(["segment", "--model", str(tiny_model_dir), "--dataset", "manifest", "--root", str(phantoms),
-                 "--out", str(out), *SMALL, "optim.steps=2", "evaluation.every=0", "input.missing_mask=empty",
-                 PHANTOM_MASKS])
+    code = main(
+        [
+            "segment",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "manifest",
+            "--root",
+            str(phantoms),
+            "--out",
+            str(out),
+            *SMALL,
+            "optim.steps=2",
+            "evaluation.every=0",
+            "input.missing_mask=empty",
+            PHANTOM_MASKS,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in METRIC_NAMES) and "pneumothorax, pleural effusion" in printed
@@ -364,11 +420,21 @@ def test_cli_segment_on_phantoms(phantoms: Path, tiny_model_dir: Path, tmp_path:
     assert "head.chanels" in capsys.readouterr().err
 
 
-def test_a_frozen_backbone_stays_as_loaded_while_the_head_trains(phantoms: Path, tiny_model_dir: Path,
-                                                                tmp_path: Path) -> None:
-    overrides = ["data.kind=manifest", f"data.root={phantoms}", f"model.source={tiny_model_dir}",
-                 "model.freeze_backbone=true", "optim.steps=2", "evaluation.every=0", "input.missing_mask=empty",
-                 PHANTOM_MASKS, "optim.lr=0.05", f"runtime.out={tmp_path / 'run'}"]
+def test_a_frozen_backbone_stays_as_loaded_while_the_head_trains(
+    phantoms: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        "data.kind=manifest",
+        f"data.root={phantoms}",
+        f"model.source={tiny_model_dir}",
+        "model.freeze_backbone=true",
+        "optim.steps=2",
+        "evaluation.every=0",
+        "input.missing_mask=empty",
+        PHANTOM_MASKS,
+        "optim.lr=0.05",
+        f"runtime.out={tmp_path / 'run'}",
+    ]
     metrics = _run(*overrides)
     assert metrics["model"]["frozen_backbone"] is True
     loaded = load_backbone(tiny_model_dir, img_size=64)[0].state_dict()
@@ -376,7 +442,7 @@ def test_a_frozen_backbone_stays_as_loaded_while_the_head_trains(phantoms: Path,
     initial = _initial_model(*overrides).net.state_dict()
     for name, value in trained.items():
         if name.startswith("backbone."):
-            assert torch.equal(value, loaded[name[len("backbone."):]]), name
+            assert torch.equal(value, loaded[name[len("backbone.") :]]), name
     changed = [name for name, value in trained.items() if not torch.equal(value, initial[name])]
     assert changed and not any(name.startswith("backbone.") for name in changed)
     assert "decode_head.classifier.weight" in changed
@@ -399,9 +465,15 @@ def test_segment_reads_siim_rle_masks(cxr_real_dir: Path, tiny_model_dir: Path, 
     (root / "train-rle.csv").write_text("ImageId, EncodedPixels\n" + "\n".join(rows) + "\n")
     for role, uids in (("train", [0, 1, 2]), ("val", [3]), ("test", [4, 5])):
         (tmp_path / f"{role}.txt").write_text("".join(f"1.2.3.{i}\n" for i in uids))
-    metrics = _run("data.kind=siim", f"data.root={root}", f"model.source={tiny_model_dir}", "optim.steps=2",
-                   "evaluation.every=0", f"runtime.out={tmp_path / 'run'}",
-                   *(f"data.{role}_split={tmp_path / role}.txt" for role in ("train", "val", "test")))
+    metrics = _run(
+        "data.kind=siim",
+        f"data.root={root}",
+        f"model.source={tiny_model_dir}",
+        "optim.steps=2",
+        "evaluation.every=0",
+        f"runtime.out={tmp_path / 'run'}",
+        *(f"data.{role}_split={tmp_path / role}.txt" for role in ("train", "val", "test")),
+    )
     with (tmp_path / "run" / "per_image.csv").open() as handle:
         rows_out = list(csv.DictReader(handle))
     assert [r["truth_pixels"] for r in rows_out] == [str(200 * 100), "0"]  # test: an RLE mask, then " -1"
@@ -418,14 +490,20 @@ def test_segment_reads_covid_rural_folders(phantoms: Path, tiny_model_dir: Path,
     for i in range(6):
         image = np.asarray(Image.open(phantoms / "images" / f"phantom_{i:06d}.png"))
         mask = np.zeros((48, 64), dtype=np.uint8)
-        mask[10 + i:30, 20:40] = 255
+        mask[10 + i : 30, 20:40] = 255
         Image.fromarray(image[8:56]).save(root / "images" / f"case{i}.png")
         Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
     for role, cases in (("train", [0, 1, 2]), ("val", [3]), ("test", [4, 5])):
         (tmp_path / f"{role}.txt").write_text("".join(f"images/case{i}.png\n" for i in cases))
-    metrics = _run("data.kind=covid-rural", f"data.root={root}", f"model.source={tiny_model_dir}", "optim.steps=2",
-                   "evaluation.every=0", f"runtime.out={tmp_path / 'run'}",
-                   *(f"data.{role}_split={tmp_path / role}.txt" for role in ("train", "val", "test")))
+    metrics = _run(
+        "data.kind=covid-rural",
+        f"data.root={root}",
+        f"model.source={tiny_model_dir}",
+        "optim.steps=2",
+        "evaluation.every=0",
+        f"runtime.out={tmp_path / 'run'}",
+        *(f"data.{role}_split={tmp_path / role}.txt" for role in ("train", "val", "test")),
+    )
     assert metrics["data"]["counts"] == {"train": 3, "val": 1, "test": 2}
     with (tmp_path / "run" / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))

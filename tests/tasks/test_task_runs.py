@@ -34,13 +34,19 @@ from maco_cxr.tasks.zeroshot import ZeroShotResult, run_zeroshot
 from tests.data.test_datasets import MSCXR_HEADER, write_csv
 from tests.tasks.test_reproduce import NIH_HEADER, NIH_NAMES, _picks
 
-pytestmark = [pytest.mark.filterwarnings("ignore:AUC of .* is undefined:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:.*bootstrap replicates gave an undefined:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:.*values of .* items are NaN:RuntimeWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:AUC of .* is undefined:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:.*bootstrap replicates gave an undefined:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:.*values of .* items are NaN:RuntimeWarning"),
+]
 
 SIZE = 64
-MSCXR_FINDINGS = {"pleural effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax",
-                  "cardiomegaly": "Cardiomegaly", "consolidation": "Consolidation"}
+MSCXR_FINDINGS = {
+    "pleural effusion": "Pleural Effusion",
+    "pneumothorax": "Pneumothorax",
+    "cardiomegaly": "Cardiomegaly",
+    "consolidation": "Consolidation",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -81,8 +87,9 @@ def make_phantom_nih(root: Path) -> Path:
         phantom = generate_phantom(np.random.default_rng(k), SIZE)
         _save_png(root / "images_001" / "images" / name, phantom.image)
         found = [NIH_NAMES[i] for i, v in enumerate(entry.labels) if v == 1]
-        rows.append([name, "|".join(found) or "No Finding", 0, int(name.split("_")[0]), 50, "F", "PA", SIZE,
-                     SIZE, 0.1, 0.1])
+        rows.append(
+            [name, "|".join(found) or "No Finding", 0, int(name.split("_")[0]), 50, "F", "PA", SIZE, SIZE, 0.1, 0.1]
+        )
     write_csv(root / "Data_Entry_2017.csv", NIH_HEADER, rows)
     write_csv(root / "BBox_List_2017.csv", ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"], [])
     return root
@@ -97,8 +104,20 @@ def make_phantom_mscxr(base: Path) -> tuple[Path, Path]:
         _save_png(root / relative, phantom.image)
         for finding in phantom.findings:
             x0, y0, x1, y1 = finding.box_xyxy
-            rows.append([f"img{k}", relative, x0, y0, max(x1 - x0, 1), max(y1 - y0, 1), SIZE, SIZE,
-                         MSCXR_FINDINGS[finding.kind], finding.phrase])
+            rows.append(
+                [
+                    f"img{k}",
+                    relative,
+                    x0,
+                    y0,
+                    max(x1 - x0, 1),
+                    max(y1 - y0, 1),
+                    SIZE,
+                    SIZE,
+                    MSCXR_FINDINGS[finding.kind],
+                    finding.phrase,
+                ]
+            )
     return root, write_csv(base / "ms_cxr.csv", MSCXR_HEADER, rows)
 
 
@@ -107,8 +126,10 @@ def phantom_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[st
     base = tmp_path_factory.mktemp("phantom-trees")
     mimic, annotations = make_phantom_mscxr(base)
     nih = make_phantom_nih(base / "nih")
-    return {"nih": {"root": str(nih), "test_split": str(_test_list(base / "nih_test.txt"))},
-            "ms_cxr": {"root": str(mimic), "annotations": str(annotations)}}
+    return {
+        "nih": {"root": str(nih), "test_split": str(_test_list(base / "nih_test.txt"))},
+        "ms_cxr": {"root": str(mimic), "annotations": str(annotations)},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +145,11 @@ def _data_file(path: Path, entries: dict) -> Path:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "cell.json"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "cell.json"
+    }
 
 
 # --- the task functions ----------------------------------------------------------------------------------
@@ -137,15 +161,24 @@ def test_the_task_functions_are_exported_beside_the_per_image_ones() -> None:
     assert callable(maco_cxr.zero_shot) and callable(maco_cxr.ground) and callable(maco_cxr.retrieve)
 
 
-def test_run_zeroshot_returns_a_frozen_result_holding_what_summary_json_says(tiny_model, phantom_manifest,
-                                                                            tmp_path) -> None:
+def test_run_zeroshot_returns_a_frozen_result_holding_what_summary_json_says(
+    tiny_model, phantom_manifest, tmp_path
+) -> None:
     model = maco_cxr.load(tiny_model)
     test = build_dataset("manifest", phantom_manifest, split="test")
     val = build_dataset("manifest", phantom_manifest, split="val")
     source = RunSource(model=str(tiny_model), dataset="manifest", root=str(phantom_manifest), split="test")
-    result = run_zeroshot(model, test, tmp_path / "zs", classes=["pleural effusion", "cardiomegaly"],
-                          validation=val, n_bootstrap=50, seed=1, source=source,
-                          validation_source=RunSource(split="val"))
+    result = run_zeroshot(
+        model,
+        test,
+        tmp_path / "zs",
+        classes=["pleural effusion", "cardiomegaly"],
+        validation=val,
+        n_bootstrap=50,
+        seed=1,
+        source=source,
+        validation_source=RunSource(split="val"),
+    )
     assert isinstance(result, ZeroShotResult)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.n_images = 0  # type: ignore[misc]
@@ -166,12 +199,14 @@ def test_run_zeroshot_returns_a_frozen_result_holding_what_summary_json_says(tin
     assert per_class.value == pytest.approx(summary["per_class"]["cardiomegaly"]["auc"], abs=1e-12)
 
 
-def test_run_grounding_returns_a_frozen_result_with_intervals_and_counts(tiny_model, phantom_manifest,
-                                                                        tmp_path) -> None:
+def test_run_grounding_returns_a_frozen_result_with_intervals_and_counts(
+    tiny_model, phantom_manifest, tmp_path
+) -> None:
     model = maco_cxr.load(tiny_model)
     dataset = build_dataset("manifest", phantom_manifest)
-    result = run_grounding(model, dataset, tmp_path / "g", target="boxes", overlays=2, n_bootstrap=40,
-                           source=RunSource(dataset="manifest"))
+    result = run_grounding(
+        model, dataset, tmp_path / "g", target="boxes", overlays=2, n_bootstrap=40, source=RunSource(dataset="manifest")
+    )
     assert isinstance(result, GroundingResult)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.n_items = 0  # type: ignore[misc]
@@ -187,8 +222,7 @@ def test_run_grounding_returns_a_frozen_result_with_intervals_and_counts(tiny_mo
     assert set(result.per_category) == set(summary["per_category"])
 
 
-def test_run_retrieval_intervals_resample_queries_around_the_recalls(tiny_model, phantom_manifest,
-                                                                    tmp_path) -> None:
+def test_run_retrieval_intervals_resample_queries_around_the_recalls(tiny_model, phantom_manifest, tmp_path) -> None:
     model = maco_cxr.load(tiny_model)
     dataset = build_dataset("manifest", phantom_manifest)
     result = run_retrieval(model, dataset, tmp_path / "r", ks=(1, 5), n_bootstrap=60, seed=3)
@@ -212,13 +246,11 @@ def test_run_retrieval_intervals_resample_queries_around_the_recalls(tiny_model,
 
 
 @pytest.mark.slow
-def test_a_reproduce_cell_and_its_command_write_the_same_files_and_numbers(tiny_model, phantom_trees,
-                                                                          tmp_path) -> None:
+def test_a_reproduce_cell_and_its_command_write_the_same_files_and_numbers(tiny_model, phantom_trees, tmp_path) -> None:
     data = load_reproduce_data(_data_file(tmp_path / "data.yaml", phantom_trees))
     options = ReproduceOptions(tasks=("zeroshot", "grounding"), device="cpu", overlays=2, batch_size=3)
     report = reproduce(tiny_model, data, tmp_path / "out", options)
-    assert [(c.id, c.status) for c in report.cells] == [("zeroshot-nih", "done"),
-                                                        ("grounding-ms-cxr", "done")]
+    assert [(c.id, c.status) for c in report.cells] == [("zeroshot-nih", "done"), ("grounding-ms-cxr", "done")]
     for cell in report.cells:
         words = shlex.split(cell.command)
         again = tmp_path / "command" / cell.id
@@ -232,14 +264,20 @@ def test_a_reproduce_cell_and_its_command_write_the_same_files_and_numbers(tiny_
         if cell.task == "zeroshot":
             assert {"scores.csv", "roc_curves.png"} <= set(ours)
             assert (cell.metrics["auc"], cell.metrics["f1"], cell.metrics["acc"]) == (
-                summary["macro_auc"], summary["mean_f1_weighted"], summary["macro_acc"])
+                summary["macro_auc"],
+                summary["mean_f1_weighted"],
+                summary["macro_acc"],
+            )
             assert cell.metrics["n_images"] == summary["n_images"] == 4
             assert summary["split_file"] == phantom_trees["nih"]["test_split"]
             assert summary["official_split"] is None
         else:
             assert {"items.csv", "metric.csv"} <= set(ours) and len(summary["overlays"]) == 2
             assert (cell.metrics["cnr"], cell.metrics["miou"], cell.metrics["n_items"]) == (
-                summary["cnr"], summary["miou"], summary["n"])
+                summary["cnr"],
+                summary["miou"],
+                summary["n"],
+            )
             assert summary["annotations"] == phantom_trees["ms_cxr"]["annotations"]
 
 
@@ -252,26 +290,43 @@ def _with_extra_test_entry(tmp_path: Path, trees: dict[str, dict[str, str]]) -> 
     return {"nih": {**trees["nih"], "test_split": str(listed)}}
 
 
-def test_the_split_error_of_a_cell_names_the_skip_bad_flag(tiny_model, phantom_trees, tmp_path,
-                                                           capsys) -> None:
+def test_the_split_error_of_a_cell_names_the_skip_bad_flag(tiny_model, phantom_trees, tmp_path, capsys) -> None:
     data = _data_file(tmp_path / "data.yaml", _with_extra_test_entry(tmp_path, phantom_trees))
-    assert main(["reproduce", "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "out"),
-                 "--tasks", "zeroshot", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "reproduce",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "out"),
+                "--tasks",
+                "zeroshot",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr().out
     assert "failed zeroshot-nih: DataError:" in printed and "1 of 5 entries match no record" in printed
     assert "--skip-bad on the command line" in printed
 
 
-def test_skip_bad_does_not_invalidate_finished_cells_unless_they_left_inputs_out(tiny_model, phantom_trees,
-                                                                               tmp_path) -> None:
+def test_skip_bad_does_not_invalidate_finished_cells_unless_they_left_inputs_out(
+    tiny_model, phantom_trees, tmp_path
+) -> None:
     zeroshot: dict = {"tasks": ("zeroshot",), "device": "cpu"}
     data = load_reproduce_data(_data_file(tmp_path / "data.yaml", {"nih": phantom_trees["nih"]}))
     first = reproduce(tiny_model, data, tmp_path / "strict", ReproduceOptions(**zeroshot))
     (cell,) = first.cells
     assert cell.status == "done" and cell.metrics["n_left_out"] == 0 and not cell.skip_bad
     # --skip-bad and other run-control settings (batch size, workers, overlays) reuse the finished cell
-    again = reproduce(tiny_model, data, tmp_path / "strict",
-                      ReproduceOptions(**zeroshot, skip_bad=True, batch_size=2, overlays=0))
+    again = reproduce(
+        tiny_model, data, tmp_path / "strict", ReproduceOptions(**zeroshot, skip_bad=True, batch_size=2, overlays=0)
+    )
     assert [(c.status, c.metrics) for c in again.cells] == [("reused", cell.metrics)]
     # a cell finished with --skip-bad that left nothing out is reused by a run without it
     lenient = ReproduceOptions(**zeroshot, skip_bad=True)
@@ -294,27 +349,51 @@ def test_skip_bad_does_not_invalidate_finished_cells_unless_they_left_inputs_out
     assert saved["status"] == "done" and saved["skip_bad"]  # the finished result is kept, not overwritten
 
 
-def test_missing_data_paths_fail_once_before_any_cell_runs(tiny_model, phantom_trees, tmp_path,
-                                                          capsys) -> None:
-    entries = {"nih": {"root": str(tmp_path / "no-nih")}, "rsna": {"root": str(tmp_path / "no-rsna")},
-               "siim": {"root": phantom_trees["nih"]["root"], "test_split": str(tmp_path / "no-list.txt")},
-               "mimic": {"root": str(tmp_path / "no-mimic")},
-               "ms_cxr": {"annotations": phantom_trees["ms_cxr"]["annotations"]}}
+def test_missing_data_paths_fail_once_before_any_cell_runs(tiny_model, phantom_trees, tmp_path, capsys) -> None:
+    entries = {
+        "nih": {"root": str(tmp_path / "no-nih")},
+        "rsna": {"root": str(tmp_path / "no-rsna")},
+        "siim": {"root": phantom_trees["nih"]["root"], "test_split": str(tmp_path / "no-list.txt")},
+        "mimic": {"root": str(tmp_path / "no-mimic")},
+        "ms_cxr": {"annotations": phantom_trees["ms_cxr"]["annotations"]},
+    }
     data = load_reproduce_data(_data_file(tmp_path / "data.yaml", entries))
     with pytest.raises(ConfigError) as caught:
-        reproduce(tiny_model, data, tmp_path / "out", ReproduceOptions(tasks=("zeroshot", "grounding")),
-                  data_file=str(tmp_path / "data.yaml"))
+        reproduce(
+            tiny_model,
+            data,
+            tmp_path / "out",
+            ReproduceOptions(tasks=("zeroshot", "grounding")),
+            data_file=str(tmp_path / "data.yaml"),
+        )
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'data.yaml'}: 4 paths of the data file do not exist")
-    for key, missing in (("nih.root", "no-nih"), ("rsna.root", "no-rsna"), ("siim.test_split", "no-list.txt"),
-                         ("mimic.root", "no-mimic")):
+    for key, missing in (
+        ("nih.root", "no-nih"),
+        ("rsna.root", "no-rsna"),
+        ("siim.test_split", "no-list.txt"),
+        ("mimic.root", "no-mimic"),
+    ):
         assert f"{key}: {tmp_path / missing}" in message
     assert not (tmp_path / "out").exists()  # nothing was run or written
     # only the selected cells' datasets are checked
-    only = reproduce(tiny_model, data, tmp_path / "out",
-                     ReproduceOptions(tasks=("zeroshot",), datasets=("chexpert",)))
+    only = reproduce(tiny_model, data, tmp_path / "out", ReproduceOptions(tasks=("zeroshot",), datasets=("chexpert",)))
     assert only.cells == []
-    assert main(["reproduce", "--model", str(tiny_model), "--data", str(tmp_path / "data.yaml"), "--out",
-                 str(tmp_path / "cli"), "--tasks", "zeroshot"]) == 2
+    assert (
+        main(
+            [
+                "reproduce",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(tmp_path / "data.yaml"),
+                "--out",
+                str(tmp_path / "cli"),
+                "--tasks",
+                "zeroshot",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "maco-cxr reproduce: error:" in err and "nih.root:" in err and "siim.test_split:" in err

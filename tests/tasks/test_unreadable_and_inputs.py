@@ -81,17 +81,53 @@ def test_every_consumer_skips_and_counts_unreadable_files(broken_manifest: Path,
     assert grounded.summary["n_unreadable_items"] == 2
 
 
-def test_zeroshot_cli_with_skip_bad_lists_the_unreadable_files(broken_manifest: Path, model, tmp_path: Path,
-                                                               capsys) -> None:
+def test_zeroshot_cli_with_skip_bad_lists_the_unreadable_files(
+    broken_manifest: Path, model, tmp_path: Path, capsys
+) -> None:
     save_pretrained(model, tmp_path / "m")
     out = tmp_path / "zs"
-    assert main(["zeroshot", "--model", str(tmp_path / "m"), "--dataset", "manifest", "--root", str(broken_manifest),
-                 "--skip-bad", "--classes", "COVID-19", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--model",
+                str(tmp_path / "m"),
+                "--dataset",
+                "manifest",
+                "--root",
+                str(broken_manifest),
+                "--skip-bad",
+                "--classes",
+                "COVID-19",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 4 and summary["n_unreadable"] == 2
     assert "2 unreadable files left out" in capsys.readouterr().out
-    assert main(["zeroshot", "--model", str(tmp_path / "m"), "--dataset", "manifest", "--root", str(broken_manifest),
-                 "--classes", "COVID-19", "--out", str(out), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--model",
+                str(tmp_path / "m"),
+                "--dataset",
+                "manifest",
+                "--root",
+                str(broken_manifest),
+                "--classes",
+                "COVID-19",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "truncated.png" in capsys.readouterr().err
 
 

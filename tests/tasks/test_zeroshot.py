@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import maco_cxr
 import json
 
 import numpy as np
 import pytest
 import torch
 
+import maco_cxr
 from maco_cxr.hub import load
 from maco_cxr.tasks.prompts import resolve_prompts
 from maco_cxr.tasks.zeroshot import build_class_prototypes, score_embeddings, zero_shot

@@ -26,24 +26,24 @@ def test_thresholds_chosen_on_validation_are_applied_next_to_the_fixed_one():
     # validation, by score: .8 (pos), .4 (neg), .35 (pos), .1 (neg). Youden's J is .5 at the
     # cuts above .8 and above .35; ties go to the higher cut: midway between .8 and .4 = .6.
     # F1 is best (.8) when .35 and up are positive: midway between .35 and .1 = .225.
-    validation = _result([0, 0, 1, 1], [.1, .4, .35, .8])
-    test = _result([1, 1, 0, 0, 1, 0], [.9, .5, .3, .55, .2, .05])
+    validation = _result([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    test = _result([1, 1, 0, 0, 1, 0], [0.9, 0.5, 0.3, 0.55, 0.2, 0.05])
     points = summarise_zero_shot(test, validation, n_bootstrap=0)["operating_points"]
     assert points["n_val_images"] == 4 and points["fixed_threshold"] == 0.5
     youden = points["youden"]["per_class"]["a"]
     max_f1 = points["max_f1"]["per_class"]["a"]
-    assert youden["chosen"]["threshold"] == pytest.approx(.6)
-    assert max_f1["chosen"]["threshold"] == pytest.approx(.225)
+    assert youden["chosen"]["threshold"] == pytest.approx(0.6)
+    assert max_f1["chosen"]["threshold"] == pytest.approx(0.225)
     # at .6 only .9 is positive: TP 1, FN 2, FP 0, TN 3
     assert youden["chosen"]["sensitivity"] == pytest.approx(1 / 3)
     assert youden["chosen"]["specificity"] == 1.0
-    assert youden["chosen"]["f1_positive"] == pytest.approx(.5)
+    assert youden["chosen"]["f1_positive"] == pytest.approx(0.5)
     # at .225: .9 .5 .3 .55 positive: TP 2, FN 1, FP 2, TN 1
     assert max_f1["chosen"]["f1_positive"] == pytest.approx(4 / 7)
     assert max_f1["chosen"]["specificity"] == pytest.approx(1 / 3)
     # fixed .5 (score > .5): .9 and .55 positive: TP 1, FN 2, FP 1, TN 2
     assert youden["fixed"] == max_f1["fixed"]
-    assert youden["fixed"]["f1_positive"] == pytest.approx(.4) and youden["fixed"]["acc"] == pytest.approx(.5)
+    assert youden["fixed"]["f1_positive"] == pytest.approx(0.4) and youden["fixed"]["acc"] == pytest.approx(0.5)
 
 
 def test_bootstrap_intervals_are_seeded_by_patient_and_cover_the_estimate():
@@ -76,11 +76,11 @@ def test_calibration_per_class_and_pooled():
     # b: .75 twice (bin (.7, .8], both positive: gap .25), .25 once (negative: gap .25),
     # one unknown label left out: ECE .25. Pooled over the 7 known pairs: (4 * .1 + 3 * .25) / 7.
     labels = [[0, 1], [0, 0], [1, np.nan], [1, 1]]
-    scores = [[.05, .75], [.15, .25], [.95, .5], [.85, .75]]
+    scores = [[0.05, 0.75], [0.15, 0.25], [0.95, 0.5], [0.85, 0.75]]
     calibration = summarise_zero_shot(_result(labels, scores, ("a", "b")), n_bootstrap=0)["calibration"]
     assert calibration["n_bins"] == 10
-    assert calibration["per_class"]["a"]["ece"] == pytest.approx(.1)
-    assert calibration["per_class"]["b"]["ece"] == pytest.approx(.25) and calibration["per_class"]["b"]["n"] == 3
+    assert calibration["per_class"]["a"]["ece"] == pytest.approx(0.1)
+    assert calibration["per_class"]["b"]["ece"] == pytest.approx(0.25) and calibration["per_class"]["b"]["n"] == 3
     assert calibration["pooled"]["ece"] == pytest.approx(1.15 / 7) and calibration["pooled"]["n"] == 7
     assert calibration["per_class"]["b"]["counts"][7] == 2
 
@@ -99,8 +99,9 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:.*bootstrap replicates gave an undefined value:RuntimeWarning")
-def test_cli_writes_operating_points_intervals_and_reliability(tiny_model_dir, cxr_real_dir, tmp_path,
-                                                               monkeypatch, capsys):
+def test_cli_writes_operating_points_intervals_and_reliability(
+    tiny_model_dir, cxr_real_dir, tmp_path, monkeypatch, capsys
+):
     from maco_cxr.tasks import zeroshot
 
     calls = []
@@ -111,15 +112,39 @@ def test_cli_writes_operating_points_intervals_and_reliability(tiny_model_dir, c
         return original(*args, **kwargs)
 
     monkeypatch.setattr(zeroshot, "build_class_prototypes", counting)
-    args = ["zeroshot", "--model", str(tiny_model_dir), "--dataset", "manifest", "--root", str(cxr_real_dir),
-            "--split", "val", "--val-split", "train", "--classes", "COVID-19", "ARDS", "--bootstrap", "100",
-            "--seed", "4", "--no-progress"]
+    args = [
+        "zeroshot",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        "manifest",
+        "--root",
+        str(cxr_real_dir),
+        "--split",
+        "val",
+        "--val-split",
+        "train",
+        "--classes",
+        "COVID-19",
+        "ARDS",
+        "--bootstrap",
+        "100",
+        "--seed",
+        "4",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert len(calls) == 1  # one prompt encoding for the validation and the test split
     printed = capsys.readouterr().out
     out = tmp_path / "a"
-    for name in ("scores.csv", "val_scores.csv", "roc_curves.png", "reliability.png",
-                 "reliability/covid-19.png", "reliability/ards.png"):
+    for name in (
+        "scores.csv",
+        "val_scores.csv",
+        "roc_curves.png",
+        "reliability.png",
+        "reliability/covid-19.png",
+        "reliability/ards.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 7 and summary["validation"]["n_images"] == 19

@@ -31,8 +31,7 @@ MICRO_MODEL = {
     "preset": "tiny",
     "vision": {"img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2},
     "decoder": {"embed_dim": 32, "depth": 1, "num_heads": 2},
-    "text": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-             "max_length": 16},
+    "text": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_length": 16},
 }
 
 
@@ -43,12 +42,11 @@ def pattern_image(index: int, height: int = 112, width: int = 96) -> np.ndarray:
     image = np.tile(np.linspace(level, level + 40, width, dtype=np.float32), (height, 1))
     row, col = divmod(index % 8, 2)
     top, left = 8 + row * 24, 10 + col * 40
-    image[top: top + 20, left: left + 36] = 250
+    image[top : top + 20, left : left + 36] = 250
     return image.astype(np.uint8)
 
 
-def write_manifest(folder: Path, count: int, reports: tuple[str, ...] = REPORTS,
-                   missing: tuple[int, ...] = ()) -> Path:
+def write_manifest(folder: Path, count: int, reports: tuple[str, ...] = REPORTS, missing: tuple[int, ...] = ()) -> Path:
     """``count`` PNGs with reports in ``folder/manifest.csv``; indices in ``missing`` get no file."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -71,8 +69,7 @@ def micro_config(data_path: Path, output_dir: Path, **sections: dict) -> Pretrai
         "data": {"source": "manifest", "path": str(data_path), "split": "train", "workers": 0},
         "optim": {"batch_size": 4, "accum_steps": 1, "max_steps": 4, "warmup_steps": 1, "lr": 1e-3},
         "augment": {},
-        "runtime": {"device": "cpu", "output_dir": str(output_dir), "log_every": 1, "save_every": 2,
-                    "keep_last": 2},
+        "runtime": {"device": "cpu", "output_dir": str(output_dir), "log_every": 1, "save_every": 2, "keep_last": 2},
     }
     for name, values in sections.items():
         for key, value in values.items():

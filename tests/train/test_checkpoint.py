@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from maco_cxr.config import from_dict
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.runtime import checkpoint as ckpt
-from maco_cxr.config import from_dict
-from maco_cxr.train.config import PretrainConfig
 from maco_cxr.runtime.rng import capture_rng_state, isolated_rng, restore_rng_state
+from maco_cxr.train.config import PretrainConfig
 
 from .conftest import MICRO_MODEL
 
@@ -54,8 +54,9 @@ def test_keep_last_prunes_the_oldest(tmp_path: Path, model: MacoModel) -> None:
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000004"
 
 
-def test_an_interrupted_prune_leaves_only_a_hidden_temporary(tmp_path: Path, model: MacoModel,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_prune_leaves_only_a_hidden_temporary(
+    tmp_path: Path, model: MacoModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C while an old checkpoint is deleted: no half-deleted folder keeps a checkpoint's name."""
     for step in (1, 2):
         ckpt.save_checkpoint(tmp_path, step, _state(step), _writer(model))
@@ -78,8 +79,9 @@ def test_an_interrupted_prune_leaves_only_a_hidden_temporary(tmp_path: Path, mod
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
 
 
-def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path: Path, model: MacoModel,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_mid_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, model: MacoModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = ckpt.save_checkpoint(tmp_path, 10, _state(10), _writer(model))
 
     def broken_save(obj: object, path: Path) -> None:
@@ -135,8 +137,9 @@ def test_trainer_state_must_be_readable(tmp_path: Path) -> None:
 
 def test_weights_of_another_model_are_rejected(tmp_path: Path, model: MacoModel) -> None:
     path = ckpt.save_checkpoint(tmp_path, 1, _state(1), _writer(model))
-    other = create_model(from_dict(PretrainConfig, {"model": {**MICRO_MODEL, "vision": {**MICRO_MODEL["vision"],
-                                                                             "depth": 2}}}).model)
+    other = create_model(
+        from_dict(PretrainConfig, {"model": {**MICRO_MODEL, "vision": {**MICRO_MODEL["vision"], "depth": 2}}}).model
+    )
     with pytest.raises(CheckpointError, match=r"missing \['visual\.blocks\.1"):
         ckpt.load_model_weights(other, path)
 

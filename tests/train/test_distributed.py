@@ -16,10 +16,9 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
 from maco_cxr._atomic import json_ready
+from maco_cxr.config import from_dict
 from maco_cxr.hub import create_model
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.config import from_dict
-from maco_cxr.train.config import PretrainConfig
 from maco_cxr.runtime.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -28,6 +27,7 @@ from maco_cxr.runtime.distributed import (
     init_distributed,
     world_info_from_env,
 )
+from maco_cxr.train.config import PretrainConfig
 from maco_cxr.train.pretrain import pretrain
 
 from .conftest import MICRO_MODEL, REPORTS, micro_config, write_manifest
@@ -42,8 +42,9 @@ def _free_port() -> int:
 
 
 def _model() -> MacoModel:
-    model_config = from_dict(PretrainConfig, {"model": {**MICRO_MODEL, "text": {**MICRO_MODEL["text"],
-                                                                        "dropout": 0.0}}}).model
+    model_config = from_dict(
+        PretrainConfig, {"model": {**MICRO_MODEL, "text": {**MICRO_MODEL["text"], "dropout": 0.0}}}
+    ).model
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return create_model(model_config)
@@ -58,8 +59,9 @@ def _batch(model: MacoModel) -> tuple[torch.Tensor, dict[str, torch.Tensor], tor
 
 
 def _join(rank: int, world: int, port: int) -> DistInfo:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     return init_distributed("gloo")
 
@@ -73,7 +75,8 @@ def _gradients(rank: int, world: int, info: DistInfo, out: Path) -> None:
     losses["total"].backward()
     result = {
         "info": (info.rank, info.local_rank, info.world_size, info.is_master),
-        "total": all_reduce_mean(losses["total"]), "rec": all_reduce_mean(losses["rec"]),
+        "total": all_reduce_mean(losses["total"]),
+        "rec": all_reduce_mean(losses["rec"]),
         "con": losses["con"].detach(),
         "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
     }
@@ -85,8 +88,9 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     info = _join(rank, world, port)
     try:
         _gradients(rank, world, info, Path(out))
-        config = micro_config(Path(data), Path(out) / "run", optim={"batch_size": 2, "max_steps": 3},
-                              runtime={"save_every": 2})
+        config = micro_config(
+            Path(data), Path(out) / "run", optim={"batch_size": 2, "max_steps": 3}, runtime={"save_every": 2}
+        )
         result = pretrain(config)
         (Path(out) / f"result-rank{rank}.json").write_text(json.dumps(json_ready(asdict(result))))
     finally:
@@ -124,8 +128,11 @@ def test_training_loop_on_two_processes_matches_one_process(two_processes: Path,
     """The whole loop (sampler sharding, per-rank slices of the augmentation and mask draws,
     gathered loss, DDP averaging) trains the weights one process with the doubled batch does;
     only rank 0 writes."""
-    single = pretrain(micro_config(two_processes / "data", tmp_path / "one",
-                                   optim={"batch_size": 4, "max_steps": 3}, runtime={"save_every": 2}))
+    single = pretrain(
+        micro_config(
+            two_processes / "data", tmp_path / "one", optim={"batch_size": 4, "max_steps": 3}, runtime={"save_every": 2}
+        )
+    )
     two = load_file(two_processes / "run" / "final" / "model.safetensors")
     one = load_file(single.model_dir / "model.safetensors")
     assert two.keys() == one.keys()
@@ -147,9 +154,19 @@ def test_training_loop_on_two_processes_matches_one_process(two_processes: Path,
 @pytest.mark.slow
 def test_every_rank_returns_the_same_result(two_processes: Path) -> None:
     rank0, rank1 = (json.loads((two_processes / f"result-rank{rank}.json").read_text()) for rank in range(2))
-    assert rank0 == rank1 == {"model_dir": str(two_processes / "run" / "final"),
-                              "output_dir": str(two_processes / "run"), "step": 3, "total_steps": 3,
-                              "samples_replaced": 0, "rows_skipped": 0, "excluded": 0}
+    assert (
+        rank0
+        == rank1
+        == {
+            "model_dir": str(two_processes / "run" / "final"),
+            "output_dir": str(two_processes / "run"),
+            "step": 3,
+            "total_steps": 3,
+            "samples_replaced": 0,
+            "rows_skipped": 0,
+            "excluded": 0,
+        }
+    )
 
 
 def _compiled_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
@@ -160,8 +177,14 @@ def _compiled_worker(rank: int, world: int, port: int, data: str, out: str) -> N
     logging.getLogger("maco_cxr").setLevel(logging.INFO)
     try:
         for name, stop in (("straight", None), ("resumed", 2), ("resumed", None)):
-            pretrain(micro_config(Path(data), Path(out) / name, optim={"batch_size": 2, "max_steps": 4},
-                                  runtime={"save_every": 2, "compile": True, "stop_at_step": stop}))
+            pretrain(
+                micro_config(
+                    Path(data),
+                    Path(out) / name,
+                    optim={"batch_size": 2, "max_steps": 4},
+                    runtime={"save_every": 2, "compile": True, "stop_at_step": stop},
+                )
+            )
     finally:
         cleanup_distributed()
 

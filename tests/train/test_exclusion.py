@@ -38,14 +38,16 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_pretraining_never_draws_an_excluded_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_pretraining_never_draws_an_excluded_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = write_manifest(tmp_path / "data", 12)
     # an official-style split file ('path label...'): by trailing path components and by bare name
     listed = tmp_path / "test_list.txt"
     listed.write_text("# held-out test images\ndata/img_003.png 0 1\nimg_005.png 1 0\n\nnot_in_the_data.png 0 0\n")
-    config = micro_config(folder, tmp_path / "run", optim={"max_steps": 6},
-                          data={"exclude": [str(listed), "img_010"]})  # inline: the file stem
+    config = micro_config(
+        folder, tmp_path / "run", optim={"max_steps": 6}, data={"exclude": [str(listed), "img_010"]}
+    )  # inline: the file stem
     drawn = _drawn(monkeypatch, RecordSource)
     with caplog.at_level(logging.INFO, logger="maco_cxr"):
         final = pretrain(config).model_dir
@@ -58,7 +60,9 @@ def test_pretraining_never_draws_an_excluded_image(tmp_path: Path, monkeypatch: 
     report = json.loads((run / "excluded.json").read_text())
     assert report["n_excluded"] == 3 and set(report["excluded"]) == excluded
     assert [(s["source"], s["entries"], s["unmatched"], s["images"]) for s in report["sources"]] == [
-        (str(listed), 3, 1, 2), ("inline", 1, 0, 1)]
+        (str(listed), 3, 1, 2),
+        ("inline", 1, 0, 1),
+    ]
     assert report["ms_cxr"] is None  # not MIMIC-CXR: no MS-CXR check
     assert all(row["excluded"] == 3 for row in _rows(run))
     pretraining = json.loads((final / "config.json").read_text())["pretraining"]
@@ -81,13 +85,28 @@ def test_exclude_setting_errors_and_one_file_as_a_string(tmp_path: Path) -> None
 
 
 def test_prepare_exclude_leaves_images_out_of_the_store_and_pretraining_excludes_more(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = write_manifest(tmp_path / "data", 10)
     listed = tmp_path / "held_out.csv"
     write_csv(listed, ["image_path", "label"], [["img_001.png", 1], ["img_008.png", 0]])
     store = tmp_path / "store"
-    code = main(["prepare", str(folder), "--dataset", "manifest", "--out", str(store), "--size", "128",
-                 "--no-progress", "--exclude", str(listed), "img_004"])
+    code = main(
+        [
+            "prepare",
+            str(folder),
+            "--dataset",
+            "manifest",
+            "--out",
+            str(store),
+            "--size",
+            "128",
+            "--no-progress",
+            "--exclude",
+            str(listed),
+            "img_004",
+        ]
+    )
     assert code == 0
     assert "excluded 3 images named by --exclude" in capsys.readouterr().out
     rows = [json.loads(line) for line in (store / "manifest.jsonl").read_text().splitlines()]
@@ -100,32 +119,40 @@ def test_prepare_exclude_leaves_images_out_of_the_store_and_pretraining_excludes
     assert info["n_excluded"] == 3 and info["exclusion"]["sources"][0]["format"] == "csv"
 
     drawn = _drawn(monkeypatch, StoreSource)
-    config = micro_config(store, tmp_path / "run", data={"source": "store", "exclude": ["img_002"]},
-                          optim={"max_steps": 3})
+    config = micro_config(
+        store, tmp_path / "run", data={"source": "store", "exclude": ["img_002"]}, optim={"max_steps": 3}
+    )
     pretrain(config)
-    assert drawn and not {Path(p).name for p in drawn} & {"img_001.png", "img_002.png", "img_004.png",
-                                                            "img_008.png"}
+    assert drawn and not {Path(p).name for p in drawn} & {"img_001.png", "img_002.png", "img_004.png", "img_008.png"}
     assert json.loads((tmp_path / "run" / "excluded.json").read_text())["n_excluded"] == 1
 
 
 def _mimic(tmp_path: Path) -> tuple[Path, Path, Path]:
     """The fake MIMIC-CXR tree (train: d1 PA, d2 LATERAL) and an MS-CXR CSV on d1 (and d3, a test image)."""
     fake = make_mimic(tmp_path)
-    ms_cxr = write_csv(tmp_path / "MS_CXR_Local_Alignment_v1.0.0.csv", MSCXR_HEADER, [
-        ["d1", "files/p10/p10000001/s50000001/d1.jpg", 1, 1, 4, 4, 16, 12, "Atelectasis", "left lower atelectasis"],
-        ["d3", "files/p10/p10000002/s50000002/d3.jpg", 1, 1, 4, 4, 16, 12, "Edema", "edema"],
-    ])
+    ms_cxr = write_csv(
+        tmp_path / "MS_CXR_Local_Alignment_v1.0.0.csv",
+        MSCXR_HEADER,
+        [
+            ["d1", "files/p10/p10000001/s50000001/d1.jpg", 1, 1, 4, 4, 16, 12, "Atelectasis", "left lower atelectasis"],
+            ["d3", "files/p10/p10000002/s50000002/d3.jpg", 1, 1, 4, 4, 16, 12, "Edema", "edema"],
+        ],
+    )
     return fake.root, fake.kwargs["reports_root"], ms_cxr
 
 
 def _mimic_config(tmp_path: Path, root: Path, reports: Path, **data: object):
-    return micro_config(root, tmp_path / "run", optim={"batch_size": 2, "max_steps": 1},
-                        data={"kind": "mimic-cxr", "options": {"reports_root": str(reports), "views": None},
-                              **data})
+    return micro_config(
+        root,
+        tmp_path / "run",
+        optim={"batch_size": 2, "max_steps": 1},
+        data={"kind": "mimic-cxr", "options": {"reports_root": str(reports), "views": None}, **data},
+    )
 
 
-def test_mimic_pretraining_warns_with_the_count_of_ms_cxr_images(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                                 ) -> None:
+def test_mimic_pretraining_warns_with_the_count_of_ms_cxr_images(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, reports, ms_cxr = _mimic(tmp_path)
     assert read_id_list(ms_cxr).is_ms_cxr
     with caplog.at_level(logging.WARNING, logger="maco_cxr"):
@@ -138,8 +165,9 @@ def test_mimic_pretraining_warns_with_the_count_of_ms_cxr_images(tmp_path: Path,
 
 
 @pytest.mark.parametrize("how", ["unknown", "ms_cxr_excluded", "dicom_id_list"])
-def test_mimic_check_without_annotations_or_with_them_excluded(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                               how: str) -> None:
+def test_mimic_check_without_annotations_or_with_them_excluded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
     root, reports, ms_cxr = _mimic(tmp_path)
     data: dict[str, object] = {}
     if how == "ms_cxr_excluded":
@@ -151,8 +179,9 @@ def test_mimic_check_without_annotations_or_with_them_excluded(tmp_path: Path, c
     config = _mimic_config(tmp_path, root, reports, **data)
     with caplog.at_level(logging.INFO, logger="maco_cxr"):
         opened = open_source(config.data, config.model.input_size, tmp_path, is_master=True, barrier=lambda: None)
-    ms_warnings = [r.getMessage() for r in caplog.records
-                   if r.levelno == logging.WARNING and "MS-CXR" in r.getMessage()]
+    ms_warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "MS-CXR" in r.getMessage()
+    ]
     if how == "unknown":
         (message,) = ms_warnings
         assert "\n" not in message and "not checked" in message and "data.exclude" in message
@@ -162,14 +191,25 @@ def test_mimic_check_without_annotations_or_with_them_excluded(tmp_path: Path, c
         assert not ms_warnings and "none of its images is left" in caplog.text
         assert opened.exclusion.count == 1 and opened.exclusion.ms_cxr["remaining"] == 0
         assert [opened.source.where(i).split(" ")[0] for i in range(len(opened.source))] == [
-            str(root / "files/p10/p10000001/s50000001/d2.jpg")]
+            str(root / "files/p10/p10000001/s50000001/d2.jpg")
+        ]
 
 
-def test_mimic_prepare_warns_and_excludes(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_mimic_prepare_warns_and_excludes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     root, reports, ms_cxr = _mimic(tmp_path)
-    base = ["prepare", str(root), "--dataset", "mimic-cxr", "--size", "32", "--no-progress",
-            "--dataset-arg", f"reports_root={reports}"]
+    base = [
+        "prepare",
+        str(root),
+        "--dataset",
+        "mimic-cxr",
+        "--size",
+        "32",
+        "--no-progress",
+        "--dataset-arg",
+        f"reports_root={reports}",
+    ]
     with caplog.at_level(logging.WARNING, logger="maco_cxr"):
         assert main([*base, "--out", str(tmp_path / "unchecked")]) == 0
     assert "MS-CXR images may be among these MIMIC-CXR images" in caplog.text and "--exclude FILE" in caplog.text
@@ -183,8 +223,14 @@ def test_mimic_prepare_warns_and_excludes(tmp_path: Path, caplog: pytest.LogCapt
     assert info["count"] == 1 and info["exclusion"]["ms_cxr"]["remaining"] == 0
     # pre-training on the clean store re-checks it against the annotations it was prepared with
     caplog.clear()
-    store = load_pretrain_config(None, ["data.source=store", f"data.path={tmp_path / 'clean'}", "data.split=null",
-                                        ]).data
+    store = load_pretrain_config(
+        None,
+        [
+            "data.source=store",
+            f"data.path={tmp_path / 'clean'}",
+            "data.split=null",
+        ],
+    ).data
     with caplog.at_level(logging.INFO, logger="maco_cxr"):
         opened = open_source(store, 32, tmp_path, is_master=True, barrier=lambda: None)
     assert len(opened.source) == 1 and opened.exclusion.ms_cxr["remaining"] == 0

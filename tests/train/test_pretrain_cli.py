@@ -9,18 +9,43 @@ import pytest
 from maco_cxr.cli import main
 from maco_cxr.hub import load
 
-MICRO = ["model.preset=tiny", "model.vision.img_size=64", "model.vision.embed_dim=32", "model.vision.depth=1",
-         "model.vision.num_heads=2", "model.decoder.embed_dim=32", "model.decoder.num_heads=2",
-         "model.text.hidden_size=32", "model.text.num_layers=1", "model.text.num_heads=2",
-         "model.text.intermediate_size=64", "model.text.max_length=16"]
+MICRO = [
+    "model.preset=tiny",
+    "model.vision.img_size=64",
+    "model.vision.embed_dim=32",
+    "model.vision.depth=1",
+    "model.vision.num_heads=2",
+    "model.decoder.embed_dim=32",
+    "model.decoder.num_heads=2",
+    "model.text.hidden_size=32",
+    "model.text.num_layers=1",
+    "model.text.num_heads=2",
+    "model.text.intermediate_size=64",
+    "model.text.max_length=16",
+]
 CONFIG = "tiny-synthetic"  # a shipped recipe, by name
 
 
 def test_pretrain_command_on_synthetic_phantoms(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    code = main(["pretrain", "--config", str(CONFIG), "--synthetic", "12", "--output-dir", str(out),
-                 "--no-progress", "data.workers=0", "optim.batch_size=2", "optim.max_steps=3",
-                 "optim.warmup_steps=1", "runtime.device=cpu", *MICRO])
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            str(CONFIG),
+            "--synthetic",
+            "12",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "data.workers=0",
+            "optim.batch_size=2",
+            "optim.max_steps=3",
+            "optim.warmup_steps=1",
+            "runtime.device=cpu",
+            *MICRO,
+        ]
+    )
     assert code == 0
     assert f"model written to {out / 'final'}" in capsys.readouterr().out
     model = load(out / "final")
@@ -29,36 +54,68 @@ def test_pretrain_command_on_synthetic_phantoms(tmp_path: Path, capsys: pytest.C
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 steps
 
     # running it again resumes from the last checkpoint (step 3 = the end) and changes nothing
-    again = main(["pretrain", "--config", str(CONFIG), "--synthetic", "12", "--output-dir", str(out),
-                  "--no-progress", "data.workers=0", "optim.batch_size=2", "optim.max_steps=3",
-                  "optim.warmup_steps=1", "runtime.device=cpu", *MICRO])
+    again = main(
+        [
+            "pretrain",
+            "--config",
+            str(CONFIG),
+            "--synthetic",
+            "12",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "data.workers=0",
+            "optim.batch_size=2",
+            "optim.max_steps=3",
+            "optim.warmup_steps=1",
+            "runtime.device=cpu",
+            *MICRO,
+        ]
+    )
     assert again == 0
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
 
 
 def test_config_typo_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["pretrain", "--config", str(CONFIG), "optim.learning_rate=1e-3",
-                 f"runtime.output_dir={tmp_path}"])
+    code = main(["pretrain", "--config", str(CONFIG), "optim.learning_rate=1e-3", f"runtime.output_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err
     assert "maco-cxr pretrain: error:" in err and "optim.learning_rate" in err
 
 
-def test_a_stopped_run_says_where_it_stopped_and_how_to_continue(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_a_stopped_run_says_where_it_stopped_and_how_to_continue(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    code = main(["pretrain", "--config", CONFIG, "--synthetic", "8", "--output-dir", str(out), "--no-progress",
-                 "data.workers=0", "optim.batch_size=2", "optim.max_steps=3", "optim.warmup_steps=1",
-                 "runtime.device=cpu", "runtime.stop_at_step=1", *MICRO])
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            CONFIG,
+            "--synthetic",
+            "8",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "data.workers=0",
+            "optim.batch_size=2",
+            "optim.max_steps=3",
+            "optim.warmup_steps=1",
+            "runtime.device=cpu",
+            "runtime.stop_at_step=1",
+            *MICRO,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"stopped at step 1 of 3 (runtime.stop_at_step); run the same command again to continue from the " \
-           f"checkpoint in {out}" in printed
+    assert (
+        f"stopped at step 1 of 3 (runtime.stop_at_step); run the same command again to continue from the "
+        f"checkpoint in {out}" in printed
+    )
     assert "model written" not in printed and not (out / "final").exists()
 
 
-def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from maco_cxr.runtime import loop
 
     real_step, calls = loop._Skeleton._optimizer_step, []
@@ -70,11 +127,25 @@ def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(tmp_path: Path, mo
         return real_step(self, batches)
 
     monkeypatch.setattr(loop._Skeleton, "_optimizer_step", interrupted_on_the_second_step)
-    code = main(["pretrain", "--config", CONFIG, "--synthetic", "8", "--output-dir", str(tmp_path / "run"),
-                 "--no-progress", "data.workers=0", "optim.batch_size=2", "optim.max_steps=3",
-                 "optim.warmup_steps=1", "runtime.device=cpu", *MICRO])
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            CONFIG,
+            "--synthetic",
+            "8",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "data.workers=0",
+            "optim.batch_size=2",
+            "optim.max_steps=3",
+            "optim.warmup_steps=1",
+            "runtime.device=cpu",
+            *MICRO,
+        ]
+    )
     assert code == 130
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == \
-        "maco-cxr pretrain: interrupted at step 1; rerun the same command to resume"
+    assert err.strip().splitlines()[-1] == "maco-cxr pretrain: interrupted at step 1; rerun the same command to resume"
     assert "Traceback" not in err

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from maco_cxr.models.config import preset
-from maco_cxr.errors import ConfigError
 from maco_cxr.config import config_to_dict, from_dict, recipe_folder
+from maco_cxr.errors import ConfigError
+from maco_cxr.models.config import preset
 from maco_cxr.train.config import (
     PretrainConfig,
     check_config,
@@ -51,12 +51,20 @@ def test_tiny_synthetic_config_file() -> None:
 
 
 def test_overrides_are_typed_and_merged_before_validation() -> None:
-    config = load_pretrain_config(None, [
-        "model.preset=tiny", "model.vision.embed_dim=64", "model.vision.num_heads=2",  # coupled keys
-        "optim.lr=1e-4",  # YAML reads this as a string
-        "optim.max_steps=10", "data.split=2020", "runtime.resume=never", "augment.scale=[0.9, 1.1]",
-        "model.temperature=5e-2",
-    ])
+    config = load_pretrain_config(
+        None,
+        [
+            "model.preset=tiny",
+            "model.vision.embed_dim=64",
+            "model.vision.num_heads=2",  # coupled keys
+            "optim.lr=1e-4",  # YAML reads this as a string
+            "optim.max_steps=10",
+            "data.split=2020",
+            "runtime.resume=never",
+            "augment.scale=[0.9, 1.1]",
+            "model.temperature=5e-2",
+        ],
+    )
     assert config.model.temperature == 0.05
     assert (config.model.vision.embed_dim, config.model.vision.num_heads) == (64, 2)
     assert config.model.text.hidden_size == preset("tiny").text.hidden_size
@@ -67,12 +75,15 @@ def test_overrides_are_typed_and_merged_before_validation() -> None:
     assert config.augment.scale == (0.9, 1.1)
 
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    (["optim.lrr=1"], "optim.lrr"),
-    (["model.vision.deep=3"], "model.vision.deep"),
-    (["runtime.outputdir=x"], "runtime.outputdir"),
-    (["modell.x=1"], "modell"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optim.lrr=1"], "optim.lrr"),
+        (["model.vision.deep=3"], "model.vision.deep"),
+        (["runtime.outputdir=x"], "runtime.outputdir"),
+        (["modell.x=1"], "modell"),
+    ],
+)
 def test_override_typo_names_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_pretrain_config(None, overrides)
@@ -88,15 +99,18 @@ def test_file_typo_names_the_file_and_key(tmp_path: Path) -> None:
         load_pretrain_config(path)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["optim.lr=fast"], r"optim\.lr: 'fast' is not a number"),
-    (["model.mask_ratio=half"], r"model\.mask_ratio: 'half' is not a number"),
-    (["runtime.compile=maybe"], r"runtime\.compile: 'maybe' is not true or false or one of 'auto'"),
-    (["optim.batch_size=0"], r"optim\.batch_size: must be >= 1"),
-    (["data.source=folder"], r"data\.source"),
-    (["model.preset=huge"], r"model\.preset"),
-    (["optim.lr"], "key=value"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lr=fast"], r"optim\.lr: 'fast' is not a number"),
+        (["model.mask_ratio=half"], r"model\.mask_ratio: 'half' is not a number"),
+        (["runtime.compile=maybe"], r"runtime\.compile: 'maybe' is not true or false or one of 'auto'"),
+        (["optim.batch_size=0"], r"optim\.batch_size: must be >= 1"),
+        (["data.source=folder"], r"data\.source"),
+        (["model.preset=huge"], r"model\.preset"),
+        (["optim.lr"], "key=value"),
+    ],
+)
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_pretrain_config(None, overrides)
@@ -106,13 +120,15 @@ def test_cross_key_checks() -> None:
     with pytest.raises(ConfigError, match=r"data\.path: is required"):
         check_config(load_pretrain_config(None, ["data.source=store"]))
     with pytest.raises(ConfigError, match="init_mae or runtime.init_from"):
-        check_config(load_pretrain_config(None, ["data.source=synthetic", "runtime.init_mae=a.pth",
-                                                 "runtime.init_from=b"]))
+        check_config(
+            load_pretrain_config(None, ["data.source=synthetic", "runtime.init_mae=a.pth", "runtime.init_from=b"])
+        )
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
-    config = load_pretrain_config(None, ["model.preset=small", "optim.max_steps=7", "data.sections=[findings]",
-                                         "data.source=synthetic"])
+    config = load_pretrain_config(
+        None, ["model.preset=small", "optim.max_steps=7", "data.sections=[findings]", "data.source=synthetic"]
+    )
     save_pretrain_config(config, tmp_path / "c.yaml")
     again = load_pretrain_config(tmp_path / "c.yaml")
     assert again == config

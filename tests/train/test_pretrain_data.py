@@ -12,8 +12,8 @@ import torch
 
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.reports import negation_counterfactual, sample_report_sentences
-from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.train.config import load_pretrain_config
 from maco_cxr.train.data import PairCollate, PairDataset, RecordSource, ResumableSampler, SkipLog
 
@@ -23,7 +23,7 @@ from .conftest import write_manifest
 def _blocks(sampler: ResumableSampler) -> list[list[int]]:
     keys = list(sampler)
     indices = [index for _, index in keys]
-    return [indices[i: i + sampler.batch_size] for i in range(0, len(indices), sampler.batch_size)]
+    return [indices[i : i + sampler.batch_size] for i in range(0, len(indices), sampler.batch_size)]
 
 
 def test_sampler_cuts_the_epoch_permutation_into_rank_blocks() -> None:
@@ -33,8 +33,8 @@ def test_sampler_cuts_the_epoch_permutation_into_rank_blocks() -> None:
         sampler.set_position(epoch=1)
     perm = one.permutation(1)
     for k in range(4):
-        assert _blocks(ranks[0])[k] + _blocks(ranks[1])[k] == perm[4 * k: 4 * k + 4].tolist()
-        assert _blocks(one)[k] == perm[4 * k: 4 * k + 4].tolist()
+        assert _blocks(ranks[0])[k] + _blocks(ranks[1])[k] == perm[4 * k : 4 * k + 4].tolist()
+        assert _blocks(one)[k] == perm[4 * k : 4 * k + 4].tolist()
     assert {epoch for epoch, _ in ranks[0]} == {1}
     assert len(ranks[0]) == 8
     assert not np.array_equal(one.permutation(0), one.permutation(1))
@@ -92,8 +92,12 @@ def test_collate_tokenizes_and_keeps_uint8(tmp_path: Path) -> None:
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 1, 64, 64)
     ids = batch["tokens"]["input_ids"]
     assert ids.shape[0] == 3 and ids.shape[1] % 8 == 0 and ids.shape[1] <= 16  # trailing padding trimmed
-    assert torch.equal(ids, PairCollate(ReportTokenizer.from_file(None, 16)).tokenizer(
-        [pairs[(0, i)]["text"] for i in range(3)])["input_ids"][:, :ids.shape[1]])
+    assert torch.equal(
+        ids,
+        PairCollate(ReportTokenizer.from_file(None, 16)).tokenizer([pairs[(0, i)]["text"] for i in range(3)])[
+            "input_ids"
+        ][:, : ids.shape[1]],
+    )
     assert torch.equal(batch["index"], torch.tensor([0, 1, 2]))
 
 
@@ -108,7 +112,8 @@ def test_negation_negatives_flip_one_sentence_reproducibly_and_are_tokenized(tmp
     assert {pairs[(epoch, 1)]["negative_text"] for epoch in range(12)} == {
         "there is pneumothorax. mild cardiomegaly. the trachea is midline. ",
         "no pneumothorax. no mild cardiomegaly. the trachea is midline. ",
-        "no pneumothorax. mild cardiomegaly. no the trachea is midline. "}
+        "no pneumothorax. mild cardiomegaly. no the trachea is midline. ",
+    }
     batch = PairCollate(ReportTokenizer.from_file(None, 16))([pairs[(0, i)] for i in range(3)])
     assert batch["negative_tokens"]["input_ids"].shape[0] == batch["tokens"]["input_ids"].shape[0] == 3
     assert "negative_text" not in _pairs(folder)[(0, 1)]
@@ -134,8 +139,10 @@ def test_unreadable_image_and_empty_report_raise_or_are_replaced(tmp_path: Path)
     lenient = _pairs(folder, on_error="skip")
     sample = lenient[(0, 1)]
     assert sample["index"] == 3 and sample["text"] == "edema. "
-    assert [item["path"].split(" ")[0] for item in sample["skipped"]] == [str(folder / "img_001.png"),
-                                                                         str(folder / "img_002.png")]
+    assert [item["path"].split(" ")[0] for item in sample["skipped"]] == [
+        str(folder / "img_001.png"),
+        str(folder / "img_002.png"),
+    ]
     assert "report" in sample["skipped"][1]["reason"]
 
 

@@ -20,9 +20,9 @@ from maco_cxr.data.reports import sample_report_sentences
 from maco_cxr.errors import CheckpointError, ConfigError, DataError
 from maco_cxr.hub import load
 from maco_cxr.runtime.checkpoint import list_checkpoints, load_trainer_state
+from maco_cxr.runtime.schedules import lr_multiplier
 from maco_cxr.train.config import replace
 from maco_cxr.train.pretrain import plan_schedule, pretrain
-from maco_cxr.runtime.schedules import lr_multiplier
 
 from .conftest import REPORTS, micro_config, write_manifest
 
@@ -36,9 +36,18 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_schedule_plan() -> None:
-    config = micro_config(Path("d"), Path("o"), optim={"batch_size": 3, "accum_steps": 2, "max_steps": None,
-                                                       "epochs": 4, "warmup_steps": None,
-                                                       "warmup_epochs": 1.5})
+    config = micro_config(
+        Path("d"),
+        Path("o"),
+        optim={
+            "batch_size": 3,
+            "accum_steps": 2,
+            "max_steps": None,
+            "epochs": 4,
+            "warmup_steps": None,
+            "warmup_epochs": 1.5,
+        },
+    )
     plan = plan_schedule(40, config.optim, world_size=2)
     assert (plan.global_batch, plan.steps_per_epoch, plan.total_steps) == (12, 3, 12)
     assert (plan.warmup_steps, plan.micro_batches_per_epoch) == (4, 6)
@@ -50,8 +59,11 @@ def test_resumed_run_ends_with_identical_weights(manifest_dir: Path, tmp_path: P
     """Stop after the checkpoint at step 3 (mid-epoch), resume, and match an uninterrupted run
     bit for bit: weights, optimizer, lr schedule (defined by the total, 5 steps), data order,
     text sampling, augmentation, masks and dropout (text dropout 0.1 here)."""
-    sections = {"optim": {"batch_size": 2, "accum_steps": 2, "max_steps": 5, "warmup_steps": 2},
-                "runtime": {"save_every": 3}, "model": {"text": {"dropout": 0.1}}}
+    sections = {
+        "optim": {"batch_size": 2, "accum_steps": 2, "max_steps": 5, "warmup_steps": 2},
+        "runtime": {"save_every": 3},
+        "model": {"text": {"dropout": 0.1}},
+    }
     whole = pretrain(micro_config(manifest_dir, tmp_path / "whole", **sections)).model_dir
     split = micro_config(manifest_dir, tmp_path / "split", **sections)
     stopped = pretrain(replace(split, runtime={"stop_at_step": 3})).model_dir
@@ -95,15 +107,17 @@ def test_resume_refuses_a_run_with_other_settings(manifest_dir: Path, tmp_path: 
 
 
 def test_outputs_and_final_model(manifest_dir: Path, tmp_path: Path) -> None:
-    final = pretrain(micro_config(manifest_dir, tmp_path / "run", optim={"max_steps": 4},
-                                  runtime={"save_every": 1, "keep_last": 2})).model_dir
+    final = pretrain(
+        micro_config(manifest_dir, tmp_path / "run", optim={"max_steps": 4}, runtime={"save_every": 1, "keep_last": 2})
+    ).model_dir
     run = tmp_path / "run"
     assert final == run / "final"
     model = load(final)
     assert model.config.input_size == 128 and model.config.vision.depth == 1
     assert [step for step, _ in list_checkpoints(run)] == [3, 4]
-    assert all(torch.equal(v, _weights(final)[k]) for k, v in _weights(run / "checkpoints" / "step-00000004" /
-                                                                        "model").items())
+    assert all(
+        torch.equal(v, _weights(final)[k]) for k, v in _weights(run / "checkpoints" / "step-00000004" / "model").items()
+    )
     rows = _rows(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"step", "epoch", "lr", "rec", "con", "total", "images_per_s", "max_mem_gb"} <= rows[0].keys()
@@ -115,8 +129,12 @@ def test_outputs_and_final_model(manifest_dir: Path, tmp_path: Path) -> None:
 
 def test_init_from_starts_at_the_given_weights(manifest_dir: Path, tmp_path: Path) -> None:
     first = pretrain(micro_config(manifest_dir, tmp_path / "a", optim={"max_steps": 2})).model_dir
-    config = micro_config(manifest_dir, tmp_path / "b", optim={"max_steps": 1, "lr": 1e-12, "warmup_steps": 0},
-                          runtime={"init_from": str(first)})
+    config = micro_config(
+        manifest_dir,
+        tmp_path / "b",
+        optim={"max_steps": 1, "lr": 1e-12, "warmup_steps": 0},
+        runtime={"init_from": str(first)},
+    )
     second = _weights(pretrain(config).model_dir)
     for name, tensor in _weights(first).items():
         torch.testing.assert_close(second[name], tensor, atol=1e-8, rtol=0, msg=name)
@@ -137,8 +155,9 @@ def test_unreadable_images_are_replaced_counted_and_listed(tmp_path: Path) -> No
     (folder / "img_002.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match=r"img_00[27]\.png .*field"):
         pretrain(micro_config(folder, tmp_path / "strict", optim={"batch_size": 8, "max_steps": 1}))
-    pretrain(micro_config(folder, tmp_path / "lenient", data={"on_error": "skip"},
-                          optim={"batch_size": 8, "max_steps": 2}))
+    pretrain(
+        micro_config(folder, tmp_path / "lenient", data={"on_error": "skip"}, optim={"batch_size": 8, "max_steps": 2})
+    )
     payload = json.loads((tmp_path / "lenient" / "skipped.json").read_text())
     counts = {entry["path"].split(" ")[0]: entry["count"] for entry in payload["training"]}
     assert counts == {str(folder / "img_002.png"): 2, str(folder / "img_007.png"): 2}
@@ -146,8 +165,9 @@ def test_unreadable_images_are_replaced_counted_and_listed(tmp_path: Path) -> No
     assert _rows(tmp_path / "lenient")[-1]["skipped"] == 4
 
 
-def test_tensorboard_without_the_package_is_a_clear_error(manifest_dir: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorboard_without_the_package_is_a_clear_error(
+    manifest_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now fails
     with pytest.raises(ConfigError, match=r"pip install 'maco-cxr\[tensorboard\]'"):
         pretrain(micro_config(manifest_dir, tmp_path / "run", runtime={"tensorboard": True}))
@@ -155,10 +175,13 @@ def test_tensorboard_without_the_package_is_a_clear_error(manifest_dir: Path, tm
 
 @pytest.mark.slow
 def test_overfits_eight_pairs_until_retrieval_is_perfect(manifest_dir: Path, tmp_path: Path) -> None:
-    config = micro_config(manifest_dir, tmp_path / "run",
-                          optim={"batch_size": 8, "max_steps": 200, "warmup_steps": 5, "lr": 3e-3,
-                                 "weight_decay": 0.0},
-                          augment={"enabled": False}, runtime={"save_every": 1000})
+    config = micro_config(
+        manifest_dir,
+        tmp_path / "run",
+        optim={"batch_size": 8, "max_steps": 200, "warmup_steps": 5, "lr": 3e-3, "weight_decay": 0.0},
+        augment={"enabled": False},
+        runtime={"save_every": 1000},
+    )
     final = pretrain(config).model_dir
     rows = _rows(tmp_path / "run")
     first, last = rows[:5], rows[-5:]
@@ -188,23 +211,27 @@ def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path: Path) 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_failing_compile_falls_back_to_eager_with_a_message(manifest_dir: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_a_failing_compile_falls_back_to_eager_with_a_message(
+    manifest_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
     """runtime.compile tries torch.compile once on a batch of the training shape; when it fails the
     run goes on eagerly and trains exactly what an eager run trains."""
 
     def broken_compile(self, *args, **kwargs):
         def fail(*a, **k):
             raise RuntimeError("no C compiler for the inductor backend")
+
         self._compiled_call_impl = fail
 
     monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
     with caplog.at_level("WARNING", logger="maco_cxr.train.pretrain"):
-        final = pretrain(micro_config(manifest_dir, tmp_path / "compiled", optim={"max_steps": 2},
-                                      runtime={"compile": True})).model_dir
+        final = pretrain(
+            micro_config(manifest_dir, tmp_path / "compiled", optim={"max_steps": 2}, runtime={"compile": True})
+        ).model_dir
     assert "torch.compile failed (RuntimeError: no C compiler" in caplog.text
-    eager = pretrain(micro_config(manifest_dir, tmp_path / "eager", optim={"max_steps": 2},
-                                  runtime={"compile": False})).model_dir
+    eager = pretrain(
+        micro_config(manifest_dir, tmp_path / "eager", optim={"max_steps": 2}, runtime={"compile": False})
+    ).model_dir
     a, b = load(final).state_dict(), load(eager).state_dict()
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -55,17 +55,29 @@ def test_no_decay_on_vectors_norms_and_named_parameters() -> None:
     groups = param_groups(_Tiny(), 0.05, no_decay_names={"pos_embed"})
     by_name = {name: group["weight_decay"] for group in groups for name in group["names"]}
     assert by_name == {
-        "pos_embed": 0.0, "patch_embed.weight": 0.05, "patch_embed.bias": 0.0,
-        "blocks.0.0.weight": 0.05, "blocks.0.0.bias": 0.0, "blocks.0.1.weight": 0.0, "blocks.0.1.bias": 0.0,
-        "blocks.1.0.weight": 0.05, "blocks.1.0.bias": 0.0, "blocks.1.1.weight": 0.0, "blocks.1.1.bias": 0.0,
-        "head.weight": 0.05, "head.bias": 0.0, "scale": 0.0,
+        "pos_embed": 0.0,
+        "patch_embed.weight": 0.05,
+        "patch_embed.bias": 0.0,
+        "blocks.0.0.weight": 0.05,
+        "blocks.0.0.bias": 0.0,
+        "blocks.0.1.weight": 0.0,
+        "blocks.0.1.bias": 0.0,
+        "blocks.1.0.weight": 0.05,
+        "blocks.1.0.bias": 0.0,
+        "blocks.1.1.weight": 0.0,
+        "blocks.1.1.bias": 0.0,
+        "head.weight": 0.05,
+        "head.bias": 0.0,
+        "scale": 0.0,
     }
     assert all(group["lr_scale"] == 1.0 for group in groups)
 
 
 def test_layer_decay_scales() -> None:
-    assert [vit_layer_id(n, 2) for n in ("visual.pos_embed", "patch_embed.proj.weight", "blocks.0.x",
-                                         "backbone.blocks.1.y", "head.weight")] == [0, 0, 1, 2, 3]
+    assert [
+        vit_layer_id(n, 2)
+        for n in ("visual.pos_embed", "patch_embed.proj.weight", "blocks.0.x", "backbone.blocks.1.y", "head.weight")
+    ] == [0, 0, 1, 2, 3]
     groups = param_groups(_Tiny(), 0.05, layer_decay=0.5, num_layers=2)
     scales = {name: group["lr_scale"] for group in groups for name in group["names"]}
     assert scales["pos_embed"] == 0.125 and scales["blocks.0.0.weight"] == 0.25

@@ -15,8 +15,19 @@ if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
     from maco_cxr.models.maco import MacoModel
 
-DATASET_KINDS = ("manifest", "cxr-real", "mimic-cxr", "chexpert", "nih", "rsna", "siim", "ms-cxr",
-                 "covid-rural", "vindr-cxr", "chexlocalize")
+DATASET_KINDS = (
+    "manifest",
+    "cxr-real",
+    "mimic-cxr",
+    "chexpert",
+    "nih",
+    "rsna",
+    "siim",
+    "ms-cxr",
+    "covid-rural",
+    "vindr-cxr",
+    "chexlocalize",
+)
 """The names of :data:`maco_cxr.data.datasets.DATASETS` (a test keeps them equal), listed here
 because the registry imports torch: ``--dataset`` is checked before it."""
 
@@ -44,10 +55,19 @@ def dataset_kind(*extra: str) -> Callable[[str], str]:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, head counts of official checkpoints, --device, --batch-size, --workers."""
-    parser.add_argument("--model", required=True, type=existing_path, metavar="M",
-                        help="model directory (config.json + model.safetensors) or official maco.pth")
-    parser.add_argument("--text-heads", type=int, metavar="N",
-                        help="BERT heads of an official maco.pth (not stored in it; default width / 64)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=existing_path,
+        metavar="M",
+        help="model directory (config.json + model.safetensors) or official maco.pth",
+    )
+    parser.add_argument(
+        "--text-heads",
+        type=int,
+        metavar="N",
+        help="BERT heads of an official maco.pth (not stored in it; default width / 64)",
+    )
     parser.add_argument("--vision-heads", type=int, metavar="N", help="ViT heads of an official maco.pth")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -57,64 +77,100 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     """--dataset KIND --root DIR [--split] [--official-split | --split-file] [-o key=value]."""
-    parser.add_argument("--dataset", required=required, type=dataset_kind(), metavar="KIND",
-                        help="dataset adapter: manifest, cxr-real, nih, chexpert, rsna, siim, ms-cxr, ...")
+    parser.add_argument(
+        "--dataset",
+        required=required,
+        type=dataset_kind(),
+        metavar="KIND",
+        help="dataset adapter: manifest, cxr-real, nih, chexpert, rsna, siim, ms-cxr, ...",
+    )
     parser.add_argument("--root", type=existing_path, metavar="DIR", help="dataset root folder (or manifest file)")
     parser.add_argument("--split", default=None, help="the adapter's split (e.g. test, val)")
     chosen = parser.add_mutually_exclusive_group()
-    chosen.add_argument("--official-split", metavar="NAME",
-                        help="keep the images of the official MaCo split NAME (test, val, train_1, ...) "
-                        "with its labels (nih, chexpert, rsna, siim)")
-    chosen.add_argument("--split-file", type=existing_file, metavar="FILE",
-                        help="keep the images listed in FILE ('path label...' per line)")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra keyword argument of the dataset adapter (value read as a config value: "
-                        "true/false, numbers, [lists]), "
-                        "e.g. -o annotations=ms_cxr.csv; repeatable")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip (and count and list) unusable rows and unreadable image files instead of "
-                        "stopping at the first")
+    chosen.add_argument(
+        "--official-split",
+        metavar="NAME",
+        help="keep the images of the official MaCo split NAME (test, val, train_1, ...) "
+        "with its labels (nih, chexpert, rsna, siim)",
+    )
+    chosen.add_argument(
+        "--split-file",
+        type=existing_file,
+        metavar="FILE",
+        help="keep the images listed in FILE ('path label...' per line)",
+    )
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword argument of the dataset adapter (value read as a config value: "
+        "true/false, numbers, [lists]), "
+        "e.g. -o annotations=ms_cxr.csv; repeatable",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip (and count and list) unusable rows and unreadable image files instead of stopping at the first",
+    )
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     """--val-split NAME [--val-official-split NAME | --val-split-file FILE]: a validation split."""
     group = parser.add_argument_group(
-        "validation split", "score a validation split of the same dataset first, with the same model, and "
+        "validation split",
+        "score a validation split of the same dataset first, with the same model, and "
         "choose operating points (thresholds) on it that are then applied to the evaluated split. It is "
         "built like the evaluated split (same --dataset, --root, -o options) with: the adapter split "
         "--val-split (default: --split), and the official split or split file given here (the evaluated "
-        "split's --official-split / --split-file are not carried over)")
+        "split's --official-split / --split-file are not carried over)",
+    )
     group.add_argument("--val-split", metavar="NAME", help="the adapter's validation split (e.g. val)")
     chosen = group.add_mutually_exclusive_group()
-    chosen.add_argument("--val-official-split", metavar="NAME",
-                        help="keep the images of the official MaCo split NAME (e.g. val) for validation")
-    chosen.add_argument("--val-split-file", type=existing_file, metavar="FILE",
-                        help="keep the images listed in FILE ('path label...' per line) for validation")
+    chosen.add_argument(
+        "--val-official-split",
+        metavar="NAME",
+        help="keep the images of the official MaCo split NAME (e.g. val) for validation",
+    )
+    chosen.add_argument(
+        "--val-split-file",
+        type=existing_file,
+        metavar="FILE",
+        help="keep the images listed in FILE ('path label...' per line) for validation",
+    )
 
 
 def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     """--bootstrap N (default 1000, 0 = off) and --seed S (default 0)."""
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="bootstrap resamples of the 95%% confidence intervals (default 1000; 0 = none); "
-                        "whole patients are resampled when the dataset records patient ids, else images")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of the 95%% confidence intervals (default 1000; 0 = none); "
+        "whole patients are resampled when the dataset records patient ids, else images",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
 
 
 def wants_validation(args: argparse.Namespace) -> bool:
     """True when any validation-split argument was given."""
-    return any(getattr(args, name, None) is not None
-               for name in ("val_split", "val_official_split", "val_split_file"))
+    return any(getattr(args, name, None) is not None for name in ("val_split", "val_official_split", "val_split_file"))
 
 
-def build_validation_dataset_from_args(args: argparse.Namespace, *, inherit_split: bool = True,
-                                       **extra: Any) -> ChestXrayDataset:
+def build_validation_dataset_from_args(
+    args: argparse.Namespace, *, inherit_split: bool = True, **extra: Any
+) -> ChestXrayDataset:
     """The validation dataset of :func:`add_validation_arguments`: the adapter split is
     ``--val-split``, else ``--split`` (``inherit_split=False``: else none, e.g. for a separate
     validation annotation file); ``extra`` are adapter keyword arguments."""
     values = dict(vars(args))
-    values.update(split=args.val_split if args.val_split is not None else (args.split if inherit_split else None),
-                  official_split=getattr(args, "val_official_split", None),
-                  split_file=getattr(args, "val_split_file", None))
+    values.update(
+        split=args.val_split if args.val_split is not None else (args.split if inherit_split else None),
+        official_split=getattr(args, "val_official_split", None),
+        split_file=getattr(args, "val_split_file", None),
+    )
     return build_dataset_from_args(argparse.Namespace(**values), **extra)
 
 
@@ -145,8 +201,12 @@ def build_dataset_from_args(args: argparse.Namespace, **extra: Any) -> ChestXray
 
         path = args.split_file or official_split_path(args.dataset, args.official_split)
         entries = read_split_file(path)
-        dataset = subset_by_split_file(dataset, entries, use_file_labels=bool(entries and len(entries[0].labels)),
-                                       on_error="skip" if args.skip_bad else "raise")
+        dataset = subset_by_split_file(
+            dataset,
+            entries,
+            use_file_labels=bool(entries and len(entries[0].labels)),
+            on_error="skip" if args.skip_bad else "raise",
+        )
     if len(dataset.skips):
         print(f"note: {len(dataset.skips)} rows/files were skipped (first: {dataset.skips.skipped[0]})")
     return dataset

@@ -18,10 +18,12 @@ def register(subparsers: Any) -> None:
         "validation). Reports COCO AP, AP50, AP75. Writes metrics.json, predictions.csv, best/, final/, "
         "checkpoints/, overlays/, curves.png and log.jsonl into --out. " + TORCHRUN_HINT.format(command="detect"),
     )
-    add_common_arguments(parser, config_folder="detect",
-                         dataset_help="dataset adapter: rsna, vindr-cxr, nih (boxes), manifest with boxes.csv, ...",
-                         split_help="training images: a split file or an official name (train_1, train_10, train) "
-                         "for rsna")
+    add_common_arguments(
+        parser,
+        config_folder="detect",
+        dataset_help="dataset adapter: rsna, vindr-cxr, nih (boxes), manifest with boxes.csv, ...",
+        split_help="training images: a split file or an official name (train_1, train_10, train) for rsna",
+    )
     parser.set_defaults(func=run)
 
 
@@ -33,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config, metrics = done
     test = metrics["test"]
-    print(f"test ({test['n_images']} images, {test['n_boxes']} boxes); model from step {metrics['best_step']} "
-          f"({metrics['selection']})")
+    print(
+        f"test ({test['n_images']} images, {test['n_boxes']} boxes); model from step {metrics['best_step']} "
+        f"({metrics['selection']})"
+    )
     for name in ("AP", "AP50", "AP75"):
         print(f"  {name:<5} {fmt(test[name])}")
     print(f"outputs: {config.runtime.out} (reload: maco_cxr.load_finetuned('{config.runtime.out}/best'))")

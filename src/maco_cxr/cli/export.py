@@ -11,27 +11,42 @@ from maco_cxr.cli._paths import existing_path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export", help="export the image and text encoders as ONNX (or TorchScript) graphs",
+        "export",
+        help="export the image and text encoders as ONNX (or TorchScript) graphs",
         description="Write image_encoder (normalised float [N,3,S,S]), image_encoder_uint8 (grey uint8 "
         "[N,1,H,W] of any size: normalised, resized and cropped inside) and text_encoder (input_ids, "
         "attention_mask int64 [N,L]) graphs with a dynamic batch, plus tokenizer.json, preprocessing.json, "
         "export.json and MODEL_CARD.md, into one folder "
         "written atomically. Every graph is checked against eager PyTorch (max abs difference <= --atol). "
-        'ONNX needs onnx, onnxscript and onnxruntime: pip install "maco-cxr[export]".')
-    parser.add_argument("--model", required=True, type=existing_path, metavar="M",
-                        help="model directory (config.json + model.safetensors) or official maco.pth")
-    parser.add_argument("--format", dest="formats", action="append", choices=("onnx", "torchscript"),
-                        metavar="{onnx,torchscript}", help="graph format; repeat for both (default: onnx)")
+        'ONNX needs onnx, onnxscript and onnxruntime: pip install "maco-cxr[export]".',
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=existing_path,
+        metavar="M",
+        help="model directory (config.json + model.safetensors) or official maco.pth",
+    )
+    parser.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("onnx", "torchscript"),
+        metavar="{onnx,torchscript}",
+        help="graph format; repeat for both (default: onnx)",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
-    parser.add_argument("--atol", type=float, default=1e-4,
-                        help="largest allowed difference from eager PyTorch (default 1e-4)")
+    parser.add_argument(
+        "--atol", type=float, default=1e-4, help="largest allowed difference from eager PyTorch (default 1e-4)"
+    )
     parser.add_argument("--no-check", action="store_true", help="skip running the exported graphs")
     parser.add_argument("--text-heads", type=int, metavar="N", help="BERT heads of an official maco.pth")
     parser.add_argument("--vision-heads", type=int, metavar="N", help="ViT heads of an official maco.pth")
     parser.add_argument("--decoder-heads", type=int, metavar="N", help="MAE decoder heads of an official maco.pth")
-    parser.add_argument("--sha256", metavar="HEX",
-                        help="expected SHA-256 of the checkpoint (model.safetensors for a directory)")
+    parser.add_argument(
+        "--sha256", metavar="HEX", help="expected SHA-256 of the checkpoint (model.safetensors for a directory)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,11 +58,19 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
 
     path: Path = args.model
     if path.is_file() and path.suffix != ".safetensors":
-        model, report = load_official(path, text_heads=args.text_heads, vision_heads=args.vision_heads,
-                                      decoder_heads=args.decoder_heads, sha256=args.sha256)
+        model, report = load_official(
+            path,
+            text_heads=args.text_heads,
+            vision_heads=args.vision_heads,
+            decoder_heads=args.decoder_heads,
+            sha256=args.sha256,
+        )
         known = next((k for k in KNOWN_CHECKPOINTS if k.name == report.known_checkpoint), None)
-        origin = {"file": path.name, "known_checkpoint": report.known_checkpoint,
-                  "training_data": known.training_data if known else None}
+        origin = {
+            "file": path.name,
+            "known_checkpoint": report.known_checkpoint,
+            "training_data": known.training_data if known else None,
+        }
         return model, {"converted_from": origin}
     model = load(path, sha256=args.sha256)
     config = (path if path.is_dir() else path.parent) / CONFIG_NAME
@@ -59,8 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
     model, metadata = _load(args)
     try:
-        result = export(model, args.out, formats=tuple(args.formats or ("onnx",)), opset=args.opset,
-                        check=not args.no_check, atol=args.atol, metadata=metadata, source=args.model.name)
+        result = export(
+            model,
+            args.out,
+            formats=tuple(args.formats or ("onnx",)),
+            opset=args.opset,
+            check=not args.no_check,
+            atol=args.atol,
+            metadata=metadata,
+            source=args.model.name,
+        )
     except ImportError as err:  # onnx / onnxscript / onnxruntime missing: the message has the install hint
         raise ExportError(str(err)) from err
     for fmt, graphs in result.max_abs_diff.items():

@@ -18,11 +18,14 @@ def register(subparsers: Any) -> None:
         "final/, checkpoints/, roc.png, training_curves.png and log.jsonl into --out. "
         + TORCHRUN_HINT.format(command="finetune"),
     )
-    add_common_arguments(parser, config_folder="finetune",
-                         dataset_help="dataset adapter (nih, chexpert, rsna, siim, manifest, cxr-real, ...) or "
-                         "'store' for a folder written by `maco-cxr prepare`",
-                         split_help="training images: a split file ('path label...' per line) or an official name "
-                         "(train_1, train_10, train) for nih/chexpert/rsna/siim")
+    add_common_arguments(
+        parser,
+        config_folder="finetune",
+        dataset_help="dataset adapter (nih, chexpert, rsna, siim, manifest, cxr-real, ...) or "
+        "'store' for a folder written by `maco-cxr prepare`",
+        split_help="training images: a split file ('path label...' per line) or an official name "
+        "(train_1, train_10, train) for nih/chexpert/rsna/siim",
+    )
     parser.add_argument("--mode", choices=("finetune", "linear_probe"), help="model.mode")
     parser.set_defaults(func=run)
 
@@ -44,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
     left_out = test.get("auc_undefined", {})
     classes = len(metrics["classes"])
     over = f"{classes - len(left_out)} of {classes}" if left_out else f"{classes}"
-    print(f"test mean AUC {fmt(test['mean_auc'])}{interval} over {over} classes "
-          f"({test['n_images']} test images); best validation AUC {fmt(metrics['val_best']['mean_auc'])} at "
-          f"step {metrics['best_step']} of {metrics['steps']}")
+    print(
+        f"test mean AUC {fmt(test['mean_auc'])}{interval} over {over} classes "
+        f"({test['n_images']} test images); best validation AUC {fmt(metrics['val_best']['mean_auc'])} at "
+        f"step {metrics['best_step']} of {metrics['steps']}"
+    )
     for name, auc in test["per_class_auc"].items():
         why = f"  ({left_out[name]} in the test split: not in the mean)" if name in left_out else ""
         print(f"  {name:<28} {fmt(auc)}{why}")

@@ -44,7 +44,8 @@ _DEFAULT_TEMPLATE = "Findings suggesting {c}."  # maco_cxr.tasks.grounding.DEFAU
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "ground", help="phrase grounding: a heatmap on one image, or CNR / mIoU over a dataset",
+        "ground",
+        help="phrase grounding: a heatmap on one image, or CNR / mIoU over a dataset",
         description="With IMAGE and PHRASE: write the official MaCo grounding map of PHRASE on IMAGE (in the "
         "image's own geometry) as an overlay PNG and the raw map as .npy. With --dataset: evaluate every "
         "(image, phrase) item with boxes (MS-CXR, or a generic manifest with boxes.csv) or with masks (SIIM, "
@@ -55,31 +56,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metric.csv (the official layout: one row per threshold 0.1..0.5 and 'mean'; columns threshold, "
         "iou, cnr, pg, dice, recall, precision, their _cat (category-mean) versions, then iou_/cnr_/pg_/"
         "dice_<category>), opt_thresholds.csv (with validation), summary.json and overlays of the first K "
-        "items. See `maco_cxr.cli.ground` for every column.")
+        "items. See `maco_cxr.cli.ground` for every column.",
+    )
     parser.add_argument("image", nargs="?", type=existing_file, help="image file (PNG, JPEG or DICOM)")
     parser.add_argument("phrase", nargs="?", help="the phrase to ground, e.g. 'right pleural effusion'")
     common.add_model_arguments(parser)
     common.add_dataset_arguments(parser, required=False)
-    parser.add_argument("--annotations", type=existing_file, metavar="FILE",
-                        help="MS-CXR annotations (CSV or COCO JSON) for --dataset ms-cxr")
-    parser.add_argument("--target", choices=("auto", "boxes", "masks"), default="auto",
-                        help="ground truth: boxes (grouped by label into one item per image and phrase) or "
-                        "masks (one item per image and category: SIIM pneumothorax, covid-rural opacity, "
-                        "chexlocalize positive pathologies, manifest mask labels; mapped to the 224 grid "
-                        "nearest-neighbour; empty ones left out). Default auto: boxes when the dataset has "
-                        "any, else masks")
-    parser.add_argument("--phrase-template", default=_DEFAULT_TEMPLATE, metavar="TEXT",
-                        help="the phrase of a mask item, {c} = its category (default "
-                        f"{_DEFAULT_TEMPLATE!r}, the official one; '{{c}}' = the bare name; without {{c}} "
-                        "one phrase for all, e.g. the official covid-rural 'Findings suggesting pneumonia.')")
-    parser.add_argument("--phrases", nargs="+", metavar="LABEL",
-                        help="with --dataset: evaluate only boxes with these labels (e.g. 'left lung'), or "
-                        "with masks only these categories (e.g. Cardiomegaly)")
-    parser.add_argument("--overlays", type=int, default=8, metavar="K",
-                        help="with --dataset: write overlays of the first K items (default 8)")
-    parser.add_argument("--val-annotations", type=existing_file, metavar="FILE",
-                        help="MS-CXR validation annotations (CSV or COCO JSON): its items choose each "
-                        "category's threshold (read whole unless --val-split is given)")
+    parser.add_argument(
+        "--annotations",
+        type=existing_file,
+        metavar="FILE",
+        help="MS-CXR annotations (CSV or COCO JSON) for --dataset ms-cxr",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("auto", "boxes", "masks"),
+        default="auto",
+        help="ground truth: boxes (grouped by label into one item per image and phrase) or "
+        "masks (one item per image and category: SIIM pneumothorax, covid-rural opacity, "
+        "chexlocalize positive pathologies, manifest mask labels; mapped to the 224 grid "
+        "nearest-neighbour; empty ones left out). Default auto: boxes when the dataset has "
+        "any, else masks",
+    )
+    parser.add_argument(
+        "--phrase-template",
+        default=_DEFAULT_TEMPLATE,
+        metavar="TEXT",
+        help="the phrase of a mask item, {c} = its category (default "
+        f"{_DEFAULT_TEMPLATE!r}, the official one; '{{c}}' = the bare name; without {{c}} "
+        "one phrase for all, e.g. the official covid-rural 'Findings suggesting pneumonia.')",
+    )
+    parser.add_argument(
+        "--phrases",
+        nargs="+",
+        metavar="LABEL",
+        help="with --dataset: evaluate only boxes with these labels (e.g. 'left lung'), or "
+        "with masks only these categories (e.g. Cardiomegaly)",
+    )
+    parser.add_argument(
+        "--overlays",
+        type=int,
+        default=8,
+        metavar="K",
+        help="with --dataset: write overlays of the first K items (default 8)",
+    )
+    parser.add_argument(
+        "--val-annotations",
+        type=existing_file,
+        metavar="FILE",
+        help="MS-CXR validation annotations (CSV or COCO JSON): its items choose each "
+        "category's threshold (read whole unless --val-split is given)",
+    )
     common.add_validation_arguments(parser)
     common.add_bootstrap_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("grounding-results"), help="output folder")
@@ -129,19 +156,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     dataset = common.build_dataset_from_args(args, **extra)
     val_dataset = None
     if args.val_annotations is not None:
-        val_dataset = common.build_validation_dataset_from_args(args, inherit_split=False,
-                                                                annotations=args.val_annotations)
+        val_dataset = common.build_validation_dataset_from_args(
+            args, inherit_split=False, annotations=args.val_annotations
+        )
     elif common.wants_validation(args):
         val_dataset = common.build_validation_dataset_from_args(args, **extra)
     model = common.load_model_from_args(args)
     result = run_grounding(
-        model, dataset, args.out, phrases=args.phrases, target=args.target,
-        phrase_template=args.phrase_template, validation=val_dataset, overlays=args.overlays,
-        n_bootstrap=args.bootstrap, seed=args.seed,
-        batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+        model,
+        dataset,
+        args.out,
+        phrases=args.phrases,
+        target=args.target,
+        phrase_template=args.phrase_template,
+        validation=val_dataset,
+        overlays=args.overlays,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
         source=run_source(args, annotations=args.annotations),
-        validation_source=None if val_dataset is None else validation_source(
-            args, annotations=args.val_annotations if args.val_annotations is not None else args.annotations))
+        validation_source=None
+        if val_dataset is None
+        else validation_source(
+            args, annotations=args.val_annotations if args.val_annotations is not None else args.annotations
+        ),
+    )
     _print_report(result.summary)
     tables = [p.name for p in result.files if p.suffix in (".csv", ".json")]
     print(f"wrote {', '.join(tables)} and {len(result.summary['overlays'])} overlays to {result.out}")
@@ -162,21 +203,31 @@ def _print_report(s: dict[str, Any]) -> None:
         print(f"{name:<28} {row['n']:>5} {row['cnr']:>8.4f} {row['miou']:>8.4f} {row['pointing']:>9.3f}")
     print(f"{'items (mean)':<28} {s['n']:>5} {s['cnr']:>8.4f} {s['miou']:>8.4f} {s['pointing']:>9.3f}")
     c = s["category_mean"]
-    print(f"{'categories (mean)':<28} {len(s['per_category']):>5} {c['cnr']:>8.4f} {c['miou']:>8.4f} "
-          f"{c['pointing']:>9.3f}")
+    print(
+        f"{'categories (mean)':<28} {len(s['per_category']):>5} {c['cnr']:>8.4f} {c['miou']:>8.4f} "
+        f"{c['pointing']:>9.3f}"
+    )
     if ci is not None:
-        print(f"{'items 95% CI':<28} {'':>5} CNR {_interval(ci, 'cnr')}  mIoU {_interval(ci, 'miou')}  "
-              f"({ci['n_resamples']} resamples by {ci['unit']}, {ci['n_groups']} {ci['unit']}s, seed {ci['seed']})")
+        print(
+            f"{'items 95% CI':<28} {'':>5} CNR {_interval(ci, 'cnr')}  mIoU {_interval(ci, 'miou')}  "
+            f"({ci['n_resamples']} resamples by {ci['unit']}, {ci['n_groups']} {ci['unit']}s, seed {ci['seed']})"
+        )
     print(f"\n{'threshold':<10} {'IoU':>8} {'Dice':>8} {'precision':>10} {'recall':>8} {'IoU_cat':>8}")
     for i, t in enumerate(table["threshold"]):
         label = t if isinstance(t, str) else f"{t:.1f}"
-        print(f"{label:<10} {table['iou'][i]:>8.4f} {table['dice'][i]:>8.4f} {table['precision'][i]:>10.4f} "
-              f"{table['recall'][i]:>8.4f} {table['iou_cat'][i]:>8.4f}")
+        print(
+            f"{label:<10} {table['iou'][i]:>8.4f} {table['dice'][i]:>8.4f} {table['precision'][i]:>10.4f} "
+            f"{table['recall'][i]:>8.4f} {table['iou_cat'][i]:>8.4f}"
+        )
     opt = s.get("opt_thresholds")
     if opt is not None:
         print(f"\n{'category (val threshold)':<28} {'thr':>5} {'val IoU':>8} {'n_test':>7} {'IoU':>8} {'Dice':>8}")
         for name, v in opt["per_category"].items():
-            print(f"{name:<28} {v['threshold']:>5.2f} {v['val_iou']:>8.4f} {v['n_test']:>7} {v['iou']:>8.4f} "
-                  f"{v['dice']:>8.4f}")
-        print(f"{'items / categories':<28} {'':>5} {'':>8} {opt['n_test']:>7} {opt['iou']:>8.4f} "
-              f"(category mean {opt['iou_cat']:.4f})")
+            print(
+                f"{name:<28} {v['threshold']:>5.2f} {v['val_iou']:>8.4f} {v['n_test']:>7} {v['iou']:>8.4f} "
+                f"{v['dice']:>8.4f}"
+            )
+        print(
+            f"{'items / categories':<28} {'':>5} {'':>8} {opt['n_test']:>7} {opt['iou']:>8.4f} "
+            f"(category mean {opt['iou_cat']:.4f})"
+        )

@@ -22,17 +22,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Resumes from the newest checkpoint in runtime.output_dir by default. Many GPUs: "
         "torchrun --standalone --nproc_per_node 4 -m maco_cxr pretrain --config base-paper",
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides (values read as YAML)")
-    parser.add_argument("--config", type=recipe_file("pretrain"), metavar="NAME|FILE.yaml",
-                        help="pre-training recipe name (tiny-synthetic, base-paper) or config file")
-    parser.add_argument("--preset", metavar="NAME", help="model preset: tiny, small or base "
-                        "(= model.preset=NAME)")
-    parser.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic phantoms "
-                        "(= data.source=synthetic data.synthetic_count=N)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (values read as YAML)")
+    parser.add_argument(
+        "--config",
+        type=recipe_file("pretrain"),
+        metavar="NAME|FILE.yaml",
+        help="pre-training recipe name (tiny-synthetic, base-paper) or config file",
+    )
+    parser.add_argument("--preset", metavar="NAME", help="model preset: tiny, small or base (= model.preset=NAME)")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="train on N synthetic phantoms (= data.source=synthetic data.synthetic_count=N)",
+    )
     parser.add_argument("--output-dir", metavar="DIR", help="= runtime.output_dir=DIR")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show a progress bar (= runtime.progress)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (= runtime.progress)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -73,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     result = pretrain(config)
     if world_info_from_env().is_master and result.stopped_at_step is not None:
-        print(f"stopped at step {result.stopped_at_step} of {result.total_steps} (runtime.stop_at_step); run "
-              f"the same command again to continue from the checkpoint in {result.output_dir}")
+        print(
+            f"stopped at step {result.stopped_at_step} of {result.total_steps} (runtime.stop_at_step); run "
+            f"the same command again to continue from the checkpoint in {result.output_dir}"
+        )
     elif world_info_from_env().is_master:
         print(f"model written to {result.model_dir}")
     return 0

@@ -17,18 +17,23 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "retrieve", help="image <-> report retrieval recall@1/5/10",
+        "retrieve",
+        help="image <-> report retrieval recall@1/5/10",
         description="Embed every image and its report, rank by cosine similarity and report recall@k "
         "both ways (image->report and report->image). Items with identical report text count as matches "
-        "of each other. Give --manifest FILE, or --dataset KIND --root DIR.")
+        "of each other. Give --manifest FILE, or --dataset KIND --root DIR.",
+    )
     common.add_model_arguments(parser)
-    parser.add_argument("--manifest", type=existing_path, metavar="FILE",
-                        help="a manifest.csv / manifest.jsonl (same as --dataset manifest --root FILE)")
+    parser.add_argument(
+        "--manifest",
+        type=existing_path,
+        metavar="FILE",
+        help="a manifest.csv / manifest.jsonl (same as --dataset manifest --root FILE)",
+    )
     common.add_dataset_arguments(parser, required=False)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default 1 5 10)")
     common.add_bootstrap_arguments(parser)
-    parser.add_argument("--out", type=Path, default=Path("retrieval-results"),
-                        help="output folder (summary.json)")
+    parser.add_argument("--out", type=Path, default=Path("retrieval-results"), help="output folder (summary.json)")
     parser.set_defaults(func=run)
 
 
@@ -46,11 +51,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or more resamples")
     dataset = common.build_dataset_from_args(args)
     model = common.load_model_from_args(args)
-    result = run_retrieval(model, dataset, args.out, ks=args.k, n_bootstrap=args.bootstrap, seed=args.seed,
-                           batch_size=args.batch_size, num_workers=args.workers,
-                           progress=not args.no_progress, source=run_source(args))
-    print(f"{result.n_pairs} image-report pairs ({result.n_unique_reports} distinct reports, "
-          f"{result.n_without_report} records without a report left out)")
+    result = run_retrieval(
+        model,
+        dataset,
+        args.out,
+        ks=args.k,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        source=run_source(args),
+    )
+    print(
+        f"{result.n_pairs} image-report pairs ({result.n_unique_reports} distinct reports, "
+        f"{result.n_without_report} records without a report left out)"
+    )
     if result.n_unreadable:
         first = result.summary["unreadable"][0]
         print(f"{result.n_unreadable} unreadable images left out; first: {first['path']}: {first['reason']}")
@@ -59,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<16} {cells}")
     ci = result.summary["ci"]
     if ci is not None:
-        print(f"95% CIs: {ci['n_resamples']} bootstrap resamples of the queries by {ci['unit']} "
-              f"({ci['n_groups']}), seed {ci['seed']}")
+        print(
+            f"95% CIs: {ci['n_resamples']} bootstrap resamples of the queries by {ci['unit']} "
+            f"({ci['n_groups']}), seed {ci['seed']}"
+        )
     print(f"wrote {result.summary_path}")
     return 0
 

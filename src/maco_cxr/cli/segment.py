@@ -20,10 +20,12 @@ def register(subparsers: Any) -> None:
         "final/, checkpoints/, overlays/, curves.png and log.jsonl into --out. "
         + TORCHRUN_HINT.format(command="segment"),
     )
-    add_common_arguments(parser, config_folder="segment",
-                         dataset_help="dataset adapter: siim, covid-rural, chexlocalize, manifest, cxr-real, ...",
-                         split_help="training images: a split file or an official name (train_1, train_10, train) "
-                         "for siim")
+    add_common_arguments(
+        parser,
+        config_folder="segment",
+        dataset_help="dataset adapter: siim, covid-rural, chexlocalize, manifest, cxr-real, ...",
+        split_help="training images: a split file or an official name (train_1, train_10, train) for siim",
+    )
     parser.set_defaults(func=run)
 
 
@@ -37,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     config, metrics = done
     test = metrics["test"]
-    print(f"test ({test['n_images']} images, {test['n_empty_targets']} with an empty mask; target "
-          f"{', '.join(metrics['target_labels'])}); model from step {metrics['best_step']} ({metrics['selection']})")
+    print(
+        f"test ({test['n_images']} images, {test['n_empty_targets']} with an empty mask; target "
+        f"{', '.join(metrics['target_labels'])}); model from step {metrics['best_step']} ({metrics['selection']})"
+    )
     for name in METRIC_NAMES:
         print(f"  {name:<26} {fmt(test[name])}")
     print(f"outputs: {config.runtime.out} (reload: maco_cxr.load_finetuned('{config.runtime.out}/best'))")

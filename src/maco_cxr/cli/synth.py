@@ -20,10 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n", type=int, required=True, metavar="N", help="number of images")
     parser.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (512)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="drawing processes; 0 draws in this process (default)")
-    parser.add_argument("--no-negations", dest="negations", action="store_false",
-                        help="reports name only what is present (no 'No pneumothorax.' sentences)")
+    parser.add_argument("--workers", type=int, default=0, help="drawing processes; 0 draws in this process (default)")
+    parser.add_argument(
+        "--no-negations",
+        dest="negations",
+        action="store_false",
+        help="reports name only what is present (no 'No pneumothorax.' sentences)",
+    )
     parser.set_defaults(func=synth)
 
 
@@ -31,8 +34,15 @@ def synth(args: argparse.Namespace) -> int:
     from maco_cxr.data.synthetic import FINDINGS
     from maco_cxr.data.synthetic.writer import NO_FINDING, write_synthetic_dataset
 
-    manifest = write_synthetic_dataset(args.out, args.n, args.seed, args.size, negations=args.negations,
-                                       workers=args.workers, progress=sys.stderr.isatty())
+    manifest = write_synthetic_dataset(
+        args.out,
+        args.n,
+        args.seed,
+        args.size,
+        negations=args.negations,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
     counts = {name: 0 for name in (*FINDINGS, NO_FINDING)}
     with manifest.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):

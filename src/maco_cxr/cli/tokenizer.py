@@ -13,10 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tokenizer", help="train a WordPiece vocabulary on reports")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     train = actions.add_parser(
-        "train", help="learn a vocabulary with the official special tokens and normalisation",
+        "train",
+        help="learn a vocabulary with the official special tokens and normalisation",
         description="Reads report texts from .txt files (one report per file, e.g. MIMIC-CXR's "
         "files/pNN/.../sNNN.txt), from a folder searched recursively for .txt, or from a CSV/JSONL "
-        "manifest's 'report' column, and writes a tokenizers JSON usable as text.tokenizer.")
+        "manifest's 'report' column, and writes a tokenizers JSON usable as text.tokenizer.",
+    )
     train.add_argument("sources", nargs="+", type=existing_path, help="folders, .txt files or manifest.csv/.jsonl")
     train.add_argument("--out", type=Path, required=True, help="output tokenizer JSON")
     train.add_argument("--vocab-size", type=int, default=30000)

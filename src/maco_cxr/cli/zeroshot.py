@@ -29,20 +29,30 @@ from maco_cxr.cli._sources import run_source, validation_source
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "zeroshot", help="zero-shot classification of a dataset (official prompts and scoring)",
+        "zeroshot",
+        help="zero-shot classification of a dataset (official prompts and scoring)",
         description="Score every image of a dataset against text prompts: p_c = softmax([z.P_c, z.N_c])[0] "
         "with P_c / N_c the mean embeddings of the positive / negative prompts (official MaCo). Writes "
         "scores.csv, roc_curves.png, reliability.png and summary.json (per-class and macro AUC, F1, ACC at "
         "0.5 with bootstrap 95 % intervals, ECE; with a validation split also Youden / max-F1 thresholds "
-        "chosen on it and applied here) to --out.")
+        "chosen on it and applied here) to --out.",
+    )
     common.add_model_arguments(parser)
     common.add_dataset_arguments(parser, required=True)
-    parser.add_argument("--classes", nargs="+", metavar="NAME",
-                        help="class names to score (default: the dataset's classes); labels are matched "
-                        "to the dataset's classes by name, case-insensitively")
-    parser.add_argument("--prompts", default=None, metavar="SET|FILE",
-                        help="prompt set 'default' or 'siim' (official), or a YAML/JSON prompt file "
-                        "(default: 'siim' for --dataset siim, else 'default')")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="class names to score (default: the dataset's classes); labels are matched "
+        "to the dataset's classes by name, case-insensitively",
+    )
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        metavar="SET|FILE",
+        help="prompt set 'default' or 'siim' (official), or a YAML/JSON prompt file "
+        "(default: 'siim' for --dataset siim, else 'default')",
+    )
     common.add_validation_arguments(parser)
     common.add_bootstrap_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("zeroshot-results"), help="output folder")
@@ -59,16 +69,27 @@ def run(args: argparse.Namespace) -> int:
     val_dataset = common.build_validation_dataset_from_args(args) if common.wants_validation(args) else None
     model = common.load_model_from_args(args)
     result = run_zeroshot(
-        model, dataset, args.out, classes=args.classes, validation=val_dataset,
+        model,
+        dataset,
+        args.out,
+        classes=args.classes,
+        validation=val_dataset,
         prompts=args.prompts or ("siim" if args.dataset == "siim" else "default"),
-        n_bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
-        progress=not args.no_progress, source=run_source(args),
-        validation_source=None if val_dataset is None else validation_source(args))
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        source=run_source(args),
+        validation_source=None if val_dataset is None else validation_source(args),
+    )
     _print_report(result.summary)
     if result.n_unreadable:
         first = result.summary["unreadable"][0]
-        print(f"{result.n_unreadable} unreadable files left out (listed in summary.json); first: "
-              f"{first['path']}: {first['reason']}")
+        print(
+            f"{result.n_unreadable} unreadable files left out (listed in summary.json); first: "
+            f"{first['path']}: {first['reason']}"
+        )
     print(f"wrote {', '.join(str(path.relative_to(result.out)) for path in result.files)} to {result.out}")
     return 0
 
@@ -86,32 +107,47 @@ def _interval(ci: dict[str, Any] | None) -> str:
 def _print_report(summary: dict[str, Any]) -> None:
     ci = summary["ci"]
     calibration = summary["calibration"]["per_class"]
-    print(f"{'class':<24} {'n':>6} {'pos':>6} {'AUC':>7} {'AUC 95% CI':>16} {'F1w':>7} {'F1w 95% CI':>16} "
-          f"{'F1m':>7} {'ACC':>7} {'ECE':>7}")
+    print(
+        f"{'class':<24} {'n':>6} {'pos':>6} {'AUC':>7} {'AUC 95% CI':>16} {'F1w':>7} {'F1w 95% CI':>16} "
+        f"{'F1m':>7} {'ACC':>7} {'ECE':>7}"
+    )
     for name, row in summary["per_class"].items():
         intervals = (ci or {}).get("per_class", {}).get(name, {})
         ece = calibration[name]["ece"] if calibration.get(name) else None
-        print(f"{name:<24} {row['n']:>6} {row['n_pos']:>6} {_fmt(row['auc'])} {_interval(intervals.get('auc'))} "
-              f"{_fmt(row['f1_weighted'])} {_interval(intervals.get('f1_weighted'))} {_fmt(row['f1_macro'])} "
-              f"{_fmt(row['acc'])} {_fmt(ece)}")
+        print(
+            f"{name:<24} {row['n']:>6} {row['n_pos']:>6} {_fmt(row['auc'])} {_interval(intervals.get('auc'))} "
+            f"{_fmt(row['f1_weighted'])} {_interval(intervals.get('f1_weighted'))} {_fmt(row['f1_macro'])} "
+            f"{_fmt(row['acc'])} {_fmt(ece)}"
+        )
     pooled = summary["calibration"]["pooled"]
     means = ci or {}
-    print(f"{'macro':<24} {'':>6} {'':>6} {_fmt(summary['macro_auc'])} {_interval(means.get('macro_auc'))} "
-          f"{_fmt(summary['mean_f1_weighted'])} {_interval(means.get('mean_f1_weighted'))} "
-          f"{_fmt(summary['mean_f1_macro'])} {_fmt(summary['macro_acc'])} "
-          f"{_fmt(pooled['ece'] if pooled else None)}")
+    print(
+        f"{'macro':<24} {'':>6} {'':>6} {_fmt(summary['macro_auc'])} {_interval(means.get('macro_auc'))} "
+        f"{_fmt(summary['mean_f1_weighted'])} {_interval(means.get('mean_f1_weighted'))} "
+        f"{_fmt(summary['mean_f1_macro'])} {_fmt(summary['macro_acc'])} "
+        f"{_fmt(pooled['ece'] if pooled else None)}"
+    )
     if ci is not None:
-        print(f"95% CIs: {ci['n_resamples']} bootstrap resamples by {ci['unit']} ({ci['n_groups']}), "
-              f"seed {ci['seed']}; ECE of the macro row: all classes pooled")
+        print(
+            f"95% CIs: {ci['n_resamples']} bootstrap resamples by {ci['unit']} ({ci['n_groups']}), "
+            f"seed {ci['seed']}; ECE of the macro row: all classes pooled"
+        )
     points = summary["operating_points"]
     if points is None:
         return
-    print(f"\nthresholds chosen on validation ({points['n_val_images']} images), applied here; "
-          f"F1+ = F1 of the positive label, sens / spec = sensitivity / specificity")
+    print(
+        f"\nthresholds chosen on validation ({points['n_val_images']} images), applied here; "
+        f"F1+ = F1 of the positive label, sens / spec = sensitivity / specificity"
+    )
     print(f"{'class':<24} {'point':<8} {'thr':>7} {'F1+':>7} {'sens':>7} {'spec':>7} {'ACC':>7}")
     for name in summary["per_class"]:
-        for label, method, point in (("youden", "youden", "chosen"), ("max-F1", "max_f1", "chosen"),
-                                     ("fixed", "youden", "fixed")):
+        for label, method, point in (
+            ("youden", "youden", "chosen"),
+            ("max-F1", "max_f1", "chosen"),
+            ("fixed", "youden", "fixed"),
+        ):
             v = points[method]["per_class"][name][point]
-            print(f"{name if label == 'youden' else '':<24} {label:<8} {_fmt(v['threshold'])} "
-                  f"{_fmt(v['f1_positive'])} {_fmt(v['sensitivity'])} {_fmt(v['specificity'])} {_fmt(v['acc'])}")
+            print(
+                f"{name if label == 'youden' else '':<24} {label:<8} {_fmt(v['threshold'])} "
+                f"{_fmt(v['f1_positive'])} {_fmt(v['sensitivity'])} {_fmt(v['specificity'])} {_fmt(v['acc'])}"
+            )

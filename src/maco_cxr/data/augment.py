@@ -40,9 +40,7 @@ class AugmentConfig:
         if self.degrees < 0:
             raise ConfigError(f"AugmentConfig.degrees must be >= 0, got {self.degrees}")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(
-                f"AugmentConfig.scale must be (low, high) with 0 < low <= high, got {self.scale}"
-            )
+            raise ConfigError(f"AugmentConfig.scale must be (low, high) with 0 < low <= high, got {self.scale}")
         if self.std <= 0:
             raise ConfigError(f"AugmentConfig.std must be > 0, got {self.std}")
 
@@ -64,8 +62,9 @@ def _check_images(images_uint8: torch.Tensor) -> None:
         )
 
 
-def sample_params(batch_size: int, cfg: AugmentConfig, generator: torch.Generator | None,
-                  device: torch.device | str = "cpu") -> AugmentParams:
+def sample_params(
+    batch_size: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> AugmentParams:
     """Draw flip ~ Bernoulli(flip_p), angle ~ U(-degrees, degrees), scale ~ U(*scale).
 
     All draws come from one ``torch.rand`` call on ``generator`` (which must live on ``device``),
@@ -116,8 +115,9 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid
 
 
-def affine_normalize(images_uint8: torch.Tensor, params: AugmentParams, mean: float = MEAN,
-                     std: float = STD) -> torch.Tensor:
+def affine_normalize(
+    images_uint8: torch.Tensor, params: AugmentParams, mean: float = MEAN, std: float = STD
+) -> torch.Tensor:
     """Warp uint8 ``[B, 1, H, W]`` by ``params`` and normalise: float ``[B, 3, H, W]``.
 
     Bilinear, zero padding, ``align_corners=False``; the 1/255 scaling and the normalisation are
@@ -126,14 +126,12 @@ def affine_normalize(images_uint8: torch.Tensor, params: AugmentParams, mean: fl
     _check_images(images_uint8)
     b, _, h, w = images_uint8.shape
     grid = affine_grid(affine_theta(params, h, w).to(images_uint8.device), h, w)
-    warped = F.grid_sample(images_uint8.float(), grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=False)
+    warped = F.grid_sample(images_uint8.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     warped.mul_(1.0 / (255.0 * std)).sub_(mean / std)
     return warped.expand(b, 3, h, w)
 
 
-def augment_batch(images_uint8: torch.Tensor, cfg: AugmentConfig,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def augment_batch(images_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Augment uint8 ``[B, 1, H, W]`` with the pre-training recipe: float ``[B, 3, H, W]``.
 
     ``generator`` must be on the images' device; ``None`` uses torch's default generator.
@@ -143,8 +141,7 @@ def augment_batch(images_uint8: torch.Tensor, cfg: AugmentConfig,
     return affine_normalize(images_uint8, params, cfg.mean, cfg.std)
 
 
-def normalize_batch(images_uint8: torch.Tensor, mean: float = MEAN,
-                    std: float = STD) -> torch.Tensor:
+def normalize_batch(images_uint8: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
     """Evaluation path, no augmentation: uint8 ``[B, 1, H, W]`` -> float ``[B, 3, H, W]``."""
     _check_images(images_uint8)
     b, _, h, w = images_uint8.shape

@@ -69,8 +69,7 @@ def as_path_list(paths: PathsInput, what: str) -> list[str | os.PathLike[str]]:
     if is_one_path(paths):
         return [paths]
     if isinstance(paths, (bytes, bytearray)) or not isinstance(paths, Iterable):
-        raise DataError(f"{what}: expected a path (str or os.PathLike) or a list of paths; got "
-                        f"{type(paths).__name__}")
+        raise DataError(f"{what}: expected a path (str or os.PathLike) or a list of paths; got {type(paths).__name__}")
     items = list(paths)
     for i, item in enumerate(items):
         if not is_one_path(item):
@@ -82,8 +81,10 @@ def image_report_pairs(data: Any, what: str) -> list[tuple[ImageInput, str]]:
     """``(image, report)`` pairs: one pair or an iterable of them; a single path is refused (it
     has no report). ``what`` names the argument in errors."""
     if is_one_path(data):
-        raise DataError(f"{what}: got one path ({os.fspath(data)!r}); give (image, report) pairs, e.g. "
-                        "[('a.png', 'small left effusion.'), ...], or a dataset with reports")
+        raise DataError(
+            f"{what}: got one path ({os.fspath(data)!r}); give (image, report) pairs, e.g. "
+            "[('a.png', 'small left effusion.'), ...], or a dataset with reports"
+        )
     one_pair = isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], str)
     if one_pair and not isinstance(data[0], tuple):
         return [data]
@@ -93,8 +94,7 @@ def image_report_pairs(data: Any, what: str) -> list[tuple[ImageInput, str]]:
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[1], str)):
             length = f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else ""
-            raise DataError(f"{what}[{i}]: expected an (image, report text) pair; got "
-                            f"{type(pair).__name__}{length}")
+            raise DataError(f"{what}[{i}]: expected an (image, report text) pair; got {type(pair).__name__}{length}")
     return [(image, report) for image, report in pairs]
 
 
@@ -119,22 +119,26 @@ def load_images(images: ImagesInput) -> list[np.ndarray]:
                 f"images: a tensor of shape {list(images.shape)} is ambiguous: one RGB image in "
                 "torchvision's [C, H, W] layout, or 3 grey images. Pass one colour image as image[None] "
                 "([1, 3, H, W]) or [image] (it is converted to grey like a colour PNG), 3 grey images as "
-                "images[:, None] ([3, 1, H, W]) or a list")
+                "images[:, None] ([3, 1, H, W]) or a list"
+            )
         array = _to_numpy(images, "images")
         if array.ndim == 3:
             return [_grey(frame, f"images[{i}]") for i, frame in enumerate(array)]
         if array.ndim == 4:
             channels_last = isinstance(images, np.ndarray)
-            return [_grey(frame if channels_last else np.moveaxis(frame, 0, -1), f"images[{i}]")
-                    for i, frame in enumerate(array)]
-        raise DataError(f"images: expected [H, W], [N, H, W] or [N, C, H, W] pixels; got shape "
-                        f"{list(array.shape)}")
+            return [
+                _grey(frame if channels_last else np.moveaxis(frame, 0, -1), f"images[{i}]")
+                for i, frame in enumerate(array)
+            ]
+        raise DataError(f"images: expected [H, W], [N, H, W] or [N, C, H, W] pixels; got shape {list(array.shape)}")
     if isinstance(images, Sequence):
         if not images:
             raise DataError("images: the list is empty; give at least one image")
         return [_one(item, f"images[{i}]") for i, item in enumerate(images)]
-    raise DataError(f"images: unsupported type {type(images).__name__}; give a path, a PIL image, "
-                    "a numpy array, a torch tensor or a list of them")
+    raise DataError(
+        f"images: unsupported type {type(images).__name__}; give a path, a PIL image, "
+        "a numpy array, a torch tensor or a list of them"
+    )
 
 
 def _one(image: Any, where: str) -> np.ndarray:
@@ -147,8 +151,9 @@ def _one(image: Any, where: str) -> np.ndarray:
         if isinstance(image, torch.Tensor) and array.ndim == 3 and array.shape[0] in (1, 3):
             array = np.moveaxis(array, 0, -1)
         return _grey(array, where)
-    raise DataError(f"{where}: unsupported type {type(image).__name__}; give a path, a PIL image, "
-                    "a numpy array or a torch tensor")
+    raise DataError(
+        f"{where}: unsupported type {type(image).__name__}; give a path, a PIL image, a numpy array or a torch tensor"
+    )
 
 
 def _to_numpy(values: np.ndarray | torch.Tensor, where: str) -> np.ndarray:
@@ -161,7 +166,8 @@ def _to_numpy(values: np.ndarray | torch.Tensor, where: str) -> np.ndarray:
         return np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     raise DataError(
         f"{where}: pixels of dtype {array.dtype} are ambiguous (unknown scale); convert them to "
-        "uint8 (0..255), or pass normalised float [N, 3, 224, 224] tensors to model.encode_images")
+        "uint8 (0..255), or pass normalised float [N, 3, 224, 224] tensors to model.encode_images"
+    )
 
 
 def _grey(array: np.ndarray, where: str) -> np.ndarray:
@@ -173,8 +179,7 @@ def _grey(array: np.ndarray, where: str) -> np.ndarray:
     elif array.ndim == 3 and array.shape[-1] in (3, 4):
         grey = _from_pil(Image.fromarray(np.ascontiguousarray(array)), where)
     else:
-        raise DataError(f"{where}: expected [H, W] or [H, W, 1|3|4] pixels; got shape "
-                        f"{list(array.shape)}")
+        raise DataError(f"{where}: expected [H, W] or [H, W, 1|3|4] pixels; got shape {list(array.shape)}")
     if min(grey.shape) < 1:
         raise DataError(f"{where}: the image is empty (shape {list(grey.shape)})")
     return np.ascontiguousarray(grey)
@@ -189,15 +194,15 @@ def _from_pil(image: Image.Image, where: str) -> np.ndarray:
     if mode in _SIXTEEN_BIT_MODES:
         return np.rint(np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     if mode in ("I", "F"):
-        raise DataError(f"{where}: PIL mode {mode!r} (32-bit pixels) has no known scale; convert "
-                        "the image to 'L' (8-bit) first")
+        raise DataError(
+            f"{where}: PIL mode {mode!r} (32-bit pixels) has no known scale; convert the image to 'L' (8-bit) first"
+        )
     if mode in ("P", "PA"):
         image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
     elif mode in ("La", "RGBa"):
         image = image.convert("LA" if mode == "La" else "RGBA")
     if image.mode in ("LA", "RGBA"):
         alpha = np.asarray(image)[..., -1].astype(np.float64) / 255.0
-        colour = np.asarray(image.convert("RGB" if image.mode == "RGBA" else "L").convert("L"),
-                            dtype=np.float64)
+        colour = np.asarray(image.convert("RGB" if image.mode == "RGBA" else "L").convert("L"), dtype=np.float64)
         return np.rint(colour * alpha).astype(np.uint8)
     return np.array(image.convert("RGB").convert("L"), dtype=np.uint8)

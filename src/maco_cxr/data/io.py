@@ -56,9 +56,20 @@ from maco_cxr.errors import ImageReadError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["MAX_ASPECT_RATIO", "MIN_IMAGE_SIDE", "DicomHeader", "ImageInfo", "check_image_size", "is_dicom",
-           "read_dicom_header", "read_image", "read_image_bytes", "read_image_bytes_with_info",
-           "read_image_with_info", "read_mask"]
+__all__ = [
+    "MAX_ASPECT_RATIO",
+    "MIN_IMAGE_SIDE",
+    "DicomHeader",
+    "ImageInfo",
+    "check_image_size",
+    "is_dicom",
+    "read_dicom_header",
+    "read_image",
+    "read_image_bytes",
+    "read_image_bytes_with_info",
+    "read_image_with_info",
+    "read_mask",
+]
 
 #: Inference refuses images with a shorter side below this many pixels (see :func:`check_image_size`).
 MIN_IMAGE_SIDE = 32
@@ -66,18 +77,18 @@ MIN_IMAGE_SIDE = 32
 MAX_ASPECT_RATIO = 10.0
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
-               Image.DecompressionBombError)
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _GREY_MODES = ("1", "L", "LA", "La", "I", "F", *_SIXTEEN_BIT_MODES)  # Pillow modes without colour
 _GREY_DICOM = ("MONOCHROME1", "MONOCHROME2")
-_COLOUR_DICOM = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420",
-                 "PALETTE COLOR")
+_COLOUR_DICOM = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420", "PALETTE COLOR")
 _LUMA = "ITU-R 601-2 luma"
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: the index of a DICOM export
-_DECODER_HINT = ("the decoders maco-cxr depends on are missing: reinstall it, or "
-                 "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`")
+_DECODER_HINT = (
+    "the decoders maco-cxr depends on are missing: reinstall it, or "
+    "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`"
+)
 
 
 @dataclass(frozen=True)
@@ -213,8 +224,9 @@ def read_image_bytes_with_info(data: bytes, name: str) -> tuple[np.ndarray, Imag
     return _read_pillow(source)
 
 
-def read_dicom_header(source: str | os.PathLike[str] | bytes, *, name: str | None = None,
-                      identifiers: Sequence[str] = ()) -> DicomHeader | None:
+def read_dicom_header(
+    source: str | os.PathLike[str] | bytes, *, name: str | None = None, identifiers: Sequence[str] = ()
+) -> DicomHeader | None:
     """The :class:`DicomHeader` of a DICOM file, or of DICOM bytes held in memory; ``None`` when
     ``source`` is not DICOM by the rule :func:`read_image` uses (suffix or ``DICM`` magic).
 
@@ -238,8 +250,10 @@ def read_dicom_header(source: str | os.PathLike[str] | bytes, *, name: str | Non
     try:
         dataset = pydicom.dcmread(where, stop_before_pixels=True, force=True)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
-        raise ImageReadError(f"{where}: cannot read the DICOM header ({type(exc).__name__}: {exc}); "
-                             "the file is truncated or not DICOM: re-copy or re-export it") from exc
+        raise ImageReadError(
+            f"{where}: cannot read the DICOM header ({type(exc).__name__}: {exc}); "
+            "the file is truncated or not DICOM: re-copy or re-export it"
+        ) from exc
     return _dicom_header(where, dataset, identifiers)
 
 
@@ -270,13 +284,19 @@ def _dicom_header(path: _Source, dataset: Dataset, identifiers: Sequence[str]) -
             voi = "none: the full output range maps to 0..255"
     meta = getattr(dataset, "file_meta", None)
     return DicomHeader(
-        rows=rows, columns=columns, frames=_whole_number(path, dataset, "NumberOfFrames", 1),
+        rows=rows,
+        columns=columns,
+        frames=_whole_number(path, dataset, "NumberOfFrames", 1),
         modality=str(dataset.get("Modality", "") or "").strip() or None,
-        photometric=photometric or None, bits_stored=bits,
-        modality_lut=modality_lut, voi=voi, window=window, inverted=photometric == "MONOCHROME1",
+        photometric=photometric or None,
+        bits_stored=bits,
+        modality_lut=modality_lut,
+        voi=voi,
+        window=window,
+        inverted=photometric == "MONOCHROME1",
         sop_class_uid=str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
-        identifiers={key: "" if dataset.get(key) is None else str(dataset.get(key)).strip()
-                     for key in identifiers})
+        identifiers={key: "" if dataset.get(key) is None else str(dataset.get(key)).strip() for key in identifiers},
+    )
 
 
 def _optional_whole(path: _Source, dataset: Dataset, keyword: str) -> int | None:
@@ -298,7 +318,8 @@ def _decimal(path: _Source, dataset: Dataset, keyword: str) -> float:
     except (TypeError, ValueError) as exc:
         raise ImageReadError(
             f"{path}: the DICOM header element {element.tag} {keyword} holds {value!r}, not a number; "
-            "the header is malformed: fix that element or export the image again") from exc
+            "the header is malformed: fix that element or export the image again"
+        ) from exc
 
 
 def check_image_size(shape: tuple[int, ...], where: str = "image") -> None:
@@ -316,12 +337,14 @@ def check_image_size(shape: tuple[int, ...], where: str = "image") -> None:
         raise ImageReadError(
             f"{where}: the image is {width}x{height} px (width x height); a radiograph needs at least "
             f"{MIN_IMAGE_SIDE} px on each side to be scored or grounded. Check that this is the "
-            "full image and not a thumbnail or icon, or leave it out")
+            "full image and not a thumbnail or icon, or leave it out"
+        )
     if long > MAX_ASPECT_RATIO * short:
         raise ImageReadError(
             f"{where}: the image is {width}x{height} px (width x height), {long / short:.1f} times longer "
             f"than wide; at most {MAX_ASPECT_RATIO:g}:1 can be scored or grounded as a radiograph. Check "
-            "that this is the full image and not a strip or a cropped border, or leave it out")
+            "that this is the full image and not a strip or a cropped border, or leave it out"
+        )
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
@@ -392,8 +415,7 @@ def _read_pillow(path: _Source) -> tuple[np.ndarray, ImageInfo]:
         return _linear_to_uint8(np.asarray(image).astype(np.float64), 0.0, 65535.0), info
     if mode in ("I", "F"):
         raise ImageReadError(
-            f"{path}: unsupported pixel mode {mode!r} ({image.format} with 32-bit pixels); "
-            "save it as 8- or 16-bit PNG"
+            f"{path}: unsupported pixel mode {mode!r} ({image.format} with 32-bit pixels); save it as 8- or 16-bit PNG"
         )
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in image.info
@@ -449,34 +471,35 @@ def _decode_dicom(path: _Source) -> tuple[Dataset, np.ndarray, str]:
     pydicom = _import_pydicom()
     try:
         dataset = pydicom.dcmread(path, force=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError,
-            struct.error) as exc:
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
         raise ImageReadError(f"{path}: cannot parse the DICOM file ({exc})") from exc
     if "PixelData" not in dataset:
         raise ImageReadError(f"{path}: {_why_no_pixel_data(path, dataset)}")
     frames = _whole_number(path, dataset, "NumberOfFrames", 1)
     if frames != 1:
         raise ImageReadError(
-            f"{path}: multi-frame DICOM ({frames} frames); export the frame you need as a "
-            "single-frame file"
+            f"{path}: multi-frame DICOM ({frames} frames); export the frame you need as a single-frame file"
         )
     photometric = _photometric(dataset)
     samples = _whole_number(path, dataset, "SamplesPerPixel", 1)
     if not photometric:
         raise ImageReadError(
             f"{path}: the DICOM header has no (0028,0004) PhotometricInterpretation, so its pixels "
-            "cannot be interpreted; the file is incomplete: export the image again")
+            "cannot be interpreted; the file is incomplete: export the image again"
+        )
     if photometric not in _GREY_DICOM + _COLOUR_DICOM:
         raise ImageReadError(
             f"{path}: unsupported PhotometricInterpretation {photometric!r}; readable are "
-            f"{', '.join(_GREY_DICOM + _COLOUR_DICOM)}")
+            f"{', '.join(_GREY_DICOM + _COLOUR_DICOM)}"
+        )
     expected = 3 if photometric not in _GREY_DICOM + ("PALETTE COLOR",) else 1
     if samples != expected:
         kind = "grey" if photometric in _GREY_DICOM else "colour"
         raise ImageReadError(
             f"{path}: {kind} DICOM (PhotometricInterpretation {photometric!r}) with SamplesPerPixel "
             f"{samples}, but {photometric} needs {expected}; the header contradicts itself: "
-            "export the image again")
+            "export the image again"
+        )
     for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"):
         _whole_number(path, dataset, keyword, 0)
     meta = getattr(dataset, "file_meta", None)
@@ -484,19 +507,27 @@ def _decode_dicom(path: _Source) -> tuple[Dataset, np.ndarray, str]:
     if not syntax:
         raise ImageReadError(
             f"{path}: the DICOM file meta has no (0002,0010) TransferSyntaxUID, so the pixel data "
-            "cannot be decoded; export the image again")
+            "cannot be decoded; export the image again"
+        )
     try:
         stored, decoded = _decode_pixels(dataset, syntax)
-    except (RuntimeError, NotImplementedError, ValueError, OSError, EOFError, AttributeError,
-            KeyError, TypeError, struct.error) as exc:
+    except (
+        RuntimeError,
+        NotImplementedError,
+        ValueError,
+        OSError,
+        EOFError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        struct.error,
+    ) as exc:
         raise ImageReadError(
-            f"{path}: cannot decode the DICOM pixel data (transfer syntax {syntax.name}): "
-            f"{exc}; {_decode_advice(exc)}") from exc
+            f"{path}: cannot decode the DICOM pixel data (transfer syntax {syntax.name}): {exc}; {_decode_advice(exc)}"
+        ) from exc
     expected_ndim = 3 if decoded == "RGB" else 2
     if stored.ndim != expected_ndim:
-        raise ImageReadError(
-            f"{path}: DICOM pixel array has shape {stored.shape}; expected one {decoded} frame"
-        )
+        raise ImageReadError(f"{path}: DICOM pixel array has shape {stored.shape}; expected one {decoded} frame")
     return dataset, stored, decoded
 
 
@@ -534,18 +565,21 @@ def _decode_advice(exc: BaseException) -> str:
 def _why_no_pixel_data(path: _Source, dataset: Dataset) -> str:
     """Tell a truncated file, a non-DICOM file and a DICOM without an image apart."""
     if _PIXEL_DATA_TAG in path.read_bytes():
-        return ("the PixelData element could not be read; the file is truncated or corrupt "
-                "(re-copy or re-download it)")
+        return "the PixelData element could not be read; the file is truncated or corrupt (re-copy or re-download it)"
     if len(dataset) == 0:
         if len(getattr(dataset, "file_meta", ())):
-            return ("no data elements could be read after the file meta header; the file is "
-                    "truncated or corrupt (re-copy or re-download it)")
+            return (
+                "no data elements could be read after the file meta header; the file is "
+                "truncated or corrupt (re-copy or re-download it)"
+            )
         return "empty or not a DICOM file (no data elements could be read)"
     other = [key for key in ("FloatPixelData", "DoubleFloatPixelData") if key in dataset]
     if other:
         return f"the DICOM file has no pixel data (PixelData), only {other[0]}, not supported"
-    return ("the DICOM file has no pixel data (PixelData); it is not an image object "
-            "(report, structured report or header-only file?) or not a DICOM file at all")
+    return (
+        "the DICOM file has no pixel data (PixelData); it is not an image object "
+        "(report, structured report or header-only file?) or not a DICOM file at all"
+    )
 
 
 def _stored_range(dataset: Dataset) -> tuple[float, float]:
@@ -637,8 +671,7 @@ def _palette_to_rgb(path: _Source, indices: np.ndarray, dataset: Dataset) -> tup
         rgb = apply_color_lut(indices, dataset)
         depth = int(dataset.RedPaletteColorLookupTableDescriptor[2])
     except (ValueError, AttributeError, TypeError, IndexError, KeyError, struct.error) as exc:
-        raise ImageReadError(
-            f"{path}: invalid palette colour lookup table in the DICOM header ({exc})") from exc
+        raise ImageReadError(f"{path}: invalid palette colour lookup table in the DICOM header ({exc})") from exc
     return rgb, depth if depth in (8, 16) else 8 * rgb.dtype.itemsize
 
 
@@ -661,9 +694,7 @@ def _dicom_grey(path: _Source, dataset: Dataset, stored: np.ndarray) -> np.ndarr
         elif low > high:
             low, high = high, low
     except (ValueError, NotImplementedError, AttributeError, TypeError, IndexError) as exc:
-        raise ImageReadError(
-            f"{path}: invalid Modality/VOI LUT or window in the DICOM header ({exc})"
-        ) from exc
+        raise ImageReadError(f"{path}: invalid Modality/VOI LUT or window in the DICOM header ({exc})") from exc
     if high == low:
         raise ImageReadError(f"{path}: the DICOM LUT/window output range is empty ({low})")
     grey = _linear_to_uint8(np.asarray(values, dtype=np.float64), low, high)

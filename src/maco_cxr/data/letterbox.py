@@ -57,8 +57,7 @@ class Letterbox:
                 raise DataError(f"Letterbox.{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise DataError(f"Letterbox.scale must be a positive number, got {self.scale}")
-        for new, pad, axis in ((self.new_height, self.pad_top, "height"),
-                               (self.new_width, self.pad_left, "width")):
+        for new, pad, axis in ((self.new_height, self.pad_top, "height"), (self.new_width, self.pad_left, "width")):
             if not 1 <= new <= self.size:
                 raise DataError(f"Letterbox.new_{axis} must be in 1..{self.size}, got {new}")
             if pad < 0 or pad + new > self.size:
@@ -72,15 +71,21 @@ class Letterbox:
         """The letterbox that fits a ``height x width`` image into ``size x size``."""
         if height < 1 or width < 1 or size < 1:
             raise DataError(
-                f"cannot letterbox a {width}x{height} (WxH) image to {size} px: every "
-                "dimension must be >= 1"
+                f"cannot letterbox a {width}x{height} (WxH) image to {size} px: every dimension must be >= 1"
             )
         scale = size / max(height, width)
         new_height = min(size, max(1, round(height * scale)))
         new_width = min(size, max(1, round(width * scale)))
-        return cls(src_height=height, src_width=width, size=size, scale=scale,
-                   new_height=new_height, new_width=new_width,
-                   pad_top=(size - new_height) // 2, pad_left=(size - new_width) // 2)
+        return cls(
+            src_height=height,
+            src_width=width,
+            size=size,
+            scale=scale,
+            new_height=new_height,
+            new_width=new_width,
+            pad_top=(size - new_height) // 2,
+            pad_left=(size - new_width) // 2,
+        )
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """uint8 ``[src_height, src_width]`` -> uint8 ``[size, size]`` (area down, bilinear up)."""
@@ -103,7 +108,7 @@ class Letterbox:
     def content_mask(self) -> np.ndarray:
         """bool ``[size, size]``: True on the pixels that hold the image, False on the padding."""
         valid = np.zeros((self.size, self.size), dtype=bool)
-        valid[self.pad_top:self.pad_top + self.new_height, self.pad_left:self.pad_left + self.new_width] = True
+        valid[self.pad_top : self.pad_top + self.new_height, self.pad_left : self.pad_left + self.new_width] = True
         return valid
 
     def boxes_to_letterbox(self, boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -129,15 +134,10 @@ class Letterbox:
             heatmap = heatmap.detach().float().cpu().numpy()
         values = np.asarray(heatmap, dtype=np.float64)
         if values.shape != (self.size, self.size):
-            raise DataError(
-                f"map_to_original expects a [{self.size}, {self.size}] map, got "
-                f"{list(values.shape)}"
-            )
+            raise DataError(f"map_to_original expects a [{self.size}, {self.size}] map, got {list(values.shape)}")
         method: _Method = "area" if self.scale > 1.0 else "bilinear"
-        rows = _axis_taps(self.src_height, self.scale, self.pad_top,
-                          self.pad_top + self.new_height, method)
-        columns = _axis_taps(self.src_width, self.scale, self.pad_left,
-                             self.pad_left + self.new_width, method)
+        rows = _axis_taps(self.src_height, self.scale, self.pad_top, self.pad_top + self.new_height, method)
+        columns = _axis_taps(self.src_width, self.scale, self.pad_left, self.pad_left + self.new_width, method)
         out = _resample_columns(_resample_rows(values, *rows, np.float64), *columns, np.float64)
         return out.astype(np.float32)
 
@@ -152,8 +152,7 @@ class Letterbox:
         missing = [name for name in names if name not in data]
         if missing:
             raise DataError(f"letterbox record is missing {missing}; it needs all of {names}")
-        values = {name: float(data[name]) if name == "scale" else int(data[name])
-                  for name in names}
+        values = {name: float(data[name]) if name == "scale" else int(data[name]) for name in names}
         return cls(**values)
 
     def _check_source(self, array: np.ndarray, what: str) -> None:
@@ -163,8 +162,7 @@ class Letterbox:
                 f"[{self.src_height}, {self.src_width}]"
             )
 
-    def _to_letterbox(self, source: np.ndarray, method: _Method | None,
-                      dtype: type[np.floating] | None) -> np.ndarray:
+    def _to_letterbox(self, source: np.ndarray, method: _Method | None, dtype: type[np.floating] | None) -> np.ndarray:
         """The ``[new_height, new_width]`` content: rows, then columns, each in ``dtype``."""
         step = 1.0 / self.scale
         if method is None:
@@ -179,8 +177,7 @@ class Letterbox:
     def _pad(self, content: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
         """``content`` centred on a zero ``[size, size]`` canvas of ``dtype`` (default: its own)."""
         canvas = np.zeros((self.size, self.size), dtype=content.dtype if dtype is None else dtype)
-        canvas[self.pad_top:self.pad_top + self.new_height,
-               self.pad_left:self.pad_left + self.new_width] = content
+        canvas[self.pad_top : self.pad_top + self.new_height, self.pad_left : self.pad_left + self.new_width] = content
         return canvas
 
 
@@ -195,13 +192,11 @@ def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox
 def _as_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes_xyxy, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise DataError(f"boxes must be [M, 4] (x_min, y_min, x_max, y_max), got "
-                        f"{list(boxes.shape)}")
+        raise DataError(f"boxes must be [M, 4] (x_min, y_min, x_max, y_max), got {list(boxes.shape)}")
     return boxes
 
 
-def _axis_taps(n_out: int, step: float, start: float, stop: int,
-               method: _Method) -> tuple[np.ndarray, np.ndarray]:
+def _axis_taps(n_out: int, step: float, start: float, stop: int, method: _Method) -> tuple[np.ndarray, np.ndarray]:
     """Resampling along one axis as taps: output ``j = sum_k weight[k, j] * source[index[k, j]]``.
 
     Output ``j`` covers source ``start + [j, j+1) * step``; only source indices ``[start, stop)``
@@ -222,8 +217,7 @@ def _axis_taps(n_out: int, step: float, start: float, stop: int,
         centres = np.clip((edges[:-1] + edges[1:]) / 2 - 0.5, low, high - 1)
         lower = np.floor(centres).astype(np.intp)
         weight = centres - lower
-        return (np.stack([lower, np.minimum(lower + 1, high - 1)]),
-                np.stack([1.0 - weight, weight]))
+        return (np.stack([lower, np.minimum(lower + 1, high - 1)]), np.stack([1.0 - weight, weight]))
     clipped = np.clip(edges, low, high)
     first, last = clipped[:-1], clipped[1:]
     widths = last - first
@@ -233,8 +227,7 @@ def _axis_taps(n_out: int, step: float, start: float, stop: int,
     return np.minimum(index, high - 1), np.maximum(overlap, 0.0) / widths
 
 
-def _resample_rows(values: np.ndarray, index: np.ndarray, weight: np.ndarray,
-                   dtype: type[np.floating]) -> np.ndarray:
+def _resample_rows(values: np.ndarray, index: np.ndarray, weight: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
     """``[n_in, C]`` -> ``[n_out, C]`` in ``dtype``: a sparse ``[n_out, n_in]`` matrix product.
 
     Each output row is a weighted sum of a few whole source rows, which a CSR product does in
@@ -245,7 +238,8 @@ def _resample_rows(values: np.ndarray, index: np.ndarray, weight: np.ndarray,
     taps, n_out = index.shape
     matrix = sparse.csr_array(
         (weight.T.astype(dtype).ravel(), index.T.ravel(), np.arange(0, taps * n_out + 1, taps)),
-        shape=(n_out, values.shape[0]))
+        shape=(n_out, values.shape[0]),
+    )
     return matrix @ values.astype(dtype, copy=False)  # repeated (clamped) taps add up
 
 
@@ -255,8 +249,9 @@ _BLOCK = 8  # outputs per matrix product in _resample_columns
 _PRODUCT_LIMIT = 2**17
 
 
-def _resample_columns(values: np.ndarray, index: np.ndarray, weight: np.ndarray,
-                      dtype: type[np.floating]) -> np.ndarray:
+def _resample_columns(
+    values: np.ndarray, index: np.ndarray, weight: np.ndarray, dtype: type[np.floating]
+) -> np.ndarray:
     """``[R, n_in]`` -> ``[R, n_out]`` in ``dtype`` along the last (contiguous) axis.
 
     A gather per tap across columns is slow, and so is a sparse product from the right (it
@@ -282,6 +277,5 @@ def _resample_columns(values: np.ndarray, index: np.ndarray, weight: np.ndarray,
         rows = slice(top, top + chunk)
         for b, begin in enumerate(starts):
             end = min(n_out, begin + _BLOCK)
-            np.matmul(source[rows, low[b]:low[b] + window], matrices[b, :, :end - begin],
-                      out=out[rows, begin:end])
+            np.matmul(source[rows, low[b] : low[b] + window], matrices[b, :, : end - begin], out=out[rows, begin:end])
     return out

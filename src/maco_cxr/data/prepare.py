@@ -146,9 +146,15 @@ def read_exclusions(items: Sequence[str], key: str = "exclude") -> tuple[list[Id
     return lists, inline
 
 
-def apply_exclusions(records: Sequence[Record], exclude: Sequence[str] = (), *,
-                     ms_cxr: str | os.PathLike[str] | None = None, check_ms_cxr: bool = False,
-                     key: str = "data.exclude", log: bool = True) -> tuple[list[int], Exclusion]:
+def apply_exclusions(
+    records: Sequence[Record],
+    exclude: Sequence[str] = (),
+    *,
+    ms_cxr: str | os.PathLike[str] | None = None,
+    check_ms_cxr: bool = False,
+    key: str = "data.exclude",
+    log: bool = True,
+) -> tuple[list[int], Exclusion]:
     """The indices of ``records`` to keep once ``exclude`` is applied, and what was removed.
 
     ``exclude``: id-list files and inline ids (:func:`read_exclusions`); an image is removed
@@ -168,23 +174,44 @@ def apply_exclusions(records: Sequence[Record], exclude: Sequence[str] = (), *,
     for id_list in lists:
         listed, unmatched = find_listed(records, id_list.entries)
         removed |= listed
-        exclusion.sources.append({"source": id_list.source, "format": id_list.format,
-                                  "entries": len(id_list.entries), "unmatched": len(unmatched),
-                                  "images": len(listed)})
+        exclusion.sources.append(
+            {
+                "source": id_list.source,
+                "format": id_list.format,
+                "entries": len(id_list.entries),
+                "unmatched": len(unmatched),
+                "images": len(listed),
+            }
+        )
     if inline:
         entries = [SplitEntry(text, np.zeros(0, dtype=np.float32), k + 1) for k, text in enumerate(inline)]
         listed, unmatched = find_listed(records, entries)
         removed |= listed
-        exclusion.sources.append({"source": "inline", "format": "ids", "entries": len(entries),
-                                  "unmatched": len(unmatched), "images": len(listed)})
+        exclusion.sources.append(
+            {
+                "source": "inline",
+                "format": "ids",
+                "entries": len(entries),
+                "unmatched": len(unmatched),
+                "images": len(listed),
+            }
+        )
         if unmatched and log:
-            logger.warning("%s: %d of %d inline ids name no image (first: %r); if it was meant as a file, "
-                           "that file does not exist", key, len(unmatched), len(entries), unmatched[0].path)
+            logger.warning(
+                "%s: %d of %d inline ids name no image (first: %r); if it was meant as a file, "
+                "that file does not exist",
+                key,
+                len(unmatched),
+                len(entries),
+                unmatched[0].path,
+            )
     kept = [i for i in range(len(records)) if i not in removed]
     exclusion.excluded = [str(records[i].image_path) for i in sorted(removed)]
     if log and (lists or inline):
-        described = "; ".join(f"{s['source']}: {s['images']} images ({s['entries']} entries, "
-                              f"{s['unmatched']} naming none)" for s in exclusion.sources)
+        described = "; ".join(
+            f"{s['source']}: {s['images']} images ({s['entries']} entries, {s['unmatched']} naming none)"
+            for s in exclusion.sources
+        )
         logger.info("%s: left out %d of %d images (%s)", key, len(removed), len(records), described)
     if check_ms_cxr:
         ms_lists = ([read_id_list(ms_cxr)] if ms_cxr else []) + [i for i in lists if i.is_ms_cxr]
@@ -192,28 +219,42 @@ def apply_exclusions(records: Sequence[Record], exclude: Sequence[str] = (), *,
     return kept, exclusion
 
 
-def _check_ms_cxr(records: Sequence[Record], removed: set[int], ms_lists: list[IdList], key: str,
-                  log: bool) -> dict[str, Any]:
+def _check_ms_cxr(
+    records: Sequence[Record], removed: set[int], ms_lists: list[IdList], key: str, log: bool
+) -> dict[str, Any]:
     """Count MS-CXR images among MIMIC-CXR records (before and after exclusion) and say so."""
     if not ms_lists:
         if log:
             setting = key.startswith("data.")
-            logger.warning("MS-CXR images may be among these MIMIC-CXR images (not checked: no MS-CXR file "
-                           "given), and MS-CXR grounding would then test on pre-training images; exclude them with "
-                           "%s, FILE being %s (only count them with %s)", f"{key}=[FILE]" if setting else f"{key} FILE",
-                           MS_CXR_FILE, "data.ms_cxr=FILE" if setting else "--ms-cxr FILE")
+            logger.warning(
+                "MS-CXR images may be among these MIMIC-CXR images (not checked: no MS-CXR file "
+                "given), and MS-CXR grounding would then test on pre-training images; exclude them with "
+                "%s, FILE being %s (only count them with %s)",
+                f"{key}=[FILE]" if setting else f"{key} FILE",
+                MS_CXR_FILE,
+                "data.ms_cxr=FILE" if setting else "--ms-cxr FILE",
+            )
         return {"checked": False, "annotations": [], "images": None, "remaining": None}
     entries = [entry for id_list in ms_lists for entry in id_list.entries]
     listed, _ = find_listed(records, entries)
     remaining = sorted(listed - removed)
     files = sorted({id_list.source for id_list in ms_lists})
     if log and remaining:
-        logger.warning("%d MS-CXR images (%s) are among these MIMIC-CXR images; MS-CXR grounding would test on "
-                       "images the model was pre-trained on: add %s to %s (first: %s)", len(remaining),
-                       ", ".join(files), files[0], key, records[remaining[0]].image_path)
+        logger.warning(
+            "%d MS-CXR images (%s) are among these MIMIC-CXR images; MS-CXR grounding would test on "
+            "images the model was pre-trained on: add %s to %s (first: %s)",
+            len(remaining),
+            ", ".join(files),
+            files[0],
+            key,
+            records[remaining[0]].image_path,
+        )
     elif log:
-        logger.info("MS-CXR check (%s): none of its images is left among these MIMIC-CXR images (%d were "
-                    "excluded)", ", ".join(files), len(listed))
+        logger.info(
+            "MS-CXR check (%s): none of its images is left among these MIMIC-CXR images (%d were excluded)",
+            ", ".join(files),
+            len(listed),
+        )
     return {"checked": True, "annotations": files, "images": len(listed), "remaining": len(remaining)}
 
 
@@ -268,8 +309,7 @@ def _prepare_in_worker(source_index: int) -> _Item:
     return _prepare_record(_worker_job[0], source_index, _worker_job[1])
 
 
-def _prepare_items(dataset: ChestXrayDataset, indices: list[int], size: int,
-                   workers: int) -> Iterator[_Item]:
+def _prepare_items(dataset: ChestXrayDataset, indices: list[int], size: int, workers: int) -> Iterator[_Item]:
     """Decoded items in the order of ``indices``; in ``workers`` processes when > 0."""
     if workers == 0:
         for index in indices:
@@ -330,8 +370,7 @@ class _ShardWriter:
 
     def add(self, item: _Item, path: str) -> None:
         if item.reason is not None:
-            self.failures.append({"source_index": item.source_index, "path": path,
-                                  "reason": item.reason})
+            self.failures.append({"source_index": item.source_index, "path": path, "reason": item.reason})
             return
         offset = len(self.entries)
         self.images[offset] = item.image
@@ -339,9 +378,15 @@ class _ShardWriter:
             if self.masks is None:
                 self.masks = np.zeros_like(self.images)
             self.masks[offset] = item.mask
-        self.entries.append({"source_index": item.source_index, "offset": offset,
-                             "letterbox": item.letterbox, "has_mask": item.mask is not None,
-                             "colour": item.colour})
+        self.entries.append(
+            {
+                "source_index": item.source_index,
+                "offset": offset,
+                "letterbox": item.letterbox,
+                "has_mask": item.mask is not None,
+                "colour": item.colour,
+            }
+        )
 
     def write(self) -> dict[str, Any]:
         name = shard_name(self.shard)
@@ -351,9 +396,15 @@ class _ShardWriter:
         if self.masks is not None:
             masks_file = f"{name}_masks.npy"
             write_with(self.out / masks_file, lambda tmp: np.save(tmp, self.masks[:count]))
-        meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "count": count,
-                "images": f"{name}.npy", "masks": masks_file, "entries": self.entries,
-                "failures": self.failures}
+        meta = {
+            "version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "count": count,
+            "images": f"{name}.npy",
+            "masks": masks_file,
+            "entries": self.entries,
+            "failures": self.failures,
+        }
         write_json(self.out / f"{name}.json", meta)
         return meta
 
@@ -375,20 +426,26 @@ def _manifest_row(index: int, shard: int, entry: dict[str, Any], record: Record)
         boxes = np.asarray(letterbox.boxes_to_letterbox(original), dtype=np.float64).tolist()
     labels = None
     if record.labels is not None:
-        labels = [None if math.isnan(v) else float(v)
-                  for v in np.asarray(record.labels, dtype=np.float64).ravel()]
+        labels = [None if math.isnan(v) else float(v) for v in np.asarray(record.labels, dtype=np.float64).ravel()]
     return {
-        "index": index, "shard": shard, "offset": entry["offset"],
-        "source_index": entry["source_index"], "path": str(record.image_path),
-        "report": record.report, "labels": labels, "boxes": boxes,
-        "box_labels": list(record.box_labels), "patient_id": record.patient_id,
-        "split": record.split, "letterbox": entry["letterbox"], "has_mask": entry["has_mask"],
+        "index": index,
+        "shard": shard,
+        "offset": entry["offset"],
+        "source_index": entry["source_index"],
+        "path": str(record.image_path),
+        "report": record.report,
+        "labels": labels,
+        "boxes": boxes,
+        "box_labels": list(record.box_labels),
+        "patient_id": record.patient_id,
+        "split": record.split,
+        "letterbox": entry["letterbox"],
+        "has_mask": entry["has_mask"],
         "meta": record.meta,
     }
 
 
-def _check_arguments(dataset: ChestXrayDataset, size: int, workers: int, shard_size: int,
-                     on_error: str) -> None:
+def _check_arguments(dataset: ChestXrayDataset, size: int, workers: int, shard_size: int, on_error: str) -> None:
     if len(dataset.records) == 0:
         raise DataError(f"{type(dataset).__name__}: the dataset has no records; nothing to prepare")
     if size < 1:
@@ -401,10 +458,19 @@ def _check_arguments(dataset: ChestXrayDataset, size: int, workers: int, shard_s
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
-def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, workers: int = 0,
-                    shard_size: int = 1024, on_error: OnError = "skip", progress: bool = False,
-                    source: str | None = None, exclude: Sequence[str] = (),
-                    ms_cxr: str | os.PathLike[str] | None = None) -> PrepareReport:
+def prepare_dataset(
+    dataset: ChestXrayDataset,
+    out: Path,
+    size: int = 448,
+    *,
+    workers: int = 0,
+    shard_size: int = 1024,
+    on_error: OnError = "skip",
+    progress: bool = False,
+    source: str | None = None,
+    exclude: Sequence[str] = (),
+    ms_cxr: str | os.PathLike[str] | None = None,
+) -> PrepareReport:
     """Decode, letterbox and store every record of ``dataset`` in ``out`` (see module doc).
 
     ``on_error="skip"`` records each unreadable file in ``prepare_report.json`` and goes on;
@@ -416,8 +482,9 @@ def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, wo
     """
     exclusion = None
     if exclude or ms_cxr or _is_mimic(dataset, source):
-        kept, exclusion = apply_exclusions(dataset.records, exclude, ms_cxr=ms_cxr,
-                                           check_ms_cxr=_is_mimic(dataset, source), key="--exclude")
+        kept, exclusion = apply_exclusions(
+            dataset.records, exclude, ms_cxr=ms_cxr, check_ms_cxr=_is_mimic(dataset, source), key="--exclude"
+        )
         if len(kept) < len(dataset.records):
             dataset = copy.copy(dataset)
             dataset.records = [dataset.records[i] for i in kept]
@@ -457,8 +524,10 @@ def prepare_dataset(dataset: ChestXrayDataset, out: Path, size: int = 448, *, wo
                 writer = _ShardWriter(out, shard, indices, size, fingerprint)
             path = str(records[item.source_index].image_path)
             if item.reason is not None and on_error == "raise":
-                raise DataError(f"{path}: cannot prepare this image ({item.reason}); fix or "
-                                f"remove it, or run without --strict to skip and report it")
+                raise DataError(
+                    f"{path}: cannot prepare this image ({item.reason}); fix or "
+                    f"remove it, or run without --strict to skip and report it"
+                )
             writer.add(item, path)
             bar.update(1)
             if item.source_index == writer.indices[-1]:
@@ -473,8 +542,15 @@ def _is_mimic(dataset: ChestXrayDataset, source: str | None) -> bool:
     return isinstance(dataset, MimicCxrJpg) or source == "mimic-cxr"
 
 
-def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
-            metas: dict[int, dict], source: str | None, exclusion: Exclusion | None = None) -> PrepareReport:
+def _finish(
+    dataset: ChestXrayDataset,
+    out: Path,
+    size: int,
+    shard_size: int,
+    metas: dict[int, dict],
+    source: str | None,
+    exclusion: Exclusion | None = None,
+) -> PrepareReport:
     """Write manifest, report and (last) store.json from the shards' JSON files."""
     rows: list[str] = []
     failures: list[dict[str, str]] = []
@@ -486,41 +562,83 @@ def _finish(dataset: ChestXrayDataset, out: Path, size: int, shard_size: int,
             row = _manifest_row(len(rows), shard, entry, dataset.records[entry["source_index"]])
             rows.append(json.dumps(row, default=_json_value))
         failures.extend({"path": f["path"], "reason": f["reason"]} for f in meta["failures"])
-        converted.extend({"path": str(dataset.records[e["source_index"]].image_path), "colour": e["colour"]}
-                         for e in meta["entries"] if e.get("colour"))
+        converted.extend(
+            {"path": str(dataset.records[e["source_index"]].image_path), "colour": e["colour"]}
+            for e in meta["entries"]
+            if e.get("colour")
+        )
         shards.append({"images": meta["images"], "masks": meta["masks"], "count": meta["count"]})
     write_text(out / MANIFEST_FILE, "".join(r + "\n" for r in rows))
     skipped_rows = list(dataset.skips.skipped)
-    report = PrepareReport(store=out, n_ok=len(rows), n_failed=len(failures), failures=failures,
-                           n_shards=len(metas), skipped_rows=skipped_rows, exclusion=exclusion,
-                           colour_converted=converted)
-    write_json(out / REPORT_FILE, {"n_ok": report.n_ok, "n_failed": report.n_failed,
-                                    "failures": failures, "skipped_rows": skipped_rows,
-                                    "n_excluded": report.n_excluded,
-                                    "excluded": None if exclusion is None else exclusion.to_dict(),
-                                    "n_colour_converted": len(converted), "colour_converted": converted})
-    write_json(out / STORE_FILE, {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION, "size": size, "count": len(rows),
-        "dtype": "uint8", "classes": list(dataset.classes),
-        "source": source or type(dataset).__name__, "shard_size": shard_size, "shards": shards,
-        "n_failed": len(failures), "n_excluded": report.n_excluded,
-        "exclusion": None if exclusion is None else exclusion.summary(),
-    })
+    report = PrepareReport(
+        store=out,
+        n_ok=len(rows),
+        n_failed=len(failures),
+        failures=failures,
+        n_shards=len(metas),
+        skipped_rows=skipped_rows,
+        exclusion=exclusion,
+        colour_converted=converted,
+    )
+    write_json(
+        out / REPORT_FILE,
+        {
+            "n_ok": report.n_ok,
+            "n_failed": report.n_failed,
+            "failures": failures,
+            "skipped_rows": skipped_rows,
+            "n_excluded": report.n_excluded,
+            "excluded": None if exclusion is None else exclusion.to_dict(),
+            "n_colour_converted": len(converted),
+            "colour_converted": converted,
+        },
+    )
+    write_json(
+        out / STORE_FILE,
+        {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "size": size,
+            "count": len(rows),
+            "dtype": "uint8",
+            "classes": list(dataset.classes),
+            "source": source or type(dataset).__name__,
+            "shard_size": shard_size,
+            "shards": shards,
+            "n_failed": len(failures),
+            "n_excluded": report.n_excluded,
+            "exclusion": None if exclusion is None else exclusion.summary(),
+        },
+    )
     if failures:
         shown = "; ".join(f"{f['path']}: {f['reason']}" for f in failures[:5])
-        logger.warning("%d of %d images could not be read and are not in the store (listed in "
-                       "%s): %s%s", len(failures), len(rows) + len(failures), out / REPORT_FILE,
-                       shown, " ..." if len(failures) > 5 else "")
+        logger.warning(
+            "%d of %d images could not be read and are not in the store (listed in %s): %s%s",
+            len(failures),
+            len(rows) + len(failures),
+            out / REPORT_FILE,
+            shown,
+            " ..." if len(failures) > 5 else "",
+        )
     if converted:
         kinds = Counter(c["colour"] for c in converted)
-        logger.info("%d of %d images were colour (%s) and were converted to grey (ITU-R 601-2 luma, as "
-                    "read_image does); listed under colour_converted in %s", len(converted), len(rows),
-                    ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()), out / REPORT_FILE)
+        logger.info(
+            "%d of %d images were colour (%s) and were converted to grey (ITU-R 601-2 luma, as "
+            "read_image does); listed under colour_converted in %s",
+            len(converted),
+            len(rows),
+            ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
+            out / REPORT_FILE,
+        )
     if skipped_rows:
-        logger.warning("the dataset adapter skipped %d rows before preparing (listed under "
-                       "skipped_rows in %s)", len(skipped_rows), out / REPORT_FILE)
+        logger.warning(
+            "the dataset adapter skipped %d rows before preparing (listed under skipped_rows in %s)",
+            len(skipped_rows),
+            out / REPORT_FILE,
+        )
     if exclusion is not None and exclusion.count:
-        logger.info("%d images were left out by --exclude (listed under excluded in %s)", exclusion.count,
-                    out / REPORT_FILE)
+        logger.info(
+            "%d images were left out by --exclude (listed under excluded in %s)", exclusion.count, out / REPORT_FILE
+        )
     logger.info("prepared %d images at %dx%d into %s", len(rows), size, size, out)
     return report

@@ -15,8 +15,16 @@ from typing import Literal
 
 from maco_cxr.errors import ConfigError
 
-__all__ = ["extract_sections", "grounding_phrase", "negate_sentence", "negation_counterfactual", "report_text",
-           "sample_report_sentences", "whole_report_text", "split_sentences"]
+__all__ = [
+    "extract_sections",
+    "grounding_phrase",
+    "negate_sentence",
+    "negation_counterfactual",
+    "report_text",
+    "sample_report_sentences",
+    "whole_report_text",
+    "split_sentences",
+]
 
 Section = Literal["findings", "impression"]
 
@@ -33,12 +41,29 @@ _SECTION_HEADERS: dict[str, Section] = {
     "FINDINGS/IMPRESSION": "impression",
 }
 # Other headers recognised in any letter case; any ALL-CAPS "NAME:" line starts a section too.
-_OTHER_HEADERS = frozenset({
-    "ADDENDUM", "CLINICAL HISTORY", "COMPARISON", "COMPARISONS", "EXAM", "EXAMINATION",
-    "HISTORY", "INDICATION", "INDICATIONS", "NOTIFICATION", "PROCEDURE", "REASON FOR EXAM",
-    "REASON FOR EXAMINATION", "RECOMMENDATION", "RECOMMENDATION(S)", "RECOMMENDATIONS",
-    "TECHNIQUE", "TYPE OF EXAMINATION", "WET READ",
-})
+_OTHER_HEADERS = frozenset(
+    {
+        "ADDENDUM",
+        "CLINICAL HISTORY",
+        "COMPARISON",
+        "COMPARISONS",
+        "EXAM",
+        "EXAMINATION",
+        "HISTORY",
+        "INDICATION",
+        "INDICATIONS",
+        "NOTIFICATION",
+        "PROCEDURE",
+        "REASON FOR EXAM",
+        "REASON FOR EXAMINATION",
+        "RECOMMENDATION",
+        "RECOMMENDATION(S)",
+        "RECOMMENDATIONS",
+        "TECHNIQUE",
+        "TYPE OF EXAMINATION",
+        "WET READ",
+    }
+)
 _HEADER = re.compile(r"^[ \t]*(?P<name>[A-Za-z][A-Za-z0-9 /()&,'-]*?)[ \t]*:", re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
@@ -59,7 +84,7 @@ def extract_sections(text: str) -> dict[str, str]:
         if kind == "other":
             continue
         end = headers[index + 1][0].start() if index + 1 < len(headers) else len(text)
-        body = " ".join(text[match.end():end].split())
+        body = " ".join(text[match.end() : end].split())
         if body:
             found.setdefault(kind, []).append(body)
     return {kind: " ".join(bodies) for kind, bodies in found.items()}
@@ -74,8 +99,7 @@ def report_text(text: str, sections: Sequence[str] = ("findings", "impression"))
     unknown = [name for name in sections if name not in ("findings", "impression")]
     if unknown or not sections:
         raise ConfigError(
-            f"report sections must be a non-empty choice of 'findings' and 'impression', got "
-            f"{list(sections)}"
+            f"report sections must be a non-empty choice of 'findings' and 'impression', got {list(sections)}"
         )
     extracted = extract_sections(text)
     return " ".join(extracted[name] for name in sections if name in extracted)
@@ -160,8 +184,9 @@ def grounding_phrase(text: str) -> str:
     always gives the same query (MS-CXR phrases are almost always a single piece).
     """
     pieces = (piece.strip() + ". " for piece in text.split("."))
-    return "".join(piece.lower() for piece in pieces
-                   if len(piece) > 5 and "_" not in piece and not piece.startswith(","))
+    return "".join(
+        piece.lower() for piece in pieces if len(piece) > 5 and "_" not in piece and not piece.startswith(",")
+    )
 
 
 def _header_kind(name: str) -> Section | Literal["other"] | None:

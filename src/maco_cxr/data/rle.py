@@ -29,17 +29,14 @@ def rle_runs(rle: str) -> np.ndarray:
         return np.zeros((0, 2), dtype=np.int64)
     tokens = text.split()
     if len(tokens) % 2:
-        raise DataError(
-            f"RLE has {len(tokens)} numbers; it must hold (offset, length) pairs"
-        )
+        raise DataError(f"RLE has {len(tokens)} numbers; it must hold (offset, length) pairs")
     try:
         values = np.array([int(token) for token in tokens], dtype=np.int64)
     except ValueError:
         bad = next(t for t in tokens if not t.lstrip("-").isdigit())
         raise DataError(f"RLE token {bad!r} is not an integer") from None
     if (values < 0).any():
-        raise DataError(f"RLE holds a negative number ({values.min()}); offsets and lengths "
-                        "must be >= 0")
+        raise DataError(f"RLE holds a negative number ({values.min()}); offsets and lengths must be >= 0")
     return values.reshape(-1, 2)
 
 

@@ -68,10 +68,15 @@ _FOLDERS = {
     "siim": "SIIM-ACR_Pneumothorax",
 }
 _NAMES = {
-    "train": "train_list", "train_100": "train_list", "train_list": "train_list",
-    "val": "val_list", "val_list": "val_list",
-    "test": "test_list", "test_list": "test_list",
-    "train_1": "train_1", "train_10": "train_10",
+    "train": "train_list",
+    "train_100": "train_list",
+    "train_list": "train_list",
+    "val": "val_list",
+    "val_list": "val_list",
+    "test": "test_list",
+    "test_list": "test_list",
+    "train_1": "train_1",
+    "train_10": "train_10",
 }
 _ROLES = ("train", "val", "test")
 
@@ -100,11 +105,14 @@ def read_split_file(path: str | os.PathLike[str]) -> list[SplitEntry]:
         try:
             labels = np.array([float(t) for t in tokens[1:]], dtype=np.float32)
         except ValueError:
-            raise DataError(f"{path}, line {number}: labels {tokens[1:]} are not numbers; "
-                            "expected 'relative/path label1 ... labelK'") from None
+            raise DataError(
+                f"{path}, line {number}: labels {tokens[1:]} are not numbers; "
+                "expected 'relative/path label1 ... labelK'"
+            ) from None
         if entries and len(labels) != len(entries[0].labels):
-            raise DataError(f"{path}, line {number}: {len(labels)} labels, but line "
-                            f"{entries[0].line} has {len(entries[0].labels)}")
+            raise DataError(
+                f"{path}, line {number}: {len(labels)} labels, but line {entries[0].line} has {len(entries[0].labels)}"
+            )
         entries.append(SplitEntry(tokens[0], labels, number))
     return entries
 
@@ -120,11 +128,13 @@ def official_split_path(dataset: OfficialDataset, name: str) -> Path:
         raise ConfigError(f"dataset={dataset!r} is not one of {tuple(_FOLDERS)}")
     if name not in _NAMES:
         raise ConfigError(f"split name {name!r} is not one of {tuple(_NAMES)}")
-    resource = files("maco_cxr").joinpath("assets", "splits", "maco-official",
-                                          _FOLDERS[dataset], f"{_NAMES[name]}.txt")
+    resource = files("maco_cxr").joinpath("assets", "splits", "maco-official", _FOLDERS[dataset], f"{_NAMES[name]}.txt")
     if not resource.is_file():
-        hint = (" (the official release has no CheXpert 100 % list: take CheXpert train.csv "
-                "minus the val list)") if dataset == "chexpert" else ""
+        hint = (
+            (" (the official release has no CheXpert 100 % list: take CheXpert train.csv minus the val list)")
+            if dataset == "chexpert"
+            else ""
+        )
         raise ConfigError(f"no official split {name!r} for {dataset!r}{hint}")
     return Path(str(resource))
 
@@ -157,8 +167,7 @@ def deduplicate_splits(
     return {name: result[name] for name in splits}
 
 
-def load_official_split(dataset: OfficialDataset, name: str, *,
-                        deduplicate: bool = False) -> list[SplitEntry]:
+def load_official_split(dataset: OfficialDataset, name: str, *, deduplicate: bool = False) -> list[SplitEntry]:
     """Entries of a shipped official split.
 
     SIIM: the official train/val/test lists overlap (a defect of the release). Loading a
@@ -210,8 +219,10 @@ def subset_by_split_file(
     else:
         source, entries = "split entries", list(split_file)
     if use_file_labels and entries and len(entries[0].labels) != len(dataset.classes):
-        raise ConfigError(f"{source}: {len(entries[0].labels)} labels per entry but the "
-                          f"dataset has {len(dataset.classes)} classes {dataset.classes}")
+        raise ConfigError(
+            f"{source}: {len(entries[0].labels)} labels per entry but the "
+            f"dataset has {len(dataset.classes)} classes {dataset.classes}"
+        )
     index = _MatchIndex(dataset.records, {len(_parts(e.path)) for e in entries})
     selected: list[Record] = []
     listed: set[int] = set()
@@ -229,12 +240,15 @@ def subset_by_split_file(
                 record = dataclasses.replace(record, labels=entry.labels.copy())
             selected.append(record)
     if missing:
-        message = (f"{source}: {len(missing)} of {len(entries)} entries match no record of the "
-                   f"dataset (first: line {missing[0].line} {missing[0].path!r}); check the "
-                   "root, the split and filters such as frontal_only")
+        message = (
+            f"{source}: {len(missing)} of {len(entries)} entries match no record of the "
+            f"dataset (first: line {missing[0].line} {missing[0].path!r}); check the "
+            "root, the split and filters such as frontal_only"
+        )
         if on_error == "raise":
-            raise DataError(message + ", or skip and list them (--skip-bad on the command line, "
-                            "on_error='skip' in Python)")
+            raise DataError(
+                message + ", or skip and list them (--skip-bad on the command line, on_error='skip' in Python)"
+            )
         logger.warning("%s; they are listed in the subset's .skips", message)
     if exclude:
         selected = [r for i, r in enumerate(dataset.records) if i not in listed]
@@ -289,8 +303,10 @@ def read_id_list(path: str | os.PathLike[str]) -> IdList:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file (an exclusion list: one image id or path per line, a split "
-                        "file, a CSV with an id column or MS-CXR's annotation file)")
+        raise DataError(
+            f"{path}: no such file (an exclusion list: one image id or path per line, a split "
+            "file, a CSV with an id column or MS-CXR's annotation file)"
+        )
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         return _csv_id_list(path)
@@ -300,8 +316,11 @@ def read_id_list(path: str | os.PathLike[str]) -> IdList:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the id list ({err})") from err
-    entries = [_entry(text.split()[0], number) for number, text in enumerate(lines, start=1)
-               if text.strip() and not text.lstrip().startswith("#")]
+    entries = [
+        _entry(text.split()[0], number)
+        for number, text in enumerate(lines, start=1)
+        if text.strip() and not text.lstrip().startswith("#")
+    ]
     return IdList(str(path), tuple(entries), "lines")
 
 
@@ -309,10 +328,12 @@ def _csv_id_list(path: Path) -> IdList:
     columns = csv_columns(path)
     column = next((c for c in _ID_COLUMNS if c in columns), None)
     if column is None:
-        raise DataError(f"{path}: no column naming images; expected one of {list(_ID_COLUMNS)}, the "
-                        f"columns are {columns}")
-    entries = [_entry(row.get(column) or "", line) for line, row in iter_csv(path, [column])
-               if (row.get(column) or "").strip()]
+        raise DataError(
+            f"{path}: no column naming images; expected one of {list(_ID_COLUMNS)}, the columns are {columns}"
+        )
+    entries = [
+        _entry(row.get(column) or "", line) for line, row in iter_csv(path, [column]) if (row.get(column) or "").strip()
+    ]
     ms_cxr = column == "dicom_id" and len(_MS_CXR_COLUMNS & set(columns)) >= 2
     return IdList(str(path), tuple(entries), "ms-cxr-csv" if ms_cxr else "csv")
 
@@ -325,21 +346,27 @@ def _json_id_list(path: Path) -> IdList:
     if isinstance(data, list):
         if not all(isinstance(item, str) for item in data):
             raise DataError(f"{path}: a top-level JSON list must hold image ids (strings)")
-        return IdList(str(path), tuple(_entry(item, k + 1) for k, item in enumerate(data) if item.strip()),
-                      "json")
+        return IdList(str(path), tuple(_entry(item, k + 1) for k, item in enumerate(data) if item.strip()), "json")
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise DataError(f"{path}: expected a COCO-style object with an 'images' list, or a list of ids")
     entries = []
     for k, image in enumerate(images):
-        value = next((image.get(key) for key in ("dicom_id", "path", "file_name")
-                      if isinstance(image, dict) and isinstance(image.get(key), str)), None)
+        value = next(
+            (
+                image.get(key)
+                for key in ("dicom_id", "path", "file_name")
+                if isinstance(image, dict) and isinstance(image.get(key), str)
+            ),
+            None,
+        )
         if value is None:
             raise DataError(f"{path}: images[{k}] has no 'dicom_id', 'path' or 'file_name'")
         entries.append(_entry(value, k + 1))
     annotations = data.get("annotations") or []
-    ms_cxr = (any(isinstance(i, dict) and "dicom_id" in i for i in images)
-              and any(isinstance(a, dict) and "label_text" in a for a in annotations))
+    ms_cxr = any(isinstance(i, dict) and "dicom_id" in i for i in images) and any(
+        isinstance(a, dict) and "label_text" in a for a in annotations
+    )
     return IdList(str(path), tuple(entries), "ms-cxr-json" if ms_cxr else "json")
 
 
@@ -426,9 +453,11 @@ def _json_int(value: object, where: str, field_name: str) -> int:
 
 
 def _coco_box(value: object, where: str) -> list[float]:
-    if (not isinstance(value, list) or len(value) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
         raise DataError(f"{where} field 'bbox': {value!r} is not [x, y, w, h] (4 finite numbers)")
     x, y, w, h = (float(v) for v in value)
     if w <= 0 or h <= 0:
@@ -475,17 +504,22 @@ def read_coco_detection_split(path: str | os.PathLike[str]) -> list[DetectionEnt
             raise DataError(f"{where} field 'file_name': {file_name!r} is not a file name")
         stem = PurePosixPath(file_name.replace("\\", "/")).stem
         if image_id in entries:
-            raise DataError(f"{where} field 'id': {image_id} is the id of "
-                            f"images[{entries[image_id].line - 1}] too")
+            raise DataError(f"{where} field 'id': {image_id} is the id of images[{entries[image_id].line - 1}] too")
         if stem in stems:
-            raise DataError(f"{where} field 'file_name': the base name {stem!r} is the one of "
-                            f"images[{stems[stem]}] too")
+            raise DataError(
+                f"{where} field 'file_name': the base name {stem!r} is the one of images[{stems[stem]}] too"
+            )
         stems[stem] = k
         entries[image_id] = DetectionEntry(
-            name=stem, boxes=np.zeros((0, 4), dtype=np.float32), box_labels=(),
-            file_name=file_name, image_id=image_id,
+            name=stem,
+            boxes=np.zeros((0, 4), dtype=np.float32),
+            box_labels=(),
+            file_name=file_name,
+            image_id=image_id,
             width=_json_int(image.get("width"), where, "width"),
-            height=_json_int(image.get("height"), where, "height"), line=k + 1)
+            height=_json_int(image.get("height"), where, "height"),
+            line=k + 1,
+        )
         boxes[image_id], labels[image_id] = [], []
     for k, annotation in enumerate(data["annotations"]):
         where = f"{path}: annotations[{k}]"
@@ -498,16 +532,16 @@ def read_coco_detection_split(path: str | os.PathLike[str]) -> list[DetectionEnt
         boxes[image_id].append(_coco_box(annotation.get("bbox"), where))
         labels[image_id].append(categories.get(category, str(category)))
     return [
-        dataclasses.replace(entry, boxes=np.array(boxes[i], dtype=np.float32).reshape(-1, 4),
-                            box_labels=tuple(labels[i]))
+        dataclasses.replace(
+            entry, boxes=np.array(boxes[i], dtype=np.float32).reshape(-1, 4), box_labels=tuple(labels[i])
+        )
         for i, entry in entries.items()
     ]
 
 
 def official_rsna_detection_test_path() -> Path:
     """Path of the shipped official RSNA detection test file (COCO, MIT, MaCo authors)."""
-    resource = files("maco_cxr").joinpath("assets", "splits", "maco-official",
-                                          _FOLDERS["rsna"], _RSNA_DETECTION_TEST)
+    resource = files("maco_cxr").joinpath("assets", "splits", "maco-official", _FOLDERS["rsna"], _RSNA_DETECTION_TEST)
     if not resource.is_file():
         raise ConfigError(f"the package has no {_RSNA_DETECTION_TEST}; reinstall maco-cxr")
     return Path(str(resource))
@@ -530,12 +564,15 @@ def detection_split_entries(entries: Sequence[DetectionEntry]) -> list[SplitEntr
     return [SplitEntry(e.name, np.zeros(0, dtype=np.float32), e.line) for e in entries]
 
 
-def detection_split_overlaps(entries: Sequence[DetectionEntry],
-                             splits: Mapping[str, Sequence[SplitEntry]]) -> dict[str, int]:
+def detection_split_overlaps(
+    entries: Sequence[DetectionEntry], splits: Mapping[str, Sequence[SplitEntry]]
+) -> dict[str, int]:
     """For each named split, how many of ``entries`` it lists (matched on the file stem)."""
     names = {e.name for e in entries}
-    return {split: len(names & {PurePosixPath(s.path.replace("\\", "/")).stem for s in listed})
-            for split, listed in splits.items()}
+    return {
+        split: len(names & {PurePosixPath(s.path.replace("\\", "/")).stem for s in listed})
+        for split, listed in splits.items()
+    }
 
 
 def rsna_detection_test_overlaps(

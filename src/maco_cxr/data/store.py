@@ -46,8 +46,7 @@ class PreparedStore(Dataset):
             )
         self.size: int = int(self.info["size"])
         self.classes: tuple[str, ...] = tuple(self.info["classes"])
-        self.rows = [json.loads(line) for line in (self.path / MANIFEST_FILE).read_text()
-                     .splitlines() if line]
+        self.rows = [json.loads(line) for line in (self.path / MANIFEST_FILE).read_text().splitlines() if line]
         if len(self.rows) != self.info["count"]:
             raise DataError(
                 f"{self.path / MANIFEST_FILE}: {len(self.rows)} rows but {STORE_FILE} says "
@@ -85,8 +84,7 @@ class PreparedStore(Dataset):
             "split": row["split"],
         }
         if row["labels"] is not None:
-            sample["labels"] = torch.tensor([math.nan if v is None else v for v in row["labels"]],
-                                            dtype=torch.float32)
+            sample["labels"] = torch.tensor([math.nan if v is None else v for v in row["labels"]], dtype=torch.float32)
         if row["boxes"] is not None:
             sample["boxes"] = torch.tensor(row["boxes"], dtype=torch.float32).reshape(-1, 4)
         if row["has_mask"]:
@@ -115,8 +113,16 @@ def collate_uint8(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def make_loader(store: Dataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
-                drop_last: bool, sampler: Sampler | None = None) -> DataLoader:
+def make_loader(
+    store: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    drop_last: bool,
+    sampler: Sampler | None = None,
+) -> DataLoader:
     """A DataLoader over ``store`` with :func:`collate_uint8`.
 
     Shuffling draws from a generator seeded with ``seed`` (same seed, same order); pass a
@@ -124,11 +130,9 @@ def make_loader(store: Dataset, batch_size: int, *, shuffle: bool, seed: int, wo
     Workers persist across epochs; memory is pinned when CUDA is available.
     """
     if sampler is not None and shuffle:
-        raise ConfigError("make_loader: give either shuffle=True or a sampler (which shuffles "
-                          "itself), not both")
+        raise ConfigError("make_loader: give either shuffle=True or a sampler (which shuffles itself), not both")
     if batch_size < 1 or workers < 0:
-        raise ConfigError(f"make_loader: batch_size must be >= 1 and workers >= 0, got "
-                          f"{batch_size} and {workers}")
+        raise ConfigError(f"make_loader: batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     return DataLoader(
         store,
         batch_size=batch_size,

@@ -31,9 +31,11 @@ def _untrained_tokenizer() -> Tokenizer:
     """An empty WordPiece tokenizer with the official normaliser and pre-tokeniser."""
     tokenizer = Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()])
+        [normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()]
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)])
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)]
+    )
     return tokenizer
 
 
@@ -62,13 +64,16 @@ class ReportTokenizer:
         """Load a ``tokenizers`` JSON file; None loads the official vocabulary."""
         path = Path(path) if path is not None else official_tokenizer_path()
         if not path.is_file():
-            raise ConfigError(f"{path} does not exist; give a tokenizer JSON file or leave it empty for "
-                              "the official vocabulary", key="text.tokenizer")
+            raise ConfigError(
+                f"{path} does not exist; give a tokenizer JSON file or leave it empty for the official vocabulary",
+                key="text.tokenizer",
+            )
         return cls(Tokenizer.from_file(str(path)), max_length)
 
     @classmethod
-    def train(cls, corpus: Iterable[str], vocab_size: int = 30000, min_frequency: int = 2,
-              max_length: int = 100) -> ReportTokenizer:
+    def train(
+        cls, corpus: Iterable[str], vocab_size: int = 30000, min_frequency: int = 2, max_length: int = 100
+    ) -> ReportTokenizer:
         """Learn a WordPiece vocabulary from report texts with the official special tokens,
         normaliser (lower-case, NFKD, strip accents) and pre-tokeniser (whitespace, digits).
 
@@ -78,14 +83,17 @@ class ReportTokenizer:
         with the model, or use :meth:`from_corpus_words` for small closed vocabularies.
         """
         tokenizer = _untrained_tokenizer()
-        trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                   special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##")
+        trainer = WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            continuing_subword_prefix="##",
+        )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
         return cls(tokenizer, max_length)
 
     @classmethod
-    def from_corpus_words(cls, corpus: Iterable[str], min_frequency: int = 1,
-                          max_length: int = 100) -> ReportTokenizer:
+    def from_corpus_words(cls, corpus: Iterable[str], min_frequency: int = 1, max_length: int = 100) -> ReportTokenizer:
         """A deterministic WordPiece vocabulary of whole words, for template-like corpora.
 
         Ids: the special tokens, every character of the corpus alone and as a continuation
@@ -99,11 +107,17 @@ class ReportTokenizer:
             normalised = tokenizer.normalizer.normalize_str(text)
             counts.update(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalised))
         chars = sorted({char for word in counts for char in word})
-        words = sorted((word for word, count in counts.items() if count >= min_frequency and len(word) > 1),
-                       key=lambda word: (-counts[word], word))
+        words = sorted(
+            (word for word, count in counts.items() if count >= min_frequency and len(word) > 1),
+            key=lambda word: (-counts[word], word),
+        )
         tokens = [*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars), *words]
-        model = WordPiece({token: index for index, token in enumerate(tokens)}, unk_token="[UNK]",
-                          continuing_subword_prefix="##", max_input_chars_per_word=100)
+        model = WordPiece(
+            {token: index for index, token in enumerate(tokens)},
+            unk_token="[UNK]",
+            continuing_subword_prefix="##",
+            max_input_chars_per_word=100,
+        )
         built = Tokenizer(model)
         built.normalizer, built.pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
         built.add_special_tokens(list(SPECIAL_TOKENS))

@@ -27,8 +27,7 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> 
     """Raise :class:`DataError` naming both arguments when their shapes differ."""
     if a.shape != b.shape:
         raise DataError(
-            f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; "
-            "they must match element for element"
+            f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match element for element"
         )
 
 

@@ -64,9 +64,7 @@ def _class_name(class_names: Sequence[str] | None, k: int) -> str:
     return class_names[k] if class_names is not None else f"class {k}"
 
 
-def roc_auc_per_class(
-    y_true: Any, y_score: Any, class_names: Sequence[str] | None = None
-) -> np.ndarray:
+def roc_auc_per_class(y_true: Any, y_score: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """ROC-AUC of each class ``[K]`` from labels and scores ``[N, K]`` (or ``[N]``).
 
     Rows whose label is NaN are left out of that class only. A class whose known labels take a
@@ -127,8 +125,10 @@ def classification_report(
             "n": int(truth.size),
             "n_pos": int(truth.sum()),
         }
-    means = {f"mean_{key}": nan_mean([c[key] for c in per_class.values()])
-             for key in ("auc", "acc", "f1_weighted", "f1_macro")}
+    means = {
+        f"mean_{key}": nan_mean([c[key] for c in per_class.values()])
+        for key in ("auc", "acc", "f1_weighted", "f1_macro")
+    }
     return {"per_class": per_class, **means, "threshold": float(threshold)}
 
 

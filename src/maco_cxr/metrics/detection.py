@@ -22,9 +22,7 @@ def _import_coco() -> tuple[Any, Any]:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as err:
-        raise ImportError(
-            "coco_detection_ap needs pycocotools; install it with `pip install pycocotools`"
-        ) from err
+        raise ImportError("coco_detection_ap needs pycocotools; install it with `pip install pycocotools`") from err
     return COCO, COCOeval
 
 
@@ -79,8 +77,14 @@ def coco_detection_ap(
         for box, label in zip(gt_boxes, _labels(truth_map, len(gt_boxes), f"ground_truths[{i}]")):
             xywh = _xywh(box)
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": i, "category_id": int(label), "bbox": xywh,
-                 "area": xywh[2] * xywh[3], "iscrowd": 0}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": int(label),
+                    "bbox": xywh,
+                    "area": xywh[2] * xywh[3],
+                    "iscrowd": 0,
+                }
             )
             categories.add(int(label))
         pred_boxes = _boxes(pred["boxes"], f"predictions[{i}]['boxes']")

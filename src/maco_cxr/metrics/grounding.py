@@ -136,9 +136,7 @@ def pointing_game(heatmap: Any, box_mask: Any) -> bool:
     return bool((peak & mask).any())
 
 
-def score_grounding(
-    heatmap: Any, box_mask: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
-) -> GroundingScores:
+def score_grounding(heatmap: Any, box_mask: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> GroundingScores:
     """CNR, mIoU and pointing game of one raw map ``[H, W]`` and its box mask ``[H, W]``."""
     hmap, mask, _ = _map_and_mask(heatmap, box_mask)
     scaled = minmax_to_unit_range(hmap)
@@ -312,15 +310,11 @@ def _check_threshold_metrics(metrics: Mapping[str, Sequence[float]], where: str)
         if name not in metrics:
             raise DataError(f"{where}: the metrics dict has no {name!r}; build it with grounding_threshold_metrics")
         if len(metrics[name]) != thresholds.size:
-            raise DataError(
-                f"{where}: {name!r} has {len(metrics[name])} values for {thresholds.size} thresholds"
-            )
+            raise DataError(f"{where}: {name!r} has {len(metrics[name])} values for {thresholds.size} thresholds")
     return thresholds
 
 
-def _stack_rows(
-    rows: Sequence[Sequence[Any]], what: str
-) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+def _stack_rows(rows: Sequence[Sequence[Any]], what: str) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
     """Categories ``[N]``, thresholds ``[T]`` and each metric as ``[N, T]`` from grounding rows."""
     if not rows:
         raise DataError(f"{what} got no rows; nothing to report")
@@ -400,8 +394,9 @@ def grounding_metric_table(rows: Iterable[GroundingRow], *, decimals: int | None
             means = per_category[name][c]
             table[f"{name}_{c}"] = [*means.tolist(), nan_mean(means)]
     if decimals is not None:
-        table = {k: [v if isinstance(v, str) else float(np.round(v, decimals)) for v in col]
-                 for k, col in table.items()}
+        table = {
+            k: [v if isinstance(v, str) else float(np.round(v, decimals)) for v in col] for k, col in table.items()
+        }
     return table
 
 

@@ -36,9 +36,7 @@ def _positives_matrix(positives: Any, shape: tuple[int, int]) -> np.ndarray:
     return pos
 
 
-def recall_at_k(
-    similarity: Any, ks: Sequence[int] = (1, 5, 10), positives: Any = None
-) -> dict[str, float]:
+def recall_at_k(similarity: Any, ks: Sequence[int] = (1, 5, 10), positives: Any = None) -> dict[str, float]:
     """Fraction of queries with a positive in the top k: ``{"R@1": ..., "R@5": ..., ...}``.
 
     ``similarity`` is ``[N_query, N_gallery]`` (higher = more similar); ``positives`` is a
@@ -57,9 +55,7 @@ def recall_at_k(
     return {f"R@{int(k)}": float(np.mean(rank < int(k))) for k in ks}
 
 
-def image_text_recall(
-    similarity: Any, ks: Sequence[int] = (1, 5, 10), positives: Any = None
-) -> dict[str, float]:
+def image_text_recall(similarity: Any, ks: Sequence[int] = (1, 5, 10), positives: Any = None) -> dict[str, float]:
     """Recall@k both ways from image-text similarity ``[N_image, N_text]``.
 
     Returns ``{"i2t_R@1", ..., "t2i_R@1", ...}``: images querying texts (rows) and texts

@@ -138,9 +138,7 @@ def segmentation_report_from_counts(counts: Sequence[dict[str, int]]) -> dict[st
     return _report(_Counts(*(np.asarray([row[name] for row in counts], dtype=np.float64) for name in COUNT_FIELDS)))
 
 
-def segmentation_report(
-    preds: Any, targets: Any, *, ignore_index: int | None = IGNORE_INDEX
-) -> dict[str, float | int]:
+def segmentation_report(preds: Any, targets: Any, *, ignore_index: int | None = IGNORE_INDEX) -> dict[str, float | int]:
     """All three named Dice figures plus the background Dice and image counts, in one pass."""
     return _report(_count(preds, targets, ignore_index))
 

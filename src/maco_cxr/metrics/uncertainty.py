@@ -229,8 +229,7 @@ def _bootstrap(
     valid = values[np.isfinite(values)]
     if valid.size < n_resamples:
         warn_undefined(
-            f"{n_resamples - valid.size} of {n_resamples} bootstrap replicates gave an undefined "
-            "value and were skipped"
+            f"{n_resamples - valid.size} of {n_resamples} bootstrap replicates gave an undefined value and were skipped"
         )
     if valid.size == 0:
         low = high = float("nan")

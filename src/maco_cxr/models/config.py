@@ -14,8 +14,20 @@ from typing import Any, ClassVar, Literal
 from maco_cxr.config import require
 from maco_cxr.errors import ConfigError
 
-__all__ = ["IMAGE_MEAN", "IMAGE_STD", "PAPER_ANCHOR_SIZES", "PRESETS", "DecoderConfig", "MacoConfig",
-           "SegmentationLossWeights", "TextConfig", "UperNetConfig", "ViTDetConfig", "VisionConfig", "preset"]
+__all__ = [
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "PAPER_ANCHOR_SIZES",
+    "PRESETS",
+    "DecoderConfig",
+    "MacoConfig",
+    "SegmentationLossWeights",
+    "TextConfig",
+    "UperNetConfig",
+    "ViTDetConfig",
+    "VisionConfig",
+    "preset",
+]
 
 IMAGE_MEAN = 0.4978
 IMAGE_STD = 0.2449
@@ -34,10 +46,16 @@ class VisionConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        require(self.img_size % self.patch_size == 0, "img_size",
-                f"{self.img_size} is not a multiple of patch_size={self.patch_size}")
-        require(self.embed_dim % self.num_heads == 0, "embed_dim",
-                f"{self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        require(
+            self.img_size % self.patch_size == 0,
+            "img_size",
+            f"{self.img_size} is not a multiple of patch_size={self.patch_size}",
+        )
+        require(
+            self.embed_dim % self.num_heads == 0,
+            "embed_dim",
+            f"{self.embed_dim} is not divisible by num_heads={self.num_heads}",
+        )
         require(self.depth >= 1, "depth", "must be >= 1")
         require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", "must be in [0, 1)")
 
@@ -60,8 +78,11 @@ class DecoderConfig:
     mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
-        require(self.embed_dim % self.num_heads == 0, "embed_dim",
-                f"{self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        require(
+            self.embed_dim % self.num_heads == 0,
+            "embed_dim",
+            f"{self.embed_dim} is not divisible by num_heads={self.num_heads}",
+        )
         require(self.depth >= 1, "depth", "must be >= 1")
 
 
@@ -81,8 +102,11 @@ class TextConfig:
     tokenizer: str | None = None
 
     def __post_init__(self) -> None:
-        require(self.hidden_size % self.num_heads == 0, "hidden_size",
-                f"{self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        require(
+            self.hidden_size % self.num_heads == 0,
+            "hidden_size",
+            f"{self.hidden_size} is not divisible by num_heads={self.num_heads}",
+        )
         require(self.max_length >= 2, "max_length", "must be >= 2")
         require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
@@ -190,11 +214,17 @@ class UperNetConfig:
     blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        require(self.blocks is None or len(self.blocks) == 4, "blocks",
-                f"need 4 block indices (one per level), got {self.blocks}")
+        require(
+            self.blocks is None or len(self.blocks) == 4,
+            "blocks",
+            f"need 4 block indices (one per level), got {self.blocks}",
+        )
         require(self.channels is None or self.channels >= 1, "channels", "must be >= 1 or null")
-        require(self.aux_channels is None or self.aux_channels >= 0, "aux_channels",
-                "must be >= 0 (0 = no aux head) or null")
+        require(
+            self.aux_channels is None or self.aux_channels >= 0,
+            "aux_channels",
+            "must be >= 0 (0 = no aux head) or null",
+        )
         require(0 <= self.aux_level < 4, "aux_level", f"{self.aux_level} is not a level in 0..3")
         require(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
         require(self.num_classes >= 1, "num_classes", "must be >= 1")
@@ -248,9 +278,12 @@ class ViTDetConfig:
     def __post_init__(self) -> None:
         bad = [s for s in self.scales if s not in (4.0, 2.0, 1.0, 0.5)]
         require(not bad, "scales", f"{bad} not supported; choose from 4, 2, 1, 0.5")
-        require(self.anchor_sizes is None or len(self.anchor_sizes) == self.num_levels, "anchor_sizes",
-                f"{len(self.anchor_sizes or ())} sizes for {self.num_levels} pyramid levels; give one size per "
-                "level (p6 counts with top_pool)")
+        require(
+            self.anchor_sizes is None or len(self.anchor_sizes) == self.num_levels,
+            "anchor_sizes",
+            f"{len(self.anchor_sizes or ())} sizes for {self.num_levels} pyramid levels; give one size per "
+            "level (p6 counts with top_pool)",
+        )
         require(self.num_classes >= 2, "num_classes", "counts the background: it must be >= 2")
         for name in ("out_channels", "box_head_fc"):
             require(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 or null")

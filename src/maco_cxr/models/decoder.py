@@ -22,10 +22,10 @@ class MaeDecoder(nn.Module):
         self.config = config
         self.embed = nn.Linear(encoder_dim, config.embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid_size**2 + 1, config.embed_dim),
-                                      requires_grad=False)
-        self.blocks = nn.ModuleList([Block(config.embed_dim, config.num_heads, config.mlp_ratio)
-                                     for _ in range(config.depth)])
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid_size**2 + 1, config.embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [Block(config.embed_dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)]
+        )
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.pred = nn.Linear(config.embed_dim, target_patch**2 * 3)
         self.grad_checkpointing = False

@@ -23,8 +23,13 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // patch) * (w // patch), patch * patch * c)
 
 
-def reconstruction_loss(pred: torch.Tensor, target_images: torch.Tensor, mask: torch.Tensor,
-                        norm_pix_loss: bool, num_masked: int | None = None) -> torch.Tensor:
+def reconstruction_loss(
+    pred: torch.Tensor,
+    target_images: torch.Tensor,
+    mask: torch.Tensor,
+    norm_pix_loss: bool,
+    num_masked: int | None = None,
+) -> torch.Tensor:
     """Mean over removed patches of the per-patch MSE. pred ``[N, L, p*p*3]``, mask ``[N, L]``
     (1 = removed), target ``[N, C, H, W]`` with C = 3, or C = 1 for a grey image (its one
     channel is compared with each of the 3 predicted channels, as the replicated grey the
@@ -89,8 +94,9 @@ def correlation_weighted_contrastive_loss(
     if negative_text_embed is not None:
         hard = F.normalize(negative_text_embed.float(), dim=-1)
         logits_per_image = torch.cat([logits_per_image, inverse_temperature * z @ hard.t()], dim=1)
-    weights = (F.softplus(weight_logits.float()) if weight_logits is not None
-               else torch.ones(z.shape[0], 1, device=z.device))
+    weights = (
+        F.softplus(weight_logits.float()) if weight_logits is not None else torch.ones(z.shape[0], 1, device=z.device)
+    )
     targets = torch.arange(z.shape[0], device=z.device)
     fixed = weights.detach().squeeze(-1)
     # the class weights of the hard-negative columns never apply (no image targets them)

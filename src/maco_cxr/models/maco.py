@@ -41,7 +41,7 @@ def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return images[..., top: top + size, left: left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 class Tokenizer(Protocol):
@@ -100,9 +100,11 @@ class MacoModel(nn.Module):
         float input is taken as already normalised (1 or 3 channels). In eval mode a float batch
         that looks like [0, 1] pixels warns (the check syncs, so training skips it)."""
         if not isinstance(images, torch.Tensor):
-            raise DataError(f"the model's own methods take tensors, got {type(images).__name__}; for paths, "
-                            "PIL images or numpy arrays use maco_cxr.encode_images(model, images) (or "
-                            "patch_embeddings, zero_shot, ground), which read and convert them")
+            raise DataError(
+                f"the model's own methods take tensors, got {type(images).__name__}; for paths, "
+                "PIL images or numpy arrays use maco_cxr.encode_images(model, images) (or "
+                "patch_embeddings, zero_shot, ground), which read and convert them"
+            )
         images = images.to(self.device, non_blocking=True)
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -113,12 +115,13 @@ class MacoModel(nn.Module):
             images = (images.to(dtype) / 255.0 - self.config.image_mean) / self.config.image_std
         elif not images.is_floating_point():
             raise DataError(f"images must be uint8 or normalised float; got dtype {images.dtype}")
-        elif not self.training and images.numel() and images.min() >= 0 and images.max() <= 1 \
-                and images.std() > 0:
+        elif not self.training and images.numel() and images.min() >= 0 and images.max() <= 1 and images.std() > 0:
             warnings.warn(
                 "float images lie in [0, 1]: they look unnormalised. This model expects "
                 f"(x/255 - {self.config.image_mean}) / {self.config.image_std}; pass uint8 to let "
-                "the model normalise.", stacklevel=3)
+                "the model normalise.",
+                stacklevel=3,
+            )
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
     def tokenize(self, texts: Sequence[str] | TokenBatch) -> TokenBatch:
@@ -141,7 +144,8 @@ class MacoModel(nn.Module):
             raise DataError(
                 f"normalised float images must be {self.config.vision.img_size}x"
                 f"{self.config.vision.img_size}; got {tuple(x.shape[-2:])}. Pass uint8 to let the "
-                "model resize them.")
+                "model resize them."
+            )
         return self.visual.forward_features(x)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -188,21 +192,23 @@ class MacoModel(nn.Module):
         big = self.normalize(images)
         size = self.config.input_size
         if big.shape[-2:] != (size, size):
-            raise DataError(f"pre-training images must be {size}x{size} (config.input_size); "
-                            f"got {tuple(big.shape[-2:])}")
+            raise DataError(
+                f"pre-training images must be {size}x{size} (config.input_size); got {tuple(big.shape[-2:])}"
+            )
         # a grey batch arrives as one channel seen three times (an expand view): resample and
         # score that one channel instead of three identical copies
         target = big[:, :1] if big.shape[1] == 3 and big.stride(1) == 0 else big
         small = target
         if self.config.super_resolution:
-            small = F.interpolate(target, size=(self.config.vision.img_size,) * 2, mode="bicubic",
-                                  align_corners=False, antialias=False)
+            small = F.interpolate(
+                target, size=(self.config.vision.img_size,) * 2, mode="bicubic", align_corners=False, antialias=False
+            )
         small = small.expand(-1, 3, -1, -1)
         if mask_noise is None:
-            mask_noise = torch.rand(big.shape[0], self.config.vision.num_patches, device=big.device,
-                                    generator=generator)
-        latent, mask, ids_restore = self.visual.forward_masked(small, self.config.mask_ratio,
-                                                               mask_noise.to(big.device))
+            mask_noise = torch.rand(
+                big.shape[0], self.config.vision.num_patches, device=big.device, generator=generator
+            )
+        latent, mask, ids_restore = self.visual.forward_masked(small, self.config.mask_ratio, mask_noise.to(big.device))
         pred = self.decoder(latent, ids_restore)
         num_patches = self.config.vision.num_patches
         num_masked = num_patches - int(num_patches * (1 - self.config.mask_ratio))
@@ -215,19 +221,32 @@ class MacoModel(nn.Module):
             weight_logits = self.patch_weight((1 - mask).to(self.patch_weight.weight.dtype)).float()
         negative_embed = None if negative_texts is None else self.encode_texts(negative_texts)
         con, weights = correlation_weighted_contrastive_loss(
-            image_embed, text_embed, weight_logits, self.inverse_temperature, gather, negative_embed)
+            image_embed, text_embed, weight_logits, self.inverse_temperature, gather, negative_embed
+        )
         if self.config.loss_weighting == "sum":
             total = rec + con
         else:
             total = self.config.rec_weight * rec + (1 - self.config.rec_weight) * con
         return {
-            "rec": rec, "con": con, "total": total, "mask": mask, "ids_restore": ids_restore,
-            "pred": pred, "latent": latent, "image_embed": image_embed, "text_embed": text_embed,
+            "rec": rec,
+            "con": con,
+            "total": total,
+            "mask": mask,
+            "ids_restore": ids_restore,
+            "pred": pred,
+            "latent": latent,
+            "image_embed": image_embed,
+            "text_embed": text_embed,
             "weights": weights,
         }
 
-    def forward(self, images: torch.Tensor, texts: Sequence[str] | TokenBatch,
-                mask_noise: torch.Tensor | None = None, gather: Gather | None = None,
-                negative_texts: Sequence[str] | TokenBatch | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: Sequence[str] | TokenBatch,
+        mask_noise: torch.Tensor | None = None,
+        gather: Gather | None = None,
+        negative_texts: Sequence[str] | TokenBatch | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Pre-training forward (what DDP wraps): see :meth:`pretrain_losses`."""
         return self.pretrain_losses(images, texts, mask_noise, gather=gather, negative_texts=negative_texts)

@@ -38,8 +38,11 @@ class _Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) \
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
             + self.position_embeddings(positions)[None]
+        )
         return self.dropout(self.LayerNorm(x))
 
 
@@ -66,7 +69,7 @@ class _SelfAttention(nn.Module):
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
         else:
-            scores = (q @ k.transpose(-2, -1)) / self.head_dim ** 0.5
+            scores = (q @ k.transpose(-2, -1)) / self.head_dim**0.5
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
             out = F.dropout(scores.softmax(dim=-1), dropout, self.training) @ v
         return out.transpose(1, 2).reshape(b, n, h)
@@ -142,8 +145,9 @@ class Bert(nn.Module):
         self.grad_checkpointing = False
         self.apply(_init)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         keep = attention_mask.bool()[:, None, None, :]
@@ -178,8 +182,9 @@ class TextEncoder(nn.Module):
         self.config = config
         self.bert = Bert(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.bert(input_ids, attention_mask, token_type_ids)[1]
 
 

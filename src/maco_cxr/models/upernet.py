@@ -52,8 +52,7 @@ IGNORE_INDEX = 255
 PAPER_BLOCKS = (4, 6, 8, 12)  # 1-based blocks of the 12-block ViT-B the paper reads
 
 
-def feature_blocks(depth: int, paper_blocks: Sequence[int] = PAPER_BLOCKS, paper_depth: int = 12
-                   ) -> tuple[int, ...]:
+def feature_blocks(depth: int, paper_blocks: Sequence[int] = PAPER_BLOCKS, paper_depth: int = 12) -> tuple[int, ...]:
     """0-based block indices for a ViT of ``depth`` blocks.
 
     Rule: 1-based block ``b`` of the 12-block paper model maps to ``max(1, round_half_up(b *
@@ -74,8 +73,9 @@ class SegmentationOutput:
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+    )
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -87,8 +87,12 @@ class FeatureRescale(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.GELU(),
-                                 nn.ConvTranspose2d(dim, dim, 2, stride=2))
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim, 2, stride=2),
+            nn.BatchNorm2d(dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim, 2, stride=2),
+        )
         self.up2 = nn.ConvTranspose2d(dim, dim, 2, stride=2)
         self.down2 = nn.MaxPool2d(2, stride=2)
 
@@ -103,7 +107,8 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_ch: int, channels: int, scales: Sequence[int]) -> None:
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv_bn_relu(in_ch, channels, 1)) for s in scales)
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv_bn_relu(in_ch, channels, 1)) for s in scales
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [_resize(stage(x), x.shape[2:]) for stage in self.stages]
@@ -112,8 +117,9 @@ class PyramidPooling(nn.Module):
 class UperHead(nn.Module):
     """UperNet decode head: PPM on the last level, FPN top-down fusion, concat, classify."""
 
-    def __init__(self, in_channels: Sequence[int], channels: int, pool_scales: Sequence[int],
-                 num_classes: int, dropout: float) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], channels: int, pool_scales: Sequence[int], num_classes: int, dropout: float
+    ) -> None:
         super().__init__()
         self.ppm = PyramidPooling(in_channels[-1], channels, pool_scales)
         self.ppm_bottleneck = _conv_bn_relu(in_channels[-1] + len(pool_scales) * channels, channels, 3)
@@ -168,10 +174,12 @@ class UperNetSegmenter(nn.Module):
         channels = self.config.channels or dim
         aux_channels = self.config.aux_channels if self.config.aux_channels is not None else max(1, dim // 3)
         self.rescale = FeatureRescale(dim)
-        self.decode_head = UperHead([dim] * 4, channels, self.config.pool_scales, self.config.num_classes,
-                                    self.config.dropout)
-        self.aux_head = (FCNHead(dim, aux_channels, self.config.num_classes, self.config.dropout)
-                         if aux_channels else None)
+        self.decode_head = UperHead(
+            [dim] * 4, channels, self.config.pool_scales, self.config.num_classes, self.config.dropout
+        )
+        self.aux_head = (
+            FCNHead(dim, aux_channels, self.config.num_classes, self.config.dropout) if aux_channels else None
+        )
 
     def no_weight_decay(self) -> set[str]:
         return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
@@ -184,8 +192,14 @@ class UperNetSegmenter(nn.Module):
         return SegmentationOutput(logits=logits, aux_logits=aux)
 
 
-def masked_focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, alpha: float = 0.5,
-                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def masked_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float = 0.5,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """Sigmoid focal loss ``-a_t (1 - p_t)^gamma log p_t`` averaged over the valid pixels.
 
     ``logits`` ``[N, H, W]`` (one foreground channel), ``target`` ``[N, H, W]`` in {0, 1,
@@ -195,13 +209,15 @@ def masked_focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
     valid = target != ignore_index
     if not valid.any():
         return logits.sum() * 0.0
-    per_pixel = sigmoid_focal_loss(logits[valid], target[valid].to(logits.dtype), alpha=alpha, gamma=gamma,
-                                   reduction="none")
+    per_pixel = sigmoid_focal_loss(
+        logits[valid], target[valid].to(logits.dtype), alpha=alpha, gamma=gamma, reduction="none"
+    )
     return per_pixel.mean()
 
 
-def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, eps: float = 1e-3,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def binary_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, eps: float = 1e-3, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Soft Dice loss on the foreground probability, per image, averaged over the batch.
 
     ``1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps)`` over the valid pixels of each
@@ -217,9 +233,12 @@ def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, eps: float =
     return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
 
 
-def segmentation_loss(output: SegmentationOutput, target: torch.Tensor,
-                      weights: SegmentationLossWeights = SegmentationLossWeights(),  # noqa: B008 - frozen
-                      ignore_index: int = IGNORE_INDEX) -> dict[str, torch.Tensor]:
+def segmentation_loss(
+    output: SegmentationOutput,
+    target: torch.Tensor,
+    weights: SegmentationLossWeights = SegmentationLossWeights(),  # noqa: B008 - frozen
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, torch.Tensor]:
     """Weighted focal + Dice losses of both heads; logits are resized to the target first.
 
     ``target`` ``[N, H, W]`` integer in {0, 1, ignore_index}. Returns the parts and ``loss``.
@@ -233,8 +252,7 @@ def segmentation_loss(output: SegmentationOutput, target: torch.Tensor,
         if logits.shape[1] != 1:
             raise ValueError(f"segmentation_loss expects one foreground logit channel, got {logits.shape[1]}")
         full = _resize(logits.float(), target.shape[-2:])[:, 0]
-        focal = masked_focal_loss(full, target, gamma=weights.gamma, alpha=weights.alpha,
-                                  ignore_index=ignore_index)
+        focal = masked_focal_loss(full, target, gamma=weights.gamma, alpha=weights.alpha, ignore_index=ignore_index)
         dice = binary_dice_loss(full, target, ignore_index=ignore_index)
         parts[f"{prefix}focal"], parts[f"{prefix}dice"] = focal.detach(), dice.detach()
         total = total + w_focal * focal + w_dice * dice

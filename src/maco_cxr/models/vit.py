@@ -2,9 +2,9 @@
 
 Blocks compute what timm's do (pre-norm, qkv bias, GELU MLP, attention through
 ``scaled_dot_product_attention``; :mod:`maco_cxr.models.layers`), and keys read
-``blocks.{i}.attn.qkv.weight`` as in the official checkpoints. The position embedding is a fixed 2-D sin-cos table stored as a frozen
-parameter: official checkpoints carry their own table (computed with a different formula),
-which must be loaded, not recomputed.
+``blocks.{i}.attn.qkv.weight`` as in the official checkpoints. The position embedding is a
+fixed 2-D sin-cos table stored as a frozen parameter: official checkpoints carry their own
+table (computed with a different formula), which must be loaded, not recomputed.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> tor
     return torch.cat([cls_row, patch_rows], dim=1)
 
 
-def random_masking(num_patches: int, mask_ratio: float, noise: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    num_patches: int, mask_ratio: float, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE masking from uniform noise ``[N, L]``: keep the patches with the smallest noise.
 
     Returns ``ids_keep [N, L_keep]``, ``mask [N, L]`` (1 = removed) and ``ids_restore [N, L]``.
@@ -74,11 +75,11 @@ class MaskedViT(nn.Module):
         self.patch_size = config.patch_size
         self.patch_embed = PatchEmbed(config.patch_size, 3, config.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.embed_dim),
-                                      requires_grad=False)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.embed_dim), requires_grad=False)
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
-        self.blocks = nn.ModuleList([Block(config.embed_dim, config.num_heads, config.mlp_ratio, drop_path=rate)
-                                     for rate in rates])
+        self.blocks = nn.ModuleList(
+            [Block(config.embed_dim, config.num_heads, config.mlp_ratio, drop_path=rate) for rate in rates]
+        )
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         self.grad_checkpointing = False
         self._init_weights()
@@ -128,8 +129,9 @@ class MaskedViT(nn.Module):
             x = self._run_block(block, x)
         return self.norm(x)
 
-    def forward_masked(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_masked(
+        self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the visible patches. x ``[N, 3, H, W]``, noise ``[N, L]``.
 
         Returns latent ``[N, 1 + L_keep, D]`` (after the final norm), mask ``[N, L]`` (1 =
@@ -145,8 +147,9 @@ class MaskedViT(nn.Module):
         tokens, _ = self._embed(x)
         return self._blocks(self._prepend_cls(tokens))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int] | tuple[int, ...],
-                              norm: bool = False) -> list[torch.Tensor]:
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: list[int] | tuple[int, ...], norm: bool = False
+    ) -> list[torch.Tensor]:
         """Feature maps ``[N, D, H/p, W/p]`` after the blocks with 0-based ``indices`` (dense heads)."""
         tokens, grid_hw = self._embed(x)
         h = self._prepend_cls(tokens)

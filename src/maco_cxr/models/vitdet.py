@@ -43,8 +43,6 @@ __all__ = [
 ]
 
 
-
-
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a ``[N, C, H, W]`` map (detectron2's "LN" in ViTDet)."""
 
@@ -54,8 +52,12 @@ class LayerNorm2d(nn.LayerNorm):
 
 def _rescale(dim: int, scale: float) -> tuple[list[nn.Module], int]:
     if scale == 4.0:
-        return [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
-                nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)], dim // 4
+        return [
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            LayerNorm2d(dim // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+        ], dim // 4
     if scale == 2.0:
         return [nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)], dim // 2
     if scale == 1.0:
@@ -66,18 +68,29 @@ def _rescale(dim: int, scale: float) -> tuple[list[nn.Module], int]:
 class SimpleFeaturePyramid(nn.Module):
     """Stride-16 map ``[N, D, h, w]`` -> OrderedDict ``p2..p5`` (+ ``p6``) of ``out_channels`` maps."""
 
-    def __init__(self, dim: int, out_channels: int = 256, scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
-                 top_pool: bool = True, patch_size: int = 16) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_channels: int = 256,
+        scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+        top_pool: bool = True,
+        patch_size: int = 16,
+    ) -> None:
         super().__init__()
         if dim % 4:
-            raise ConfigError(f"the simple feature pyramid halves the width twice; embed dim {dim} is not "
-                              "divisible by 4")
+            raise ConfigError(
+                f"the simple feature pyramid halves the width twice; embed dim {dim} is not divisible by 4"
+            )
         self.names = [f"p{int(math.log2(patch_size / s))}" for s in scales]
         self.stages = nn.ModuleList()
         for scale in scales:
             layers, width = _rescale(dim, scale)
-            layers += [nn.Conv2d(width, out_channels, 1, bias=False), LayerNorm2d(out_channels),
-                       nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
+            layers += [
+                nn.Conv2d(width, out_channels, 1, bias=False),
+                LayerNorm2d(out_channels),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                LayerNorm2d(out_channels),
+            ]
             self.stages.append(nn.Sequential(*layers))
         self.top_pool = top_pool
         if top_pool:
@@ -93,8 +106,13 @@ class SimpleFeaturePyramid(nn.Module):
 class ViTDetBackbone(nn.Module):
     """torchvision detection backbone: ViT last block (no final norm) -> simple feature pyramid."""
 
-    def __init__(self, vit: MaskedViT, out_channels: int = 256, scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
-                 top_pool: bool = True) -> None:
+    def __init__(
+        self,
+        vit: MaskedViT,
+        out_channels: int = 256,
+        scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+        top_pool: bool = True,
+    ) -> None:
         super().__init__()
         self.vit = vit
         self.vit.norm = nn.Identity()  # the pyramid reads the last block before the final norm
@@ -159,8 +177,9 @@ def set_sampling_seeds(detector: FasterRCNN, seeds: Sequence[int] | None) -> Non
     detector.roi_heads.fg_bg_sampler.seeds = None if seeds is None else [2 * int(s) + 1 for s in seeds]
 
 
-def build_vitdet(vit: MaskedViT, config: ViTDetConfig, image_size: int, pixel_mean: float, pixel_std: float
-                 ) -> FasterRCNN:
+def build_vitdet(
+    vit: MaskedViT, config: ViTDetConfig, image_size: int, pixel_mean: float, pixel_std: float
+) -> FasterRCNN:
     """Faster R-CNN on a ViT: the detector takes float ``[3, S, S]`` images in [0, 1] of side
     ``image_size`` (already letterboxed or cropped; its own resize is then the identity) and
     normalises them with ``pixel_mean`` / ``pixel_std`` (fractions of 255)."""
@@ -170,17 +189,20 @@ def build_vitdet(vit: MaskedViT, config: ViTDetConfig, image_size: int, pixel_me
     fc = config.box_head_fc or 4 * channels
     backbone = ViTDetBackbone(vit, channels, config.scales, config.top_pool)
     names = backbone.level_names
-    anchors = AnchorGenerator(sizes=tuple((a,) for a in config.anchors_for(image_size)),
-                              aspect_ratios=(config.aspect_ratios,) * len(names))
+    anchors = AnchorGenerator(
+        sizes=tuple((a,) for a in config.anchors_for(image_size)), aspect_ratios=(config.aspect_ratios,) * len(names)
+    )
     rpn_head = RPNHead(channels, len(config.aspect_ratios), conv_depth=config.rpn_conv_depth)
     pooled = [n for n in names if n != "p6"] if config.top_pool else names
-    box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * config.box_head_convs, [fc],
-                                  norm_layer=LayerNorm2d)
+    box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * config.box_head_convs, [fc], norm_layer=LayerNorm2d)
     detector = FasterRCNN(
         backbone,
-        min_size=image_size, max_size=image_size,
-        image_mean=[pixel_mean] * 3, image_std=[pixel_std] * 3,
-        rpn_anchor_generator=anchors, rpn_head=rpn_head,
+        min_size=image_size,
+        max_size=image_size,
+        image_mean=[pixel_mean] * 3,
+        image_std=[pixel_std] * 3,
+        rpn_anchor_generator=anchors,
+        rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,

@@ -30,7 +30,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from maco_cxr._atomic import TEMP_PREFIX, atomic_directory, remove_stale_temporaries as remove_temporaries_in
+from maco_cxr._atomic import TEMP_PREFIX, atomic_directory
+from maco_cxr._atomic import remove_stale_temporaries as remove_temporaries_in
 from maco_cxr.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -86,14 +87,21 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
         return path
     latest = latest_checkpoint(path) if path.is_dir() else None
     if latest is None:
-        raise CheckpointError(f"runtime.resume={resume}: no complete checkpoint there (expected a "
-                              f"step-N directory with {STATE_NAME} and {MODEL_DIR}/, or a run "
-                              "directory containing checkpoints/); use resume=auto or never")
+        raise CheckpointError(
+            f"runtime.resume={resume}: no complete checkpoint there (expected a "
+            f"step-N directory with {STATE_NAME} and {MODEL_DIR}/, or a run "
+            "directory containing checkpoints/); use resume=auto or never"
+        )
     return latest
 
 
-def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any],
-                    write_model: Callable[[Path], None], keep_last: int | None = None) -> Path:
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    state: dict[str, Any],
+    write_model: Callable[[Path], None],
+    keep_last: int | None = None,
+) -> Path:
     """Write checkpoint ``step`` atomically, then keep only the newest ``keep_last``.
 
     ``write_model(folder)`` writes the model into ``folder`` (``MODEL_DIR``, with
@@ -140,9 +148,11 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot be read (weights_only=True): {err}") from err
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != STATE_VERSION:
-        raise CheckpointError(f"{path}: trainer state format {version!r}, this maco-cxr reads "
-                              f"{STATE_VERSION}; start afresh (runtime.resume=never) or use a matching "
-                              "version")
+        raise CheckpointError(
+            f"{path}: trainer state format {version!r}, this maco-cxr reads "
+            f"{STATE_VERSION}; start afresh (runtime.resume=never) or use a matching "
+            "version"
+        )
     return state
 
 
@@ -156,12 +166,15 @@ def load_model_weights(model: nn.Module, checkpoint: str | Path) -> None:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: tensor shapes do not match the model ({err}); was model.* "
-                              "changed since the checkpoint?") from err
+        raise CheckpointError(
+            f"{path}: tensor shapes do not match the model ({err}); was model.* changed since the checkpoint?"
+        ) from err
     missing = [k for k in result.missing_keys if not k.endswith(_OPTIONAL_BUFFERS)]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: does not match the model (missing {missing[:8]}, unexpected "
-                              f"{result.unexpected_keys[:8]}); was model.* changed since the checkpoint?")
+        raise CheckpointError(
+            f"{path}: does not match the model (missing {missing[:8]}, unexpected "
+            f"{result.unexpected_keys[:8]}); was model.* changed since the checkpoint?"
+        )
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -174,8 +187,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_same_run(saved: Mapping[str, Any], current: Mapping[str, Any], *, checkpoint: Path,
-                   may_differ: Iterable[str]) -> None:
+def check_same_run(
+    saved: Mapping[str, Any], current: Mapping[str, Any], *, checkpoint: Path, may_differ: Iterable[str]
+) -> None:
     """Refuse to resume ``checkpoint`` when the config asked for differs from the saved one.
 
     ``saved``/``current`` are plain config dicts; keys listed in ``may_differ`` (how the run is
@@ -184,12 +198,14 @@ def check_same_run(saved: Mapping[str, Any], current: Mapping[str, Any], *, chec
     """
     allowed = tuple(may_differ)
     old, new = _flatten(saved), _flatten(current)
-    differing = sorted(key for key in old.keys() | new.keys()
-                       if old.get(key) != new.get(key) and not key.startswith(allowed))
+    differing = sorted(
+        key for key in old.keys() | new.keys() if old.get(key) != new.get(key) and not key.startswith(allowed)
+    )
     if differing:
         shown = "; ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in differing[:12])
         more = f" (+{len(differing) - 12} more)" if len(differing) > 12 else ""
         raise CheckpointError(
             f"{checkpoint.parent.parent}: holds a run with other settings ({shown}{more}), so it cannot be "
             "resumed with these. Write the new run to another folder (runtime.output_dir / --out), or start "
-            "afresh in this one with runtime.resume=never (its checkpoints are then replaced).")
+            "afresh in this one with runtime.resume=never (its checkpoints are then replaced)."
+        )

@@ -99,8 +99,7 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
-                            world_size=info.world_size)
+    dist.init_process_group(backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size)
     return info
 
 
@@ -246,8 +245,7 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                momentum = (self.momentum if self.momentum is not None
-                            else 1.0 / float(self.num_batches_tracked))
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var * count / (count - 1).clamp_min(1)
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(self.running_mean.dtype))
                 self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
@@ -264,8 +262,9 @@ def use_global_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
             device = child.weight.device if child.affine else None
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats, device=device)
+            replacement = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats, device=device
+            )
             replacement.load_state_dict(child.state_dict())
             replacement.train(child.training)
             setattr(module, name, replacement)

@@ -138,15 +138,25 @@ class Run:
         """The rows of the metrics log so far (rank 0; empty on the others)."""
         return self.log.rows if self.log is not None else []
 
-    def map_items(self, items: Dataset, predict: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-                  batch_size: int, desc: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    def map_items(
+        self,
+        items: Dataset,
+        predict: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+        batch_size: int,
+        desc: str,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """``predict`` over every item of ``items``, this rank on its shard (items r, r + W, ...),
         the records gathered on every rank and sorted by ``index``; unreadable items
         (``{"failure": ...}``) are returned apart."""
         shard = Subset(items, range(self.info.rank, len(items), self.info.world_size))
         workers = 0 if getattr(items, "in_memory", False) else self.workers
-        loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, collate_fn=_as_list,
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            shard,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_as_list,
+            generator=torch.Generator().manual_seed(0),
+        )
         records: list[dict[str, Any]] = []
         failures: list[dict[str, str]] = []
         with torch.inference_mode():
@@ -160,8 +170,10 @@ class Run:
         records = sorted((r for part, _ in gathered for r in part), key=lambda r: r["index"])
         failures = [f for _, part in gathered for f in part]
         if not records:
-            raise DataError(f"no image of the {desc} split could be read ({len(failures)} failed; first: "
-                            f"{failures[0] if failures else None})")
+            raise DataError(
+                f"no image of the {desc} split could be read ({len(failures)} failed; first: "
+                f"{failures[0] if failures else None})"
+            )
         return records, failures
 
     def global_sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -267,8 +279,9 @@ def max_memory_gb(device: torch.device) -> float | None:
 class _Skeleton:
     """State of one run; :meth:`run` is the loop."""
 
-    def __init__(self, settings: RunSettings, hooks: RunHooks[Any], info: dist_utils.DistInfo,
-                 device: torch.device) -> None:
+    def __init__(
+        self, settings: RunSettings, hooks: RunHooks[Any], info: dist_utils.DistInfo, device: torch.device
+    ) -> None:
         self.settings, self.hooks, self.info, self.device = settings, hooks, info, device
         self.run_info = Run(device, info, settings.precision, settings.workers, settings.progress)
         out = settings.output_dir
@@ -279,11 +292,11 @@ class _Skeleton:
         dist_utils.barrier()
         hooks.prepare(self.run_info)
         self.checkpoint: Path | None = dist_utils.broadcast_object(
-            resolve_resume(settings.resume, out) if info.is_master else None)
+            resolve_resume(settings.resume, out) if info.is_master else None
+        )
         state = load_trainer_state(self.checkpoint) if self.checkpoint is not None else None
         if state is not None:
-            check_same_run(state["config"], settings.config, checkpoint=self.checkpoint,
-                           may_differ=settings.may_differ)
+            check_same_run(state["config"], settings.config, checkpoint=self.checkpoint, may_differ=settings.may_differ)
         self.model, self.optimizer = hooks.build(self.run_info, initialise=state is None)
         # dropout and drop-path draw per rank
         torch.default_generator.manual_seed(seed_for(settings.seed, info.rank, 2))
@@ -294,8 +307,9 @@ class _Skeleton:
             self._resume(state)
         self.ddp: nn.Module = self.model
         if info.distributed:
-            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
-                                               else None, gradient_as_bucket_view=True)
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+            )
         self.step = self.start_step  # optimizer steps done (what a Ctrl-C reports)
 
     def _resume(self, state: Mapping[str, Any]) -> None:
@@ -308,9 +322,13 @@ class _Skeleton:
             group["base_lr"] = self.settings.lr
         rng = state["rng"]
         if len(rng) != self.info.world_size and self.info.is_master:
-            logger.warning("%s was written by %d processes, this run has %d: random streams restart from the "
-                           "checkpoint's rank 0 (the data order is unaffected)", checkpoint, len(rng),
-                           self.info.world_size)
+            logger.warning(
+                "%s was written by %d processes, this run has %d: random streams restart from the "
+                "checkpoint's rank 0 (the data order is unaffected)",
+                checkpoint,
+                len(rng),
+                self.info.world_size,
+            )
         own = rng[self.info.rank] if len(rng) == self.info.world_size else rng[0]
         restore_rng_state(own, self.hooks.generator, self.device)
         self.start_step = int(state["step"])
@@ -323,9 +341,14 @@ class _Skeleton:
         end = max(end, self.start_step)
         try:
             if self.info.is_master:
-                run.log = MetricsLog(s.output_dir, tensorboard=s.tensorboard, jsonl_name=s.jsonl_name,
-                                     csv_name=s.csv_name, tag=s.name,
-                                     resume_step=self.start_step if self.checkpoint is not None else None)
+                run.log = MetricsLog(
+                    s.output_dir,
+                    tensorboard=s.tensorboard,
+                    jsonl_name=s.jsonl_name,
+                    csv_name=s.csv_name,
+                    tag=s.name,
+                    resume_step=self.start_step if self.checkpoint is not None else None,
+                )
                 hooks.describe(run, self.start_step)
                 if self.checkpoint is not None:
                     logger.info("resumed from %s at step %d", self.checkpoint, self.start_step)
@@ -339,14 +362,24 @@ class _Skeleton:
             if run.log is not None:
                 run.log.close()
         if end < total and self.info.is_master:
-            logger.info("stopped at step %d of %d (runtime.stop_at_step); run it again with the same "
-                        "settings to continue from the checkpoint", end, total)
+            logger.info(
+                "stopped at step %d of %d (runtime.stop_at_step); run it again with the same "
+                "settings to continue from the checkpoint",
+                end,
+                total,
+            )
         return result
 
     def _steps(self, end: int, total: int) -> None:
         s, hooks = self.settings, self.hooks
-        bar = tqdm(total=end, initial=self.start_step, desc=s.name, unit="step", dynamic_ncols=True,
-                   disable=not (s.progress and self.info.is_master))
+        bar = tqdm(
+            total=end,
+            initial=self.start_step,
+            desc=s.name,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (s.progress and self.info.is_master),
+        )
         batches = hooks.batches(self.run_info, self.start_step) if self.start_step < end else iter(())
         window: list[dict[str, torch.Tensor]] = []
         started = time.perf_counter()
@@ -384,36 +417,52 @@ class _Skeleton:
         self.optimizer.zero_grad(set_to_none=True)
         return sums
 
-    def _log(self, done: int, total: int, window: list[dict[str, torch.Tensor]], elapsed: float,
-             bar: Any) -> None:
+    def _log(self, done: int, total: int, window: list[dict[str, torch.Tensor]], elapsed: float, bar: Any) -> None:
         keys = sorted(window[0])
         stacked = torch.stack([torch.stack([row[k] for k in keys]) for row in window]).double().mean(0)
         means = dict(zip(keys, dist_utils.all_reduce_mean(stacked).tolist()))
         if not math.isfinite(means["loss"]):
-            raise DataError(f"the training loss became {means['loss']} by step {done}; lower optim.lr "
-                            f"(now {self.settings.lr}) or raise optim.warmup_steps")
+            raise DataError(
+                f"the training loss became {means['loss']} by step {done}; lower optim.lr "
+                f"(now {self.settings.lr}) or raise optim.warmup_steps"
+            )
         lr = self.optimizer.param_groups[-1]["lr"]
         images_per_s = len(window) * self.hooks.samples_per_step / max(elapsed, 1e-9)
-        row = self.hooks.log_row({"step": done, **means, "lr": lr, "images_per_s": images_per_s,
-                                  "max_memory_gb": max_memory_gb(self.device)})
+        row = self.hooks.log_row(
+            {"step": done, **means, "lr": lr, "images_per_s": images_per_s, "max_memory_gb": max_memory_gb(self.device)}
+        )
         if not self.info.is_master:
             return
         self.run_info.write_metrics(row)
         parts = ", ".join(f"{k} {means[k]:.4f}" for k in keys if k != "loss")
         if bar.disable:
-            logger.info("%s step %d/%d  loss %.4f%s  lr %.3g  %.1f images/s", self.settings.name, done, total,
-                        means["loss"], f" ({parts})" if parts else "", lr, images_per_s)
+            logger.info(
+                "%s step %d/%d  loss %.4f%s  lr %.3g  %.1f images/s",
+                self.settings.name,
+                done,
+                total,
+                means["loss"],
+                f" ({parts})" if parts else "",
+                lr,
+                images_per_s,
+            )
         else:
-            bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}",
-                            refresh=False)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}", refresh=False)
 
     def _save(self, done: int) -> None:
         own = self.hooks.state(done)
         rng = dist_utils.all_gather_objects(capture_rng_state(self.hooks.generator, self.device))
         if self.info.is_master:
-            state = {"step": done, "optimizer": self.optimizer.state_dict(), "rng": rng,
-                     "world_size": self.info.world_size, "config": dict(self.settings.config), **own}
-            path = save_checkpoint(self.settings.output_dir, done, state, self.hooks.write_model,
-                                   keep_last=self.settings.keep_last)
+            state = {
+                "step": done,
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+                "world_size": self.info.world_size,
+                "config": dict(self.settings.config),
+                **own,
+            }
+            path = save_checkpoint(
+                self.settings.output_dir, done, state, self.hooks.write_model, keep_last=self.settings.keep_last
+            )
             logger.info("saved checkpoint %s", path)
         dist_utils.barrier()

@@ -19,8 +19,7 @@ from typing import Any
 from maco_cxr._atomic import write_text
 from maco_cxr.errors import ConfigError
 
-FIELDS = ("step", "epoch", "lr", "rec", "con", "total", "inverse_temperature", "images_per_s",
-          "max_mem_gb", "skipped")
+FIELDS = ("step", "epoch", "lr", "rec", "con", "total", "inverse_temperature", "images_per_s", "max_mem_gb", "skipped")
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
 
@@ -29,17 +28,26 @@ def _open_tensorboard(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise ConfigError("runtime.tensorboard=true needs the tensorboard package: "
-                          "pip install 'maco-cxr[tensorboard]' (or set runtime.tensorboard=false)") from err
+        raise ConfigError(
+            "runtime.tensorboard=true needs the tensorboard package: "
+            "pip install 'maco-cxr[tensorboard]' (or set runtime.tensorboard=false)"
+        ) from err
     return SummaryWriter(log_dir=str(log_dir))
 
 
 class MetricsLog:
     """Writer of metric rows (only rank 0 creates one); ``rows`` keeps what was written."""
 
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = False, resume_step: int | None = None,
-                 jsonl_name: str = JSONL_NAME, csv_name: str | None = CSV_NAME,
-                 tag: str = "pretrain") -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        tensorboard: bool = False,
+        resume_step: int | None = None,
+        jsonl_name: str = JSONL_NAME,
+        csv_name: str | None = CSV_NAME,
+        tag: str = "pretrain",
+    ) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / jsonl_name
@@ -51,14 +59,20 @@ class MetricsLog:
                     path.unlink(missing_ok=True)
         else:
             self._truncate_after(resume_step)
-        self.rows: list[dict[str, Any]] = ([json.loads(line) for line in self.jsonl.read_text().splitlines()
-                                            if line.strip()] if self.jsonl.is_file() else [])
+        self.rows: list[dict[str, Any]] = (
+            [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+            if self.jsonl.is_file()
+            else []
+        )
         self.tensorboard = _open_tensorboard(self.dir / "tensorboard") if tensorboard else None
 
     def _truncate_after(self, step: int) -> None:
         if self.jsonl.is_file():
-            kept = [line for line in self.jsonl.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            kept = [
+                line
+                for line in self.jsonl.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step
+            ]
             _replace_text(self.jsonl, "".join(line + "\n" for line in kept))
         if self.csv is not None and self.csv.is_file():
             with self.csv.open(newline="") as handle:

@@ -45,15 +45,13 @@ def param_groups(
         key = (layer, decay)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - layer) if layer_decay is not None and num_layers else 1.0
-            groups[key] = {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
-                           "lr_scale": scale}
+            groups[key] = {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]
 
 
-def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device
-                ) -> torch.optim.AdamW:
+def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused on CUDA (one kernel for all parameters), foreach elsewhere."""
     fused = device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)

@@ -14,8 +14,16 @@ import torch
 ScheduleName = Literal["cosine", "poly", "constant"]
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: ScheduleName = "cosine",
-                  *, warmup_start: float = 0.0, final: float = 0.0, power: float = 1.0) -> float:
+def lr_multiplier(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    schedule: ScheduleName = "cosine",
+    *,
+    warmup_start: float = 0.0,
+    final: float = 0.0,
+    power: float = 1.0,
+) -> float:
     """Linear warm-up from ``warmup_start`` to 1 over ``warmup_steps``, then decay to ``final``.
 
     ``cosine``: half-cycle cosine; ``poly``: (1 - progress)^power; ``constant``: 1.

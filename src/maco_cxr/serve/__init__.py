@@ -20,8 +20,8 @@ from __future__ import annotations
 from maco_cxr.serve.app import ServeLimits, create_app
 from maco_cxr.serve.backend import (
     Backend,
-    Prediction,
     PredictFn,
+    Prediction,
     classifier_backend,
     detector_backend,
     load_backend,

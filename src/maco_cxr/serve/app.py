@@ -80,14 +80,14 @@ class ServeLimits:
     max_concurrent_uploads: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_classes", "max_phrase_chars",
-                     "max_concurrent_uploads"):
+        for name in ("max_upload_bytes", "max_pixels", "max_classes", "max_phrase_chars", "max_concurrent_uploads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(self, name)}", key=f"ServeLimits.{name}")
 
 
-def create_app(backend: Backend, limits: ServeLimits | None = None, *,
-               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+def create_app(
+    backend: Backend, limits: ServeLimits | None = None, *, allowed_hosts: Sequence[str] | None = None
+) -> FastAPI:
     """The viewer app for ``backend``.
 
     ``allowed_hosts``: host names accepted in the Host header, port aside (``None``: any; IPv6
@@ -102,17 +102,20 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
     upload_slots = threading.BoundedSemaphore(limits.max_concurrent_uploads)
     hosts = None if allowed_hosts is None else {_host_name(h) for h in allowed_hosts}
 
-    app = FastAPI(title="maco-cxr viewer", docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
+    app = FastAPI(title="maco-cxr viewer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
 
     @app.middleware("http")
     async def check_host_and_add_security_headers(request: Request, call_next: Any) -> Any:
         # Starlette's TrustedHostMiddleware cuts "[::1]:8000" at its first colon, so it cannot
         # accept an IPv6 literal; this check parses the bracketed form
         if hosts is not None and _host_name(request.headers.get("host", "")) not in hosts:
-            response: Any = JSONResponse({"error": "invalid Host header: this viewer answers only to "
-                                          f"{sorted(hosts)} (a page on another site cannot use it)"},
-                                         status_code=400)
+            response: Any = JSONResponse(
+                {
+                    "error": "invalid Host header: this viewer answers only to "
+                    f"{sorted(hosts)} (a page on another site cannot use it)"
+                },
+                status_code=400,
+            )
         else:
             response = await call_next(request)
         response.headers.update(security_headers)
@@ -137,15 +140,27 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
             "status": "ok",
             "model": {"name": backend.name, "kind": backend.kind, **backend.summary},
             "device": backend.device,
-            "tasks": {"classification": backend.classification, "zero_shot": backend.classes_editable,
-                      "grounding": backend.grounding, "segmentation": backend.segmentation,
-                      "detection": backend.detection, "maps": backend.maps},
-            "classes": {"default": list(backend.default_classes), "editable": backend.classes_editable,
-                        "sets": {k: list(v) for k, v in backend.class_sets.items()}},
+            "tasks": {
+                "classification": backend.classification,
+                "zero_shot": backend.classes_editable,
+                "grounding": backend.grounding,
+                "segmentation": backend.segmentation,
+                "detection": backend.detection,
+                "maps": backend.maps,
+            },
+            "classes": {
+                "default": list(backend.default_classes),
+                "editable": backend.classes_editable,
+                "sets": {k: list(v) for k, v in backend.class_sets.items()},
+            },
             "scores": backend.scores_meaning,
-            "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
-                       "max_classes": limits.max_classes, "max_phrase_chars": limits.max_phrase_chars,
-                       "max_concurrent_uploads": limits.max_concurrent_uploads},
+            "limits": {
+                "max_upload_bytes": limits.max_upload_bytes,
+                "max_pixels": limits.max_pixels,
+                "max_classes": limits.max_classes,
+                "max_phrase_chars": limits.max_phrase_chars,
+                "max_concurrent_uploads": limits.max_concurrent_uploads,
+            },
         }
 
     def analyze_form(form: UploadForm) -> dict[str, Any]:
@@ -153,8 +168,11 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
         classes = _parse_classes(form.classes, limits.max_classes)
         phrase = form.phrase
         if phrase == "":
-            raise UploadError(400, "the 'phrase' field is empty (or only whitespace): type a phrase to "
-                              "ground, or leave the field out for scores without a heatmap")
+            raise UploadError(
+                400,
+                "the 'phrase' field is empty (or only whitespace): type a phrase to "
+                "ground, or leave the field out for scores without a heatmap",
+            )
         if phrase is not None and len(phrase) > limits.max_phrase_chars:
             raise UploadError(400, f"the phrase is longer than {limits.max_phrase_chars} characters")
         if phrase is not None and not backend.grounding:
@@ -168,8 +186,11 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
             raise UploadError(400, str(exc)) from None
         predicted = time.perf_counter()
         out = _response(backend, image.pixels, image.format, image.dicom, phrase, prediction)
-        out["timings_ms"] = {"decode": _ms(decoded - started), "predict": _ms(predicted - decoded),
-                             "encode": _ms(time.perf_counter() - predicted)}
+        out["timings_ms"] = {
+            "decode": _ms(decoded - started),
+            "predict": _ms(predicted - decoded),
+            "encode": _ms(time.perf_counter() - predicted),
+        }
         return out
 
     @app.post("/api/analyze", openapi_extra=_ANALYZE_OPENAPI)
@@ -177,24 +198,34 @@ def create_app(backend: Backend, limits: ServeLimits | None = None, *,
         """Scores (and, with a phrase, its heatmap) of one uploaded image; see the module docstring."""
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > body_limit(limits.max_upload_bytes):
-            raise UploadError(413, f"the request is larger than the upload limit of "
-                              f"{limits.max_upload_bytes / 2**20:g} MiB (maco-cxr serve --max-upload-mb)")
+            raise UploadError(
+                413,
+                f"the request is larger than the upload limit of "
+                f"{limits.max_upload_bytes / 2**20:g} MiB (maco-cxr serve --max-upload-mb)",
+            )
         if not upload_slots.acquire(blocking=False):
             return JSONResponse(
-                {"error": f"the viewer is busy: {limits.max_concurrent_uploads} uploads are already in "
-                 f"progress (maco-cxr serve --max-concurrent-uploads); send this one again in "
-                 f"{_RETRY_AFTER_S} s"}, status_code=503, headers={"Retry-After": str(_RETRY_AFTER_S)})
+                {
+                    "error": f"the viewer is busy: {limits.max_concurrent_uploads} uploads are already in "
+                    f"progress (maco-cxr serve --max-concurrent-uploads); send this one again in "
+                    f"{_RETRY_AFTER_S} s"
+                },
+                status_code=503,
+                headers={"Retry-After": str(_RETRY_AFTER_S)},
+            )
         try:
-            form = await read_form(request.headers.get("content-type"), request.stream(),
-                                   max_file_bytes=limits.max_upload_bytes)
+            form = await read_form(
+                request.headers.get("content-type"), request.stream(), max_file_bytes=limits.max_upload_bytes
+            )
             return JSONResponse(await run_in_threadpool(analyze_form, form))
         except UploadError:
             raise
         except Exception:
             # the traceback names no file (uploads are "upload.<suffix>") and holds no pixels
             logger.exception("analysis failed")
-            return JSONResponse({"error": "internal error while analysing the image; the server "
-                                 "log has the traceback"}, status_code=500)
+            return JSONResponse(
+                {"error": "internal error while analysing the image; the server log has the traceback"}, status_code=500
+            )
         finally:
             upload_slots.release()
 
@@ -212,15 +243,21 @@ def _parse_classes(text: str | None, limit: int) -> list[str] | None:
         if name and name.lower() not in (n.lower() for n in names):
             names.append(name)
     if not names:
-        raise UploadError(400, f"the 'classes' field holds no class name ({text[:40]!r}): give at least "
-                          "one, one per line or comma-separated, or leave the field out to score the "
-                          "model's default classes")
+        raise UploadError(
+            400,
+            f"the 'classes' field holds no class name ({text[:40]!r}): give at least "
+            "one, one per line or comma-separated, or leave the field out to score the "
+            "model's default classes",
+        )
     if len(names) > limit:
         raise UploadError(400, f"{len(names)} classes given; at most {limit} per request")
     too_long = [n for n in names if len(n) > _MAX_CLASS_CHARS]
     if too_long:
-        raise UploadError(400, f"class name {too_long[0][:40]!r}... is longer than {_MAX_CLASS_CHARS} "
-                          "characters; put one class per line or separate them with commas")
+        raise UploadError(
+            400,
+            f"class name {too_long[0][:40]!r}... is longer than {_MAX_CLASS_CHARS} "
+            "characters; put one class per line or separate them with commas",
+        )
     return names
 
 
@@ -229,30 +266,42 @@ def _host_name(host: str) -> str:
     ``"[::1]:8000"`` and ``"::1"`` -> ``"[::1]"``, ``"LocalHost:80"`` -> ``"localhost"``."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[:host.find("]") + 1] if "]" in host else host
+        return host[: host.find("]") + 1] if "]" in host else host
     if host.count(":") > 1:  # a bare IPv6 address (a bind address; no port can follow it)
         return f"[{host}]"
     return host.partition(":")[0]
 
 
-def _response(backend: Backend, pixels: np.ndarray, image_format: str, dicom: dict[str, Any] | None,
-              phrase: str | None, prediction: Prediction) -> dict[str, Any]:
+def _response(
+    backend: Backend,
+    pixels: np.ndarray,
+    image_format: str,
+    dicom: dict[str, Any] | None,
+    phrase: str | None,
+    prediction: Prediction,
+) -> dict[str, Any]:
     from maco_cxr.data.letterbox import Letterbox
 
     height, width = pixels.shape
     preprocessing: dict[str, Any] = {
         "format": image_format,
-        "width": width, "height": height,
-        "grey": ("uint8 grey after the DICOM steps below" if dicom is not None else
-                 "uint8 grey (colour to luminance, EXIF orientation applied)"),
+        "width": width,
+        "height": height,
+        "grey": (
+            "uint8 grey after the DICOM steps below"
+            if dicom is not None
+            else "uint8 grey (colour to luminance, EXIF orientation applied)"
+        ),
         "classifier_input": backend.classify_geometry,
         "letterbox": Letterbox.fit(height, width, backend.input_size).to_dict() if backend.grounding else None,
         "dicom": dicom,
     }
     out: dict[str, Any] = {
-        "width": width, "height": height,
+        "width": width,
+        "height": height,
         "scores": prediction.scores,
-        "phrase": phrase, "query": prediction.query,
+        "phrase": phrase,
+        "query": prediction.query,
         "model": backend.name,
         "image_png": _png_base64(pixels),
         "preprocessing": preprocessing,
@@ -295,24 +344,35 @@ def _security_headers(page: str) -> dict[str, str]:
         "Content-Security-Policy": (
             f"default-src 'none'; script-src {script_src}; "
             "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; "
-            "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"),
+            "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+        ),
     }
 
 
 _ANALYZE_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {
-                "file": {"type": "string", "format": "binary", "description": "PNG, JPEG or DICOM"},
-                "phrase": {"type": "string", "description": "phrase to ground (optional)"},
-                "classes": {"type": "string",
-                            "description": "class names, one per line or comma-separated (optional)"},
-            }}}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "PNG, JPEG or DICOM"},
+                        "phrase": {"type": "string", "description": "phrase to ground (optional)"},
+                        "classes": {
+                            "type": "string",
+                            "description": "class names, one per line or comma-separated (optional)",
+                        },
+                    },
+                }
+            }
+        },
     },
-    "responses": {"400": {"description": "unusable upload, blank or unusable phrase or classes"},
-                  "413": {"description": "file over the upload limit or image over the pixel limit"},
-                  "422": {"description": "not a multipart form with a 'file' field"},
-                  "503": {"description": "too many uploads in progress; retry after Retry-After seconds"}},
+    "responses": {
+        "400": {"description": "unusable upload, blank or unusable phrase or classes"},
+        "413": {"description": "file over the upload limit or image over the pixel limit"},
+        "422": {"description": "not a multipart form with a 'file' field"},
+        "503": {"description": "too many uploads in progress; retry after Retry-After seconds"},
+    },
 }

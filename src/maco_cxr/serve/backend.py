@@ -133,13 +133,19 @@ def maco_backend(model: MacoModel, *, name: str = "maco", device: str | None = N
     vision = model.config.vision
     size = vision.img_size
     return Backend(
-        name=name, kind="maco", device=str(device or next(model.parameters()).device),
-        predict=predict, default_classes=tuple(defaults), classes_editable=True, grounding=True,
+        name=name,
+        kind="maco",
+        device=str(device or next(model.parameters()).device),
+        predict=predict,
+        default_classes=tuple(defaults),
+        classes_editable=True,
+        grounding=True,
         input_size=size,
         classify_geometry=f"shorter side to {size} (bilinear), centre crop {size} x {size}",
-        summary={"vision": f"ViT {vision.embed_dim} wide, {vision.depth} blocks, patch "
-                           f"{vision.patch_size}, input {size}",
-                 "parameters": sum(p.numel() for p in model.parameters())},
+        summary={
+            "vision": f"ViT {vision.embed_dim} wide, {vision.depth} blocks, patch {vision.patch_size}, input {size}",
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         class_sets=dict(CLASS_SETS),
         scores_meaning="zero-shot probability of each class (the image's similarity to the class prompts)",
     )
@@ -164,14 +170,19 @@ def classifier_backend(model: _Classifier, *, name: str = "classifier", device: 
         _check_fixed_request(name, "classifier", classes, phrase, wanted)
         probabilities = torch.as_tensor(model.predict(image)).float().reshape(-1).tolist()
         if len(probabilities) != len(classes):
-            raise DataError(f"model {name!r} returned {len(probabilities)} probabilities for "
-                            f"{len(classes)} classes")
+            raise DataError(f"model {name!r} returned {len(probabilities)} probabilities for {len(classes)} classes")
         return Prediction(_wanted(dict(zip(classes, probabilities)), wanted))
 
     size = int(dict(getattr(model, "preprocessing", {}) or {}).get("input_size", 224))
     return Backend(
-        name=name, kind="finetuned-classifier", device=str(device or "cpu"), predict=predict,
-        default_classes=classes, classes_editable=False, grounding=False, input_size=size,
+        name=name,
+        kind="finetuned-classifier",
+        device=str(device or "cpu"),
+        predict=predict,
+        default_classes=classes,
+        classes_editable=False,
+        grounding=False,
+        input_size=size,
         classify_geometry=f"the model's own preprocessing (input {size})",
         summary={"classes": len(classes)},
         scores_meaning="the fine-tuned classifier's probability of each of its classes",
@@ -195,19 +206,29 @@ def segmenter_backend(model: Any, *, name: str = "segmenter", device: str | None
         _check_fixed_request(name, "segmenter", (target,), phrase, wanted)
         with inference_mode(model, device):
             probability = model.probabilities([model.prepare(image, model.preprocessing)])[0]
-        return Prediction({target: float(np.nanmax(probability))},
-                          heatmap=np.asarray(probability, dtype=np.float32),
-                          map_name=f"{target} probability (mask where >= {threshold:g})")
+        return Prediction(
+            {target: float(np.nanmax(probability))},
+            heatmap=np.asarray(probability, dtype=np.float32),
+            map_name=f"{target} probability (mask where >= {threshold:g})",
+        )
 
     union = f"the union of {list(labels)}" if len(labels) > 1 else repr(labels[0])
     return Backend(
-        name=name, kind="finetuned-segmenter", device=str(device or "cpu"), predict=predict,
-        default_classes=(target,), classes_editable=False, grounding=False, input_size=size,
+        name=name,
+        kind="finetuned-segmenter",
+        device=str(device or "cpu"),
+        predict=predict,
+        default_classes=(target,),
+        classes_editable=False,
+        grounding=False,
+        input_size=size,
         classify_geometry=f"letterbox to {size} x {size} (the segmenter's input)",
         summary={"target_labels": list(labels), "outputs": "one foreground probability map"},
-        maps=True, classification=False, segmentation=True,
+        maps=True,
+        classification=False,
+        segmentation=True,
         scores_meaning=f"highest foreground probability of the map (the target: {union}); the map "
-                       "shows where; it is not a classifier's probability",
+        "shows where; it is not a classifier's probability",
     )
 
 
@@ -230,20 +251,34 @@ def detector_backend(model: Any, *, name: str = "detector", device: str | None =
             x0, y0, x1, y1 = (int(round(v)) for v in box)
             np.maximum(heat[y0:y1, x0:x1], float(score), out=heat[y0:y1, x0:x1])
             boxes.append({"label": cls, "score": float(score), "box": [float(v) for v in box]})
-        return Prediction(_wanted(scores, wanted), heatmap=heat, boxes=tuple(boxes),
-                          map_name=f"{len(boxes)} boxes, best score per pixel")
+        return Prediction(
+            _wanted(scores, wanted),
+            heatmap=heat,
+            boxes=tuple(boxes),
+            map_name=f"{len(boxes)} boxes, best score per pixel",
+        )
 
     return Backend(
-        name=name, kind="finetuned-detector", device=str(device or "cpu"), predict=predict,
-        default_classes=classes, classes_editable=False, grounding=False, input_size=size,
+        name=name,
+        kind="finetuned-detector",
+        device=str(device or "cpu"),
+        predict=predict,
+        default_classes=classes,
+        classes_editable=False,
+        grounding=False,
+        input_size=size,
         classify_geometry=f"letterbox to {size} x {size} (the detector's input)",
-        summary={"classes": len(classes)}, maps=True, classification=False, detection=True,
+        summary={"classes": len(classes)},
+        maps=True,
+        classification=False,
+        detection=True,
         scores_meaning="score of the best box of each class (0 when it has no box)",
     )
 
 
-def _check_fixed_request(name: str, kind: str, classes: tuple[str, ...], phrase: str | None,
-                         wanted: Sequence[str] | None) -> None:
+def _check_fixed_request(
+    name: str, kind: str, classes: tuple[str, ...], phrase: str | None, wanted: Sequence[str] | None
+) -> None:
     if phrase:
         raise DataError(f"model {name!r} is a fine-tuned {kind}: it has no phrase grounding")
     unknown = [c for c in wanted or () if c not in classes]
@@ -255,8 +290,11 @@ def _wanted(scores: dict[str, float], wanted: Sequence[str] | None) -> dict[str,
     return {c: scores[c] for c in wanted} if wanted else scores
 
 
-_FINETUNED_BACKENDS = {"classification": classifier_backend, "segmentation": segmenter_backend,
-                       "detection": detector_backend}
+_FINETUNED_BACKENDS = {
+    "classification": classifier_backend,
+    "segmentation": segmenter_backend,
+    "detection": detector_backend,
+}
 
 
 def _is_finetuned(path: Path) -> bool:

@@ -60,8 +60,7 @@ class UploadForm:
     classes: str | None
 
 
-async def read_form(content_type: str | None, chunks: AsyncIterator[bytes], *,
-                    max_file_bytes: int) -> UploadForm:
+async def read_form(content_type: str | None, chunks: AsyncIterator[bytes], *, max_file_bytes: int) -> UploadForm:
     """Parse a ``multipart/form-data`` body into memory; the file may hold ``max_file_bytes``.
 
     Raises :class:`UploadError`: 413 when the file (or the body) is over the limit, 422 when the
@@ -76,8 +75,10 @@ async def read_form(content_type: str | None, chunks: AsyncIterator[bytes], *,
 
     kind, options = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
-        raise UploadError(422, "send the image as multipart/form-data with a 'file' field (and "
-                          "optional 'phrase' and 'classes' fields)")
+        raise UploadError(
+            422,
+            "send the image as multipart/form-data with a 'file' field (and optional 'phrase' and 'classes' fields)",
+        )
     parts: list[_Part] = []
     headers: list[tuple[bytes, bytes]] = []
     header = [b"", b""]
@@ -85,8 +86,7 @@ async def read_form(content_type: str | None, chunks: AsyncIterator[bytes], *,
 
     def on_part_begin() -> None:
         if len(parts) >= _MAX_PARTS:
-            raise UploadError(422, f"the form has more than {_MAX_PARTS} parts; send only "
-                              f"{', '.join(FORM_FIELDS)}")
+            raise UploadError(422, f"the form has more than {_MAX_PARTS} parts; send only {', '.join(FORM_FIELDS)}")
         parts.append(_Part())
         headers.clear()
 
@@ -112,34 +112,47 @@ async def read_form(content_type: str | None, chunks: AsyncIterator[bytes], *,
         part.data += data[start:end]
         if part.name == "file":
             if len(part.data) > max_file_bytes:
-                raise UploadError(413, f"the file is larger than the upload limit of "
-                                  f"{_megabytes(max_file_bytes)} (maco-cxr serve --max-upload-mb)")
+                raise UploadError(
+                    413,
+                    f"the file is larger than the upload limit of "
+                    f"{_megabytes(max_file_bytes)} (maco-cxr serve --max-upload-mb)",
+                )
         elif len(part.data) > _FIELD_LIMIT:
             raise UploadError(413, f"form field {part.name!r} is longer than {_FIELD_LIMIT // 1024} KiB")
 
     def on_end() -> None:
         state["ended"] = True
 
-    parser = MultipartParser(options[b"boundary"], {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_end": on_end,
-    })
+    parser = MultipartParser(
+        options[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_end": on_end,
+        },
+    )
     received, most = 0, body_limit(max_file_bytes)
     try:
         async for chunk in chunks:
             received += len(chunk)
             if received > most:
-                raise UploadError(413, f"the request is larger than the upload limit of "
-                                  f"{_megabytes(max_file_bytes)} (maco-cxr serve --max-upload-mb)")
+                raise UploadError(
+                    413,
+                    f"the request is larger than the upload limit of "
+                    f"{_megabytes(max_file_bytes)} (maco-cxr serve --max-upload-mb)",
+                )
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
         raise UploadError(422, f"the multipart form is malformed ({exc})") from None
     if not state["ended"]:
-        raise UploadError(422, "the multipart form ends early (no closing boundary): the upload "
-                          "was cut off; send it again")
+        raise UploadError(
+            422, "the multipart form ends early (no closing boundary): the upload was cut off; send it again"
+        )
     names = [part.name for part in parts]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -152,8 +165,12 @@ async def read_form(content_type: str | None, chunks: AsyncIterator[bytes], *,
         raise UploadError(422, "the form has no 'file' field: attach a PNG, JPEG or DICOM image")
     upload = fields["file"]
     suffix = PurePosixPath((upload.filename or "").replace("\\", "/")).suffix.lower()
-    return UploadForm(bytes(upload.data), suffix if suffix.isascii() and len(suffix) <= 8 else "",
-                      _text(fields.get("phrase")), _text(fields.get("classes")))
+    return UploadForm(
+        bytes(upload.data),
+        suffix if suffix.isascii() and len(suffix) <= 8 else "",
+        _text(fields.get("phrase")),
+        _text(fields.get("classes")),
+    )
 
 
 def body_limit(max_file_bytes: int) -> int:
@@ -208,8 +225,9 @@ def decode_upload(data: bytes, suffix: str, *, max_pixels: int) -> DecodedImage:
 
 def _check_pixels(count: int, max_pixels: int) -> None:
     if count > max_pixels:
-        raise UploadError(413, f"the image has {count:,} pixels, more than the limit of "
-                          f"{max_pixels:,} (maco-cxr serve --max-pixels)")
+        raise UploadError(
+            413, f"the image has {count:,} pixels, more than the limit of {max_pixels:,} (maco-cxr serve --max-pixels)"
+        )
 
 
 def _pillow_pixels(data: bytes) -> tuple[int | None, str]:

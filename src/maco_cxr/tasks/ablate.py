@@ -15,8 +15,8 @@ its own runs. The outputs:
 - ``index.html``: the table, the figure and what each variant changes.
 
 This module imports the demo (torch, scikit-learn) only when a run starts, so the CLI can list
-the variants at start-up for free. The variants are defined in :data:`VARIANTS` in the config grammar of the demo and of the
-pre-training config (``model.correlation_weighting=false``), so every one is also a plain
+the variants at start-up for free. The variants are defined in :data:`VARIANTS` in the config
+grammar of the demo and of the pre-training config (``model.correlation_weighting=false``), so every one is also a plain
 ``maco-cxr demo`` / ``maco-cxr pretrain`` run a reader can repeat.
 """
 
@@ -57,25 +57,51 @@ class Variant:
 _OFFICIAL_TEXT = {"negations": True, "text": "sentences"}
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("maco", "the demo recipe: correlation-weighted contrast, rec + con, mask ratio 0.5, "
-            "reports without negations read whole"),
-    Variant("no-weighting", "correlation weighting off: plain symmetric InfoNCE on the masked image",
-            pretrain=("model.correlation_weighting=false",)),
-    Variant("paper-loss", "0.9 rec + 0.1 con (the paper's weighting) instead of the released 1 : 1",
-            pretrain=("model.loss_weighting=paper",)),
+    Variant(
+        "maco",
+        "the demo recipe: correlation-weighted contrast, rec + con, mask ratio 0.5, "
+        "reports without negations read whole",
+    ),
+    Variant(
+        "no-weighting",
+        "correlation weighting off: plain symmetric InfoNCE on the masked image",
+        pretrain=("model.correlation_weighting=false",),
+    ),
+    Variant(
+        "paper-loss",
+        "0.9 rec + 0.1 con (the paper's weighting) instead of the released 1 : 1",
+        pretrain=("model.loss_weighting=paper",),
+    ),
     Variant("mask-0.25", "mask ratio 0.25", pretrain=("model.mask_ratio=0.25",)),
     Variant("mask-0.75", "mask ratio 0.75", pretrain=("model.mask_ratio=0.75",)),
-    Variant("official-text", "the official data recipe: reports deny absent findings, random sentence draws",
-            demo=_OFFICIAL_TEXT),
-    Variant("negations", "reports deny absent findings, read whole (the official reports without the "
-            "sentence draws)", demo={"negations": True}),
-    Variant("official-text+batch-64", "the official data recipe with twice the contrastive batch (64 pairs "
-            "per step, so twice the images seen)", demo={**_OFFICIAL_TEXT, "batch_size": 64}),
-    Variant("official-text+negation-negatives", "the official data recipe, and every image also contrasted "
-            "against its own text with one sentence's negation flipped (data.negation_negatives)",
-            demo=_OFFICIAL_TEXT, pretrain=("data.negation_negatives=true",)),
-    Variant("negations+negation-negatives", "reports deny absent findings, read whole, with negation-flipped "
-            "hard negatives", demo={"negations": True}, pretrain=("data.negation_negatives=true",)),
+    Variant(
+        "official-text",
+        "the official data recipe: reports deny absent findings, random sentence draws",
+        demo=_OFFICIAL_TEXT,
+    ),
+    Variant(
+        "negations",
+        "reports deny absent findings, read whole (the official reports without the sentence draws)",
+        demo={"negations": True},
+    ),
+    Variant(
+        "official-text+batch-64",
+        "the official data recipe with twice the contrastive batch (64 pairs per step, so twice the images seen)",
+        demo={**_OFFICIAL_TEXT, "batch_size": 64},
+    ),
+    Variant(
+        "official-text+negation-negatives",
+        "the official data recipe, and every image also contrasted "
+        "against its own text with one sentence's negation flipped (data.negation_negatives)",
+        demo=_OFFICIAL_TEXT,
+        pretrain=("data.negation_negatives=true",),
+    ),
+    Variant(
+        "negations+negation-negatives",
+        "reports deny absent findings, read whole, with negation-flipped hard negatives",
+        demo={"negations": True},
+        pretrain=("data.negation_negatives=true",),
+    ),
 )
 """The variants, the reference first. ``name`` is what ``--variants`` takes."""
 
@@ -116,10 +142,20 @@ class AblationConfig:
     def demo_config(self, variant: Variant, seed: int) -> DemoConfig:
         from maco_cxr.tasks.demo import DemoConfig
 
-        budget = {name: getattr(self, name) for name in ("steps", "n_train", "n_test", "image_size")
-                  if getattr(self, name) is not None}
-        values: dict[str, Any] = {**budget, **variant.demo, "seed": seed, "overlays": 4, "real_root": None,
-                                  "progress": self.progress, "pretrain_overrides": variant.pretrain}
+        budget = {
+            name: getattr(self, name)
+            for name in ("steps", "n_train", "n_test", "image_size")
+            if getattr(self, name) is not None
+        }
+        values: dict[str, Any] = {
+            **budget,
+            **variant.demo,
+            "seed": seed,
+            "overlays": 4,
+            "real_root": None,
+            "progress": self.progress,
+            "pretrain_overrides": variant.pretrain,
+        }
         run_dir = self.out_dir / "runs" / variant.name / f"seed{seed}"
         return DemoConfig.quick_run(run_dir, **values) if self.quick else DemoConfig(out_dir=run_dir, **values)
 
@@ -171,7 +207,7 @@ def _spread(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _verdict(reference: Sequence[float], other: Sequence[float]) -> str:
-    """"higher"/"lower" when the two seed ranges do not overlap, else "within seed spread"."""
+    """ "higher"/"lower" when the two seed ranges do not overlap, else "within seed spread"."""
     _, ref_low, ref_high = _spread(reference)
     _, low, high = _spread(other)
     if any(math.isnan(v) for v in (ref_low, ref_high, low, high)):
@@ -184,20 +220,24 @@ def _verdict(reference: Sequence[float], other: Sequence[float]) -> str:
 
 
 def _by_metric(rows: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, dict[str, list[float]]]:
-    return {key: {name: [float(r[key]) for r in rows if r["variant"] == name] for name in variants}
-            for key in METRICS}
+    return {key: {name: [float(r[key]) for r in rows if r["variant"] == name] for name in variants} for key in METRICS}
 
 
 QUICK_NOTE = "A --quick run (tiny schedules that check the command): the numbers mean nothing."
 
 
-def _markdown(values: Mapping[str, Mapping[str, list[float]]], variants: Sequence[str], seeds: Sequence[int],
-              machine: str) -> str:
+def _markdown(
+    values: Mapping[str, Mapping[str, list[float]]], variants: Sequence[str], seeds: Sequence[int], machine: str
+) -> str:
     reference = variants[0]
     header = "| variant | " + " | ".join(METRICS.values()) + " |"
-    lines = [f"Seeds {', '.join(map(str, seeds))}; mean [min, max] over seeds; difference to `{reference}` "
-             "in parentheses, marked * when the seed ranges do not overlap. Machine: " + machine + ".", "",
-             header, "|" + "---|" * (len(METRICS) + 1)]
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}; mean [min, max] over seeds; difference to `{reference}` "
+        "in parentheses, marked * when the seed ranges do not overlap. Machine: " + machine + ".",
+        "",
+        header,
+        "|" + "---|" * (len(METRICS) + 1),
+    ]
     for name in variants:
         cells = []
         for key in METRICS:
@@ -220,11 +260,13 @@ def _html_page(markdown_table: str, variants: Sequence[Variant], config: Ablatio
         return "".join(f"<{tag}>{html.escape(c.strip().strip('`'))}</{tag}>" for c in line.strip("|").split("|"))
 
     body = "<tr>" + cells(table[0], "th") + "</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in table[1:])
-    described = "".join(f"<dt><code>{html.escape(v.name)}</code></dt><dd>{html.escape(v.description)}"
-                        + (f" (<code>{html.escape(' '.join(v.pretrain))}</code>)" if v.pretrain else "") + "</dd>"
-                        for v in variants)
-    quick = (f"<p style='background:#fee;padding:8px'><b>{QUICK_NOTE}</b></p>"
-             if config.quick else "")
+    described = "".join(
+        f"<dt><code>{html.escape(v.name)}</code></dt><dd>{html.escape(v.description)}"
+        + (f" (<code>{html.escape(' '.join(v.pretrain))}</code>)" if v.pretrain else "")
+        + "</dd>"
+        for v in variants
+    )
+    quick = f"<p style='background:#fee;padding:8px'><b>{QUICK_NOTE}</b></p>" if config.quick else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>maco-cxr ablation</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto;line-height:1.4}}
@@ -259,12 +301,20 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
     table = _markdown(values, names, config.seeds, machine)
     write_csv(config.out_dir / "ablation.csv", list(rows[0]), [list(r.values()) for r in rows])
     write_text(config.out_dir / "ablation.md", (f"**{QUICK_NOTE}**\n\n" if config.quick else "") + table)
-    plot_variant_comparison({METRICS[k]: v for k, v in values.items()}, config.out_dir / "ablation.png",
-                            reference=names[0], title=f"ablation on phantoms, seeds {list(config.seeds)}")
+    plot_variant_comparison(
+        {METRICS[k]: v for k, v in values.items()},
+        config.out_dir / "ablation.png",
+        reference=names[0],
+        title=f"ablation on phantoms, seeds {list(config.seeds)}",
+    )
     write_text(config.out_dir / "index.html", _html_page(table, variants, config))
-    summary = {"rows": rows, "variants": names, "seeds": list(config.seeds), "machine": machine,
-               "verdicts": {name: {k: _verdict(values[k][names[0]], values[k][name]) for k in METRICS}
-                            for name in names[1:]},
-               "quick": config.quick}
+    summary = {
+        "rows": rows,
+        "variants": names,
+        "seeds": list(config.seeds),
+        "machine": machine,
+        "verdicts": {name: {k: _verdict(values[k][names[0]], values[k][name]) for k in METRICS} for name in names[1:]},
+        "quick": config.quick,
+    }
     write_json(config.out_dir / "summary.json", summary)
     return summary

@@ -37,23 +37,30 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from maco_cxr._atomic import claim_output_folder, write_json, write_text
 from maco_cxr.config import apply_overrides
-from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.datasets.base import ChestXrayDataset
 from maco_cxr.data.synthetic import FINDINGS, write_synthetic_dataset
+from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.errors import ConfigError
-from maco_cxr._atomic import claim_output_folder, write_json, write_text
 from maco_cxr.hub import create_model, load
 from maco_cxr.inference import embed_dataset
 from maco_cxr.metrics import classification_report
+from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.plots import plot_roc_curves, plot_training_curves
 from maco_cxr.tasks.grounding import GroundingItem, evaluate_grounding, grounding_items
 from maco_cxr.tasks.retrieval import retrieve
 from maco_cxr.tasks.zeroshot import evaluate_zero_shot
-from maco_cxr.train.config import PretrainAugment, PretrainData, PretrainOptim, PretrainConfig, PretrainRuntime, TextMode
+from maco_cxr.train.config import (
+    PretrainAugment,
+    PretrainConfig,
+    PretrainData,
+    PretrainOptim,
+    PretrainRuntime,
+    TextMode,
+)
 from maco_cxr.train.pretrain import pretrain
 
 __all__ = ["DemoConfig", "demo_model_config", "run_demo"]
@@ -138,13 +145,21 @@ class DemoConfig:
     @classmethod
     def quick_run(cls, out_dir: Path, **overrides: Any) -> DemoConfig:
         """A run of about a minute for tests: a few phantoms and steps (numbers mean nothing)."""
-        values: dict[str, Any] = {"n_train": 64, "n_test": 24, "steps": 6, "batch_size": 16,
-                                  "warmup_steps": 2, "overlays": 2, "quick": True}
+        values: dict[str, Any] = {
+            "n_train": 64,
+            "n_test": 24,
+            "steps": 6,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "overlays": 2,
+            "quick": True,
+        }
         return cls(out_dir=out_dir, **{**values, **overrides})
 
 
-def demo_model_config(tokenizer: Path, vocab_size: int, image_size: int = 160,
-                      temperature: float = DEMO_TEMPERATURE) -> MacoConfig:
+def demo_model_config(
+    tokenizer: Path, vocab_size: int, image_size: int = 160, temperature: float = DEMO_TEMPERATURE
+) -> MacoConfig:
     """The ``tiny`` preset with the demo's vocabulary, trained on ``image_size`` phantoms.
 
     Departures from the paper recipe, each needed to learn in minutes on a CPU: plain MAE
@@ -155,11 +170,11 @@ def demo_model_config(tokenizer: Path, vocab_size: int, image_size: int = 160,
     would contradict its report.
     """
     config = preset("tiny")
-    text = dataclasses.replace(config.text, vocab_size=vocab_size, tokenizer=str(tokenizer), dropout=0.0,
-                               max_length=64)
+    text = dataclasses.replace(config.text, vocab_size=vocab_size, tokenizer=str(tokenizer), dropout=0.0, max_length=64)
     vision = dataclasses.replace(config.vision, img_size=image_size)
-    return dataclasses.replace(config, text=text, vision=vision, super_resolution=False, loss_weighting="sum",
-                               temperature=temperature)
+    return dataclasses.replace(
+        config, text=text, vision=vision, super_resolution=False, loss_weighting="sum", temperature=temperature
+    )
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -179,10 +194,24 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     now = time.perf_counter()
     stages.set_description("demo: drawing phantoms")
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
-    write_synthetic_dataset(train_dir, config.n_train, config.seed, config.image_size,
-                            split_fractions=(1.0, 0.0, 0.0), negations=config.negations, progress=config.progress)
-    write_synthetic_dataset(test_dir, config.n_test, config.seed + 1, config.image_size,
-                            split_fractions=(0.0, 0.0, 1.0), negations=config.negations, progress=config.progress)
+    write_synthetic_dataset(
+        train_dir,
+        config.n_train,
+        config.seed,
+        config.image_size,
+        split_fractions=(1.0, 0.0, 0.0),
+        negations=config.negations,
+        progress=config.progress,
+    )
+    write_synthetic_dataset(
+        test_dir,
+        config.n_test,
+        config.seed + 1,
+        config.image_size,
+        split_fractions=(0.0, 0.0, 1.0),
+        negations=config.negations,
+        progress=config.progress,
+    )
     test = build_dataset("manifest", test_dir)
     now = done("phantoms_s", now)
 
@@ -206,9 +235,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     stages.set_description("demo: evaluating")
     figures = out / "figures"
     classes = tuple(FINDINGS)
-    results = {"trained": _evaluate(trained, train, test, classes, figures, "trained", config),
-               "random": _evaluate(_random_model(model_config, config.seed), train, test, classes, figures,
-                                   "random", config)}
+    results = {
+        "trained": _evaluate(trained, train, test, classes, figures, "trained", config),
+        "random": _evaluate(_random_model(model_config, config.seed), train, test, classes, figures, "random", config),
+    }
     now = done("evaluation_s", now)
 
     stages.set_description("demo: real radiographs")
@@ -217,8 +247,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     stages.set_description("demo: writing the report")
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
-    plot_training_curves(rows, ["total", "rec", "con"], figures / "loss_curves.png",
-                         title="pre-training losses (phantoms)")
+    plot_training_curves(
+        rows, ["total", "rec", "con"], figures / "loss_curves.png", title="pre-training losses (phantoms)"
+    )
     timings["total_s"] = round(time.perf_counter() - start, 1)
     summary = _summary(config, results, real, timings, rows, model_dir)
     write_json(out / "summary.json", summary)
@@ -234,14 +265,33 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 def _pretrain_config(config: DemoConfig, model: MacoConfig, train_dir: Path) -> PretrainConfig:
     recipe = PretrainConfig(
         model=model,
-        data=PretrainData(source="manifest", path=str(train_dir), kind="manifest", split=None,
-                        workers=config.workers, text=config.text),
-        optim=PretrainOptim(lr=config.lr, max_steps=config.steps, warmup_steps=min(config.warmup_steps, config.steps),
-                          batch_size=config.batch_size, accum_steps=1),
+        data=PretrainData(
+            source="manifest",
+            path=str(train_dir),
+            kind="manifest",
+            split=None,
+            workers=config.workers,
+            text=config.text,
+        ),
+        optim=PretrainOptim(
+            lr=config.lr,
+            max_steps=config.steps,
+            warmup_steps=min(config.warmup_steps, config.steps),
+            batch_size=config.batch_size,
+            accum_steps=1,
+        ),
         augment=PretrainAugment(enabled=True, flip_p=0.0),
-        runtime=PretrainRuntime(device="cpu", precision="fp32", seed=config.seed,
-                              output_dir=str(config.out_dir / "run"), log_every=max(1, min(10, config.steps // 10)),
-                              save_every=config.steps, keep_last=1, resume="never", progress=config.progress),
+        runtime=PretrainRuntime(
+            device="cpu",
+            precision="fp32",
+            seed=config.seed,
+            output_dir=str(config.out_dir / "run"),
+            log_every=max(1, min(10, config.steps // 10)),
+            save_every=config.steps,
+            keep_last=1,
+            resume="never",
+            progress=config.progress,
+        ),
     )
     return apply_overrides(recipe, config.pretrain_overrides, source="demo pretrain_overrides")
 
@@ -257,15 +307,22 @@ def _mismatched(items: list[GroundingItem]) -> list[GroundingItem]:
     """Each item's boxes paired with the phrase of the next item of another category."""
     out = []
     for i, item in enumerate(items):
-        other = next((items[(i + k) % len(items)] for k in range(1, len(items))
-                      if items[(i + k) % len(items)].category != item.category), None)
+        other = next(
+            (
+                items[(i + k) % len(items)]
+                for k in range(1, len(items))
+                if items[(i + k) % len(items)].category != item.category
+            ),
+            None,
+        )
         if other is not None:
             out.append(dataclasses.replace(item, phrase=other.phrase))
     return out
 
 
-def _embed(model: MacoModel, dataset: ChestXrayDataset, classes: tuple[str, ...], n: int
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _embed(
+    model: MacoModel, dataset: ChestXrayDataset, classes: tuple[str, ...], n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Image embeddings ``[n, D]`` of the first ``n`` records and their labels ``[n, C]`` (NaN = unknown)."""
     columns = {name.lower(): k for k, name in enumerate(dataset.classes)}
     labels = np.full((n, len(classes)), np.nan, dtype=np.float32)
@@ -278,8 +335,9 @@ def _embed(model: MacoModel, dataset: ChestXrayDataset, classes: tuple[str, ...]
     return embedded.embeddings.numpy(), labels[embedded.indices]
 
 
-def _linear_probe(model: MacoModel, train: ChestXrayDataset, test: ChestXrayDataset,
-                  classes: tuple[str, ...]) -> dict[str, float]:
+def _linear_probe(
+    model: MacoModel, train: ChestXrayDataset, test: ChestXrayDataset, classes: tuple[str, ...]
+) -> dict[str, float]:
     """Held-out AUC of a per-class logistic regression on frozen image embeddings.
 
     It uses labels, so it is not a zero-shot figure: it shows what the image embedding encodes,
@@ -300,22 +358,40 @@ def _linear_probe(model: MacoModel, train: ChestXrayDataset, test: ChestXrayData
     return out
 
 
-def _evaluate(model: MacoModel, train: ChestXrayDataset, test: ChestXrayDataset, classes: tuple[str, ...],
-              figures: Path, tag: str, config: DemoConfig) -> dict[str, Any]:
+def _evaluate(
+    model: MacoModel,
+    train: ChestXrayDataset,
+    test: ChestXrayDataset,
+    classes: tuple[str, ...],
+    figures: Path,
+    tag: str,
+    config: DemoConfig,
+) -> dict[str, Any]:
     scores = evaluate_zero_shot(model, test, classes, progress=config.progress)
     report = classification_report(scores.labels, scores.scores, classes)
-    roc = plot_roc_curves(scores.labels, scores.scores, classes, figures / f"roc_{tag}.png",
-                          title=f"zero-shot ROC, {tag} model, held-out phantoms")
+    roc = plot_roc_curves(
+        scores.labels,
+        scores.scores,
+        classes,
+        figures / f"roc_{tag}.png",
+        title=f"zero-shot ROC, {tag} model, held-out phantoms",
+    )
     items = grounding_items(test)
     overlay_dir = figures / f"grounding_{tag}"
     shutil.rmtree(overlay_dir, ignore_errors=True)
-    grounding = evaluate_grounding(model, test, items=items, overlays=config.overlays, overlay_dir=overlay_dir,
-                                   progress=config.progress)
+    grounding = evaluate_grounding(
+        model, test, items=items, overlays=config.overlays, overlay_dir=overlay_dir, progress=config.progress
+    )
     control = evaluate_grounding(model, test, items=_mismatched(items), progress=config.progress)
-    return {"zeroshot": report, "roc": roc, "grounding": grounding.summary,
-            "grounding_mismatched": control.summary, "overlays": grounding.overlays,
-            "retrieval": retrieve(model, test, progress=config.progress),
-            "probe": _linear_probe(model, train, test, classes)}
+    return {
+        "zeroshot": report,
+        "roc": roc,
+        "grounding": grounding.summary,
+        "grounding_mismatched": control.summary,
+        "overlays": grounding.overlays,
+        "retrieval": retrieve(model, test, progress=config.progress),
+        "probe": _linear_probe(model, train, test, classes),
+    }
 
 
 def _round_robin(items: list[GroundingItem]) -> list[GroundingItem]:
@@ -336,21 +412,27 @@ def _evaluate_real(model: MacoModel, config: DemoConfig, figures: Path) -> dict[
         return None
     overlay_dir = figures / "real"
     shutil.rmtree(overlay_dir, ignore_errors=True)
-    grounding = evaluate_grounding(model, dataset, items=items, overlays=max(config.overlays, 6),
-                                   overlay_dir=overlay_dir, progress=config.progress)
-    annotated = [i for i, r in enumerate(dataset.records)
-                 if str(r.meta.get("has_finding_annotations", "")).lower() == "true"]
+    grounding = evaluate_grounding(
+        model, dataset, items=items, overlays=max(config.overlays, 6), overlay_dir=overlay_dir, progress=config.progress
+    )
+    annotated = [
+        i for i, r in enumerate(dataset.records) if str(r.meta.get("has_finding_annotations", "")).lower() == "true"
+    ]
     zeroshot = None
     if annotated:
         subset = copy.copy(dataset)
         subset.records = [dataset.records[i] for i in annotated]
-        labels = np.array([[float("consolidation" in {b.lower() for b in r.box_labels})] for r in subset.records],
-                          dtype=np.float32)
-        scored = evaluate_zero_shot(model, subset, ("consolidation",), label_columns=[None],
-                                    progress=config.progress)
+        labels = np.array(
+            [[float("consolidation" in {b.lower() for b in r.box_labels})] for r in subset.records], dtype=np.float32
+        )
+        scored = evaluate_zero_shot(model, subset, ("consolidation",), label_columns=[None], progress=config.progress)
         zeroshot = classification_report(labels, scored.scores, ("consolidation",))
-    return {"root": str(config.real_root), "grounding": grounding.summary, "overlays": grounding.overlays,
-            "zeroshot": zeroshot}
+    return {
+        "root": str(config.real_root),
+        "grounding": grounding.summary,
+        "overlays": grounding.overlays,
+        "zeroshot": zeroshot,
+    }
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -381,29 +463,55 @@ def _mean_known(values: Any) -> float:
     return sum(known) / len(known) if known else float("nan")
 
 
-def _summary(config: DemoConfig, results: dict[str, Any], real: dict[str, Any] | None,
-             timings: dict[str, float], rows: list[dict[str, Any]], model_dir: Path) -> dict[str, Any]:
+def _summary(
+    config: DemoConfig,
+    results: dict[str, Any],
+    real: dict[str, Any] | None,
+    timings: dict[str, float],
+    rows: list[dict[str, Any]],
+    model_dir: Path,
+) -> dict[str, Any]:
     trained, random = _headline(results["trained"]), _headline(results["random"])
     summary: dict[str, Any] = {**trained, **{f"baseline_{k}": v for k, v in random.items()}}
-    summary["real_images"] = None if real is None else {
-        "root": real["root"], "grounding_mean_cnr": real["grounding"]["cnr"],
-        "grounding_mean_miou": real["grounding"]["miou"], "grounding_pointing_game": real["grounding"]["pointing"],
-        "grounding_per_phrase_cnr": {k: v["cnr"] for k, v in real["grounding"]["per_category"].items()},
-        "n_items": real["grounding"]["n"],
-        "zeroshot_consolidation_auc": None if real["zeroshot"] is None else real["zeroshot"]["mean_auc"],
+    summary["real_images"] = (
+        None
+        if real is None
+        else {
+            "root": real["root"],
+            "grounding_mean_cnr": real["grounding"]["cnr"],
+            "grounding_mean_miou": real["grounding"]["miou"],
+            "grounding_pointing_game": real["grounding"]["pointing"],
+            "grounding_per_phrase_cnr": {k: v["cnr"] for k, v in real["grounding"]["per_category"].items()},
+            "n_items": real["grounding"]["n"],
+            "zeroshot_consolidation_auc": None if real["zeroshot"] is None else real["zeroshot"]["mean_auc"],
+        }
+    )
+    summary["pretraining"] = {
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "first_loss": rows[0] if rows else None,
+        "last_loss": rows[-1] if rows else None,
     }
-    summary["pretraining"] = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
-                              "first_loss": rows[0] if rows else None, "last_loss": rows[-1] if rows else None}
-    summary["data"] = {"n_train": config.n_train, "n_test": config.n_test, "image_size": config.image_size,
-                       "seed": config.seed, "classes": list(FINDINGS), "report_negations": config.negations,
-                       "training_text": config.text}
+    summary["data"] = {
+        "n_train": config.n_train,
+        "n_test": config.n_test,
+        "image_size": config.image_size,
+        "seed": config.seed,
+        "classes": list(FINDINGS),
+        "report_negations": config.negations,
+        "training_text": config.text,
+    }
     summary["pretrain_overrides"] = list(config.pretrain_overrides)
     summary["model_dir"] = str(model_dir)
     summary["timings"] = timings
     summary["linear_probe_train_images"] = min(config.n_train, PROBE_IMAGES)
-    rates = sorted(r["images_per_s"] for r in rows[len(rows) // 2:] if r.get("images_per_s"))
-    summary["machine"] = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
-                          "pretraining_images_per_s": rates[len(rates) // 2] if rates else None}
+    rates = sorted(r["images_per_s"] for r in rows[len(rows) // 2 :] if r.get("images_per_s"))
+    summary["machine"] = {
+        "cpu": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "pretraining_images_per_s": rates[len(rates) // 2] if rates else None,
+    }
     summary["quick"] = config.quick
     return summary
 
@@ -426,30 +534,46 @@ def _fmt(value: Any) -> str:
 
 
 _RECIPE_NOTE = (
-    "Real reports deny many findings (\"No pneumothorax.\") and the official recipe trains on random "
+    'Real reports deny many findings ("No pneumothorax.") and the official recipe trains on random '
     "sentence draws. A text tower trained from scratch for minutes learns topics, not negation: it embeds "
-    "\"There is pleural effusion.\" and \"There is no pleural effusion.\" alike, so zero-shot prompts cannot "
+    '"There is pleural effusion." and "There is no pleural effusion." alike, so zero-shot prompts cannot '
     "tell present from absent. The demo therefore defaults to reports without negations, read whole "
     "(<code>--negations --text sentences</code> runs the official-like recipe); at scale MaCo learns negation "
-    "from hundreds of thousands of reports.")
+    "from hundreds of thousands of reports."
+)
 
 _MEANINGS = (
-    ("zero-shot macro AUC", "Mean over the six findings of the ROC-AUC of p = softmax(z.P, z.N)[0], where P and N "
-     "are the mean embeddings of the official positive ('There is {finding}.') and negative prompts. 0.5 = "
-     "chance, 1 = every positive image scored above every negative one. No labels are used for training."),
-    ("grounding CNR", "Contrast-to-noise ratio of the phrase's heatmap (scaled to [-1, 1]) inside vs outside the "
-     "finding's box: (mean_in - mean_out) / sqrt(var_in + var_out). 0 = no contrast, > 0 = hotter in the box."),
-    ("CNR, mismatched phrase", "The same boxes scored with the phrase of a different finding. A model that reads "
-     "the phrase shows a clear gap to the matched CNR; a map that only highlights the chest scores both alike. "
-     "MaCo's map weights every patch by a learned prior softmax(a / 0.02) that is the same for every phrase; "
-     "on phantoms a good part of the CNR comes from that prior, so read the matched CNR against this row."),
+    (
+        "zero-shot macro AUC",
+        "Mean over the six findings of the ROC-AUC of p = softmax(z.P, z.N)[0], where P and N "
+        "are the mean embeddings of the official positive ('There is {finding}.') and negative prompts. 0.5 = "
+        "chance, 1 = every positive image scored above every negative one. No labels are used for training.",
+    ),
+    (
+        "grounding CNR",
+        "Contrast-to-noise ratio of the phrase's heatmap (scaled to [-1, 1]) inside vs outside the "
+        "finding's box: (mean_in - mean_out) / sqrt(var_in + var_out). 0 = no contrast, > 0 = hotter in the box.",
+    ),
+    (
+        "CNR, mismatched phrase",
+        "The same boxes scored with the phrase of a different finding. A model that reads "
+        "the phrase shows a clear gap to the matched CNR; a map that only highlights the chest scores both alike. "
+        "MaCo's map weights every patch by a learned prior softmax(a / 0.02) that is the same for every phrase; "
+        "on phantoms a good part of the CNR comes from that prior, so read the matched CNR against this row.",
+    ),
     ("mIoU", "Mean over thresholds 0.1..0.5 of the IoU between (map > t) and the box mask."),
     ("pointing game", "Fraction of items whose map maximum lies inside the box."),
-    ("linear probe AUC", "Not zero-shot: a logistic regression per finding fitted on frozen image embeddings of "
-     "{n_probe} training phantoms, scored on the held-out ones. It shows what the image side encodes; when it "
-     "is far above the zero-shot AUC, the text side (the prompts' embeddings) is what falls short."),
-    ("retrieval R@k", "Fraction of images whose report (or reports whose image) ranks in the top k by cosine "
-     "similarity among all held-out pairs; identical report texts count as matches."),
+    (
+        "linear probe AUC",
+        "Not zero-shot: a logistic regression per finding fitted on frozen image embeddings of "
+        "{n_probe} training phantoms, scored on the held-out ones. It shows what the image side encodes; when it "
+        "is far above the zero-shot AUC, the text side (the prompts' embeddings) is what falls short.",
+    ),
+    (
+        "retrieval R@k",
+        "Fraction of images whose report (or reports whose image) ranks in the top k by cosine "
+        "similarity among all held-out pairs; identical report texts count as matches.",
+    ),
 )
 
 
@@ -460,38 +584,49 @@ def _html(summary: dict[str, Any], results: dict[str, Any], real: dict[str, Any]
         return html.escape(str(Path(path).relative_to(out)))
 
     def row(label: str, key: str) -> str:
-        return (f"<tr><td>{html.escape(label)}</td><td>{_fmt(summary[key])}</td>"
-                f"<td>{_fmt(summary['baseline_' + key])}</td></tr>")
+        return (
+            f"<tr><td>{html.escape(label)}</td><td>{_fmt(summary[key])}</td>"
+            f"<td>{_fmt(summary['baseline_' + key])}</td></tr>"
+        )
 
-    headline = "".join([
-        row("zero-shot macro AUC", "zeroshot_macro_auc"),
-        row("zero-shot F1 at 0.5, support-weighted per class (the official figure), mean over classes",
-            "zeroshot_f1_weighted"),
-        row("zero-shot F1 at 0.5, macro over the two labels per class, mean over classes", "zeroshot_f1_macro"),
-        row("zero-shot macro accuracy (threshold 0.5)", "zeroshot_macro_acc"),
-        row("grounding mean CNR (item-averaged)", "grounding_mean_cnr"),
-        row("grounding mean CNR, mismatched phrase", "grounding_mean_cnr_mismatched_phrase"),
-        row("grounding CNR (category-averaged)", "grounding_category_mean_cnr"),
-        row("grounding mIoU", "grounding_mean_miou"),
-        row("grounding pointing game", "grounding_pointing_game"),
-        row("linear probe macro AUC (uses labels; see below)", "linear_probe_macro_auc"),
-    ])
+    headline = "".join(
+        [
+            row("zero-shot macro AUC", "zeroshot_macro_auc"),
+            row(
+                "zero-shot F1 at 0.5, support-weighted per class (the official figure), mean over classes",
+                "zeroshot_f1_weighted",
+            ),
+            row("zero-shot F1 at 0.5, macro over the two labels per class, mean over classes", "zeroshot_f1_macro"),
+            row("zero-shot macro accuracy (threshold 0.5)", "zeroshot_macro_acc"),
+            row("grounding mean CNR (item-averaged)", "grounding_mean_cnr"),
+            row("grounding mean CNR, mismatched phrase", "grounding_mean_cnr_mismatched_phrase"),
+            row("grounding CNR (category-averaged)", "grounding_category_mean_cnr"),
+            row("grounding mIoU", "grounding_mean_miou"),
+            row("grounding pointing game", "grounding_pointing_game"),
+            row("linear probe macro AUC (uses labels; see below)", "linear_probe_macro_auc"),
+        ]
+    )
     retrieval = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(summary['baseline_retrieval'][k])}</td></tr>"
-        for k, v in summary["retrieval"].items())
+        for k, v in summary["retrieval"].items()
+    )
     per_class = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(summary['baseline_zeroshot_per_class_auc'][k])}"
         f"</td><td>{_fmt(summary['linear_probe_per_class_auc'].get(k))}</td>"
         f"<td>{_fmt(summary['grounding_per_category_cnr'].get(k))}</td>"
         f"<td>{_fmt(summary['baseline_grounding_per_category_cnr'].get(k))}</td></tr>"
-        for k, v in summary["zeroshot_per_class_auc"].items())
+        for k, v in summary["zeroshot_per_class_auc"].items()
+    )
     n_probe = summary["linear_probe_train_images"]
-    meanings = "".join(f"<dt>{html.escape(a)}</dt><dd>{html.escape(b.replace('{n_probe}', str(n_probe)))}</dd>"
-                       for a, b in _MEANINGS)
+    meanings = "".join(
+        f"<dt>{html.escape(a)}</dt><dd>{html.escape(b.replace('{n_probe}', str(n_probe)))}</dd>" for a, b in _MEANINGS
+    )
 
     def gallery(paths: list[Path]) -> str:
-        return "".join(f'<figure><img src="{rel(p)}" width="256"><figcaption>{html.escape(Path(p).stem)}'
-                       "</figcaption></figure>" for p in paths)
+        return "".join(
+            f'<figure><img src="{rel(p)}" width="256"><figcaption>{html.escape(Path(p).stem)}</figcaption></figure>'
+            for p in paths
+        )
 
     real_html = "<p>Not run (no real-image folder given).</p>"
     if real is not None:
@@ -504,16 +639,29 @@ def _html(summary: dict[str, Any], results: dict[str, Any], real: dict[str, Any]
             f"(per phrase: {per_phrase}), mIoU {_fmt(r['grounding_mean_miou'])}, pointing game "
             f"{_fmt(r['grounding_pointing_game'])}; zero-shot AUC for consolidation on the images with finding "
             f"annotations {_fmt(r['zeroshot_consolidation_auc'])} (few images: treat as anecdotal).</p>"
-            f"<div class='gallery'>{gallery(real['overlays'])}</div>")
-    timings = "".join(f"<tr><td>{html.escape(k.removesuffix('_s'))}</td><td>{v:.0f} s</td></tr>"
-                      for k, v in summary["timings"].items())
+            f"<div class='gallery'>{gallery(real['overlays'])}</div>"
+        )
+    timings = "".join(
+        f"<tr><td>{html.escape(k.removesuffix('_s'))}</td><td>{v:.0f} s</td></tr>"
+        for k, v in summary["timings"].items()
+    )
     machine = summary["machine"]
     rate = machine["pretraining_images_per_s"]
-    machine_line = (f"{html.escape(machine['cpu'])}, {machine['torch_threads']} torch threads; pre-training ran at "
-                    f"{rate:.0f} images/s" if rate else html.escape(machine["cpu"]))
-    quick_note = ("<p style='background:#fee;padding:8px;border:1px solid #c33'><b>This is a <code>--quick</code> run: "
-                  f"{config.n_train} phantoms and {config.steps} steps, to check that every stage works. Its numbers "
-                  "mean nothing; run <code>make demo</code> for the real demo.</b></p>") if config.quick else ""
+    machine_line = (
+        f"{html.escape(machine['cpu'])}, {machine['torch_threads']} torch threads; pre-training ran at "
+        f"{rate:.0f} images/s"
+        if rate
+        else html.escape(machine["cpu"])
+    )
+    quick_note = (
+        (
+            "<p style='background:#fee;padding:8px;border:1px solid #c33'><b>This is a <code>--quick</code> run: "
+            f"{config.n_train} phantoms and {config.steps} steps, to check that every stage works. Its numbers "
+            "mean nothing; run <code>make demo</code> for the real demo.</b></p>"
+        )
+        if config.quick
+        else ""
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>maco-cxr demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
@@ -538,15 +686,15 @@ held-out phantoms, next to the same architecture with random weights. Phantoms a
 <table><tr><th>recall</th><th>pre-trained</th><th>random weights</th></tr>{retrieval}</table>
 <h2>Pre-training curves</h2><img src="figures/loss_curves.png" width="640">
 <h2>Zero-shot ROC curves</h2>
-<img src="{rel(results['trained']['roc'])}" width="420"><img src="{rel(results['random']['roc'])}" width="420">
+<img src="{rel(results["trained"]["roc"])}" width="420"><img src="{rel(results["random"]["roc"])}" width="420">
 <h2>Grounding overlays (held-out phantoms; box in green, phrase on top)</h2>
-<h3>pre-trained</h3><div class="gallery">{gallery(results['trained']['overlays'])}</div>
-<h3>random weights</h3><div class="gallery">{gallery(results['random']['overlays'])}</div>
+<h3>pre-trained</h3><div class="gallery">{gallery(results["trained"]["overlays"])}</div>
+<h3>random weights</h3><div class="gallery">{gallery(results["random"]["overlays"])}</div>
 <h2>Real radiographs</h2>{real_html}
 <h2>What each number means</h2><dl>{meanings}</dl>
 <h2>Where the time went</h2>
 <p>Machine: {machine_line}.</p>
 <table><tr><th>stage</th><th>wall time</th></tr>{timings}</table>
-<p>Model: <code>{html.escape(str(summary['model_dir']))}</code> (load with <code>maco_cxr.load</code>).</p>
+<p>Model: <code>{html.escape(str(summary["model_dir"]))}</code> (load with <code>maco_cxr.load</code>).</p>
 </body></html>
 """

@@ -101,12 +101,15 @@ def grounding_map(
     w = torch.as_tensor(patch_weights, dtype=torch.float32).cpu()
     t = torch.as_tensor(phrase_embedding, dtype=torch.float32).cpu()
     if e.ndim != 3 or w.shape != e.shape[:2] or t.shape != e.shape[2:]:
-        raise DataError(f"grounding_map expects patch embeddings [g, g, D], weights [g, g] and a "
-                        f"phrase embedding [D]; got {list(e.shape)}, {list(w.shape)}, {list(t.shape)}")
+        raise DataError(
+            f"grounding_map expects patch embeddings [g, g, D], weights [g, g] and a "
+            f"phrase embedding [D]; got {list(e.shape)}, {list(w.shape)}, {list(t.shape)}"
+        )
     similarity = (e * w[..., None]) @ t
     smoothed = gaussian_filter(similarity.numpy(), sigma=sigma, mode="reflect")
-    resized = F.interpolate(torch.from_numpy(smoothed)[None, None], size=(out_size, out_size),
-                            mode="bilinear", align_corners=False)
+    resized = F.interpolate(
+        torch.from_numpy(smoothed)[None, None], size=(out_size, out_size), mode="bilinear", align_corners=False
+    )
     return resized[0, 0].numpy()
 
 
@@ -116,14 +119,17 @@ def phrase_query(phrase: str) -> str:
         raise DataError(f"phrase {phrase!r} is empty; give the finding to locate, e.g. 'left pleural effusion'")
     query = grounding_phrase(phrase)
     if not query:
-        raise DataError(f"phrase {phrase!r} has nothing the official processing keeps: it splits the phrase "
-                        "on '.' and drops pieces of 3 characters or fewer, pieces containing '_' and pieces "
-                        "starting with ','; give a word or more, e.g. 'edema'")
+        raise DataError(
+            f"phrase {phrase!r} has nothing the official processing keeps: it splits the phrase "
+            "on '.' and drops pieces of 3 characters or fewer, pieces containing '_' and pieces "
+            "starting with ','; give a word or more, e.g. 'edema'"
+        )
     return query
 
 
-def letterboxed_maps(model: MacoModel, images: torch.Tensor | np.ndarray,
-                     phrases: Sequence[Sequence[str]]) -> list[np.ndarray]:
+def letterboxed_maps(
+    model: MacoModel, images: torch.Tensor | np.ndarray, phrases: Sequence[Sequence[str]]
+) -> list[np.ndarray]:
     """Maps ``[P_i, S, S]`` for letterboxed uint8 images ``[N, S, S]`` and phrases per image.
 
     ``phrases[i]`` are raw phrases (processed here).
@@ -166,8 +172,7 @@ def ground(
         check_image_size(picture.shape, "image" if single else f"images[{k}]")
     phrases = [phrase] * len(pictures) if isinstance(phrase, str) else list(phrase)
     if len(phrases) != len(pictures):
-        raise DataError(f"{len(phrases)} phrases for {len(pictures)} images; give one phrase or "
-                        "one per image")
+        raise DataError(f"{len(phrases)} phrases for {len(pictures)} images; give one phrase or one per image")
     for text in phrases:
         phrase_query(text)
     size = model.config.vision.img_size
@@ -175,9 +180,9 @@ def ground(
         model.to(device)
     out: list[np.ndarray] = []
     for start in range(0, len(pictures), batch_size):
-        boxed = [letterbox_image(p, size) for p in pictures[start: start + batch_size]]
+        boxed = [letterbox_image(p, size) for p in pictures[start : start + batch_size]]
         stack = np.stack([pixels for pixels, _ in boxed])
-        maps = letterboxed_maps(model, stack, [[p] for p in phrases[start: start + batch_size]])
+        maps = letterboxed_maps(model, stack, [[p] for p in phrases[start : start + batch_size]])
         out += [box.map_to_original(m[0]) for (_, box), m in zip(boxed, maps)]
     return out[0] if single else out
 
@@ -236,9 +241,13 @@ class GroundingEvaluation:
     opt_th_metrics: list[dict[str, list[float]]] = field(default_factory=list)
 
 
-def grounding_items(dataset: ChestXrayDataset, phrases: Sequence[str] | None = None, *,
-                    target: GroundingTarget = "auto",
-                    phrase_template: str = DEFAULT_PHRASE_TEMPLATE) -> list[GroundingItem]:
+def grounding_items(
+    dataset: ChestXrayDataset,
+    phrases: Sequence[str] | None = None,
+    *,
+    target: GroundingTarget = "auto",
+    phrase_template: str = DEFAULT_PHRASE_TEMPLATE,
+) -> list[GroundingItem]:
     """The (image, phrase) items of a dataset, with boxes or with masks as ground truth.
 
     ``target="boxes"``: boxes of one image grouped by lower-cased label; category
@@ -267,8 +276,14 @@ def grounding_items(dataset: ChestXrayDataset, phrases: Sequence[str] | None = N
                 groups.setdefault(key, []).append(k)
         for key, members in groups.items():
             category = record.meta.get("category") or box_meta[members[0]].get("category") or key
-            items.append(GroundingItem(index, record.box_labels[members[0]].strip(), str(category),
-                                       np.asarray(record.boxes, np.float64)[members]))
+            items.append(
+                GroundingItem(
+                    index,
+                    record.box_labels[members[0]].strip(),
+                    str(category),
+                    np.asarray(record.boxes, np.float64)[members],
+                )
+            )
     return items
 
 
@@ -277,12 +292,19 @@ def _overrides_read_mask(dataset: ChestXrayDataset) -> bool:
 
 
 def _has_masks(dataset: ChestXrayDataset) -> bool:
-    return (hasattr(dataset, "pathology_pairs") or _overrides_read_mask(dataset)
-            or any(r.mask_paths for r in dataset.records))
+    return (
+        hasattr(dataset, "pathology_pairs")
+        or _overrides_read_mask(dataset)
+        or any(r.mask_paths for r in dataset.records)
+    )
 
 
-def mask_grounding_items(dataset: ChestXrayDataset, categories: Sequence[str] | None = None, *,
-                         phrase_template: str = DEFAULT_PHRASE_TEMPLATE) -> list[GroundingItem]:
+def mask_grounding_items(
+    dataset: ChestXrayDataset,
+    categories: Sequence[str] | None = None,
+    *,
+    phrase_template: str = DEFAULT_PHRASE_TEMPLATE,
+) -> list[GroundingItem]:
     """Items whose ground truth is a mask, one per (image, category), phrase from a template.
 
     - CheXlocalize (an adapter with ``pathology_pairs``): one item per positive (image,
@@ -311,8 +333,11 @@ def mask_grounding_items(dataset: ChestXrayDataset, categories: Sequence[str] | 
 
     def add(index: int, category: str, part: str | None) -> None:
         if wanted is None or category.lower() in wanted:
-            items.append(GroundingItem(index, phrase_template.replace("{c}", category), category, empty,
-                                       target="mask", mask_part=part))
+            items.append(
+                GroundingItem(
+                    index, phrase_template.replace("{c}", category), category, empty, target="mask", mask_part=part
+                )
+            )
 
     single = dataset.classes[0] if len(dataset.classes) == 1 else None
     if hasattr(dataset, "pathology_pairs"):
@@ -323,15 +348,17 @@ def mask_grounding_items(dataset: ChestXrayDataset, categories: Sequence[str] | 
         if record.mask_paths:
             labels = record.meta.get("mask_labels") or [""] * len(record.mask_paths)
             if len(labels) != len(record.mask_paths):
-                raise DataError(f"record {record.image_path}: {len(labels)} mask labels for "
-                                f"{len(record.mask_paths)} mask files")
+                raise DataError(
+                    f"record {record.image_path}: {len(labels)} mask labels for {len(record.mask_paths)} mask files"
+                )
             distinct = list(dict.fromkeys(str(label).strip() for label in labels))
             for label in distinct:
                 category = label or single or "mask"
                 add(index, category, None if len(distinct) == 1 else label)
         elif _overrides_read_mask(dataset) and record.labels is not None:
-            positive = [dataset.classes[k] for k in np.flatnonzero(np.asarray(record.labels) == 1.0)
-                        if k < len(dataset.classes)]
+            positive = [
+                dataset.classes[k] for k in np.flatnonzero(np.asarray(record.labels) == 1.0) if k < len(dataset.classes)
+            ]
             if positive:
                 add(index, single or "|".join(positive), None)
     return items
@@ -364,11 +391,19 @@ class _ItemImages(torch.utils.data.Dataset):
             if self.dataset.on_error == "raise":
                 raise
             return {"failure": {"path": str(record.image_path), "reason": str(err)}, "item_ids": item_ids}
-        return {"pixels": pixels, "letterbox": box, "item_ids": item_ids, "original": original,
-                "path": str(record.image_path), "patient": record.patient_id, "masks": masks}
+        return {
+            "pixels": pixels,
+            "letterbox": box,
+            "item_ids": item_ids,
+            "original": original,
+            "path": str(record.image_path),
+            "patient": record.patient_id,
+            "masks": masks,
+        }
 
-    def _masks(self, record_index: int, item_ids: list[int], sample: dict[str, Any],
-               shape: tuple[int, int], box: Letterbox) -> dict[int, np.ndarray]:
+    def _masks(
+        self, record_index: int, item_ids: list[int], sample: dict[str, Any], shape: tuple[int, int], box: Letterbox
+    ) -> dict[int, np.ndarray]:
         """Letterboxed bool masks ``[size, size]`` of the mask items of one image."""
         out: dict[int, np.ndarray] = {}
         parts: dict[str, np.ndarray] | None = None
@@ -381,21 +416,24 @@ class _ItemImages(torch.utils.data.Dataset):
                 mask = np.asarray(item.mask)
             elif item.mask_part is None:
                 if "mask" not in sample:
-                    raise DataError(f"{record.image_path}: the dataset gives no mask for this image "
-                                    f"(item {item.phrase!r}); evaluate it with target='boxes'")
+                    raise DataError(
+                        f"{record.image_path}: the dataset gives no mask for this image "
+                        f"(item {item.phrase!r}); evaluate it with target='boxes'"
+                    )
                 mask = sample["mask"].numpy()
             elif hasattr(self.dataset, "read_pathology_masks"):
                 if parts is None:
                     parts = self.dataset.read_pathology_masks(record_index)
                 if item.mask_part not in parts:
-                    raise DataError(f"{record.image_path}: no mask {item.mask_part!r}; the dataset has "
-                                    f"{sorted(parts)}")
+                    raise DataError(f"{record.image_path}: no mask {item.mask_part!r}; the dataset has {sorted(parts)}")
                 mask = parts[item.mask_part]
             else:
                 mask = self._labelled_mask(record, item.mask_part, shape)
             if mask.shape != shape:
-                raise DataError(f"{record.image_path}: the mask of {item.phrase!r} is {list(mask.shape)} "
-                                f"but the image is {list(shape)}; masks must have the image's size")
+                raise DataError(
+                    f"{record.image_path}: the mask of {item.phrase!r} is {list(mask.shape)} "
+                    f"but the image is {list(shape)}; masks must have the image's size"
+                )
             out[i] = box.apply_mask((mask != 0).astype(np.uint8)) != 0
         return out
 
@@ -412,8 +450,10 @@ class _ItemImages(torch.utils.data.Dataset):
         for path in paths:
             mask = read_mask(path)
             if mask.shape != shape:
-                raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-                                f"{record.image_path} is {shape[1]}x{shape[0]}; masks must match their image")
+                raise DataError(
+                    f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                    f"{record.image_path} is {shape[1]}x{shape[0]}; masks must match their image"
+                )
             union |= mask
         return union
 
@@ -470,27 +510,35 @@ def evaluate_grounding(
     if device is not None:
         model.to(device)
     writer = _OverlayWriter(None if overlay_dir is None else Path(overlay_dir), overlays)
-    scoring = _score_items(model, dataset, items, writer, batch_size=batch_size, num_workers=num_workers,
-                           progress=progress)
+    scoring = _score_items(
+        model, dataset, items, writer, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
     summary, table = _summarise(scoring, n_unusable)
     if validation is not None:
         summary["opt_thresholds"] = _apply_validation_thresholds(validation, scoring.rows, scoring.unit)
     if n_bootstrap:
         summary["ci"] = _bootstrap_intervals(scoring.rows, n_bootstrap, seed, confidence)
-    return GroundingEvaluation(scoring.rows, summary, sorted(writer.written), scoring.failures, table,
-                               scoring.signed, scoring.unit)
+    return GroundingEvaluation(
+        scoring.rows, summary, sorted(writer.written), scoring.failures, table, scoring.signed, scoring.unit
+    )
 
 
-def _usable_items(dataset: ChestXrayDataset, items: Sequence[GroundingItem] | None,
-                  ) -> tuple[list[GroundingItem], int]:
+def _usable_items(
+    dataset: ChestXrayDataset,
+    items: Sequence[GroundingItem] | None,
+) -> tuple[list[GroundingItem], int]:
     """The items to score (default: every item of the dataset) without those whose phrase the
     official processing empties, and how many were dropped; raises when none is left."""
     items = list(items if items is not None else grounding_items(dataset))
     usable = [item for item in items if grounding_phrase(item.phrase)]
     if len(usable) < len(items):
         first = next(item for item in items if not grounding_phrase(item.phrase))
-        logger.warning("%d of %d items are left out: their phrases are empty after the official "
-                       "processing (first: %r)", len(items) - len(usable), len(items), first.phrase)
+        logger.warning(
+            "%d of %d items are left out: their phrases are empty after the official processing (first: %r)",
+            len(items) - len(usable),
+            len(items),
+            first.phrase,
+        )
     if not usable:
         raise DataError("the dataset has nothing to ground (no record has boxes with usable labels or masks)")
     return usable, len(items) - len(usable)
@@ -504,8 +552,7 @@ class _OverlayWriter:
     count: int
     written: list[Path] = field(default_factory=list)
 
-    def __call__(self, item_id: int, item: GroundingItem, sample: dict[str, Any],
-                 heatmap: np.ndarray) -> None:
+    def __call__(self, item_id: int, item: GroundingItem, sample: dict[str, Any], heatmap: np.ndarray) -> None:
         if item_id < self.count and self.folder is not None:
             self.written.append(_write_overlay(self.folder, item_id, item, sample, heatmap))
 
@@ -516,7 +563,8 @@ class _Scoring:
     scaling), and what was left out (unreadable images and their items, empty masks)."""
 
     scored: dict[int, tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     failures: list[dict[str, str]] = field(default_factory=list)
     n_unreadable_items: int = 0
     n_empty_mask: int = 0
@@ -537,13 +585,22 @@ class _Scoring:
         return self._column(2)
 
 
-def _score_items(model: MacoModel, dataset: ChestXrayDataset, items: list[GroundingItem],
-                 overlays: _OverlayWriter, *, batch_size: int, num_workers: int, progress: bool) -> _Scoring:
+def _score_items(
+    model: MacoModel,
+    dataset: ChestXrayDataset,
+    items: list[GroundingItem],
+    overlays: _OverlayWriter,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> _Scoring:
     """Read each image of the items once, map its phrases and score every item; raises when nothing
     could be scored, warns about what was left out."""
     size = model.config.vision.img_size
-    loader = DataLoader(_ItemImages(dataset, items, size), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_collate)
+    loader = DataLoader(
+        _ItemImages(dataset, items, size), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
     scoring = _Scoring()
     for batch in tqdm(loader, desc="grounding", unit="batch", disable=not progress):
         for sample in batch:
@@ -557,8 +614,14 @@ def _score_items(model: MacoModel, dataset: ChestXrayDataset, items: list[Ground
     return scoring
 
 
-def _score_batch(model: MacoModel, batch: list[dict[str, Any]], items: list[GroundingItem], size: int,
-                 scoring: _Scoring, overlays: _OverlayWriter) -> None:
+def _score_batch(
+    model: MacoModel,
+    batch: list[dict[str, Any]],
+    items: list[GroundingItem],
+    size: int,
+    scoring: _Scoring,
+    overlays: _OverlayWriter,
+) -> None:
     """Map the phrases of a batch of read images and score their items into ``scoring``."""
     phrases = [[items[i].phrase for i in sample["item_ids"]] for sample in batch]
     maps = letterboxed_maps(model, np.stack([s["pixels"] for s in batch]), phrases)
@@ -588,13 +651,21 @@ def _check_scored(scoring: _Scoring, size: int) -> None:
     failures, empty = scoring.failures, scoring.n_empty_mask
     if not scoring.scored:
         if empty:
-            raise DataError(f"every one of the {empty} mask items has an empty mask on the {size} grid; "
-                            "nothing to score")
-        raise DataError(f"no image of the grounding items could be read ({len(failures)} failed; first: "
-                        f"{failures[0]['path']}: {failures[0]['reason']})")
+            raise DataError(
+                f"every one of the {empty} mask items has an empty mask on the {size} grid; nothing to score"
+            )
+        raise DataError(
+            f"no image of the grounding items could be read ({len(failures)} failed; first: "
+            f"{failures[0]['path']}: {failures[0]['reason']})"
+        )
     if failures:
-        logger.warning("grounding: %d unreadable images (%d items) left out; first: %s: %s", len(failures),
-                       scoring.n_unreadable_items, failures[0]["path"], failures[0]["reason"])
+        logger.warning(
+            "grounding: %d unreadable images (%d items) left out; first: %s: %s",
+            len(failures),
+            scoring.n_unreadable_items,
+            failures[0]["path"],
+            failures[0]["reason"],
+        )
     if empty:
         logger.warning("grounding: %d mask items left out: their mask is empty on the %d grid", empty, size)
 
@@ -605,10 +676,15 @@ def _summarise(scoring: _Scoring, n_unusable: int) -> tuple[dict[str, Any], dict
     rows = scoring.rows
     summary = summarise_grounding((r["category"], r["cnr"], r["miou"], r["pointing"]) for r in rows)
     targets = sorted({r["target"] for r in rows})
-    summary.update(n_left_out=n_unusable, n_unreadable_items=scoring.n_unreadable_items,
-                   n_empty_mask=scoring.n_empty_mask, target=targets[0] if len(targets) == 1 else "mixed")
-    table = grounding_metric_table((r["category"], m, r["cnr"], r["pointing"])
-                                   for r, m in zip(rows, scoring.signed, strict=True))
+    summary.update(
+        n_left_out=n_unusable,
+        n_unreadable_items=scoring.n_unreadable_items,
+        n_empty_mask=scoring.n_empty_mask,
+        target=targets[0] if len(targets) == 1 else "mixed",
+    )
+    table = grounding_metric_table(
+        (r["category"], m, r["cnr"], r["pointing"]) for r, m in zip(rows, scoring.signed, strict=True)
+    )
     summary["metric_table"] = table
     return summary, table
 
@@ -617,17 +693,28 @@ def _threshold_key(name: str, threshold: float) -> str:
     return f"{name}@{threshold:g}"
 
 
-def _score(item_id: int, item: GroundingItem, heatmap: np.ndarray, mask: np.ndarray,
-           ) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]]:
+def _score(
+    item_id: int,
+    item: GroundingItem,
+    heatmap: np.ndarray,
+    mask: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]]:
     """The row of one item and its per-threshold metrics (signed, then unit scaling)."""
     scores = score_grounding(heatmap, mask)
     signed = grounding_threshold_metrics(heatmap, mask, DEFAULT_THRESHOLDS, scaling="signed")
     unit = grounding_threshold_metrics(heatmap, mask, OPT_TH_THRESHOLDS, scaling="unit")
     row: dict[str, Any] = {
-        "item": item_id, "record": item.record_index, "phrase": item.phrase,
-        "query": phrase_query(item.phrase), "category": item.category, "n_boxes": len(item.boxes),
-        "cnr": scores.cnr, "miou": scores.miou, "pointing": bool(scores.pointing),
-        "target": item.target, "mask_pixels": int(np.count_nonzero(mask)),
+        "item": item_id,
+        "record": item.record_index,
+        "phrase": item.phrase,
+        "query": phrase_query(item.phrase),
+        "category": item.category,
+        "n_boxes": len(item.boxes),
+        "cnr": scores.cnr,
+        "miou": scores.miou,
+        "pointing": bool(scores.pointing),
+        "target": item.target,
+        "mask_pixels": int(np.count_nonzero(mask)),
     }
     for name in ("iou", "dice", "precision", "recall"):
         for t, value in zip(signed["thresholds"], signed[name]):
@@ -635,23 +722,27 @@ def _score(item_id: int, item: GroundingItem, heatmap: np.ndarray, mask: np.ndar
     return row, signed, unit
 
 
-def _apply_validation_thresholds(validation: GroundingEvaluation, rows: list[dict[str, Any]],
-                                 unit_metrics: list[dict[str, list[float]]]) -> dict[str, Any]:
+def _apply_validation_thresholds(
+    validation: GroundingEvaluation, rows: list[dict[str, Any]], unit_metrics: list[dict[str, list[float]]]
+) -> dict[str, Any]:
     """Per-category thresholds chosen on ``validation``, applied to ``rows`` (which gain
     ``opt_threshold`` / ``opt_iou``)."""
     if not validation.rows or len(validation.opt_th_metrics) != len(validation.rows):
-        raise DataError("the validation result has no per-item threshold metrics; build it with "
-                        "evaluate_grounding on the validation split")
+        raise DataError(
+            "the validation result has no per-item threshold metrics; build it with "
+            "evaluate_grounding on the validation split"
+        )
     val_rows = [(r["category"], m) for r, m in zip(validation.rows, validation.opt_th_metrics)]
     known = {category for category, _ in val_rows}
     chosen = [i for i, r in enumerate(rows) if r["category"] in known]
     missing = sorted({r["category"] for r in rows} - known)
     if not chosen:
-        raise DataError(f"no test category has validation items (test: {missing}, validation: "
-                        f"{sorted(known)}); validate on a split with the same categories")
+        raise DataError(
+            f"no test category has validation items (test: {missing}, validation: "
+            f"{sorted(known)}); validate on a split with the same categories"
+        )
     if missing:
-        logger.warning("grounding: categories %s have no validation items; no threshold is chosen for "
-                       "them", missing)
+        logger.warning("grounding: categories %s have no validation items; no threshold is chosen for them", missing)
     selection = select_grounding_thresholds(val_rows, [(rows[i]["category"], unit_metrics[i]) for i in chosen])
     grid = list(OPT_TH_THRESHOLDS)
     for i, row in enumerate(rows):
@@ -661,35 +752,52 @@ def _apply_validation_thresholds(validation: GroundingEvaluation, rows: list[dic
         else:
             k = grid.index(entry["threshold"])
             row.update(opt_threshold=entry["threshold"], opt_iou=unit_metrics[i]["iou"][k])
-    return {**selection, "scaling": "unit", "searched": grid, "iou_rule": "only_pos",
-            "n_val": len(val_rows), "n_test_without_validation": len(rows) - len(chosen),
-            "categories_without_validation": missing}
+    return {
+        **selection,
+        "scaling": "unit",
+        "searched": grid,
+        "iou_rule": "only_pos",
+        "n_val": len(val_rows),
+        "n_test_without_validation": len(rows) - len(chosen),
+        "categories_without_validation": missing,
+    }
 
 
-def _bootstrap_intervals(rows: list[dict[str, Any]], n_resamples: int, seed: int,
-                         confidence: float) -> dict[str, Any]:
+def _bootstrap_intervals(rows: list[dict[str, Any]], n_resamples: int, seed: int, confidence: float) -> dict[str, Any]:
     from maco_cxr.metrics import bootstrap_mean_ci  # here: it loads scikit-learn
 
     by_patient = all(r["patient"] for r in rows)
     groups = [r["patient"] if by_patient else str(r["record"]) for r in rows]
-    out: dict[str, Any] = {"unit": "patient" if by_patient else "image", "n_groups": len(set(groups)),
-                           "n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    out: dict[str, Any] = {
+        "unit": "patient" if by_patient else "image",
+        "n_groups": len(set(groups)),
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": confidence,
+    }
     for key in ("cnr", "miou"):
-        ci = bootstrap_mean_ci([r[key] for r in rows], groups=groups, n_resamples=n_resamples,
-                               confidence=confidence, seed=seed)
+        ci = bootstrap_mean_ci(
+            [r[key] for r in rows], groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
         out[key] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_valid": ci.n_valid}
     return out
 
 
-def _write_overlay(folder: Path, item_id: int, item: GroundingItem, sample: dict[str, Any],
-                   heatmap: np.ndarray) -> Path:
+def _write_overlay(
+    folder: Path, item_id: int, item: GroundingItem, sample: dict[str, Any], heatmap: np.ndarray
+) -> Path:
     from maco_cxr.plots import save_overlay
 
     original = sample["original"]
     box: Letterbox = sample["letterbox"]
     slug = "".join(ch if ch.isalnum() else "-" for ch in item.phrase.lower()).strip("-")[:40]
-    return save_overlay(folder / f"{item_id:04d}_{slug}.png", original, box.map_to_original(heatmap),
-                        boxes=item.boxes if len(item.boxes) else None, title=item.phrase)
+    return save_overlay(
+        folder / f"{item_id:04d}_{slug}.png",
+        original,
+        box.map_to_original(heatmap),
+        boxes=item.boxes if len(item.boxes) else None,
+        title=item.phrase,
+    )
 
 
 # ------------------------------------------------------------------------------ the report folder
@@ -758,40 +866,69 @@ def run_grounding(
     from maco_cxr._atomic import claim_output_folder, write_json
 
     out, source = claim_output_folder(out, "grounding"), source or RunSource()
-    options: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "device": device,
-                               "progress": progress}
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "device": device,
+        "progress": progress,
+    }
     chosen: dict[str, Any] = {"target": target, "phrase_template": phrase_template}
     items = grounding_items(dataset, phrases, **chosen)
     evaluated_val = None
     if validation is not None:
         val_items = grounding_items(validation, phrases, **chosen)
         evaluated_val = evaluate_grounding(model, validation, items=val_items, **options)
-    evaluated = evaluate_grounding(model, dataset, items=items, overlays=overlays,
-                                   overlay_dir=out / "overlays", validation=evaluated_val,
-                                   n_bootstrap=n_bootstrap, seed=seed, **options)
+    evaluated = evaluate_grounding(
+        model,
+        dataset,
+        items=items,
+        overlays=overlays,
+        overlay_dir=out / "overlays",
+        validation=evaluated_val,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        **options,
+    )
     s = evaluated.summary
-    files = [_write_items(out / "items.csv", evaluated.rows),
-             _write_metric_table(out / "metric.csv", evaluated.table)]
+    files = [_write_items(out / "items.csv", evaluated.rows), _write_metric_table(out / "metric.csv", evaluated.table)]
     if "opt_thresholds" in s:
         files.append(_write_opt_thresholds(out / "opt_thresholds.csv", s["opt_thresholds"]))
     files += evaluated.overlays
     summary = {
-        **source.as_dict(), **s,
-        "validation": None if evaluated_val is None else {
-            **(validation_source or RunSource()).split_fields(), "n": evaluated_val.summary["n"],
-            "cnr": evaluated_val.summary["cnr"], "miou": evaluated_val.summary["miou"],
-            "n_unreadable": len(evaluated_val.failures)},
+        **source.as_dict(),
+        **s,
+        "validation": None
+        if evaluated_val is None
+        else {
+            **(validation_source or RunSource()).split_fields(),
+            "n": evaluated_val.summary["n"],
+            "cnr": evaluated_val.summary["cnr"],
+            "miou": evaluated_val.summary["miou"],
+            "n_unreadable": len(evaluated_val.failures),
+        },
         "overlays": [str(path.relative_to(out)) for path in evaluated.overlays],
-        "n_skipped_rows": len(dataset.skips), "n_unreadable": len(evaluated.failures),
-        "unreadable": evaluated.failures}
+        "n_skipped_rows": len(dataset.skips),
+        "n_unreadable": len(evaluated.failures),
+        "unreadable": evaluated.failures,
+    }
     files.append(write_json(out / "summary.json", summary))
     ci = s.get("ci") or {}
     return GroundingResult(
-        out, tuple(files), {key: Estimate.of(s[key], ci.get(key)) for key in ("cnr", "miou", "pointing")},
-        {name: {key: Estimate.of(row[key]) for key in ("cnr", "miou", "pointing")}
-         for name, row in s["per_category"].items()},
-        s["n"], len(dataset.skips), len(evaluated.failures), s["n_unreadable_items"], s["n_empty_mask"],
-        s["n_left_out"], summary)
+        out,
+        tuple(files),
+        {key: Estimate.of(s[key], ci.get(key)) for key in ("cnr", "miou", "pointing")},
+        {
+            name: {key: Estimate.of(row[key]) for key in ("cnr", "miou", "pointing")}
+            for name, row in s["per_category"].items()
+        },
+        s["n"],
+        len(dataset.skips),
+        len(evaluated.failures),
+        s["n_unreadable_items"],
+        s["n_empty_mask"],
+        s["n_left_out"],
+        summary,
+    )
 
 
 def _cell(value: Any, decimals: int | None = None) -> Any:
@@ -816,8 +953,9 @@ def _write_metric_table(path: Path, table: dict[str, list[Any]]) -> Path:
     """The official metric.csv: 3 decimals, NaN an empty cell."""
     from maco_cxr._atomic import write_csv
 
-    return write_csv(path, list(table),
-                     ([_cell(table[c][i], 3) for c in table] for i in range(len(table["threshold"]))))
+    return write_csv(
+        path, list(table), ([_cell(table[c][i], 3) for c in table] for i in range(len(table["threshold"])))
+    )
 
 
 def _write_opt_thresholds(path: Path, selection: dict[str, Any]) -> Path:
@@ -833,7 +971,14 @@ def _write_opt_thresholds(path: Path, selection: dict[str, Any]) -> Path:
         values = [v[key] for v in per.values() if not math.isnan(v[key])]
         return sum(values) / len(values) if values else float("nan")
 
-    rows.append(["mean", _cell(selection["mean"]["threshold"], 3), _cell(selection["mean"]["val_iou"]),
-                 sum(v["n_val"] for v in per.values()), sum(v["n_test"] for v in per.values()),
-                 *(_cell(mean(k)) for k in ("iou", "dice", "precision", "recall"))])
+    rows.append(
+        [
+            "mean",
+            _cell(selection["mean"]["threshold"], 3),
+            _cell(selection["mean"]["val_iou"]),
+            sum(v["n_val"] for v in per.values()),
+            sum(v["n_test"] for v in per.values()),
+            *(_cell(mean(k)) for k in ("iou", "dice", "precision", "recall")),
+        ]
+    )
     return write_csv(path, header, rows)

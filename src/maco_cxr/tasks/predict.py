@@ -120,8 +120,7 @@ if TYPE_CHECKING:
     from maco_cxr.models.maco import MacoModel
     from maco_cxr.tasks.finetune.model_io import FinetunedModel
 
-__all__ = ["DICOM_COLUMNS", "FRONTAL_VIEWS", "PARTS_DIR", "SETTINGS_NAME", "PredictResult", "predict",
-           "predict_folder"]
+__all__ = ["DICOM_COLUMNS", "FRONTAL_VIEWS", "PARTS_DIR", "SETTINGS_NAME", "PredictResult", "predict", "predict_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,20 +203,25 @@ def predict(
     started = time.perf_counter()
     out = Path(os.path.abspath(out))
     if batch_size < 1 or chunk_size < 1 or workers < 0:
-        raise ConfigError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be >= 1 and workers "
-                          f"({workers}) >= 0")
-    run_on = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+        raise ConfigError(
+            f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be >= 1 and workers ({workers}) >= 0"
+        )
+    run_on = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     model_path = Path(os.path.abspath(model))
     task, model_classes = _model_task(model_path)
     class_names, table = _zero_shot_classes(task, classes, prompts)
     phrases = _checked_phrases(task, phrases, embeddings)
     if overlays and not phrases:
-        raise ConfigError("overlays draw grounding maps over the images: give at least one phrase, or leave "
-                          "overlays off")
+        raise ConfigError(
+            "overlays draw grounding maps over the images: give at least one phrase, or leave overlays off"
+        )
     if task == "zero-shot" and not (class_names or embeddings or phrases):
-        raise ConfigError("nothing to predict: give classes (a set such as 'nih', or names), embeddings=True "
-                          "or at least one grounding phrase")
+        raise ConfigError(
+            "nothing to predict: give classes (a set such as 'nih', or names), embeddings=True "
+            "or at least one grounding phrase"
+        )
     roots = as_path_list(inputs, "inputs")
     paths, hidden = collect_inputs(roots, list_file, exclude=out)
     settings = {  # what changes the results: compared when a run is resumed
@@ -227,16 +231,22 @@ def predict(
         "list": os.path.abspath(list_file) if list_file is not None else None,
         "classes": list(class_names),
         "prompts": {c: {"pos": list(p.positive), "neg": list(p.negative)} for c, p in table.items()},
-        "embeddings": bool(embeddings), "phrases": list(phrases), "overlays": bool(overlays),
-        "frontal_only": bool(frontal_only), "patient_id": bool(patient_id),
+        "embeddings": bool(embeddings),
+        "phrases": list(phrases),
+        "overlays": bool(overlays),
+        "frontal_only": bool(frontal_only),
+        "patient_id": bool(patient_id),
         "precision": "bf16" if run_on.type == "cuda" else "fp32",
     }
     stored = check_settings(out, settings)
     latest = read_parts(out / PARTS_DIR)
     closed = close_gone_inputs(out, latest, paths)
     if closed.inputs:
-        logger.info("predict: removed %d map/mask files of %d inputs that no longer exist",
-                    len(closed.files), len(closed.inputs))
+        logger.info(
+            "predict: removed %d map/mask files of %d inputs that no longer exist",
+            len(closed.files),
+            len(closed.inputs),
+        )
         latest = read_parts(out / PARTS_DIR)
     done = finished_paths(out, latest, retry_failed=retry_failed)
     todo = [p for p in paths if p not in done]
@@ -247,24 +257,49 @@ def predict(
         per_part = math.ceil(chunk_size / batch_size) * batch_size
         tic = time.perf_counter()
         try:
-            engine = _build_engine(task, model_path, run_on, out, class_names, table, phrases, overlays,
-                                   embeddings, text_heads, vision_heads)
+            engine = _build_engine(
+                task,
+                model_path,
+                run_on,
+                out,
+                class_names,
+                table,
+                phrases,
+                overlays,
+                embeddings,
+                text_heads,
+                vision_heads,
+            )
         except KeyboardInterrupt as interrupt:
-            raise RunInterrupted(f"chunk 1 of {math.ceil(len(todo) / per_part)} (loading the model)") \
-                from interrupt
+            raise RunInterrupted(f"chunk 1 of {math.ceil(len(todo) / per_part)} (loading the model)") from interrupt
         load_seconds = time.perf_counter() - tic
         if not stored:  # only once the model loaded: a typo in a model path is not stored
             write_json(out / SETTINGS_NAME, settings)
         tic = time.perf_counter()
-        _run(engine, todo, out, frontal_only=frontal_only, patient_id=patient_id, batch_size=batch_size,
-             workers=workers, per_part=per_part, progress=progress)
+        _run(
+            engine,
+            todo,
+            out,
+            frontal_only=frontal_only,
+            patient_id=patient_id,
+            batch_size=batch_size,
+            workers=workers,
+            per_part=per_part,
+            progress=progress,
+        )
         seconds = time.perf_counter() - tic
         latest = read_parts(out / PARTS_DIR)
     header = columns(task, model_classes, class_names, phrases, embeddings, patient_id)
     counts = write_outputs(out, paths, latest, header, settings)
-    counts.update(inputs=len(paths), hidden_ignored=hidden, done_before=len(paths) - len(todo),
-                  processed_now=len(todo), failed_not_retried=kept_failures,
-                  removed_inputs=len(closed.inputs), removed_files=len(closed.files))
+    counts.update(
+        inputs=len(paths),
+        hidden_ignored=hidden,
+        done_before=len(paths) - len(todo),
+        processed_now=len(todo),
+        failed_not_retried=kept_failures,
+        removed_inputs=len(closed.inputs),
+        removed_files=len(closed.files),
+    )
     rate = len(todo) / seconds if seconds > 0 else 0.0
     summary = {
         "model": {"path": str(model_path), "task": task, "sha256": settings["model"]["sha256"]},
@@ -273,19 +308,39 @@ def predict(
         "counts": counts,
         "removed_files": closed.files,
         "settings": settings,
-        "runtime": {"device": str(run_on), "batch_size": batch_size, "workers": workers,
-                    "chunk_size": chunk_size, "retry_failed": bool(retry_failed)},
-        "timings": {"load_seconds": round(load_seconds, 3), "predict_seconds": round(seconds, 3),
-                    "images_per_second": round(rate, 3),
-                    "total_seconds": round(time.perf_counter() - started, 3)},
+        "runtime": {
+            "device": str(run_on),
+            "batch_size": batch_size,
+            "workers": workers,
+            "chunk_size": chunk_size,
+            "retry_failed": bool(retry_failed),
+        },
+        "timings": {
+            "load_seconds": round(load_seconds, 3),
+            "predict_seconds": round(seconds, 3),
+            "images_per_second": round(rate, 3),
+            "total_seconds": round(time.perf_counter() - started, 3),
+        },
         "outputs": output_names(task, embeddings, frontal_only, bool(phrases)),
     }
     write_json(out / "summary.json", summary)
     if counts["failed"]:
         logger.warning("predict: %d unreadable files listed in %s", counts["failed"], out / "failures.csv")
-    return PredictResult(out, len(paths), counts["predicted"], counts["failed"], counts["skipped_views"],
-                         len(paths) - len(todo), seconds, rate, counts["not_images"], kept_failures,
-                         counts["colour_converted"], closed.files, summary)
+    return PredictResult(
+        out,
+        len(paths),
+        counts["predicted"],
+        counts["failed"],
+        counts["skipped_views"],
+        len(paths) - len(todo),
+        seconds,
+        rate,
+        counts["not_images"],
+        kept_failures,
+        counts["colour_converted"],
+        closed.files,
+        summary,
+    )
 
 
 #: The name the package exports (``maco_cxr.predict_folder``): a fine-tuned model has its own ``predict``.
@@ -318,17 +373,19 @@ def _weights_sha256(path: Path) -> str:
 
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
-        raise ConfigError(f"{path}: no model weights (model.safetensors) there; give a model folder or a "
-                          "maco.pth file")
+        raise ConfigError(f"{path}: no model weights (model.safetensors) there; give a model folder or a maco.pth file")
     return file_sha256(weights)
 
 
-def _zero_shot_classes(task: str, classes: str | Sequence[str] | None, prompts: PromptSpec
-                       ) -> tuple[tuple[str, ...], dict[str, Any]]:
+def _zero_shot_classes(
+    task: str, classes: str | Sequence[str] | None, prompts: PromptSpec
+) -> tuple[tuple[str, ...], dict[str, Any]]:
     if task != "zero-shot":
         if classes or prompts is not None:
-            raise ConfigError(f"classes / prompts score a MaCo model zero-shot; this model is a fine-tuned "
-                              f"{task} model that predicts its own classes: leave them out")
+            raise ConfigError(
+                f"classes / prompts score a MaCo model zero-shot; this model is a fine-tuned "
+                f"{task} model that predicts its own classes: leave them out"
+            )
         return (), {}
     if classes is None or (not isinstance(classes, str) and not classes):
         return (), {}
@@ -337,8 +394,10 @@ def _zero_shot_classes(task: str, classes: str | Sequence[str] | None, prompts: 
         set_name = classes[0]
     if set_name is not None:
         if set_name.lower() not in CLASS_SETS:
-            raise ConfigError(f"classes: {set_name!r} is not a class set ({', '.join(CLASS_SETS)}); give the "
-                              "set name or a list of class names")
+            raise ConfigError(
+                f"classes: {set_name!r} is not a class set ({', '.join(CLASS_SETS)}); give the "
+                "set name or a list of class names"
+            )
         names = CLASS_SETS[set_name.lower()]
         if prompts is None and set_name.lower() == "siim":
             prompts = "siim"
@@ -350,8 +409,7 @@ def _zero_shot_classes(task: str, classes: str | Sequence[str] | None, prompts: 
 def _checked_phrases(task: str, phrases: str | Sequence[str], embeddings: bool) -> tuple[str, ...]:
     phrases = (phrases,) if isinstance(phrases, str) else tuple(phrases)
     if task != "zero-shot" and (phrases or embeddings):
-        raise ConfigError(f"grounding phrases and embeddings need a MaCo model; this is a fine-tuned {task} "
-                          "model")
+        raise ConfigError(f"grounding phrases and embeddings need a MaCo model; this is a fine-tuned {task} model")
     for phrase in phrases:
         phrase_query(phrase)
     repeated = sorted({p for p in phrases if phrases.count(p) > 1})
@@ -363,8 +421,9 @@ def _checked_phrases(task: str, phrases: str | Sequence[str], embeddings: bool) 
 # ------------------------------------------------------------------------------ the models
 
 
-def _maco_inputs(pixels: np.ndarray, *, size: int, mean: float, std: float, global_input: bool,
-                 letterbox: bool) -> dict[str, Any]:
+def _maco_inputs(
+    pixels: np.ndarray, *, size: int, mean: float, std: float, global_input: bool, letterbox: bool
+) -> dict[str, Any]:
     """The encoder input (zero-shot geometry) and/or the letterboxed one (grounding), normalised here in
     the loader workers as :func:`~maco_cxr.inference.patch_embeddings` normalises uint8 pixels."""
     prepared: dict[str, Any] = {}
@@ -376,8 +435,9 @@ def _maco_inputs(pixels: np.ndarray, *, size: int, mean: float, std: float, glob
     return prepared
 
 
-def _finetuned_inputs(pixels: np.ndarray, *, prepare: Callable[..., dict[str, Any]],
-                      preprocessing: dict[str, Any]) -> dict[str, Any]:
+def _finetuned_inputs(
+    pixels: np.ndarray, *, prepare: Callable[..., dict[str, Any]], preprocessing: dict[str, Any]
+) -> dict[str, Any]:
     return prepare(pixels, preprocessing)
 
 
@@ -425,8 +485,16 @@ class _Engine(ABC):
 
 
 class _MacoEngine(_Engine):
-    def __init__(self, model: MacoModel, out: Path, classes: tuple[str, ...], table: dict[str, Any],
-                 phrases: tuple[str, ...], overlays: bool, embeddings: bool) -> None:
+    def __init__(
+        self,
+        model: MacoModel,
+        out: Path,
+        classes: tuple[str, ...],
+        table: dict[str, Any],
+        phrases: tuple[str, ...],
+        overlays: bool,
+        embeddings: bool,
+    ) -> None:
         self.model, self.out, self.classes, self.phrases = model, out, classes, phrases
         self.embeddings, self.overlays = embeddings, overlays
         self.keep_pixels = overlays  # the map itself needs only the letterbox geometry
@@ -438,9 +506,14 @@ class _MacoEngine(_Engine):
 
     def prepare_function(self) -> Callable[[np.ndarray], dict[str, Any]]:
         config = self.model.config
-        return partial(_maco_inputs, size=config.vision.img_size, mean=config.image_mean,
-                       std=config.image_std, global_input=bool(self.classes) or self.embeddings,
-                       letterbox=bool(self.phrases))
+        return partial(
+            _maco_inputs,
+            size=config.vision.img_size,
+            mean=config.image_mean,
+            std=config.image_std,
+            global_input=bool(self.classes) or self.embeddings,
+            letterbox=bool(self.phrases),
+        )
 
     def run(self, items: Sequence[dict[str, Any]]) -> _BatchOutput:
         rows: list[dict[str, str]] = [{} for _ in items]
@@ -455,11 +528,9 @@ class _MacoEngine(_Engine):
                 row.update({f"score:{c}": _number(v) for c, v in zip(self.classes, values)})
         if self.phrases:
             self._ground(items, rows, files)
-        return _BatchOutput(rows, [[] for _ in items], files,
-                            z.numpy() if self.embeddings and z is not None else None)
+        return _BatchOutput(rows, [[] for _ in items], files, z.numpy() if self.embeddings and z is not None else None)
 
-    def _ground(self, items: Sequence[dict[str, Any]], rows: list[dict[str, str]], files: list[list[str]]
-                ) -> None:
+    def _ground(self, items: Sequence[dict[str, Any]], rows: list[dict[str, str]], files: list[list[str]]) -> None:
         """The steps of :func:`~maco_cxr.tasks.grounding.letterboxed_maps`, phrases encoded once."""
         size = self.model.config.vision.img_size
         boxed = torch.stack([item["inputs"]["boxed_x"] for item in items]).expand(-1, 3, -1, -1)
@@ -468,8 +539,14 @@ class _MacoEngine(_Engine):
             for k, phrase in enumerate(self.phrases):
                 heatmap = grounding_map(patches[i], self.weights, self.texts[k], size)
                 name = f"maps/{_file_id(item['path'])}_p{k}_{_slug(phrase)}"
-                self.writer.submit(map_files, self.out / name, item["inputs"]["letterbox"], heatmap,
-                                   item["pixels"] if self.overlays else None, phrase)
+                self.writer.submit(
+                    map_files,
+                    self.out / name,
+                    item["inputs"]["letterbox"],
+                    heatmap,
+                    item["pixels"] if self.overlays else None,
+                    phrase,
+                )
                 row[f"map:{phrase}"] = f"{name}.npy"
                 files[i] += [f"{name}.npy", *((f"{name}.png",) if self.overlays else ())]
 
@@ -480,8 +557,7 @@ class _FinetunedEngine(_Engine):
         self.task = model.task
 
     def prepare_function(self) -> Callable[[np.ndarray], dict[str, Any]]:
-        return partial(_finetuned_inputs, prepare=type(self.model).prepare,
-                       preprocessing=self.model.preprocessing)
+        return partial(_finetuned_inputs, prepare=type(self.model).prepare, preprocessing=self.model.preprocessing)
 
     def run(self, items: Sequence[dict[str, Any]]) -> _BatchOutput:
         predictions = self.model.predict_prepared([item["inputs"] for item in items])
@@ -496,9 +572,10 @@ class _FinetunedEngine(_Engine):
             elif self.task == "segmentation":
                 row, written = self._masks(item["path"], prediction)
             else:
-                boxes = [[self._label(label), _number(score), *(_number(v, 2) for v in box)]
-                         for box, score, label in zip(prediction["boxes"], prediction["scores"],
-                                                      prediction["labels"])]
+                boxes = [
+                    [self._label(label), _number(score), *(_number(v, 2) for v in box)]
+                    for box, score, label in zip(prediction["boxes"], prediction["scores"], prediction["labels"])
+                ]
                 row = {"n_boxes": str(len(boxes))}
             rows.append(row)
             detections.append(boxes)
@@ -520,9 +597,19 @@ class _FinetunedEngine(_Engine):
         return self.classes[index] if 0 <= index < len(self.classes) else str(int(label))
 
 
-def _build_engine(task: str, path: Path, device: torch.device, out: Path, classes: tuple[str, ...],
-                  table: dict[str, Any], phrases: tuple[str, ...], overlays: bool, embeddings: bool,
-                  text_heads: int | None, vision_heads: int | None) -> _Engine:
+def _build_engine(
+    task: str,
+    path: Path,
+    device: torch.device,
+    out: Path,
+    classes: tuple[str, ...],
+    table: dict[str, Any],
+    phrases: tuple[str, ...],
+    overlays: bool,
+    embeddings: bool,
+    text_heads: int | None,
+    vision_heads: int | None,
+) -> _Engine:
     if task == "zero-shot":
         from maco_cxr.hub import load
 
@@ -541,16 +628,35 @@ def _predict_batch(engine: _Engine, items: Sequence[dict[str, Any]]) -> _BatchOu
 # ------------------------------------------------------------------------------ the loop
 
 
-def _run(engine: _Engine, todo: Sequence[str], out: Path, *, frontal_only: bool, patient_id: bool,
-         batch_size: int, workers: int, per_part: int, progress: bool) -> None:
+def _run(
+    engine: _Engine,
+    todo: Sequence[str],
+    out: Path,
+    *,
+    frontal_only: bool,
+    patient_id: bool,
+    batch_size: int,
+    workers: int,
+    per_part: int,
+    progress: bool,
+) -> None:
     parts = out / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
     for folder in (out, parts, out / "maps", out / "masks"):  # leftovers of a killed run's writes
         remove_stale_temporaries(folder)
-    loader = DataLoader(PredictFiles(todo, engine.prepare_function(), frontal_only=frontal_only,
-                                     patient_id=patient_id, keep_pixels=engine.keep_pixels),
-                        batch_size=batch_size, num_workers=workers, collate_fn=_keep_list,
-                        pin_memory=torch.cuda.is_available())
+    loader = DataLoader(
+        PredictFiles(
+            todo,
+            engine.prepare_function(),
+            frontal_only=frontal_only,
+            patient_id=patient_id,
+            keep_pixels=engine.keep_pixels,
+        ),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_keep_list,
+        pin_memory=torch.cuda.is_available(),
+    )
     engine.writer = FileWriter()
     try:
         _stream(engine, loader, parts, len(todo), per_part, progress)
@@ -558,8 +664,7 @@ def _run(engine: _Engine, todo: Sequence[str], out: Path, *, frontal_only: bool,
         engine.writer.close()
 
 
-def _stream(engine: _Engine, loader: DataLoader, parts: Path, total: int, per_part: int, progress: bool
-            ) -> None:
+def _stream(engine: _Engine, loader: DataLoader, parts: Path, total: int, per_part: int, progress: bool) -> None:
     """Predict batch by batch and commit a part every ``per_part`` files; Ctrl-C raises
     :class:`RunInterrupted` naming the chunk (every earlier chunk is committed, the current one is not)."""
     records: list[dict[str, Any]] = []
@@ -567,8 +672,7 @@ def _stream(engine: _Engine, loader: DataLoader, parts: Path, total: int, per_pa
     offset = 0  # embedding rows of the part so far
     chunk, chunks = 1, math.ceil(total / per_part)
     try:
-        with inference_mode(engine.model), tqdm(total=total, desc="predict", unit="img",
-                                                disable=not progress) as bar:
+        with inference_mode(engine.model), tqdm(total=total, desc="predict", unit="img", disable=not progress) as bar:
             for items in loader:
                 good = [item for item in items if "inputs" in item]
                 output = _predict_batch(engine, good) if good else _BatchOutput([], [], [])
@@ -604,9 +708,12 @@ def _record(item: dict[str, Any], output: _BatchOutput, results: Any, offset: in
     else:
         k = next(results)
         height, width = item["shape"]
-        record.update(status="predicted", row={"height": str(height), "width": str(width), "colour": item["colour"],
-                                                  **output.rows[k]},
-                      detections=output.detections[k], files=output.files[k])
+        record.update(
+            status="predicted",
+            row={"height": str(height), "width": str(width), "colour": item["colour"], **output.rows[k]},
+            detections=output.detections[k],
+            files=output.files[k],
+        )
         if output.embeddings is not None:
             record["embedding"] = offset + k
     return record

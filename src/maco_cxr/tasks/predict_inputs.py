@@ -41,8 +41,28 @@ FRONTAL_VIEWS = ("PA", "AP")
 DICOM_COLUMNS = ("SOPInstanceUID", "StudyInstanceUID", "ViewPosition")
 
 #: Extensions of files that are meant to be images: one that does not decode is a failure.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".dcm", ".dicom", ".dic", ".tif",
-                            ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".j2k", ".pgm", ".ppm", ".pnm"})
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".dcm",
+        ".dicom",
+        ".dic",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".jp2",
+        ".j2k",
+        ".pgm",
+        ".ppm",
+        ".pnm",
+    }
+)
 _SIGNATURES = (  # (offset, bytes, format): what the first bytes of an image file hold
     (0, b"\x89PNG\r\n\x1a\n", "PNG"),
     (0, b"\xff\xd8\xff", "JPEG"),
@@ -95,7 +115,7 @@ def file_kind(path: str | os.PathLike[str]) -> FileKind:
             head = handle.read(_HEAD_BYTES)
     except OSError:
         return FileKind("image")
-    if any(head[offset: offset + len(magic)] == magic for offset, magic, _ in _SIGNATURES):
+    if any(head[offset : offset + len(magic)] == magic for offset, magic, _ in _SIGNATURES):
         return FileKind("image")
     extension = _extension(path)
     if size == 0:
@@ -115,8 +135,9 @@ def file_kind(path: str | os.PathLike[str]) -> FileKind:
 # ------------------------------------------------------------------------------ walking the inputs
 
 
-def collect_inputs(inputs: PathsInput, list_file: str | os.PathLike[str] | None, *, exclude: Path
-                   ) -> tuple[list[str], int]:
+def collect_inputs(
+    inputs: PathsInput, list_file: str | os.PathLike[str] | None, *, exclude: Path
+) -> tuple[list[str], int]:
     """Sorted unique absolute paths of the input files, and the number of hidden entries ignored.
 
     ``inputs``: one path (a ``str``/``os.PathLike`` is one input, never its characters) or many.
@@ -194,8 +215,15 @@ class PredictFiles(Dataset):
     ``"inputs"`` (the model's prepared input) with ``"shape"`` (and ``"pixels"`` when ``keep_pixels``).
     """
 
-    def __init__(self, paths: Sequence[str], prepare: Callable[[np.ndarray], dict[str, Any]], *,
-                 frontal_only: bool, patient_id: bool, keep_pixels: bool) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        prepare: Callable[[np.ndarray], dict[str, Any]],
+        *,
+        frontal_only: bool,
+        patient_id: bool,
+        keep_pixels: bool,
+    ) -> None:
         self.paths, self.prepare = list(paths), prepare
         self.frontal_only, self.patient_id, self.keep_pixels = frontal_only, patient_id, keep_pixels
 
@@ -221,8 +249,7 @@ class PredictFiles(Dataset):
             return {**item, "not_image": "not an image: a DICOMDIR (the index of a DICOM export)"}
         view = item["tags"].get("ViewPosition", "")
         if self.frontal_only and view and view.upper() not in FRONTAL_VIEWS:
-            return {**item,
-                    "skipped": f"ViewPosition {view!r} is not a frontal view ({'/'.join(FRONTAL_VIEWS)})"}
+            return {**item, "skipped": f"ViewPosition {view!r} is not a frontal view ({'/'.join(FRONTAL_VIEWS)})"}
         try:
             pixels, info = read_image_with_info(path)
             check_image_size(pixels.shape, path)

@@ -60,8 +60,7 @@ def check_settings(out: Path, settings: dict[str, Any]) -> bool:
     try:
         stored = json.loads(stored_path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{stored_path}: cannot read the stored settings ({err}); give a new output "
-                          "folder") from err
+        raise ConfigError(f"{stored_path}: cannot read the stored settings ({err}); give a new output folder") from err
     if stored != settings:
         differences = []
         for key in sorted(set(stored) | set(settings)):
@@ -71,9 +70,11 @@ def check_settings(out: Path, settings: dict[str, Any]) -> bool:
                 there, now = ({k: v for k, v in a.items() if k in b} for a, b in ((there, now), (now, there)))
             if there != now:
                 differences.append(_difference(key, there, now))
-        raise ConfigError(f"{out} holds a predict run with other settings ({'; '.join(differences)}); rerun "
-                          "with the settings it was started with to resume it, or give a new output folder "
-                          "(or delete this one) to start over")
+        raise ConfigError(
+            f"{out} holds a predict run with other settings ({'; '.join(differences)}); rerun "
+            "with the settings it was started with to resume it, or give a new output folder "
+            "(or delete this one) to start over"
+        )
     return True
 
 
@@ -84,8 +85,7 @@ def _difference(key: str, there: Any, now: Any) -> str:
         if any(isinstance(there.get(k), dict) or isinstance(now.get(k), dict) for k in changed):
             more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
             return f"{key} differ for {', '.join(changed[:5])}{more}"
-        return f"{key}: " + ", ".join(f"{k} {_short(there.get(k))} there, {_short(now.get(k))} now"
-                                      for k in changed)
+        return f"{key}: " + ", ".join(f"{k} {_short(there.get(k))} there, {_short(now.get(k))} now" for k in changed)
     return f"{key}: {_short(there)} there, {_short(now)} now"
 
 
@@ -123,8 +123,10 @@ def read_parts(parts: Path) -> Latest:
         try:
             records = json.loads((folder / ROWS_NAME).read_text())["records"]
         except (OSError, ValueError, KeyError) as err:
-            raise DataError(f"{folder}: the resume journal part cannot be read ({err}); delete that part "
-                            "folder to recompute its files") from err
+            raise DataError(
+                f"{folder}: the resume journal part cannot be read ({err}); delete that part "
+                "folder to recompute its files"
+            ) from err
         for record in records:
             latest[record["path"]] = (folder, record)
     return latest
@@ -157,9 +159,11 @@ def _own_file(out: Path, name: str) -> Path:
     relative = Path(name)
     parts = relative.parts
     if relative.is_absolute() or ".." in parts or len(parts) < 2 or parts[0] not in FILE_FOLDERS:
-        raise DataError(f"{out / PARTS_DIR}: a journal record lists {name!r}, not a file under "
-                        f"{' or '.join(f + '/' for f in FILE_FOLDERS)}; the journal is corrupt: delete the "
-                        "output folder to start over")
+        raise DataError(
+            f"{out / PARTS_DIR}: a journal record lists {name!r}, not a file under "
+            f"{' or '.join(f + '/' for f in FILE_FOLDERS)}; the journal is corrupt: delete the "
+            "output folder to start over"
+        )
     return out / relative
 
 
@@ -171,8 +175,11 @@ def close_gone_inputs(out: Path, latest: Latest, inputs: Sequence[str]) -> Close
     removes what is left and commits it; a removed input that comes back is predicted again.
     """
     current = set(inputs)
-    gone = sorted(path for path, (_, record) in latest.items()
-                  if record["status"] != "removed" and path not in current and not os.path.lexists(path))
+    gone = sorted(
+        path
+        for path, (_, record) in latest.items()
+        if record["status"] != "removed" and path not in current and not os.path.lexists(path)
+    )
     targets = [(name, _own_file(out, name)) for path in gone for name in latest[path][1].get("files", ())]
     removed: list[str] = []
     for name, target in targets:

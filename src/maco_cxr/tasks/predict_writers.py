@@ -24,8 +24,7 @@ from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.tasks.predict_inputs import DICOM_COLUMNS
 from maco_cxr.tasks.predict_journal import EMBEDDINGS_NAME, SETTINGS_NAME, Latest
 
-__all__ = ["FINETUNED_COLUMNS", "FileWriter", "columns", "map_files", "mask_files", "output_names",
-           "write_outputs"]
+__all__ = ["FINETUNED_COLUMNS", "FileWriter", "columns", "map_files", "mask_files", "output_names", "write_outputs"]
 
 FINETUNED_COLUMNS = {"classification": (), "segmentation": ("mask", "mask_pixels"), "detection": ("n_boxes",)}
 
@@ -76,8 +75,9 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def map_files(stem: Path, letterbox: Letterbox, heatmap: np.ndarray, overlay_on: np.ndarray | None,
-              phrase: str) -> Encoded:
+def map_files(
+    stem: Path, letterbox: Letterbox, heatmap: np.ndarray, overlay_on: np.ndarray | None, phrase: str
+) -> Encoded:
     """``<stem>.npy``: the letterboxed ``heatmap`` mapped to the original grid, and with
     ``overlay_on`` (the image) ``<stem>.png``: its :func:`~maco_cxr.plots.overlay_heatmap`."""
     heatmap = letterbox.map_to_original(heatmap)
@@ -99,19 +99,30 @@ def mask_files(path: Path, mask: np.ndarray) -> Encoded:
 # ------------------------------------------------------------------------------ the final files
 
 
-def columns(task: str, model_classes: tuple[str, ...], classes: tuple[str, ...], phrases: tuple[str, ...],
-            embeddings: bool, patient_id: bool) -> list[str]:
+def columns(
+    task: str,
+    model_classes: tuple[str, ...],
+    classes: tuple[str, ...],
+    phrases: tuple[str, ...],
+    embeddings: bool,
+    patient_id: bool,
+) -> list[str]:
     identifiers = ["path", "height", "width", "colour", *DICOM_COLUMNS, *(("PatientID",) if patient_id else ())]
     if task == "zero-shot":
-        return [*identifiers, *(f"score:{c}" for c in classes), *(("embedding_row",) if embeddings else ()),
-                *(f"map:{p}" for p in phrases)]
+        return [
+            *identifiers,
+            *(f"score:{c}" for c in classes),
+            *(("embedding_row",) if embeddings else ()),
+            *(f"map:{p}" for p in phrases),
+        ]
     if task == "classification":
         return [*identifiers, *(f"score:{c}" for c in model_classes)]
     return [*identifiers, *FINETUNED_COLUMNS[task]]
 
 
-def write_outputs(out: Path, paths: Sequence[str], latest: Latest, header: list[str], settings: dict[str, Any]
-                  ) -> dict[str, int]:
+def write_outputs(
+    out: Path, paths: Sequence[str], latest: Latest, header: list[str], settings: dict[str, Any]
+) -> dict[str, int]:
     """The tables of the files in ``paths`` (sorted) from their latest journal records; returns the counts."""
     tag_columns = [*DICOM_COLUMNS, *(("PatientID",) if settings["patient_id"] else ())]
     predicted, failed, skipped, not_images, detections, index_rows = [], [], [], [], [], []
@@ -155,8 +166,14 @@ def write_outputs(out: Path, paths: Sequence[str], latest: Latest, header: list[
     if settings["model"]["task"] == "detection":
         box_header = ["path", "SOPInstanceUID", "label", "score", "x_min", "y_min", "x_max", "y_max"]
         write_csv(out / "detections.csv", box_header, detections)
-    return {"predicted": len(predicted), "failed": len(failed), "not_images": len(not_images),
-            "skipped_views": len(skipped), "without_view_position": without_view, "colour_converted": colour}
+    return {
+        "predicted": len(predicted),
+        "failed": len(failed),
+        "not_images": len(not_images),
+        "skipped_views": len(skipped),
+        "without_view_position": without_view,
+        "colour_converted": colour,
+    }
 
 
 def output_names(task: str, embeddings: bool, frontal_only: bool, phrases: bool) -> list[str]:

@@ -60,8 +60,7 @@ class ClassPrompts:
             if not texts:
                 raise ConfigError(f"ClassPrompts.{name}: give at least one prompt")
             if not all(isinstance(t, str) and t.strip() for t in texts):
-                raise ConfigError(f"ClassPrompts.{name}: every prompt must be a non-empty string; "
-                                  f"got {list(texts)!r}")
+                raise ConfigError(f"ClassPrompts.{name}: every prompt must be a non-empty string; got {list(texts)!r}")
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,14 @@ DEFAULT_PROMPTS = PromptTemplates(
 """The official default set (``--text_prompt default``)."""
 
 SIIM_PROMPTS = PromptTemplates(
-    positive=("Abnormal collection of air in the pleural space between the lung and the chest "
-              "wall. ", "There is {c}. "),
-    negative=(*DEFAULT_PROMPTS.negative,
-              "The lung parenchyma is homogeneous, and the lung markings are normal and "
-              "symmetrical. "),
+    positive=(
+        "Abnormal collection of air in the pleural space between the lung and the chest wall. ",
+        "There is {c}. ",
+    ),
+    negative=(
+        *DEFAULT_PROMPTS.negative,
+        "The lung parenchyma is homogeneous, and the lung markings are normal and symmetrical. ",
+    ),
 )
 """The official SIIM-ACR set (``--text_prompt siim``)."""
 
@@ -114,8 +116,10 @@ def resolve_prompts(classes: Sequence[str], prompts: PromptSpec = None) -> dict[
         raise ConfigError(f"classes: give a non-empty list of class names, got {classes!r}")
     empty = [i for i, name in enumerate(classes) if not isinstance(name, str) or not name.strip()]
     if empty:
-        raise ConfigError(f"classes: class {empty[0]} ({classes[empty[0]]!r}) is empty; every class needs a "
-                          "name, e.g. 'Pneumothorax' (it is put into the prompts)")
+        raise ConfigError(
+            f"classes: class {empty[0]} ({classes[empty[0]]!r}) is empty; every class needs a "
+            "name, e.g. 'Pneumothorax' (it is put into the prompts)"
+        )
     duplicates = sorted({c for c in classes if list(classes).count(c) > 1})
     if duplicates:
         raise ConfigError(f"classes: {duplicates} appear more than once")
@@ -128,13 +132,17 @@ def resolve_prompts(classes: Sequence[str], prompts: PromptSpec = None) -> dict[
     if isinstance(prompts, (str, os.PathLike)):
         path = Path(prompts)
         if not path.is_file():
-            raise ConfigError(f"prompts: {str(prompts)!r} is neither a prompt set "
-                              f"({', '.join(PROMPT_SETS)}) nor an existing prompt file")
+            raise ConfigError(
+                f"prompts: {str(prompts)!r} is neither a prompt set "
+                f"({', '.join(PROMPT_SETS)}) nor an existing prompt file"
+            )
         return _from_mapping(load_prompt_file(path), classes, str(path))
     if isinstance(prompts, Mapping):
         return _from_mapping(prompts, classes, "prompts")
-    raise ConfigError(f"prompts: unsupported type {type(prompts).__name__}; give a set name, a "
-                      "file path, PromptTemplates or a mapping")
+    raise ConfigError(
+        f"prompts: unsupported type {type(prompts).__name__}; give a set name, a "
+        "file path, PromptTemplates or a mapping"
+    )
 
 
 def load_prompt_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -143,17 +151,20 @@ def load_prompt_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     data = read_yaml(path, "prompt file")
     if not isinstance(data, dict) or not data:
-        raise ConfigError("expected a mapping at the top level, either {pos: [...], neg: [...]} templates "
-                          "or {class: {pos: [...], neg: [...]}}", source=str(path))
+        raise ConfigError(
+            "expected a mapping at the top level, either {pos: [...], neg: [...]} templates "
+            "or {class: {pos: [...], neg: [...]}}",
+            source=str(path),
+        )
     return data
 
 
-def _from_mapping(data: Mapping[str, Any], classes: Sequence[str], source: str
-                  ) -> dict[str, ClassPrompts]:
+def _from_mapping(data: Mapping[str, Any], classes: Sequence[str], source: str) -> dict[str, ClassPrompts]:
     if any(key in data for key in _KEYS):  # templates for every class; any other key is a typo
         templates = _entry(data, source, "")
-        return {name: ClassPrompts(_fill(templates.positive, name), _fill(templates.negative, name))
-                for name in classes}
+        return {
+            name: ClassPrompts(_fill(templates.positive, name), _fill(templates.negative, name)) for name in classes
+        }
     by_lower = {str(key).lower(): key for key in data}
     out: dict[str, ClassPrompts] = {}
     for name in classes:
@@ -161,8 +172,9 @@ def _from_mapping(data: Mapping[str, Any], classes: Sequence[str], source: str
         if key is None:
             near = difflib.get_close_matches(name, list(map(str, data)), n=1, cutoff=0.6)
             hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ConfigError(f"no prompts for class {name!r}; {hint}the file has classes "
-                              f"{sorted(map(str, data))}", source=source)
+            raise ConfigError(
+                f"no prompts for class {name!r}; {hint}the file has classes {sorted(map(str, data))}", source=source
+            )
         value = data[key]
         if isinstance(value, ClassPrompts):
             out[name] = value
@@ -191,8 +203,11 @@ class _PromptEntry:
 def _entry(value: Any, source: str, prefix: str) -> PromptTemplates:
     """Validate one ``{pos: [...], neg: [...]}`` entry; errors name the file and key."""
     if not isinstance(value, Mapping):
-        raise ConfigError(f"must map to {{pos: [...], neg: [...]}}, got {type(value).__name__}",
-                          key=prefix.rstrip(".") or None, source=source)
+        raise ConfigError(
+            f"must map to {{pos: [...], neg: [...]}}, got {type(value).__name__}",
+            key=prefix.rstrip(".") or None,
+            source=source,
+        )
     items = {key: [texts] if isinstance(texts, str) else texts for key, texts in value.items()}
     try:
         entry = from_dict(_PromptEntry, items, prefix=prefix)

@@ -84,9 +84,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("zeroshot", "grounding", "linear", "finetune", "segment", "detect")
-_CELL_FOLDER_KIND = {"zeroshot": "zeroshot", "grounding": "grounding", "linear": run_folder_kind("classification"),
-                     "finetune": run_folder_kind("classification"), "segment": run_folder_kind("segmentation"),
-                     "detect": run_folder_kind("detection")}
+_CELL_FOLDER_KIND = {
+    "zeroshot": "zeroshot",
+    "grounding": "grounding",
+    "linear": run_folder_kind("classification"),
+    "finetune": run_folder_kind("classification"),
+    "segment": run_folder_kind("segmentation"),
+    "detect": run_folder_kind("detection"),
+}
 """The output-folder kind each cell's command claims (a cell folder is that command's output)."""
 DATASETS: tuple[str, ...] = ("nih", "chexpert", "rsna", "siim", "ms-cxr", "covid-rural")
 FRACTIONS: tuple[int, ...] = (1, 10, 100)
@@ -104,14 +109,27 @@ _CONFIG_STEM = {"covid-rural": "covid"}
 _COMMAND = {"linear": "finetune", "finetune": "finetune", "segment": "segment", "detect": "detect"}
 # display: label, factor from the library's value, unit
 METRICS: dict[str, tuple[str, float, str]] = {
-    "auc": ("AUC", 100.0, "%"), "f1": ("F1 (weighted)", 100.0, "%"), "acc": ("ACC", 100.0, "%"),
-    "cnr": ("CNR", 1.0, ""), "miou": ("mIoU", 1.0, ""), "pointing": ("pointing game", 100.0, "%"),
-    "dice": ("Dice (per image, all images)", 100.0, "%"), "dice_fg": ("Dice (foreground, pooled)", 100.0, "%"),
+    "auc": ("AUC", 100.0, "%"),
+    "f1": ("F1 (weighted)", 100.0, "%"),
+    "acc": ("ACC", 100.0, "%"),
+    "cnr": ("CNR", 1.0, ""),
+    "miou": ("mIoU", 1.0, ""),
+    "pointing": ("pointing game", 100.0, "%"),
+    "dice": ("Dice (per image, all images)", 100.0, "%"),
+    "dice_fg": ("Dice (foreground, pooled)", 100.0, "%"),
     "mdice": ("mDice (background + foreground)", 100.0, "%"),
-    "ap": ("AP@[.5:.95]", 100.0, "%"), "ap50": ("AP50", 100.0, "%"), "ap75": ("AP75", 100.0, "%"),
+    "ap": ("AP@[.5:.95]", 100.0, "%"),
+    "ap50": ("AP50", 100.0, "%"),
+    "ap75": ("AP75", 100.0, "%"),
 }
-PRIMARY: dict[str, tuple[str, ...]] = {"zeroshot": ("auc",), "grounding": ("cnr", "miou"), "linear": ("auc",),
-                                       "finetune": ("auc",), "segment": ("dice",), "detect": ("ap",)}
+PRIMARY: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("auc",),
+    "grounding": ("cnr", "miou"),
+    "linear": ("auc",),
+    "finetune": ("auc",),
+    "segment": ("dice",),
+    "detect": ("ap",),
+}
 # zero-shot: adapter split and options holding the official test list's images, and the prompts
 _ZEROSHOT: dict[str, tuple[str | None, dict[str, Any], str]] = {
     "nih": (None, {}, "default"),
@@ -121,21 +139,53 @@ _ZEROSHOT: dict[str, tuple[str | None, dict[str, Any], str]] = {
 }
 # quick mode: the schedule and sizes of a smoke run (never comparable to the paper)
 _QUICK: dict[str, tuple[str, ...]] = {
-    "classify": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "model.img_size=32",
-                 "evaluation.batch_size=8", "evaluation.bootstrap=0", "runtime.log_every=1"),
-    "segment": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "input.image_size=64",
-                "head.channels=16", "head.aux_channels=8", "head.pool_scales=[1, 2]", "evaluation.every=0",
-                "evaluation.overlays=0", "evaluation.bootstrap=0", "evaluation.batch_size=4",
-                "runtime.log_every=1"),
-    "detect": ("optim.steps=2", "optim.warmup_steps=1", "optim.batch_size=2", "input.image_size=64",
-               "detector.out_channels=16", "detector.box_head_convs=1", "detector.box_head_fc=32",
-               "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=50",
-               "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=50",
-               "detector.box_batch_size_per_image=32", "model.grad_checkpointing=false", "evaluation.every=0",
-               "evaluation.overlays=0", "evaluation.batch_size=4", "runtime.log_every=1"),
+    "classify": (
+        "optim.steps=2",
+        "optim.warmup_steps=1",
+        "optim.batch_size=2",
+        "model.img_size=32",
+        "evaluation.batch_size=8",
+        "evaluation.bootstrap=0",
+        "runtime.log_every=1",
+    ),
+    "segment": (
+        "optim.steps=2",
+        "optim.warmup_steps=1",
+        "optim.batch_size=2",
+        "input.image_size=64",
+        "head.channels=16",
+        "head.aux_channels=8",
+        "head.pool_scales=[1, 2]",
+        "evaluation.every=0",
+        "evaluation.overlays=0",
+        "evaluation.bootstrap=0",
+        "evaluation.batch_size=4",
+        "runtime.log_every=1",
+    ),
+    "detect": (
+        "optim.steps=2",
+        "optim.warmup_steps=1",
+        "optim.batch_size=2",
+        "input.image_size=64",
+        "detector.out_channels=16",
+        "detector.box_head_convs=1",
+        "detector.box_head_fc=32",
+        "detector.rpn_pre_nms_top_n_train=200",
+        "detector.rpn_post_nms_top_n_train=50",
+        "detector.rpn_pre_nms_top_n_test=200",
+        "detector.rpn_post_nms_top_n_test=50",
+        "detector.box_batch_size_per_image=32",
+        "model.grad_checkpointing=false",
+        "evaluation.every=0",
+        "evaluation.overlays=0",
+        "evaluation.batch_size=4",
+        "runtime.log_every=1",
+    ),
 }
-QUICK_NOTE = ("QUICK MODE: tiny schedules (2 optimisation steps, 32-64 px inputs, small heads) for tests and "
-              "smoke runs; these numbers are NOT comparable to the paper's")
+QUICK_NOTE = (
+    "QUICK MODE: tiny schedules (2 optimisation steps, 32-64 px inputs, small heads) for tests and "
+    "smoke runs; these numbers are NOT comparable to the paper's"
+)
 CELL_FILE = "cell.json"
 JSON_NAME = "reproduce.json"
 MARKDOWN_NAME = "reproduce.md"
@@ -252,8 +302,11 @@ class PublishedResult:
 def load_published(path: str | Path | None = None) -> tuple[dict[tuple[str, str], PublishedResult], dict[str, Any]]:
     """The shipped table of published results (``assets/published/maco_paper.yaml``):
     ``{(cell, metric): PublishedResult}`` and the file's other keys (paper, doi, not_found)."""
-    source = Path(path) if path is not None else Path(str(files("maco_cxr").joinpath("assets", "published",
-                                                                                     "maco_paper.yaml")))
+    source = (
+        Path(path)
+        if path is not None
+        else Path(str(files("maco_cxr").joinpath("assets", "published", "maco_paper.yaml")))
+    )
     try:
         data = yaml_load(source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
@@ -266,12 +319,14 @@ def load_published(path: str | Path | None = None) -> tuple[dict[tuple[str, str]
         if not isinstance(entry, dict) or set(entry) != {"metric", "value", "unit", "source"}:
             raise DataError(f"{where}: expected exactly metric, value, unit and source")
         if entry["metric"] not in METRICS or not isinstance(entry["value"], (int, float)):
-            raise DataError(f"{where}: metric {entry['metric']!r} must be one of {sorted(METRICS)} with a numeric "
-                            "value")
+            raise DataError(
+                f"{where}: metric {entry['metric']!r} must be one of {sorted(METRICS)} with a numeric value"
+            )
         if not str(entry["source"]).strip():
             raise DataError(f"{where}: every published number needs its source (table, row, column)")
-        table[(str(cell), entry["metric"])] = PublishedResult(str(cell), entry["metric"], float(entry["value"]),
-                                                              str(entry["unit"]), str(entry["source"]))
+        table[(str(cell), entry["metric"])] = PublishedResult(
+            str(cell), entry["metric"], float(entry["value"]), str(entry["unit"]), str(entry["source"])
+        )
     return table, {k: v for k, v in data.items() if k != "results"}
 
 
@@ -294,10 +349,15 @@ class Cell:
 def plan_cells(data: ReproduceData, options: ReproduceOptions) -> tuple[list[Cell], dict[str, str]]:
     """The selected cells whose dataset has a root, and the selected datasets skipped (why)."""
     wanted = options.datasets or DATASETS
-    skipped = {d: (f"{d.replace('-', '_')}.root is not set in the data file" if d != "ms-cxr" else
-                   "ms_cxr.root (or mimic.root) is not set in the data file")
-               for d in wanted if data.root_of(d) is None
-               and any(d in TASK_DATASETS[t] for t in options.tasks)}
+    skipped = {
+        d: (
+            f"{d.replace('-', '_')}.root is not set in the data file"
+            if d != "ms-cxr"
+            else "ms_cxr.root (or mimic.root) is not set in the data file"
+        )
+        for d in wanted
+        if data.root_of(d) is None and any(d in TASK_DATASETS[t] for t in options.tasks)
+    }
     cells = []
     for task in options.tasks:
         for dataset in TASK_DATASETS[task]:
@@ -438,27 +498,70 @@ def _zeroshot(cell: Cell, ctx: _Context, out: Path) -> _Runner:
     split, extra, prompts = _ZEROSHOT[cell.dataset]
     options = {**extra, **entry.options}
     chosen = ["--split-file", entry.test_split] if entry.test_split else ["--official-split", "test"]
-    command = ["maco-cxr", "zeroshot", "--model", ctx.model_path, "--dataset", cell.dataset, "--root", str(root),
-               *(["--split", split] if split else []), *chosen, *_option_args(options), "--prompts", prompts,
-               *ctx.common_args(), "--bootstrap", "0", "--out", str(out)]
-    settings = {"root": root, "split": split, "options": options, "test": entry.test_split or "official test",
-                "prompts": prompts}
-    source = RunSource(model=_text_path(ctx.model_path), dataset=cell.dataset, root=_text_path(root),
-                       split=split, official_split=None if entry.test_split else "test",
-                       split_file=_text_path(entry.test_split))
+    command = [
+        "maco-cxr",
+        "zeroshot",
+        "--model",
+        ctx.model_path,
+        "--dataset",
+        cell.dataset,
+        "--root",
+        str(root),
+        *(["--split", split] if split else []),
+        *chosen,
+        *_option_args(options),
+        "--prompts",
+        prompts,
+        *ctx.common_args(),
+        "--bootstrap",
+        "0",
+        "--out",
+        str(out),
+    ]
+    settings = {
+        "root": root,
+        "split": split,
+        "options": options,
+        "test": entry.test_split or "official test",
+        "prompts": prompts,
+    }
+    source = RunSource(
+        model=_text_path(ctx.model_path),
+        dataset=cell.dataset,
+        root=_text_path(root),
+        split=split,
+        official_split=None if entry.test_split else "test",
+        split_file=_text_path(entry.test_split),
+    )
 
     def run() -> dict[str, Any]:
         dataset = build_dataset(cell.dataset, root, **_adapter_kwargs(entry, split, extra, ctx.options.skip_bad))
         entries = read_split_file(entry.test_split or official_split_path(cell.dataset, "test"))
-        dataset = subset_by_split_file(dataset, entries, use_file_labels=bool(entries and len(entries[0].labels)),
-                                       on_error="skip" if ctx.options.skip_bad else "raise")
-        result = run_zeroshot(ctx.model(), dataset, out, prompts=prompts, n_bootstrap=0,
-                              batch_size=ctx.options.batch_size, num_workers=ctx.options.workers,
-                              progress=ctx.options.progress, source=source)
+        dataset = subset_by_split_file(
+            dataset,
+            entries,
+            use_file_labels=bool(entries and len(entries[0].labels)),
+            on_error="skip" if ctx.options.skip_bad else "raise",
+        )
+        result = run_zeroshot(
+            ctx.model(),
+            dataset,
+            out,
+            prompts=prompts,
+            n_bootstrap=0,
+            batch_size=ctx.options.batch_size,
+            num_workers=ctx.options.workers,
+            progress=ctx.options.progress,
+            source=source,
+        )
         metrics = result.metrics
-        return {"auc": metrics["macro_auc"].value, "f1": metrics["mean_f1_weighted"].value,
-                "acc": metrics["macro_acc"].value, "n_images": result.n_images,
-                "n_left_out": result.n_skipped + result.n_unreadable}
+        return {
+            "auc": metrics["macro_auc"].value,
+            "f1": metrics["mean_f1_weighted"].value,
+            "acc": metrics["macro_acc"].value,
+            "n_images": result.n_images,
+            "n_left_out": result.n_skipped + result.n_unreadable,
+        }
 
     return _Runner(run, command, settings)
 
@@ -469,51 +572,107 @@ def _grounding(cell: Cell, ctx: _Context, out: Path) -> _Runner:
     from maco_cxr.tasks.results import RunSource
 
     entry, root = ctx.data.ms_cxr, ctx.data.root_of("ms-cxr")
-    command = ["maco-cxr", "ground", "--model", ctx.model_path, "--dataset", "ms-cxr", "--root", str(root),
-               "--annotations", str(entry.annotations), *_option_args(entry.options), "--overlays",
-               str(ctx.options.overlays), *ctx.common_args(), "--bootstrap", "0", "--out", str(out)]
+    command = [
+        "maco-cxr",
+        "ground",
+        "--model",
+        ctx.model_path,
+        "--dataset",
+        "ms-cxr",
+        "--root",
+        str(root),
+        "--annotations",
+        str(entry.annotations),
+        *_option_args(entry.options),
+        "--overlays",
+        str(ctx.options.overlays),
+        *ctx.common_args(),
+        "--bootstrap",
+        "0",
+        "--out",
+        str(out),
+    ]
     settings = {"root": root, "annotations": entry.annotations, "options": entry.options}
-    source = RunSource(model=_text_path(ctx.model_path), dataset="ms-cxr", root=_text_path(root),
-                       annotations=_text_path(entry.annotations))
+    source = RunSource(
+        model=_text_path(ctx.model_path),
+        dataset="ms-cxr",
+        root=_text_path(root),
+        annotations=_text_path(entry.annotations),
+    )
 
     def run() -> dict[str, Any]:
         if not entry.annotations:
             raise ConfigError("is required: MS-CXR's annotation file (CSV or COCO JSON)", key="ms_cxr.annotations")
-        dataset = build_dataset("ms-cxr", root, annotations=entry.annotations,
-                                **_adapter_kwargs(entry, None, {}, ctx.options.skip_bad))
-        result = run_grounding(ctx.model(), dataset, out, overlays=ctx.options.overlays, n_bootstrap=0,
-                               batch_size=ctx.options.batch_size, num_workers=ctx.options.workers,
-                               progress=ctx.options.progress, source=source)
+        dataset = build_dataset(
+            "ms-cxr", root, annotations=entry.annotations, **_adapter_kwargs(entry, None, {}, ctx.options.skip_bad)
+        )
+        result = run_grounding(
+            ctx.model(),
+            dataset,
+            out,
+            overlays=ctx.options.overlays,
+            n_bootstrap=0,
+            batch_size=ctx.options.batch_size,
+            num_workers=ctx.options.workers,
+            progress=ctx.options.progress,
+            source=source,
+        )
         metrics = result.metrics
-        return {"cnr": metrics["cnr"].value, "miou": metrics["miou"].value,
-                "pointing": metrics["pointing"].value, "n_items": result.n_items,
-                "n_left_out": result.n_skipped + result.n_unreadable}
+        return {
+            "cnr": metrics["cnr"].value,
+            "miou": metrics["miou"].value,
+            "pointing": metrics["pointing"].value,
+            "n_items": result.n_items,
+            "n_left_out": result.n_skipped + result.n_unreadable,
+        }
 
     return _Runner(run, command, settings)
 
 
 def _recipe(cell: Cell, ctx: _Context, out: Path) -> _Runner:
     """A fine-tuning cell (classification, linear probe, segmentation, detection) on its recipe."""
-    from maco_cxr.tasks.finetune import ClassifyConfig, DetectConfig, SegmentConfig, finetune_classifier
-    from maco_cxr.tasks.finetune import train_detector, train_segmenter
+    from maco_cxr.tasks.finetune import (
+        ClassifyConfig,
+        DetectConfig,
+        SegmentConfig,
+        finetune_classifier,
+        train_detector,
+        train_segmenter,
+    )
 
     entry, root = ctx.data.entry(cell.dataset), ctx.data.root_of(cell.dataset)
     recipe = f"{_CONFIG_FOLDER[cell.task]}/{_CONFIG_STEM.get(cell.dataset, cell.dataset)}_{cell.fraction}"
     config_path = resolve_recipe(recipe, root=ctx.configs())
     shown = recipe if ctx.options.configs is None else str(config_path)  # a name works from any install
     keys: list[tuple[str, Any]] = [(f"data.options.{k}", v) for k, v in entry.options.items()]
-    keys += [(f"data.{role}_split", getattr(entry, f"{role}_split")) for role in ("train", "val", "test")
-             if getattr(entry, f"{role}_split") is not None]
+    keys += [
+        (f"data.{role}_split", getattr(entry, f"{role}_split"))
+        for role in ("train", "val", "test")
+        if getattr(entry, f"{role}_split") is not None
+    ]
     kind = {"linear": "classify", "finetune": "classify"}.get(cell.task, cell.task)
     quick = [tuple(item.split("=", 1)) for item in _QUICK[kind]] if ctx.options.quick else []
     # run control, left out of the settings a finished cell is compared on (see _refusal)
     watch = [("data.on_error", "skip")] if ctx.options.skip_bad else []
     watch += [("data.workers", ctx.options.workers)]
     watch += [("runtime.device", ctx.options.device)] if ctx.options.device else []
-    overrides = [Override("model.source", ctx.model_path, "--model"), Override("data.root", str(root), "--root"),
-                 Override("runtime.out", str(out), "--out")]
-    command = ["maco-cxr", _COMMAND[cell.task], "--config", shown, "--model", ctx.model_path,
-               "--root", str(root), "--out", str(out)]
+    overrides = [
+        Override("model.source", ctx.model_path, "--model"),
+        Override("data.root", str(root), "--root"),
+        Override("runtime.out", str(out), "--out"),
+    ]
+    command = [
+        "maco-cxr",
+        _COMMAND[cell.task],
+        "--config",
+        shown,
+        "--model",
+        ctx.model_path,
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+    ]
     if cell.task == "linear":
         overrides.append(Override("model.mode", "linear_probe", "--mode"))
         command += ["--mode", "linear_probe"]
@@ -522,35 +681,55 @@ def _recipe(cell: Cell, ctx: _Context, out: Path) -> _Runner:
         command.append(f"{key}={_yaml_text(value)}")
     text_overrides = [f"{key}={value}" for key, value in quick]
     command += text_overrides
-    settings = {"root": root, "config": shown, "mode": "linear_probe" if cell.task == "linear" else None,
-                "overrides": [f"{k}={_yaml_text(v)}" for k, v in keys] + text_overrides}
+    settings = {
+        "root": root,
+        "config": shown,
+        "mode": "linear_probe" if cell.task == "linear" else None,
+        "overrides": [f"{k}={_yaml_text(v)}" for k, v in keys] + text_overrides,
+    }
     kinds: dict[str, tuple[type, Callable[[Any], Any]]] = {
-        "classify": (ClassifyConfig, finetune_classifier), "segment": (SegmentConfig, train_segmenter),
-        "detect": (DetectConfig, train_detector)}
+        "classify": (ClassifyConfig, finetune_classifier),
+        "segment": (SegmentConfig, train_segmenter),
+        "detect": (DetectConfig, train_detector),
+    }
     config_kind, train = kinds[kind]
 
     def run() -> dict[str, Any]:
         config = load_config(config_kind, config_path, [*overrides, *text_overrides])
         result = train(config)
         if result.stopped_at_step is not None:
-            raise DataError(f"the run stopped at step {result.stopped_at_step} (runtime.stop_at_step); "
-                            "rerun to continue it")
+            raise DataError(
+                f"the run stopped at step {result.stopped_at_step} (runtime.stop_at_step); rerun to continue it"
+            )
         metrics = result.summary
         test = metrics["test"]
         if kind == "classify":
-            return {"auc": test["mean_auc"], "n_test": test["n_images"], "best_step": metrics.get("best_step"),
-                    "steps": metrics.get("steps")}
+            return {
+                "auc": test["mean_auc"],
+                "n_test": test["n_images"],
+                "best_step": metrics.get("best_step"),
+                "steps": metrics.get("steps"),
+            }
         if kind == "segment":
-            return {"dice": test["dice_per_image_mean"], "dice_fg": test["dice_foreground_dataset"],
-                    "mdice": test["dice_mean_over_classes"], "n_test": test["n_images"]}
+            return {
+                "dice": test["dice_per_image_mean"],
+                "dice_fg": test["dice_foreground_dataset"],
+                "mdice": test["dice_mean_over_classes"],
+                "n_test": test["n_images"],
+            }
         return {"ap": test["AP"], "ap50": test["AP50"], "ap75": test["AP75"], "n_test": test["n_images"]}
 
     return _Runner(run, command, settings)
 
 
 _RUNNERS: dict[str, Callable[[Cell, _Context, Path], _Runner]] = {
-    "zeroshot": _zeroshot, "grounding": _grounding, "linear": _recipe, "finetune": _recipe, "segment": _recipe,
-    "detect": _recipe}
+    "zeroshot": _zeroshot,
+    "grounding": _grounding,
+    "linear": _recipe,
+    "finetune": _recipe,
+    "segment": _recipe,
+    "detect": _recipe,
+}
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -559,8 +738,12 @@ _RUNNERS: dict[str, Callable[[Cell, _Context, Path], _Runner]] = {
 def _identity(cell: Cell, ctx: _Context, settings: dict[str, Any]) -> dict[str, Any]:
     """What a cell's numbers depend on, not how the run was watched or where it ran (device,
     workers, batch size, overlays, progress, skip_bad: see :func:`_refusal`); reuse needs equality."""
-    return json.loads(json.dumps({"cell": cell.id, "model": str(Path(ctx.model_path).resolve()),
-                                  "quick": ctx.options.quick, **settings}, default=str))
+    return json.loads(
+        json.dumps(
+            {"cell": cell.id, "model": str(Path(ctx.model_path).resolve()), "quick": ctx.options.quick, **settings},
+            default=str,
+        )
+    )
 
 
 def _refusal(previous: dict[str, Any], identity: dict[str, Any], skip_bad: bool, out: Path) -> str | None:
@@ -577,14 +760,18 @@ def _refusal(previous: dict[str, Any], identity: dict[str, Any], skip_bad: bool,
         saved["overrides"] = [o for o in saved["overrides"] if not str(o).startswith("data.on_error=")]
     changed = sorted(k for k in {*identity, *saved} if identity.get(k) != saved.get(k))
     if changed:
-        return (f"{out} holds a finished result computed with other settings (differing: "
-                f"{', '.join(changed)}); remove the folder or choose another --out")
+        return (
+            f"{out} holds a finished result computed with other settings (differing: "
+            f"{', '.join(changed)}); remove the folder or choose another --out"
+        )
     left_out = (previous.get("metrics") or {}).get("n_left_out")
     if _finished_with_skip_bad(previous) and not skip_bad and left_out != 0:
         count = "an unknown number of" if left_out is None else str(left_out)
-        return (f"{out} holds a result computed with --skip-bad (skip_bad=True) that left out {count} "
-                "unusable inputs (rows, files or split entries), which a run without it refuses: pass "
-                "--skip-bad to reuse it, or remove the folder")
+        return (
+            f"{out} holds a result computed with --skip-bad (skip_bad=True) that left out {count} "
+            "unusable inputs (rows, files or split entries), which a run without it refuses: pass "
+            "--skip-bad to reuse it, or remove the folder"
+        )
     return None
 
 
@@ -597,17 +784,32 @@ def _run_cell(cell: Cell, ctx: _Context) -> CellResult:
     runner = _RUNNERS[cell.task](cell, ctx, out)
     command = shlex.join(runner.command)
     identity = _identity(cell, ctx, runner.settings)
-    base = dict(id=cell.id, task=cell.task, dataset=cell.dataset, fraction=cell.fraction, command=command,
-                out=str(out), quick=ctx.options.quick, settings=identity, skip_bad=ctx.options.skip_bad)
+    base = dict(
+        id=cell.id,
+        task=cell.task,
+        dataset=cell.dataset,
+        fraction=cell.fraction,
+        command=command,
+        out=str(out),
+        quick=ctx.options.quick,
+        settings=identity,
+        skip_bad=ctx.options.skip_bad,
+    )
     previous = _read_cell(out)
     if previous is not None and previous.get("status") in ("done", "reused"):
         refusal = _refusal(previous, identity, ctx.options.skip_bad, out)
         if refusal is not None:
             return CellResult(**{**base, "status": "failed", "error": refusal})
         logger.info("%s: reusing the result in %s", cell.id, out / CELL_FILE)
-        return CellResult(**{**base, "status": "reused", "metrics": previous.get("metrics", {}),
-                             "seconds": float(previous.get("seconds", 0.0)),
-                             "skip_bad": _finished_with_skip_bad(previous)})
+        return CellResult(
+            **{
+                **base,
+                "status": "reused",
+                "metrics": previous.get("metrics", {}),
+                "seconds": float(previous.get("seconds", 0.0)),
+                "skip_bad": _finished_with_skip_bad(previous),
+            }
+        )
     logger.info("%s: running (%s)", cell.id, command)
     start = time.perf_counter()
     try:
@@ -616,11 +818,17 @@ def _run_cell(cell: Cell, ctx: _Context) -> CellResult:
     except Exception as err:  # a failing cell is recorded and the run goes on
         seconds = time.perf_counter() - start
         logger.warning("%s failed after %.1f s: %s: %s", cell.id, seconds, type(err).__name__, err)
-        result = CellResult(**{**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                               "seconds": seconds, "traceback": traceback.format_exc(limit=-8)})
+        result = CellResult(
+            **{
+                **base,
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "seconds": seconds,
+                "traceback": traceback.format_exc(limit=-8),
+            }
+        )
     else:
-        result = CellResult(**{**base, "status": "done", "metrics": metrics,
-                               "seconds": time.perf_counter() - start})
+        result = CellResult(**{**base, "status": "done", "metrics": metrics, "seconds": time.perf_counter() - start})
         logger.info("%s done in %.1f s: %s", cell.id, result.seconds, _describe_metrics(cell.task, metrics))
     write_json(out / CELL_FILE, asdict(result))
     return result
@@ -652,23 +860,37 @@ def _data_paths(data: ReproduceData, dataset: str) -> list[tuple[str, str | None
     key = dataset.replace("-", "_")
     entry = data.entry(dataset)
     root_key = "mimic.root" if dataset == "ms-cxr" and entry.root is None else f"{key}.root"
-    return [(root_key, data.root_of(dataset)), (f"{key}.annotations", entry.annotations),
-            *((f"{key}.{role}_split", getattr(entry, f"{role}_split")) for role in ("train", "val", "test"))]
+    return [
+        (root_key, data.root_of(dataset)),
+        (f"{key}.annotations", entry.annotations),
+        *((f"{key}.{role}_split", getattr(entry, f"{role}_split")) for role in ("train", "val", "test")),
+    ]
 
 
 def _check_data_paths(data: ReproduceData, cells: Sequence[Cell], data_file: str | None) -> None:
     """Fail once, before any cell runs, when a path the selected cells read does not exist."""
-    missing = [f"{key}: {value}" for dataset in dict.fromkeys(cell.dataset for cell in cells)
-               for key, value in _data_paths(data, dataset)
-               if value is not None and not Path(value).exists()]
+    missing = [
+        f"{key}: {value}"
+        for dataset in dict.fromkeys(cell.dataset for cell in cells)
+        for key, value in _data_paths(data, dataset)
+        if value is not None and not Path(value).exists()
+    ]
     if missing:
-        raise ConfigError(f"{len(missing)} paths of the data file do not exist ({'; '.join(missing)}); "
-                          "correct them, or leave those datasets out (--datasets, or drop their entries)",
-                          source=data_file)
+        raise ConfigError(
+            f"{len(missing)} paths of the data file do not exist ({'; '.join(missing)}); "
+            "correct them, or leave those datasets out (--datasets, or drop their entries)",
+            source=data_file,
+        )
 
 
-def reproduce(model: str | Path, data: ReproduceData, out: str | Path,
-              options: ReproduceOptions | None = None, *, data_file: str | None = None) -> ReproduceReport:
+def reproduce(
+    model: str | Path,
+    data: ReproduceData,
+    out: str | Path,
+    options: ReproduceOptions | None = None,
+    *,
+    data_file: str | None = None,
+) -> ReproduceReport:
     """Run the selected cells of the paper's protocol (see the module docstring) into ``out``.
 
     ``model``: a MaCo model directory or official ``maco.pth``. ``data``: the dataset roots
@@ -689,8 +911,12 @@ def reproduce(model: str | Path, data: ReproduceData, out: str | Path,
     published, about = load_published()
     results: list[CellResult] = []
     report = ReproduceReport(results, skipped, options.quick, out / JSON_NAME, out / MARKDOWN_NAME)
-    logger.info("reproduce: %d cells (%s)%s", len(cells), ", ".join(c.id for c in cells),
-                "; quick mode, not comparable" if options.quick else "")
+    logger.info(
+        "reproduce: %d cells (%s)%s",
+        len(cells),
+        ", ".join(c.id for c in cells),
+        "; quick mode, not comparable" if options.quick else "",
+    )
     for cell in cells:
         results.append(_run_cell(cell, ctx))
         _write_report(report, ctx, published, about, data_file)
@@ -710,22 +936,43 @@ def _rows(result: CellResult, published: dict[tuple[str, str], PublishedResult])
         value = result.metrics.get(metric)
         ours = None if value is None or not math.isfinite(float(value)) else round(float(value) * factor, 4)
         paper = published.get((result.id, metric))
-        rows.append({"cell": result.id, "metric": metric, "label": label, "unit": unit, "ours": ours,
-                     "paper": None if paper is None else paper.value,
-                     "diff": None if paper is None or ours is None else round(ours - paper.value, 4),
-                     "source": None if paper is None else paper.source})
+        rows.append(
+            {
+                "cell": result.id,
+                "metric": metric,
+                "label": label,
+                "unit": unit,
+                "ours": ours,
+                "paper": None if paper is None else paper.value,
+                "diff": None if paper is None or ours is None else round(ours - paper.value, 4),
+                "source": None if paper is None else paper.source,
+            }
+        )
     return rows
 
 
-def _write_report(report: ReproduceReport, ctx: _Context, published: dict[tuple[str, str], PublishedResult],
-                  about: dict[str, Any], data_file: str | None) -> None:
+def _write_report(
+    report: ReproduceReport,
+    ctx: _Context,
+    published: dict[tuple[str, str], PublishedResult],
+    about: dict[str, Any],
+    data_file: str | None,
+) -> None:
     options = ctx.options
     not_found = about.get("not_found") or {}
     payload = {
-        "model": ctx.model_path, "data": data_file, "out": str(ctx.out), "quick": options.quick,
-        "note": QUICK_NOTE if options.quick else None, "options": asdict(options),
-        "published": {"paper": about.get("paper"), "doi": about.get("doi"), "read_from": about.get("read_from"),
-                      "not_found": not_found},
+        "model": ctx.model_path,
+        "data": data_file,
+        "out": str(ctx.out),
+        "quick": options.quick,
+        "note": QUICK_NOTE if options.quick else None,
+        "options": asdict(options),
+        "published": {
+            "paper": about.get("paper"),
+            "doi": about.get("doi"),
+            "read_from": about.get("read_from"),
+            "not_found": not_found,
+        },
         "skipped_datasets": report.skipped_datasets,
         "cells": [{**asdict(c), "rows": _rows(c, published)} for c in report.cells],
     }
@@ -737,15 +984,20 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _markdown(report: ReproduceReport, ctx: _Context, published: dict[tuple[str, str], PublishedResult],
-              about: dict[str, Any]) -> str:
+def _markdown(
+    report: ReproduceReport, ctx: _Context, published: dict[tuple[str, str], PublishedResult], about: dict[str, Any]
+) -> str:
     lines = [f"# MaCo reproduction: {ctx.model_path}", ""]
     if report.quick:
         lines += [f"> **{QUICK_NOTE}.**", ""]
-    lines += [f"Published numbers: {' '.join(str(about.get('paper', '')).split())} (doi {about.get('doi')}), "
-              "shipped in `maco_cxr/assets/published/maco_paper.yaml`; each row names its table, row and column. "
-              "Differences are ours minus the paper's, in the metric's unit.", "",
-              "| cell | metric | ours | paper | diff | paper source | status |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Published numbers: {' '.join(str(about.get('paper', '')).split())} (doi {about.get('doi')}), "
+        "shipped in `maco_cxr/assets/published/maco_paper.yaml`; each row names its table, row and column. "
+        "Differences are ours minus the paper's, in the metric's unit.",
+        "",
+        "| cell | metric | ours | paper | diff | paper source | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for result in report.cells:
         for row in _rows(result, published):
             digits = 1 if row["unit"] == "%" else 3
@@ -753,8 +1005,10 @@ def _markdown(report: ReproduceReport, ctx: _Context, published: dict[tuple[str,
             paper = _fmt(row["paper"], digits) if row["paper"] is not None else "not found"
             status = result.status + (" (quick)" if result.quick else "")
             ours = _fmt(row["ours"], digits) if result.status in ("done", "reused") else "failed"
-            lines.append(f"| {result.id} | {row['label']}{unit} | {ours} | {paper} | {_fmt(row['diff'], digits)} | "
-                         f"{row['source'] or '-'} | {status} |")
+            lines.append(
+                f"| {result.id} | {row['label']}{unit} | {ours} | {paper} | {_fmt(row['diff'], digits)} | "
+                f"{row['source'] or '-'} | {status} |"
+            )
     failed = [r for r in report.cells if r.status == "failed"]
     if failed:
         lines += ["", "## Failed cells", ""] + [f"- `{r.id}`: {r.error}" for r in failed]
@@ -764,9 +1018,9 @@ def _markdown(report: ReproduceReport, ctx: _Context, published: dict[tuple[str,
     not_found = about.get("not_found") or {}
     if tasks:
         lines += ["", "## Published numbers not found", ""]
-        lines += [f"- {task}: {' '.join(str(not_found.get(task, 'not in the shipped table')).split())}"
-                  for task in tasks]
-    lines += ["", "## Commands", "", "Each cell ran the library functions of this command (outputs in its folder):",
-              ""]
+        lines += [
+            f"- {task}: {' '.join(str(not_found.get(task, 'not in the shipped table')).split())}" for task in tasks
+        ]
+    lines += ["", "## Commands", "", "Each cell ran the library functions of this command (outputs in its folder):", ""]
     lines += [f"- `{r.id}`: `{r.command}`" for r in report.cells]
     return "\n".join(lines) + "\n"

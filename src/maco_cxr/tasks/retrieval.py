@@ -62,8 +62,9 @@ def retrieve(
     "i2t_R@k"..., "t2i_R@k"..., "n_without_report", "n_unreadable", "unreadable"}``."""
     failures: list[dict[str, str]] = []
     if isinstance(data, torch.utils.data.Dataset):
-        paired = _embed_dataset(model, data, batch_size=batch_size, num_workers=num_workers, device=device,
-                                progress=progress)
+        paired = _embed_dataset(
+            model, data, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress
+        )
         images, reports, failures = paired.images, paired.reports, paired.failures
         missing = paired.n_without_report
     else:
@@ -74,9 +75,14 @@ def retrieve(
         images = encode_images(model, [image for image, _ in pairs], batch_size=batch_size, device=device)
         missing = 0
     similarity, positives = _similarity(model, images, reports, batch_size=batch_size, device=device)
-    return {"n": len(reports), "n_unique_reports": len(set(reports)),
-            **image_text_recall(similarity, ks, positives), "n_without_report": missing,
-            "n_unreadable": len(failures), "unreadable": failures}
+    return {
+        "n": len(reports),
+        "n_unique_reports": len(set(reports)),
+        **image_text_recall(similarity, ks, positives),
+        "n_without_report": missing,
+        "n_unreadable": len(failures),
+        "unreadable": failures,
+    }
 
 
 @dataclass
@@ -91,24 +97,39 @@ class _Paired:
     failures: list[dict[str, str]]
 
 
-def _embed_dataset(model: MacoModel, dataset: ChestXrayDataset, *, batch_size: int, num_workers: int,
-                   device: str | torch.device | None, progress: bool) -> _Paired:
+def _embed_dataset(
+    model: MacoModel,
+    dataset: ChestXrayDataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: str | torch.device | None,
+    progress: bool,
+) -> _Paired:
     """Embed the images of the records with a report (streaming); records without one are left out."""
     keep = [i for i, record in enumerate(dataset.records) if record.report and report_query(record.report)]
     missing = len(dataset.records) - len(keep)
     if missing:
-        logger.warning("retrieve: %d of %d records have no report text and are left out",
-                       missing, len(dataset.records))
+        logger.warning("retrieve: %d of %d records have no report text and are left out", missing, len(dataset.records))
     if not keep:
         raise DataError("retrieve: no record of the dataset has a report")
-    embedded = embed_dataset(model, dataset, indices=keep, batch_size=batch_size, workers=num_workers,
-                             device=device, progress=progress, desc="retrieval")
+    embedded = embed_dataset(
+        model,
+        dataset,
+        indices=keep,
+        batch_size=batch_size,
+        workers=num_workers,
+        device=device,
+        progress=progress,
+        desc="retrieval",
+    )
     reports = [report_query(dataset.records[i].report or "") for i in embedded.indices]
     return _Paired(embedded.embeddings, reports, list(embedded.indices), missing, embedded.failures)
 
 
-def _similarity(model: MacoModel, images: torch.Tensor, reports: list[str], *, batch_size: int,
-                device: str | torch.device | None) -> tuple[np.ndarray, np.ndarray]:
+def _similarity(
+    model: MacoModel, images: torch.Tensor, reports: list[str], *, batch_size: int, device: str | torch.device | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarity ``[N_image, N_report]`` and the matches: items with identical report text."""
     texts = encode_texts(model, reports, batch_size=batch_size, device=device)
     similarity = F.normalize(images.float(), dim=-1) @ F.normalize(texts, dim=-1).T
@@ -175,23 +196,40 @@ def run_retrieval(
     if n_bootstrap < 0:
         raise DataError(f"n_bootstrap must be >= 0 (0 = no intervals); got {n_bootstrap}")
     out, source, ks = claim_output_folder(out, "retrieval"), source or RunSource(), [int(k) for k in ks]
-    paired = _embed_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
-                            progress=progress)
-    similarity, positives = _similarity(model, paired.images, paired.reports, batch_size=batch_size,
-                                        device=device)
+    paired = _embed_dataset(
+        model, dataset, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress
+    )
+    similarity, positives = _similarity(model, paired.images, paired.reports, batch_size=batch_size, device=device)
     recalls = image_text_recall(similarity, ks, positives)
     patients = [dataset.records[i].patient_id for i in paired.indices]
     ci = None
     if n_bootstrap:
         ci = _recall_intervals(similarity, positives, ks, patients, n_bootstrap, seed, confidence)
-    summary = {**source.as_dict(), "n": len(paired.reports), "n_unique_reports": len(set(paired.reports)),
-               "ks": ks, **recalls, "ci": ci, "n_without_report": paired.n_without_report,
-               "n_skipped_rows": len(dataset.skips), "n_unreadable": len(paired.failures),
-               "unreadable": paired.failures}
+    summary = {
+        **source.as_dict(),
+        "n": len(paired.reports),
+        "n_unique_reports": len(set(paired.reports)),
+        "ks": ks,
+        **recalls,
+        "ci": ci,
+        "n_without_report": paired.n_without_report,
+        "n_skipped_rows": len(dataset.skips),
+        "n_unreadable": len(paired.failures),
+        "unreadable": paired.failures,
+    }
     path = write_json(out / "summary.json", summary)
     metrics = {key: Estimate.of(value, (ci or {}).get(key)) for key, value in recalls.items()}
-    return RetrievalResult(out, (path,), metrics, summary["n"], summary["n_unique_reports"],
-                           paired.n_without_report, len(dataset.skips), len(paired.failures), summary)
+    return RetrievalResult(
+        out,
+        (path,),
+        metrics,
+        summary["n"],
+        summary["n_unique_reports"],
+        paired.n_without_report,
+        len(dataset.skips),
+        len(paired.failures),
+        summary,
+    )
 
 
 def _query_hits(similarity: np.ndarray, positives: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
@@ -199,23 +237,32 @@ def _query_hits(similarity: np.ndarray, positives: np.ndarray, ks: Sequence[int]
     their means are the recalls)."""
     hits: dict[str, np.ndarray] = {}
     for direction, sim, pos in (("i2t", similarity, positives), ("t2i", similarity.T, positives.T)):
-        rows = [recall_at_k(sim[i: i + 1], ks, pos[i: i + 1]) for i in range(sim.shape[0])]
+        rows = [recall_at_k(sim[i : i + 1], ks, pos[i : i + 1]) for i in range(sim.shape[0])]
         hits.update({f"{direction}_R@{k}": np.array([row[f"R@{k}"] for row in rows]) for k in ks})
     return hits
 
 
-def _recall_intervals(similarity: np.ndarray, positives: np.ndarray, ks: Sequence[int],
-                      patients: list[str | None], n_resamples: int, seed: int,
-                      confidence: float) -> dict[str, Any]:
+def _recall_intervals(
+    similarity: np.ndarray,
+    positives: np.ndarray,
+    ks: Sequence[int],
+    patients: list[str | None],
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> dict[str, Any]:
     from maco_cxr.metrics import bootstrap_mean_ci  # here: it loads scikit-learn
 
     by_patient = all(patients)
     groups = list(patients) if by_patient else None
-    out: dict[str, Any] = {"unit": "patient" if by_patient else "image",
-                           "n_groups": len(set(patients)) if by_patient else len(patients),
-                           "n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    out: dict[str, Any] = {
+        "unit": "patient" if by_patient else "image",
+        "n_groups": len(set(patients)) if by_patient else len(patients),
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": confidence,
+    }
     for key, values in _query_hits(similarity, positives, ks).items():
-        ci = bootstrap_mean_ci(values, groups=groups, n_resamples=n_resamples, confidence=confidence,
-                               seed=seed)
+        ci = bootstrap_mean_ci(values, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
         out[key] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_valid": ci.n_valid}
     return out

@@ -74,8 +74,7 @@ def build_class_prototypes(
     return positive, negative
 
 
-def score_embeddings(image_embeddings: torch.Tensor, positive: torch.Tensor,
-                     negative: torch.Tensor) -> torch.Tensor:
+def score_embeddings(image_embeddings: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """p ``[N, C]`` = softmax over (z . P_c, z . N_c), positive entry, for embeddings ``[N, D]``."""
     z = image_embeddings.float()
     logits = torch.stack([z @ positive.to(z.device).T, z @ negative.to(z.device).T], dim=-1)
@@ -152,10 +151,13 @@ def evaluate_zero_shot(
     else:
         positive, negative = prototypes
         if positive.shape[0] != len(classes) or negative.shape[0] != len(classes):
-            raise DataError(f"prototypes have {positive.shape[0]} positive and {negative.shape[0]} negative "
-                            f"rows for {len(classes)} classes; build them for these classes")
-    embedded = embed_dataset(model, dataset, batch_size=batch_size, workers=num_workers, device=device,
-                             progress=progress, desc="zero-shot")
+            raise DataError(
+                f"prototypes have {positive.shape[0]} positive and {negative.shape[0]} negative "
+                f"rows for {len(classes)} classes; build them for these classes"
+            )
+    embedded = embed_dataset(
+        model, dataset, batch_size=batch_size, workers=num_workers, device=device, progress=progress, desc="zero-shot"
+    )
     scores = score_embeddings(embedded.embeddings, positive, negative).numpy()
     labels = np.full((len(embedded.indices), len(classes)), np.nan, dtype=np.float32)
     for row, index in enumerate(embedded.indices):
@@ -165,11 +167,14 @@ def evaluate_zero_shot(
                 if column is not None:
                     labels[row, k] = values[column]
     if embedded.failures:
-        logger.warning("zero-shot: %d unreadable files left out (first: %s: %s)", len(embedded.failures),
-                       embedded.failures[0]["path"], embedded.failures[0]["reason"])
+        logger.warning(
+            "zero-shot: %d unreadable files left out (first: %s: %s)",
+            len(embedded.failures),
+            embedded.failures[0]["path"],
+            embedded.failures[0]["reason"],
+        )
     patients = [dataset.records[index].patient_id for index in embedded.indices]
-    return ZeroShotEvaluation(classes, scores.astype(np.float32), labels, embedded.paths, embedded.failures,
-                          patients)
+    return ZeroShotEvaluation(classes, scores.astype(np.float32), labels, embedded.paths, embedded.failures, patients)
 
 
 def _label_columns(classes: tuple[str, ...], available: tuple[str, ...]) -> list[int | None]:
@@ -180,8 +185,12 @@ def _label_columns(classes: tuple[str, ...], available: tuple[str, ...]) -> list
         columns.append(lower.index(name.lower()) if name.lower() in lower else None)
     missing = [name for name, col in zip(classes, columns) if col is None]
     if missing:
-        logger.warning("classes %s have no label column in the dataset (its classes: %s); their "
-                       "labels are unknown (NaN) and their metrics undefined", missing, list(available))
+        logger.warning(
+            "classes %s have no label column in the dataset (its classes: %s); their "
+            "labels are unknown (NaN) and their metrics undefined",
+            missing,
+            list(available),
+        )
     return columns
 
 
@@ -225,15 +234,15 @@ def _ci_dict(ci: Any) -> dict[str, Any]:
     return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_valid": ci.n_valid}
 
 
-def _bootstrap_report(result: ZeroShotEvaluation, n_resamples: int, seed: int, confidence: float,
-                      threshold: float) -> dict[str, Any]:
+def _bootstrap_report(
+    result: ZeroShotEvaluation, n_resamples: int, seed: int, confidence: float, threshold: float
+) -> dict[str, Any]:
     from maco_cxr.metrics import bootstrap_metric_ci
 
     labels, scores = result.labels.astype(np.float64), result.scores.astype(np.float64)
     by_patient = bool(result.patient_ids) and len(result.patient_ids) == len(labels) and all(result.patient_ids)
     groups = list(result.patient_ids) if by_patient else None
-    options: dict[str, Any] = {"groups": groups, "n_resamples": n_resamples, "confidence": confidence,
-                               "seed": seed}
+    options: dict[str, Any] = {"groups": groups, "n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     metrics = {"auc": _known_auc, "f1_weighted": lambda y, s: _f1_weighted(y, s, threshold)}
     per_class: dict[str, dict[str, Any]] = {}
     defined: dict[str, list[int]] = {key: [] for key in metrics}
@@ -262,10 +271,16 @@ def _bootstrap_report(result: ZeroShotEvaluation, n_resamples: int, seed: int, c
             return float(np.mean([metric(y[:, k], s[:, k]) for k in columns]))
 
         means[name] = _ci_dict(bootstrap_metric_ci(mean_over_classes, labels, scores, **options))
-    return {"unit": "patient" if by_patient else "image",
-            "n_groups": len(set(groups)) if groups is not None else len(labels),
-            "n_resamples": n_resamples, "seed": seed, "confidence": confidence, "threshold": threshold,
-            **means, "per_class": per_class}
+    return {
+        "unit": "patient" if by_patient else "image",
+        "n_groups": len(set(groups)) if groups is not None else len(labels),
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": confidence,
+        "threshold": threshold,
+        **means,
+        "per_class": per_class,
+    }
 
 
 def _calibration_report(result: ZeroShotEvaluation, n_bins: int) -> dict[str, Any]:
@@ -275,12 +290,20 @@ def _calibration_report(result: ZeroShotEvaluation, n_bins: int) -> dict[str, An
         if not np.any(~np.isnan(truth)):
             return None
         c = reliability_curve(truth, prob, n_bins)
-        return {"ece": c.ece, "n": c.n, "mean_predicted": c.mean_predicted.tolist(),
-                "observed_frequency": c.observed_frequency.tolist(), "counts": c.counts.tolist()}
+        return {
+            "ece": c.ece,
+            "n": c.n,
+            "mean_predicted": c.mean_predicted.tolist(),
+            "observed_frequency": c.observed_frequency.tolist(),
+            "counts": c.counts.tolist(),
+        }
 
     labels, scores = result.labels.astype(np.float64), result.scores.astype(np.float64)
-    return {"n_bins": n_bins, "pooled": curve(labels.ravel(), scores.ravel()),
-            "per_class": {name: curve(labels[:, k], scores[:, k]) for k, name in enumerate(result.classes)}}
+    return {
+        "n_bins": n_bins,
+        "pooled": curve(labels.ravel(), scores.ravel()),
+        "per_class": {name: curve(labels[:, k], scores[:, k]) for k, name in enumerate(result.classes)},
+    }
 
 
 def summarise_zero_shot(
@@ -322,13 +345,16 @@ def summarise_zero_shot(
     }
     if validation is not None:
         if tuple(validation.classes) != tuple(result.classes):
-            raise DataError(f"the validation result scores classes {list(validation.classes)} but the test "
-                            f"result {list(result.classes)}; score both with the same classes")
+            raise DataError(
+                f"the validation result scores classes {list(validation.classes)} but the test "
+                f"result {list(result.classes)}; score both with the same classes"
+            )
         points: dict[str, Any] = {"n_val_images": len(validation.paths), "fixed_threshold": fixed_threshold}
         for method in ("youden", "max_f1"):
             chosen = select_thresholds(validation.labels, validation.scores, result.classes, method)
-            points[method] = apply_thresholds(result.labels, result.scores, result.classes, chosen,
-                                              fixed=fixed_threshold)
+            points[method] = apply_thresholds(
+                result.labels, result.scores, result.classes, chosen, fixed=fixed_threshold
+            )
         report["operating_points"] = points
     return report
 
@@ -402,9 +428,13 @@ def run_zeroshot(
     out, source = claim_output_folder(out, "zeroshot"), source or RunSource()
     classes = tuple(classes if classes is not None else dataset.classes)
     table = resolve_prompts(classes, prompts)
-    options: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "device": device,
-                               "progress": progress,
-                               "prototypes": build_class_prototypes(model, classes, table, device=device)}
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "device": device,
+        "progress": progress,
+        "prototypes": build_class_prototypes(model, classes, table, device=device),
+    }
     scored_val = None
     if validation is not None:
         scored_val = evaluate_zero_shot(model, validation, classes, table, **options)
@@ -415,26 +445,50 @@ def run_zeroshot(
     files = [_write_scores(out / "scores.csv", scored)]
     if scored_val is not None:
         files.append(_write_scores(out / "val_scores.csv", scored_val))
-    files.append(plot_roc_curves(scored.labels, scored.scores, classes, out / "roc_curves.png",
-                                 title=f"zero-shot ROC ({name}, n={len(scored.paths)})"))
+    files.append(
+        plot_roc_curves(
+            scored.labels,
+            scored.scores,
+            classes,
+            out / "roc_curves.png",
+            title=f"zero-shot ROC ({name}, n={len(scored.paths)})",
+        )
+    )
     figures = _reliability_figures(out, scored, extra["calibration"], name)
     files += [out / figure for figure in figures]
     summary = {
-        **source.as_dict(), "n_images": len(scored.paths), "classes": list(classes),
+        **source.as_dict(),
+        "n_images": len(scored.paths),
+        "classes": list(classes),
         "prompts": _prompt_name(prompts),
         "prompt_texts": {c: {"pos": list(p.positive), "neg": list(p.negative)} for c, p in table.items()},
-        "per_class": report["per_class"], "macro_auc": report["mean_auc"],
-        "mean_f1_weighted": report["mean_f1_weighted"], "mean_f1_macro": report["mean_f1_macro"],
-        "macro_acc": report["mean_acc"], "threshold": report["threshold"],
-        "ci": extra["ci"], "calibration": {**extra["calibration"], "figures": figures},
+        "per_class": report["per_class"],
+        "macro_auc": report["mean_auc"],
+        "mean_f1_weighted": report["mean_f1_weighted"],
+        "mean_f1_macro": report["mean_f1_macro"],
+        "macro_acc": report["mean_acc"],
+        "threshold": report["threshold"],
+        "ci": extra["ci"],
+        "calibration": {**extra["calibration"], "figures": figures},
         "validation": _validation_summary(validation, scored_val, validation_source),
         "operating_points": extra["operating_points"],
-        "n_skipped_rows": len(dataset.skips), "skipped_rows": dataset.skips.skipped,
-        "n_unreadable": len(scored.failures), "unreadable": scored.failures,
+        "n_skipped_rows": len(dataset.skips),
+        "skipped_rows": dataset.skips.skipped,
+        "n_unreadable": len(scored.failures),
+        "unreadable": scored.failures,
     }
     files.append(write_json(out / "summary.json", summary))
-    return ZeroShotResult(out, tuple(files), classes, _headline(summary), _per_class(summary),
-                          len(scored.paths), len(dataset.skips), len(scored.failures), summary)
+    return ZeroShotResult(
+        out,
+        tuple(files),
+        classes,
+        _headline(summary),
+        _per_class(summary),
+        len(scored.paths),
+        len(dataset.skips),
+        len(scored.failures),
+        summary,
+    )
 
 
 def _prompt_name(prompts: PromptSpec) -> str | None:
@@ -444,29 +498,38 @@ def _prompt_name(prompts: PromptSpec) -> str | None:
     return str(prompts) if isinstance(prompts, (str, os.PathLike)) else None
 
 
-def _validation_summary(validation: ChestXrayDataset | None, scored: ZeroShotEvaluation | None,
-                        source: RunSource | None) -> dict[str, Any] | None:
+def _validation_summary(
+    validation: ChestXrayDataset | None, scored: ZeroShotEvaluation | None, source: RunSource | None
+) -> dict[str, Any] | None:
     if validation is None or scored is None:
         return None
-    return {**(source or RunSource()).split_fields(), "n_images": len(scored.paths),
-            "n_skipped_rows": len(validation.skips), "n_unreadable": len(scored.failures)}
+    return {
+        **(source or RunSource()).split_fields(),
+        "n_images": len(scored.paths),
+        "n_skipped_rows": len(validation.skips),
+        "n_unreadable": len(scored.failures),
+    }
 
 
 def _write_scores(path: Path, scored: ZeroShotEvaluation) -> Path:
     from maco_cxr._atomic import write_csv
 
     classes = scored.classes
-    return write_csv(path, ["path", *(f"score:{c}" for c in classes), *(f"label:{c}" for c in classes)],
-                     ([p, *(f"{s:.6f}" for s in scores), *("" if math.isnan(v) else int(v) for v in labels)]
-                      for p, scores, labels in zip(scored.paths, scored.scores, scored.labels, strict=True)))
+    return write_csv(
+        path,
+        ["path", *(f"score:{c}" for c in classes), *(f"label:{c}" for c in classes)],
+        (
+            [p, *(f"{s:.6f}" for s in scores), *("" if math.isnan(v) else int(v) for v in labels)]
+            for p, scores, labels in zip(scored.paths, scored.scores, scored.labels, strict=True)
+        ),
+    )
 
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:40] or "class"
 
 
-def _reliability_figures(out: Path, scored: ZeroShotEvaluation, calibration: dict[str, Any],
-                         name: str) -> list[str]:
+def _reliability_figures(out: Path, scored: ZeroShotEvaluation, calibration: dict[str, Any], name: str) -> list[str]:
     """reliability.png (pooled) and, with several classes, reliability/<class>.png; their names."""
     from maco_cxr.plots import plot_reliability_diagram
 
@@ -474,31 +537,45 @@ def _reliability_figures(out: Path, scored: ZeroShotEvaluation, calibration: dic
     if calibration["pooled"] is None:
         return figures
     labels, scores = scored.labels, scored.scores
-    plot_reliability_diagram(labels.ravel(), scores.ravel(), out / "reliability.png",
-                             n_bins=calibration["n_bins"],
-                             title=f"zero-shot calibration ({name}, all classes)")
+    plot_reliability_diagram(
+        labels.ravel(),
+        scores.ravel(),
+        out / "reliability.png",
+        n_bins=calibration["n_bins"],
+        title=f"zero-shot calibration ({name}, all classes)",
+    )
     figures.append("reliability.png")
     if len(scored.classes) > 1:
         for k, label in enumerate(scored.classes):
             if calibration["per_class"][label] is not None and np.any(~np.isnan(labels[:, k])):
                 relative = f"reliability/{_slug(label)}.png"
-                plot_reliability_diagram(labels[:, k], scores[:, k], out / relative,
-                                         n_bins=calibration["n_bins"],
-                                         title=f"zero-shot calibration: {label}")
+                plot_reliability_diagram(
+                    labels[:, k],
+                    scores[:, k],
+                    out / relative,
+                    n_bins=calibration["n_bins"],
+                    title=f"zero-shot calibration: {label}",
+                )
                 figures.append(relative)
     return figures
 
 
 def _headline(summary: Mapping[str, Any]) -> dict[str, Estimate]:
     ci = summary["ci"] or {}
-    return {"macro_auc": Estimate.of(summary["macro_auc"], ci.get("macro_auc")),
-            "mean_f1_weighted": Estimate.of(summary["mean_f1_weighted"], ci.get("mean_f1_weighted")),
-            "mean_f1_macro": Estimate.of(summary["mean_f1_macro"]),
-            "macro_acc": Estimate.of(summary["macro_acc"])}
+    return {
+        "macro_auc": Estimate.of(summary["macro_auc"], ci.get("macro_auc")),
+        "mean_f1_weighted": Estimate.of(summary["mean_f1_weighted"], ci.get("mean_f1_weighted")),
+        "mean_f1_macro": Estimate.of(summary["mean_f1_macro"]),
+        "macro_acc": Estimate.of(summary["macro_acc"]),
+    }
 
 
 def _per_class(summary: Mapping[str, Any]) -> dict[str, dict[str, Estimate]]:
     intervals = (summary["ci"] or {}).get("per_class", {})
-    return {name: {key: Estimate.of(row[key], (intervals.get(name) or {}).get(key))
-                   for key in ("auc", "f1_weighted", "f1_macro", "acc")}
-            for name, row in summary["per_class"].items()}
+    return {
+        name: {
+            key: Estimate.of(row[key], (intervals.get(name) or {}).get(key))
+            for key in ("auc", "f1_weighted", "f1_macro", "acc")
+        }
+        for name, row in summary["per_class"].items()
+    }

@@ -25,8 +25,17 @@ from maco_cxr.config import Override, apply_overrides, load_config, require, sav
 from maco_cxr.errors import ConfigError
 from maco_cxr.models.config import MacoConfig
 
-__all__ = ["PretrainAugment", "PretrainConfig", "PretrainData", "PretrainOptim", "PretrainRuntime",
-           "check_config", "load_pretrain_config", "replace", "save_pretrain_config"]
+__all__ = [
+    "PretrainAugment",
+    "PretrainConfig",
+    "PretrainData",
+    "PretrainOptim",
+    "PretrainRuntime",
+    "check_config",
+    "load_pretrain_config",
+    "replace",
+    "save_pretrain_config",
+]
 
 Source = Literal["manifest", "store", "synthetic"]
 Precision = Literal["bf16", "fp32"]
@@ -87,8 +96,11 @@ class PretrainData:
         require(all(item.strip() for item in self.exclude), "exclude", "holds an empty entry; give files or ids")
         require(self.workers >= 0, "workers", "must be >= 0")
         require(self.synthetic_count >= 1, "synthetic_count", "must be >= 1")
-        require(self.sections is None or len(self.sections) > 0, "sections",
-                "must be a non-empty list of findings, impression (or null for the text as given)")
+        require(
+            self.sections is None or len(self.sections) > 0,
+            "sections",
+            "must be a non-empty list of findings, impression (or null for the text as given)",
+        )
 
 
 @dataclass
@@ -138,14 +150,18 @@ class PretrainAugment:
     def __post_init__(self) -> None:
         require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
         require(self.degrees >= 0, "degrees", "must be >= 0")
-        require(0 < self.scale[0] <= self.scale[1], "scale",
-                f"{list(self.scale)} must be [low, high] with 0 < low <= high")
+        require(
+            0 < self.scale[0] <= self.scale[1], "scale", f"{list(self.scale)} must be [low, high] with 0 < low <= high"
+        )
 
 
 def check_run_control(runtime: Any) -> None:
     """The checks every runtime section shares (device, resume, seed, cadences, stop step)."""
-    require(runtime.device == "auto" or runtime.device.split(":")[0] in ("cpu", "cuda"), "device",
-            f"{runtime.device!r} is not auto, cpu, cuda or cuda:N")
+    require(
+        runtime.device == "auto" or runtime.device.split(":")[0] in ("cpu", "cuda"),
+        "device",
+        f"{runtime.device!r} is not auto, cpu, cuda or cuda:N",
+    )
     require(bool(runtime.resume.strip()), "resume", "must be auto, never or a checkpoint path")
     require(runtime.seed >= 0, "seed", "must be >= 0")
     for name in ("log_every", "save_every", "keep_last"):
@@ -204,24 +220,40 @@ class PretrainConfig:
 
 # Keys that may differ between a run and its resumption: they change how the run is watched or
 # where it executes, not what it computes.
-RESUMABLE_CHANGES = ("runtime.progress", "runtime.log_every", "runtime.save_every", "runtime.keep_last",
-                     "runtime.stop_at_step", "runtime.resume", "runtime.tensorboard", "runtime.device",
-                     "runtime.compile", "runtime.grad_checkpointing", "data.workers", "data.path", "data.ms_cxr",
-                     "runtime.output_dir", "runtime.init_mae", "runtime.init_from")
+RESUMABLE_CHANGES = (
+    "runtime.progress",
+    "runtime.log_every",
+    "runtime.save_every",
+    "runtime.keep_last",
+    "runtime.stop_at_step",
+    "runtime.resume",
+    "runtime.tensorboard",
+    "runtime.device",
+    "runtime.compile",
+    "runtime.grad_checkpointing",
+    "data.workers",
+    "data.path",
+    "data.ms_cxr",
+    "runtime.output_dir",
+    "runtime.init_mae",
+    "runtime.init_from",
+)
 
 
 def check_config(config: PretrainConfig) -> None:
     """Checks that involve several keys (run once all overrides are applied)."""
     data, runtime = config.data, config.runtime
     if data.source != "synthetic" and not data.path:
-        raise ConfigError(f"is required for data.source={data.source}; give the store, manifest or dataset root",
-                          key="data.path")
+        raise ConfigError(
+            f"is required for data.source={data.source}; give the store, manifest or dataset root", key="data.path"
+        )
     if runtime.init_mae is not None and runtime.init_from is not None:
         raise ConfigError("set runtime.init_mae or runtime.init_from, not both", key="runtime.init_mae")
 
 
-def load_pretrain_config(path: str | Path | None = None, overrides: list[str | Override] | None = None
-                         ) -> PretrainConfig:
+def load_pretrain_config(
+    path: str | Path | None = None, overrides: list[str | Override] | None = None
+) -> PretrainConfig:
     """Read a YAML file (or start from the defaults when ``path`` is None) and apply overrides."""
     return load_config(PretrainConfig, path, overrides or [])
 
@@ -230,8 +262,7 @@ def save_pretrain_config(config: PretrainConfig, path: str | Path) -> None:
     save_config(config, path)
 
 
-def replace(config: PretrainConfig, overrides: list[str] | None = None, **sections: dict[str, Any]
-            ) -> PretrainConfig:
+def replace(config: PretrainConfig, overrides: list[str] | None = None, **sections: dict[str, Any]) -> PretrainConfig:
     """Copy with fields changed: ``replace(cfg, optim={"lr": 1e-4})`` or ``replace(cfg, ["optim.lr=1e-4"])``."""
     flat = {f"{name}.{key}": value for name, values in sections.items() for key, value in values.items()}
     return apply_overrides(apply_overrides(config, flat, source="replace()"), overrides or [])

@@ -35,10 +35,10 @@ from maco_cxr.data.io import read_image
 from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.prepare import Exclusion, apply_exclusions
 from maco_cxr.data.reports import negation_counterfactual, report_text, sample_report_sentences, whole_report_text
-from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.models.text import trim_padding
-from maco_cxr.train.config import PretrainData, OnError, TextMode
+from maco_cxr.train.config import OnError, PretrainData, TextMode
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,16 @@ class PairDataset(Dataset):
     ``"negative_text"``, the text with one sentence's negation flipped (drawn from its own
     seeded generator, so resume sees the same counterfactuals)."""
 
-    def __init__(self, source: PairSource, size: int, seed: int, on_error: OnError = "raise",
-                 sections: Sequence[str] | None = None, text: TextMode = "sentences",
-                 negation_negatives: bool = False) -> None:
+    def __init__(
+        self,
+        source: PairSource,
+        size: int,
+        seed: int,
+        on_error: OnError = "raise",
+        sections: Sequence[str] | None = None,
+        text: TextMode = "sentences",
+        negation_negatives: bool = False,
+    ) -> None:
         if len(source) == 0:
             raise DataError("the training dataset is empty; check data.path and data.split")
         self.source = source
@@ -127,21 +134,22 @@ class PairDataset(Dataset):
         except DataError as err:
             raise DataError(f"field 'image_path': {err}") from err
         if pixels.ndim != 2 or pixels.dtype != np.uint8:
-            raise DataError(f"field 'image': expected uint8 [H, W] pixels, got {pixels.dtype} "
-                            f"{list(pixels.shape)}")
+            raise DataError(f"field 'image': expected uint8 [H, W] pixels, got {pixels.dtype} {list(pixels.shape)}")
         if pixels.shape != (self.size, self.size):
             pixels = Letterbox.fit(pixels.shape[0], pixels.shape[1], self.size).apply_image(pixels)
         if report is None or not report.strip():
             raise DataError("field 'report' is empty; every training image needs a report")
         source_text = report_text(report, self.sections) if self.sections else report
-        text = (whole_report_text(source_text) if self.text == "full"
-                else sample_report_sentences(source_text, self.text_rng(epoch, index)))
+        text = (
+            whole_report_text(source_text)
+            if self.text == "full"
+            else sample_report_sentences(source_text, self.text_rng(epoch, index))
+        )
         if not text and self.sections and not source_text:
             raise DataError(f"field 'report' has no {' or '.join(self.sections).upper()} section")
         if not text:
             raise DataError("field 'report' has no sentence (only '.', 'none' or whitespace)")
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0), "text": text,
-                  "index": index}
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0), "text": text, "index": index}
         if self.negation_negatives:
             flip_rng = random.Random(f"maco-negation:{self.seed}:{epoch}:{index}")
             sample["negative_text"] = negation_counterfactual(text, flip_rng)
@@ -157,14 +165,17 @@ class PairDataset(Dataset):
             except DataError as err:
                 where = self.source.where(candidate)
                 if self.on_error == "raise":
-                    raise DataError(f"{where}: {err} (set data.on_error=skip to replace and count "
-                                    "bad samples)") from err
+                    raise DataError(
+                        f"{where}: {err} (set data.on_error=skip to replace and count bad samples)"
+                    ) from err
                 skipped.append({"path": where, "reason": str(err)})
                 continue
             sample["skipped"] = skipped
             return sample
-        raise DataError(f"no sample of the dataset could be loaded ({len(skipped)} tried); first "
-                        f"failure: {skipped[0]['path']}: {skipped[0]['reason']}")
+        raise DataError(
+            f"no sample of the dataset could be loaded ({len(skipped)} tried); first "
+            f"failure: {skipped[0]['path']}: {skipped[0]['reason']}"
+        )
 
 
 class PairCollate:
@@ -196,11 +207,21 @@ class ResumableSampler(Sampler[SampleKey]):
     epoch after micro-batch ``start``, which is how a resumed run continues mid-epoch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, batches_per_epoch: int, *, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        batches_per_epoch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batches_per_epoch * batch_size * world_size > num_samples:
-            raise ConfigError(f"{batches_per_epoch} batches of {batch_size} x {world_size} ranks need "
-                              f"more than the {num_samples} samples")
+            raise ConfigError(
+                f"{batches_per_epoch} batches of {batch_size} x {world_size} ranks need "
+                f"more than the {num_samples} samples"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
@@ -223,20 +244,33 @@ class ResumableSampler(Sampler[SampleKey]):
         span = self.batch_size * self.world_size
         for k in range(self.start, self.batches_per_epoch):
             begin = k * span + self.rank * self.batch_size
-            for index in perm[begin: begin + self.batch_size]:
+            for index in perm[begin : begin + self.batch_size]:
                 yield self.epoch, int(index)
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start) * self.batch_size
 
 
-def make_loader(dataset: PairDataset, sampler: ResumableSampler, tokenizer: ReportTokenizer, *,
-                workers: int, pin_memory: bool, seed: int) -> DataLoader:
+def make_loader(
+    dataset: PairDataset,
+    sampler: ResumableSampler,
+    tokenizer: ReportTokenizer,
+    *,
+    workers: int,
+    pin_memory: bool,
+    seed: int,
+) -> DataLoader:
     """Loader of collated micro-batches; workers persist across epochs."""
     return DataLoader(
-        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=PairCollate(tokenizer), pin_memory=pin_memory, drop_last=False,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        dataset,
+        batch_size=sampler.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=PairCollate(tokenizer),
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -251,8 +285,7 @@ class SkipLog:
 
     def add(self, items: Sequence[dict[str, str]]) -> None:
         for item in items:
-            entry = self.replaced.setdefault(item["path"], {"path": item["path"],
-                                                            "reason": item["reason"], "count": 0})
+            entry = self.replaced.setdefault(item["path"], {"path": item["path"], "reason": item["reason"], "count": 0})
             entry["count"] += 1
 
     @property
@@ -260,8 +293,7 @@ class SkipLog:
         return sum(entry["count"] for entry in self.replaced.values())
 
     def state(self) -> dict[str, Any]:
-        return {"index_time": [dict(i) for i in self.index_time],
-                "replaced": [dict(e) for e in self.replaced.values()]}
+        return {"index_time": [dict(i) for i in self.index_time], "replaced": [dict(e) for e in self.replaced.values()]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.index_time = [dict(i) for i in state.get("index_time", [])]
@@ -273,9 +305,12 @@ class SkipLog:
             mine["count"] += entry["count"]
 
     def write(self, path: Path) -> None:
-        payload = {"skipped_when_indexing": len(self.index_time),
-                   "replaced_during_training": self.replaced_count,
-                   "indexing": self.index_time, "training": list(self.replaced.values())}
+        payload = {
+            "skipped_when_indexing": len(self.index_time),
+            "replaced_during_training": self.replaced_count,
+            "indexing": self.index_time,
+            "training": list(self.replaced.values()),
+        }
         write_json(path, payload)
 
 
@@ -291,29 +326,32 @@ class OpenedSource(NamedTuple):
 _MIMIC_SOURCES = ("mimic-cxr", "MimicCxrJpg")
 
 
-def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bool,
-                barrier: Any) -> OpenedSource:
+def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bool, barrier: Any) -> OpenedSource:
     """The configured pairs without the excluded images (see :class:`OpenedSource`)."""
     if cfg.source == "store":
         from maco_cxr.data.store import PreparedStore
 
         store = PreparedStore(cfg.path)
         if store.size != size:
-            raise ConfigError(f"data.path: the store {cfg.path} holds {store.size} px images but the "
-                              f"model trains on {size} px (model input_size); prepare it with --size {size}")
+            raise ConfigError(
+                f"data.path: the store {cfg.path} holds {store.size} px images but the "
+                f"model trains on {size} px (model input_size); prepare it with --size {size}"
+            )
         rows = list(range(len(store)))
         if cfg.split is not None:
             rows = [i for i, row in enumerate(store.rows) if row.get("split") == cfg.split]
             if not rows:
                 found = sorted({str(row.get("split")) for row in store.rows})
-                raise DataError(f"{cfg.path}: no row has split {cfg.split!r} (splits found: {found}); "
-                                "set data.split to one of them, or null for all rows")
-        records = [Record(image_path=Path(str(store.rows[i].get("path"))), meta=store.rows[i].get("meta") or {})
-                   for i in rows]
+                raise DataError(
+                    f"{cfg.path}: no row has split {cfg.split!r} (splits found: {found}); "
+                    "set data.split to one of them, or null for all rows"
+                )
+        records = [
+            Record(image_path=Path(str(store.rows[i].get("path"))), meta=store.rows[i].get("meta") or {}) for i in rows
+        ]
         mimic = store.info.get("source") in _MIMIC_SOURCES
         ms_cxr = cfg.ms_cxr or (_store_ms_cxr_file(store.info) if mimic else None)
-        kept, exclusion = apply_exclusions(records, cfg.exclude, ms_cxr=ms_cxr, check_ms_cxr=mimic,
-                                           log=is_master)
+        kept, exclusion = apply_exclusions(records, cfg.exclude, ms_cxr=ms_cxr, check_ms_cxr=mimic, log=is_master)
         _check_not_empty(kept, exclusion)
         return OpenedSource(StoreSource(store, [rows[k] for k in kept]), [], exclusion)
     from maco_cxr.data.datasets import build_dataset
@@ -330,8 +368,9 @@ def open_source(cfg: PretrainData, size: int, output_dir: Path, *, is_master: bo
     if cfg.split is not None:
         options.setdefault("split", cfg.split)
     dataset = build_dataset(kind, path, on_error=cfg.on_error, **options)
-    kept, exclusion = apply_exclusions(dataset.records, cfg.exclude, ms_cxr=cfg.ms_cxr,
-                                       check_ms_cxr=isinstance(dataset, MimicCxrJpg), log=is_master)
+    kept, exclusion = apply_exclusions(
+        dataset.records, cfg.exclude, ms_cxr=cfg.ms_cxr, check_ms_cxr=isinstance(dataset, MimicCxrJpg), log=is_master
+    )
     _check_not_empty(kept, exclusion)
     if len(kept) < len(dataset.records):
         dataset.records = [dataset.records[i] for i in kept]
@@ -347,8 +386,10 @@ def _store_ms_cxr_file(info: dict[str, Any]) -> str | None:
 
 def _check_not_empty(kept: list[int], exclusion: Exclusion) -> None:
     if not kept and exclusion.count:
-        raise DataError(f"data.exclude left out all {exclusion.count} images of the training data; check "
-                        "data.exclude and data.split")
+        raise DataError(
+            f"data.exclude left out all {exclusion.count} images of the training data; check "
+            "data.exclude and data.split"
+        )
 
 
 def write_synthetic(path: Path, count: int, seed: int, size: int, workers: int = 0) -> None:

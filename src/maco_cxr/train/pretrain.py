@@ -36,7 +36,8 @@ from maco_cxr._atomic import write_json
 from maco_cxr.config import config_to_dict
 from maco_cxr.data.augment import AugmentConfig, AugmentParams, affine_normalize, normalize_batch, sample_params
 from maco_cxr.errors import CheckpointError, ConfigError
-from maco_cxr.hub import create_model, load as load_model, load_mae_weights, save_pretrained
+from maco_cxr.hub import create_model, load_mae_weights, save_pretrained
+from maco_cxr.hub import load as load_model
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.runtime import distributed as dist_utils
 from maco_cxr.runtime.checkpoint import MODEL_DIR, checkpoint_root
@@ -107,12 +108,18 @@ def plan_schedule(num_samples: int, optim: PretrainOptim, world_size: int) -> Sc
         raise ConfigError(
             f"optim.batch_size: one optimizer step takes {global_batch} samples (batch_size "
             f"{optim.batch_size} x {world_size} processes x accum_steps {optim.accum_steps}) but the "
-            f"dataset has {num_samples}; lower optim.batch_size or optim.accum_steps")
+            f"dataset has {num_samples}; lower optim.batch_size or optim.accum_steps"
+        )
     total = optim.max_steps if optim.max_steps is not None else optim.epochs * steps_per_epoch
     warmup = optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_epochs * steps_per_epoch)
-    return Schedule(num_samples=num_samples, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
-                    total_steps=total, warmup_steps=min(warmup, total),
-                    micro_batches_per_epoch=steps_per_epoch * optim.accum_steps)
+    return Schedule(
+        num_samples=num_samples,
+        global_batch=global_batch,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+        micro_batches_per_epoch=steps_per_epoch * optim.accum_steps,
+    )
 
 
 def build_model(config: PretrainConfig, *, initialise: bool, is_master: bool) -> MacoModel:
@@ -125,8 +132,9 @@ def build_model(config: PretrainConfig, *, initialise: bool, is_master: bool) ->
         try:
             model.load_state_dict(source.state_dict(), strict=True)
         except RuntimeError as err:
-            raise CheckpointError(f"runtime.init_from={runtime.init_from}: its weights do not fit "
-                                  f"model.* of this config: {err}") from err
+            raise CheckpointError(
+                f"runtime.init_from={runtime.init_from}: its weights do not fit model.* of this config: {err}"
+            ) from err
         if is_master:
             logger.info("initialised every tensor from %s", runtime.init_from)
         return model.train()
@@ -149,12 +157,25 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     check_config(config)
     runtime, optim = config.runtime, config.optim
     settings = RunSettings(
-        name="pretrain", output_dir=Path(runtime.output_dir), config=config_to_dict(config),
-        may_differ=RESUMABLE_CHANGES, device=runtime.device, precision=runtime.precision, seed=runtime.seed,
-        resume=runtime.resume, lr=optim.lr, accum_steps=optim.accum_steps, clip_grad=optim.clip_grad,
-        log_every=runtime.log_every, save_every=runtime.save_every, keep_last=runtime.keep_last,
-        stop_at_step=runtime.stop_at_step, workers=config.data.workers, progress=runtime.progress,
-        tensorboard=runtime.tensorboard)
+        name="pretrain",
+        output_dir=Path(runtime.output_dir),
+        config=config_to_dict(config),
+        may_differ=RESUMABLE_CHANGES,
+        device=runtime.device,
+        precision=runtime.precision,
+        seed=runtime.seed,
+        resume=runtime.resume,
+        lr=optim.lr,
+        accum_steps=optim.accum_steps,
+        clip_grad=optim.clip_grad,
+        log_every=runtime.log_every,
+        save_every=runtime.save_every,
+        keep_last=runtime.keep_last,
+        stop_at_step=runtime.stop_at_step,
+        workers=config.data.workers,
+        progress=runtime.progress,
+        tensorboard=runtime.tensorboard,
+    )
     return run_training(settings, _Pretraining(config))
 
 
@@ -170,25 +191,44 @@ class _Pretraining(RunHooks[PretrainResult]):
         config, info = self.config, run.info
         self.info = info
         size = config.model.input_size
-        source, index_skips, self.exclusion = open_source(config.data, size, self.output_dir,
-                                                          is_master=info.is_master, barrier=dist_utils.barrier)
+        source, index_skips, self.exclusion = open_source(
+            config.data, size, self.output_dir, is_master=info.is_master, barrier=dist_utils.barrier
+        )
         if info.is_master:
             write_json(self.output_dir / EXCLUDED_NAME, self.exclusion.to_dict())
             if self.exclusion.count:
-                logger.info("%d images named by data.exclude are left out of pre-training (listed in %s)",
-                            self.exclusion.count, self.output_dir / EXCLUDED_NAME)
-        self.dataset = PairDataset(source, size, config.runtime.seed, config.data.on_error, config.data.sections,
-                                   config.data.text, config.data.negation_negatives)
+                logger.info(
+                    "%d images named by data.exclude are left out of pre-training (listed in %s)",
+                    self.exclusion.count,
+                    self.output_dir / EXCLUDED_NAME,
+                )
+        self.dataset = PairDataset(
+            source,
+            size,
+            config.runtime.seed,
+            config.data.on_error,
+            config.data.sections,
+            config.data.text,
+            config.data.negation_negatives,
+        )
         self.schedule = plan_schedule(len(self.dataset), config.optim, info.world_size)
         self.total_steps, self.samples_per_step = self.schedule.total_steps, self.schedule.global_batch
-        self.sampler = ResumableSampler(len(self.dataset), config.optim.batch_size,
-                                        self.schedule.micro_batches_per_epoch, seed=config.runtime.seed,
-                                        rank=info.rank, world_size=info.world_size)
+        self.sampler = ResumableSampler(
+            len(self.dataset),
+            config.optim.batch_size,
+            self.schedule.micro_batches_per_epoch,
+            seed=config.runtime.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
         self.skips = SkipLog(index_time=index_skips)
         self.pending_skips: list[dict[str, str]] = []
         if index_skips and info.is_master:
-            logger.warning("%d dataset rows were left out when indexing (data.on_error=skip); listed in %s",
-                           len(index_skips), self.output_dir / SKIPPED_NAME)
+            logger.warning(
+                "%d dataset rows were left out when indexing (data.on_error=skip); listed in %s",
+                len(index_skips),
+                self.output_dir / SKIPPED_NAME,
+            )
 
     def build(self, run: Run, *, initialise: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
         config, device = self.config, run.device
@@ -197,9 +237,13 @@ class _Pretraining(RunHooks[PretrainResult]):
         groups = param_groups(self.model, config.optim.weight_decay, no_decay_names=self.model.no_weight_decay())
         optimizer = build_adamw(groups, config.optim.lr, config.optim.betas, device)
         self.generator = torch.Generator(device).manual_seed(seed_for(config.runtime.seed, 1))
-        self.augment = AugmentConfig(flip_p=config.augment.flip_p, degrees=config.augment.degrees,
-                                     scale=config.augment.scale, mean=config.model.image_mean,
-                                     std=config.model.image_std)
+        self.augment = AugmentConfig(
+            flip_p=config.augment.flip_p,
+            degrees=config.augment.degrees,
+            scale=config.augment.scale,
+            mean=config.model.image_mean,
+            std=config.model.image_std,
+        )
         self.gather = dist_utils.gather_with_grad if run.info.distributed else None
         if config.runtime.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -231,8 +275,12 @@ class _Pretraining(RunHooks[PretrainResult]):
             self.model._compiled_call_impl = None
             if self.info.is_master:
                 first = str(err).splitlines()[0] if str(err) else ""
-                logger.warning("torch.compile failed (%s: %s); training without it. Set runtime.compile=false to "
-                               "skip the attempt.", type(err).__name__, first)
+                logger.warning(
+                    "torch.compile failed (%s: %s); training without it. Set runtime.compile=false to "
+                    "skip the attempt.",
+                    type(err).__name__,
+                    first,
+                )
         else:
             if self.info.is_master:
                 logger.info("model compiled with torch.compile (first step traced)")
@@ -247,11 +295,16 @@ class _Pretraining(RunHooks[PretrainResult]):
                 raise CheckpointError(
                     f"{checkpoint}: {key} was {saved[key]} and is now {getattr(self.schedule, key)}; "
                     "the data or the global batch (batch_size x processes x accum_steps) changed, so "
-                    "the run cannot continue exactly. Use a new runtime.output_dir or runtime.resume=never")
+                    "the run cannot continue exactly. Use a new runtime.output_dir or runtime.resume=never"
+                )
         if saved["total_steps"] != self.schedule.total_steps and self.info.is_master:
-            logger.warning("%s: the schedule had %d steps and now has %d; the learning rate follows the "
-                           "new schedule from step %d", checkpoint, saved["total_steps"],
-                           self.schedule.total_steps, state["step"])
+            logger.warning(
+                "%s: the schedule had %d steps and now has %d; the learning rate follows the new schedule from step %d",
+                checkpoint,
+                saved["total_steps"],
+                self.schedule.total_steps,
+                state["step"],
+            )
         self.skips.load_state(state["skips"])
 
     def describe(self, run: Run, start_step: int) -> None:
@@ -262,18 +315,34 @@ class _Pretraining(RunHooks[PretrainResult]):
         logger.info(
             "pre-training %.1fM parameters on %d samples (%d excluded), %d process(es) on %s: %d steps (%d per "
             "epoch, warm-up %d), %d samples per step (batch %d x %d processes x accum %d), precision %s",
-            params / 1e6, s.num_samples, self.exclusion.count, run.info.world_size, run.device, s.total_steps,
-            s.steps_per_epoch, s.warmup_steps, s.global_batch, optim.batch_size, run.info.world_size,
-            optim.accum_steps, precision)
+            params / 1e6,
+            s.num_samples,
+            self.exclusion.count,
+            run.info.world_size,
+            run.device,
+            s.total_steps,
+            s.steps_per_epoch,
+            s.warmup_steps,
+            s.global_batch,
+            optim.batch_size,
+            run.info.world_size,
+            optim.accum_steps,
+            precision,
+        )
 
     # ------------------------------------------------------------------------------ steps
     def lr_multiplier(self, step: int) -> float:
         return lr_multiplier(step, self.schedule.total_steps, self.schedule.warmup_steps)
 
     def batches(self, run: Run, start_step: int) -> Iterator[Any]:
-        loader = make_loader(self.dataset, self.sampler, self.model.tokenizer,
-                             workers=self.config.data.workers, pin_memory=run.device.type == "cuda",
-                             seed=seed_for(self.config.runtime.seed, run.info.rank, 4))
+        loader = make_loader(
+            self.dataset,
+            self.sampler,
+            self.model.tokenizer,
+            workers=self.config.data.workers,
+            pin_memory=run.device.type == "cuda",
+            seed=seed_for(self.config.runtime.seed, run.info.rank, 4),
+        )
         epoch, in_epoch = divmod(start_step, self.schedule.steps_per_epoch)
         while True:
             self.sampler.set_position(epoch, in_epoch * self.config.optim.accum_steps)
@@ -320,17 +389,29 @@ class _Pretraining(RunHooks[PretrainResult]):
             for items in gathered:
                 self.skips.add(items)
             if new:
-                logger.warning("replaced %d bad samples (%d in total so far); listed in %s", new,
-                               self.skips.replaced_count, self.output_dir / SKIPPED_NAME)
+                logger.warning(
+                    "replaced %d bad samples (%d in total so far); listed in %s",
+                    new,
+                    self.skips.replaced_count,
+                    self.output_dir / SKIPPED_NAME,
+                )
                 self.skips.write(self.output_dir / SKIPPED_NAME)
 
     def log_row(self, row: dict[str, Any]) -> dict[str, Any]:
         self._flush_skips()
-        return {"step": row["step"], "epoch": round(row["step"] / self.schedule.steps_per_epoch, 4),
-                "lr": row["lr"], "rec": row["rec"], "con": row["con"], "total": row["loss"],
-                "inverse_temperature": float(self.model.inverse_temperature.detach()),
-                "images_per_s": row["images_per_s"], "max_mem_gb": row["max_memory_gb"],
-                "skipped": self.skips.replaced_count, "excluded": self.exclusion.count}
+        return {
+            "step": row["step"],
+            "epoch": round(row["step"] / self.schedule.steps_per_epoch, 4),
+            "lr": row["lr"],
+            "rec": row["rec"],
+            "con": row["con"],
+            "total": row["loss"],
+            "inverse_temperature": float(self.model.inverse_temperature.detach()),
+            "images_per_s": row["images_per_s"],
+            "max_mem_gb": row["max_memory_gb"],
+            "skipped": self.skips.replaced_count,
+            "excluded": self.exclusion.count,
+        }
 
     # ------------------------------------------------------------------------------ saving
     def state(self, done: int) -> dict[str, Any]:
@@ -338,10 +419,15 @@ class _Pretraining(RunHooks[PretrainResult]):
         if self.info.is_master:
             self.skips.write(self.output_dir / SKIPPED_NAME)
         s = self.schedule
-        return {"epoch": done // s.steps_per_epoch,
-                "sampler": {"epoch": done // s.steps_per_epoch,
-                            "micro_batch": (done % s.steps_per_epoch) * self.config.optim.accum_steps},
-                "skips": self.skips.state(), "schedule": asdict(s)}
+        return {
+            "epoch": done // s.steps_per_epoch,
+            "sampler": {
+                "epoch": done // s.steps_per_epoch,
+                "micro_batch": (done % s.steps_per_epoch) * self.config.optim.accum_steps,
+            },
+            "skips": self.skips.state(),
+            "schedule": asdict(s),
+        }
 
     def write_model(self, folder: Path) -> None:
         save_pretrained(self.model, folder)
@@ -352,15 +438,33 @@ class _Pretraining(RunHooks[PretrainResult]):
         else:
             model_dir = self.output_dir / FINAL_DIR
             if self.info.is_master:
-                save_pretrained(self.model, model_dir, extra_config={
-                    "pretraining": {"steps": self.schedule.total_steps, "config": config_to_dict(self.config),
-                                    "excluded": self.exclusion.summary()}})
+                save_pretrained(
+                    self.model,
+                    model_dir,
+                    extra_config={
+                        "pretraining": {
+                            "steps": self.schedule.total_steps,
+                            "config": config_to_dict(self.config),
+                            "excluded": self.exclusion.summary(),
+                        }
+                    },
+                )
                 self.skips.write(self.output_dir / SKIPPED_NAME)
-                logger.info("final model: %s (%d samples replaced, %d rows left out when indexing)",
-                            model_dir, self.skips.replaced_count, len(self.skips.index_time))
+                logger.info(
+                    "final model: %s (%d samples replaced, %d rows left out when indexing)",
+                    model_dir,
+                    self.skips.replaced_count,
+                    len(self.skips.index_time),
+                )
             dist_utils.barrier()
         counts = (self.skips.replaced_count, len(self.skips.index_time))
         replaced, skipped = dist_utils.broadcast_object(counts)  # rank 0 holds every rank's
-        return PretrainResult(model_dir=model_dir, output_dir=self.output_dir, step=end.step,
-                              total_steps=end.total_steps, samples_replaced=replaced, rows_skipped=skipped,
-                              excluded=self.exclusion.count)
+        return PretrainResult(
+            model_dir=model_dir,
+            output_dir=self.output_dir,
+            step=end.step,
+            total_steps=end.total_steps,
+            samples_replaced=replaced,
+            rows_skipped=skipped,
+            excluded=self.exclusion.count,
+        )

@@ -96,8 +96,14 @@ class ChestXrayDataset(Dataset):
 
     classes: tuple[str, ...] = ()
 
-    def __init__(self, records: list[Record], classes: tuple[str, ...] = (), *,
-                 skips: SkipReport | None = None, on_error: OnError = "raise") -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        classes: tuple[str, ...] = (),
+        *,
+        skips: SkipReport | None = None,
+        on_error: OnError = "raise",
+    ) -> None:
         self.records = records
         if classes:
             self.classes = tuple(classes)
@@ -208,8 +214,12 @@ def log_skips(logger: logging.Logger, source: str | Path, skips: SkipReport, kep
     if len(skips):
         first = skips.skipped[0]
         logger.warning(
-            "%s: skipped %d bad rows/files, kept %d records (each listed in the dataset's "
-            ".skips); first: %s: %s", source, len(skips), kept, first["where"], first["reason"],
+            "%s: skipped %d bad rows/files, kept %d records (each listed in the dataset's .skips); first: %s: %s",
+            source,
+            len(skips),
+            kept,
+            first["where"],
+            first["reason"],
         )
 
 
@@ -222,8 +232,7 @@ def csv_columns(path: Path) -> list[str]:
     return [name.strip() for name in header]
 
 
-def iter_csv(path: Path,
-             required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str | None]]]:
+def iter_csv(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str | None]]]:
     """Rows of a CSV as ``(line, {column: value})`` with names and values stripped.
 
     ``line`` is the 1-based line where the row starts (the header is line 1). A value is None
@@ -237,9 +246,7 @@ def iter_csv(path: Path,
     columns = csv_columns(path)
     missing = [name for name in required if name not in columns]
     if missing:
-        raise DataError(
-            f"{path}: required column(s) {missing} not found; the columns are {columns}"
-        )
+        raise DataError(f"{path}: required column(s) {missing} not found; the columns are {columns}")
     return _csv_rows(path, columns)
 
 
@@ -247,9 +254,7 @@ def cell(row: dict[str, str | None], column: str) -> str:
     """One value of a row from :func:`iter_csv`; raises when the row is too short."""
     value = row.get(column)
     if value is None:
-        raise DataError(
-            f"field {column!r} is missing (the row has fewer fields than the header)"
-        )
+        raise DataError(f"field {column!r} is missing (the row has fewer fields than the header)")
     return value
 
 
@@ -291,8 +296,7 @@ def index_files(root: Path, suffixes: Sequence[str]) -> dict[str, Path]:
             path = Path(folder) / name
             if name in found:
                 raise DataError(
-                    f"{root}: the file name {name!r} occurs twice ({found[name]} and {path}); "
-                    "remove the duplicate"
+                    f"{root}: the file name {name!r} occurs twice ({found[name]} and {path}); remove the duplicate"
                 )
             found[name] = path
     return found

@@ -35,8 +35,16 @@ logger = logging.getLogger(__name__)
 # spelled as the keys of the segmentation JSON files ("Airspace Opacity" is CheXpert's
 # "Lung Opacity").
 CHEXLOCALIZE_PATHOLOGIES: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Airspace Opacity", "Edema",
-    "Consolidation", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Support Devices",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Lesion",
+    "Airspace Opacity",
+    "Edema",
+    "Consolidation",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Support Devices",
 )
 _ALIASES = {"lung opacity": "Airspace Opacity"}
 _CANONICAL = {name.lower(): name for name in CHEXLOCALIZE_PATHOLOGIES}
@@ -50,8 +58,9 @@ def _import_mask_api() -> Any:
     try:
         from pycocotools import mask as mask_api
     except ImportError as exc:  # pragma: no cover - pycocotools is a dependency
-        raise ImportError("CheXlocalize masks are COCO RLE and need pycocotools; install it "
-                          "with `pip install pycocotools`") from exc
+        raise ImportError(
+            "CheXlocalize masks are COCO RLE and need pycocotools; install it with `pip install pycocotools`"
+        ) from exc
     return mask_api
 
 
@@ -59,16 +68,20 @@ def decode_coco_rle(rle: dict[str, Any]) -> np.ndarray:
     """A COCO run-length encoding ``{"size": [h, w], "counts": str}`` as uint8 0/1 ``[h, w]``."""
     mask_api = _import_mask_api()
     counts = rle["counts"]
-    encoded = {"size": [int(v) for v in rle["size"]],
-               "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    encoded = {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return (np.asarray(mask_api.decode(encoded)) > 0).astype(np.uint8)
 
 
 def _rle_area(rle: dict[str, Any]) -> int:
     mask_api = _import_mask_api()
     counts = rle["counts"]
-    encoded = {"size": [int(v) for v in rle["size"]],
-               "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    encoded = {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return int(mask_api.area(encoded))
 
 
@@ -76,15 +89,12 @@ def _check_rle(item: Any, pathology: str) -> dict[str, Any]:
     """A segmentation entry ``{"size": [h, w], "counts": str}``; errors name the field."""
     field = f"field {pathology!r}"
     if not isinstance(item, dict) or "size" not in item or "counts" not in item:
-        raise DataError(f"{field}: expected a COCO RLE {{'size': [h, w], 'counts': ...}}, "
-                        f"got {type(item).__name__}")
+        raise DataError(f"{field}: expected a COCO RLE {{'size': [h, w], 'counts': ...}}, got {type(item).__name__}")
     size = item["size"]
-    if (not isinstance(size, list) or len(size) != 2
-            or not all(isinstance(v, int) and v > 0 for v in size)):
+    if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         raise DataError(f"{field}: 'size' {size!r} is not [height, width]")
     if not isinstance(item["counts"], str):
-        raise DataError(f"{field}: 'counts' is a {type(item['counts']).__name__}, not the "
-                        "compressed RLE string")
+        raise DataError(f"{field}: 'counts' is a {type(item['counts']).__name__}, not the compressed RLE string")
     try:
         _rle_area(item)
     except (ValueError, TypeError, UnicodeEncodeError) as err:
@@ -97,8 +107,9 @@ def _pathology_name(name: str) -> str:
     key = name.strip().lower()
     canonical = _CANONICAL.get(key) or _ALIASES.get(key)
     if canonical is None:
-        raise ConfigError(f"pathology {name!r} is not a CheXlocalize pathology; choose from "
-                          f"{list(CHEXLOCALIZE_PATHOLOGIES)}")
+        raise ConfigError(
+            f"pathology {name!r} is not a CheXlocalize pathology; choose from {list(CHEXLOCALIZE_PATHOLOGIES)}"
+        )
     return canonical
 
 
@@ -186,16 +197,16 @@ class CheXlocalize(ChestXrayDataset):
         for candidate in (self.root / "CheXlocalize" / name, self.root / name):
             if candidate.is_file():
                 return candidate
-        raise DataError(f"{self.root}: {name} found neither in CheXlocalize/ nor in the root; "
-                        "check the dataset root")
+        raise DataError(f"{self.root}: {name} found neither in CheXlocalize/ nor in the root; check the dataset root")
 
     def _find_images(self, split: str) -> Path:
         for folder in _SPLIT_FOLDERS[split]:
             candidate = self.root / "CheXpert" / folder
             if candidate.is_dir():
                 return candidate
-        raise DataError(f"{self.root / 'CheXpert'}: no image folder "
-                        f"{' or '.join(_SPLIT_FOLDERS[split])}/; check the dataset root")
+        raise DataError(
+            f"{self.root / 'CheXpert'}: no image folder {' or '.join(_SPLIT_FOLDERS[split])}/; check the dataset root"
+        )
 
     def _image_path(self, cxr_id: str) -> Path:
         match = _CXR_ID.match(cxr_id)
@@ -206,16 +217,16 @@ class CheXlocalize(ChestXrayDataset):
 
     # --- files -------------------------------------------------------------------------------
 
-    def _read_segmentations(self, on_error: OnError,
-                            skips: SkipReport) -> dict[str, dict[str, dict[str, Any]] | None]:
+    def _read_segmentations(self, on_error: OnError, skips: SkipReport) -> dict[str, dict[str, dict[str, Any]] | None]:
         """{cxr_id: {pathology: RLE}} of the chosen pathologies; None for a bad entry."""
         try:
             data = json.loads(self.json_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"{self.json_path}: cannot read the JSON file ({err})") from err
         if not isinstance(data, dict):
-            raise DataError(f"{self.json_path}: expected an object {{cxr_id: {{pathology: RLE}}}}"
-                            f", got {type(data).__name__}")
+            raise DataError(
+                f"{self.json_path}: expected an object {{cxr_id: {{pathology: RLE}}}}, got {type(data).__name__}"
+            )
         result: dict[str, dict[str, dict[str, Any]] | None] = {}
         for cxr_id, entry in data.items():
             result[cxr_id] = None
@@ -233,25 +244,28 @@ class CheXlocalize(ChestXrayDataset):
                 result[cxr_id] = rles
         return result
 
-    def _records_from_masks(self, segmentations: dict[str, dict[str, dict[str, Any]] | None],
-                            on_error: OnError, skips: SkipReport) -> list[Record]:
+    def _records_from_masks(
+        self, segmentations: dict[str, dict[str, dict[str, Any]] | None], on_error: OnError, skips: SkipReport
+    ) -> list[Record]:
         records: list[Record] = []
         for cxr_id, rles in segmentations.items():
             if rles is None:
                 continue
             with row_guard(f"{self.json_path}, image {cxr_id!r}", on_error, skips):
-                labels = np.array([1.0 if _rle_area(rles[p]) else 0.0 for p in self.pathologies],
-                                  dtype=np.float32)
+                labels = np.array([1.0 if _rle_area(rles[p]) else 0.0 for p in self.pathologies], dtype=np.float32)
                 records.append(self._record(cxr_id, labels, rles, "masks"))
         return records
 
-    def _records_from_labels(self, path: Path,
-                             segmentations: dict[str, dict[str, dict[str, Any]] | None],
-                             on_error: OnError, skips: SkipReport) -> list[Record]:
+    def _records_from_labels(
+        self,
+        path: Path,
+        segmentations: dict[str, dict[str, dict[str, Any]] | None],
+        on_error: OnError,
+        skips: SkipReport,
+    ) -> list[Record]:
         header = csv_columns(path)
         key = "Path" if "Path" in header or "Study" not in header else "Study"
-        columns = [next((c for c in _LABEL_COLUMNS.get(p, (p,)) if c in header), p)
-                   for p in self.pathologies]
+        columns = [next((c for c in _LABEL_COLUMNS.get(p, (p,)) if c in header), p) for p in self.pathologies]
         records: list[Record] = []
         listed: set[str] = set()
         for line, row in iter_csv(path, [key, *columns]):
@@ -267,20 +281,19 @@ class CheXlocalize(ChestXrayDataset):
                         labels[k] = chexpert_value(cell(row, column), "ignore", "zeros")
                     except DataError as err:
                         raise DataError(f"field {column!r}: {err}") from err
-                invalid = [cxr_id for cxr_id in ids
-                           if cxr_id in segmentations and segmentations[cxr_id] is None]
+                invalid = [cxr_id for cxr_id in ids if cxr_id in segmentations and segmentations[cxr_id] is None]
                 if invalid:
-                    raise DataError(f"image {invalid[0]!r} left out: its entry in "
-                                    f"{self.json_path} is invalid")
-                rows = [self._record(cxr_id, labels.copy(), segmentations.get(cxr_id),
-                                     "labels file") for cxr_id in ids]
+                    raise DataError(f"image {invalid[0]!r} left out: its entry in {self.json_path} is invalid")
+                rows = [self._record(cxr_id, labels.copy(), segmentations.get(cxr_id), "labels file") for cxr_id in ids]
                 records.extend(rows)
         unlisted = sorted({k for k, v in segmentations.items() if v is not None} - listed)
         if unlisted:
             with row_guard(str(path), on_error, skips):
-                raise DataError(f"{len(unlisted)} image(s) of {self.json_path} have no row "
-                                f"(first: {unlisted[0]!r}); pass use_labels_file=False to take "
-                                "labels from the masks")
+                raise DataError(
+                    f"{len(unlisted)} image(s) of {self.json_path} have no row "
+                    f"(first: {unlisted[0]!r}); pass use_labels_file=False to take "
+                    "labels from the masks"
+                )
         return records
 
     def _ids_of(self, value: str, key: str) -> list[str]:
@@ -298,17 +311,18 @@ class CheXlocalize(ChestXrayDataset):
             raise DataError(f"field 'Study': no images in {folder}")
         return [f"{parts[-2]}_{parts[-1]}_{view}" for view in views]
 
-    def _record(self, cxr_id: str, labels: np.ndarray,
-                rles: dict[str, dict[str, Any]] | None, source: str) -> Record:
+    def _record(self, cxr_id: str, labels: np.ndarray, rles: dict[str, dict[str, Any]] | None, source: str) -> Record:
         path = self._image_path(cxr_id)
         if not path.is_file():
             raise DataError(f"image file {path} (image {cxr_id!r}) does not exist")
-        meta: dict[str, Any] = {"cxr_id": cxr_id, "label_source": source,
-                                "relative_path": path.relative_to(self.images.parent).as_posix()}
+        meta: dict[str, Any] = {
+            "cxr_id": cxr_id,
+            "label_source": source,
+            "relative_path": path.relative_to(self.images.parent).as_posix(),
+        }
         if rles is not None:
             meta["segmentations"] = rles
-        return Record(image_path=path, labels=labels, patient_id=cxr_id.split("_")[0],
-                      split=self.split, meta=meta)
+        return Record(image_path=path, labels=labels, patient_id=cxr_id.split("_")[0], split=self.split, meta=meta)
 
     # --- masks -------------------------------------------------------------------------------
 
@@ -363,6 +377,7 @@ class CheXlocalize(ChestXrayDataset):
                     f"{self.json_path}, image {record.meta['cxr_id']!r}, field {pathology!r}: "
                     f"the mask is {stored_w}x{stored_h} (WxH) but the image {record.image_path} "
                     f"is {width}x{height}; CheXlocalize masks need the original-resolution "
-                    "CheXpert images (not CheXpert-v1.0-small)")
+                    "CheXpert images (not CheXpert-v1.0-small)"
+                )
             masks[pathology] = decode_coco_rle(rle)
         return masks

@@ -29,13 +29,28 @@ __all__ = ["CHEXPERT_5", "CHEXPERT_OBSERVATIONS", "CheXpert", "chexpert_labels",
 logger = logging.getLogger(__name__)
 
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 # The CheXpert-5 competition tasks in the order of the official MaCo split files.
 CHEXPERT_5: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Pleural Effusion",
 )
 
 UncertainPolicy = Literal["ones", "zeros", "ignore"]
@@ -63,8 +78,9 @@ def chexpert_value(text: str, uncertain: UncertainPolicy, blank: BlankPolicy) ->
     raise DataError(f"value {text!r} is not one of 1, 0, -1 or blank")
 
 
-def chexpert_labels(row: dict[str, str | None], classes: Sequence[str],
-                    uncertain: UncertainPolicy, blank: BlankPolicy) -> np.ndarray:
+def chexpert_labels(
+    row: dict[str, str | None], classes: Sequence[str], uncertain: UncertainPolicy, blank: BlankPolicy
+) -> np.ndarray:
     """float32 ``[K]`` labels of one CSV row for ``classes``; errors name the field."""
     values = np.empty(len(classes), dtype=np.float32)
     for k, name in enumerate(classes):
@@ -88,8 +104,7 @@ def check_classes(classes: Sequence[str], available: Sequence[str], source: str)
     unknown = [name for name in classes if name not in available]
     if unknown or not classes:
         raise ConfigError(
-            f"classes {list(unknown or classes)} are not {source} observations; choose from "
-            f"{list(available)}"
+            f"classes {list(unknown or classes)} are not {source} observations; choose from {list(available)}"
         )
     return tuple(classes)
 
@@ -148,13 +163,13 @@ class CheXpert(ChestXrayDataset):
                     lateral += 1
                     continue
                 records.append(self._record(row, chosen, uncertain, blank))
-        logger.info("%s: %d records, %d non-frontal rows left out (frontal_only)",
-                    csv_path, len(records), lateral)
+        logger.info("%s: %d records, %d non-frontal rows left out (frontal_only)", csv_path, len(records), lateral)
         log_skips(logger, csv_path, skips, len(records))
         super().__init__(records, chosen, skips=skips, on_error=on_error)
 
-    def _record(self, row: dict[str, str | None], classes: tuple[str, ...],
-                uncertain: UncertainPolicy, blank: BlankPolicy) -> Record:
+    def _record(
+        self, row: dict[str, str | None], classes: tuple[str, ...], uncertain: UncertainPolicy, blank: BlankPolicy
+    ) -> Record:
         relative = cell(row, "Path")
         parts = PurePosixPath(relative.replace("\\", "/")).parts
         if len(parts) < 2:
@@ -164,8 +179,6 @@ class CheXpert(ChestXrayDataset):
         if not image_path.is_file():
             raise DataError(f"field 'Path': image file {image_path} does not exist")
         patient = next((p for p in parts if p.startswith("patient")), None)
-        meta = {key: row.get(key) for key in ("Sex", "Age", "Frontal/Lateral", "AP/PA")
-                if row.get(key) is not None}
+        meta = {key: row.get(key) for key in ("Sex", "Age", "Frontal/Lateral", "AP/PA") if row.get(key) is not None}
         meta["relative_path"] = relative
-        return Record(image_path=image_path, labels=labels, patient_id=patient,
-                      split=parts[1], meta=meta)
+        return Record(image_path=image_path, labels=labels, patient_id=patient, split=parts[1], meta=meta)

@@ -26,8 +26,7 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MASK_SUFFIXES = (".png",)
 
 
-def _by_stem(folder: Path, suffixes: tuple[str, ...], on_error: OnError,
-             skips: SkipReport) -> dict[str, Path]:
+def _by_stem(folder: Path, suffixes: tuple[str, ...], on_error: OnError, skips: SkipReport) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder; check the dataset root and split")
     found: dict[str, Path] = {}
@@ -36,8 +35,10 @@ def _by_stem(folder: Path, suffixes: tuple[str, ...], on_error: OnError,
             continue
         with row_guard(str(path), on_error, skips):
             if path.stem in found:
-                raise DataError(f"the file stem {path.stem!r} also names {found[path.stem]}; "
-                                "images and masks are paired by stem, so stems must be unique")
+                raise DataError(
+                    f"the file stem {path.stem!r} also names {found[path.stem]}; "
+                    "images and masks are paired by stem, so stems must be unique"
+                )
             found[path.stem] = path
     return found
 
@@ -85,7 +86,8 @@ class CovidRural(ChestXrayDataset):
                 records.append(Record(image_path=image, mask_paths=[masks[stem]], split=split))
         for stem in sorted(set(masks) - set(images)):
             with row_guard(str(masks[stem]), on_error, skips):
-                raise DataError(f"no image named {stem!r} with suffix {_IMAGE_SUFFIXES} in "
-                                f"{folder / images_dir} for this mask")
+                raise DataError(
+                    f"no image named {stem!r} with suffix {_IMAGE_SUFFIXES} in {folder / images_dir} for this mask"
+                )
         log_skips(logger, folder, skips, len(records))
         super().__init__(records, COVID_RURAL_CLASSES, skips=skips, on_error=on_error)

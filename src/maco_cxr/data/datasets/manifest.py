@@ -141,8 +141,7 @@ class GenericManifest(ChestXrayDataset):
             with row_guard(where, on_error, skips):
                 rows.append(parse())
         if split is not None and not any(row.split for row in rows):
-            raise DataError(f"{self.manifest}: split={split!r} was given but no row has a "
-                            "'split' value")
+            raise DataError(f"{self.manifest}: split={split!r} was given but no row has a 'split' value")
         if classes is None:
             names = {n for row in rows for n in (row.labels or []) if n != NO_FINDING}
             classes = sorted(names)
@@ -167,12 +166,12 @@ class GenericManifest(ChestXrayDataset):
             return root
         if not root.is_dir():
             raise DataError(f"{root}: no such file or folder; expected a manifest or its folder")
-        found = [root / name for name in ("manifest.csv", "manifest.jsonl")
-                 if (root / name).is_file()]
+        found = [root / name for name in ("manifest.csv", "manifest.jsonl") if (root / name).is_file()]
         if len(found) != 1:
             problem = "both" if found else "neither"
-            raise ConfigError(f"{root}: {problem} of manifest.csv and manifest.jsonl found; "
-                              "pass the manifest file itself as root")
+            raise ConfigError(
+                f"{root}: {problem} of manifest.csv and manifest.jsonl found; pass the manifest file itself as root"
+            )
         return found[0]
 
     def _manifest_rows(self) -> Iterator[tuple[str, Callable[[], _Row]]]:
@@ -197,9 +196,12 @@ class GenericManifest(ChestXrayDataset):
         text = {name: cell(values, name) for name in _FIELDS if name in values}
         meta = {k: v for k, v in values.items() if k not in _FIELDS and k and v is not None}
         return _Row(
-            where=where, image_path=_resolve(folder, image), report=text.get("report") or None,
+            where=where,
+            image_path=_resolve(folder, image),
+            report=text.get("report") or None,
             labels=_label_names(text["labels"]) if "labels" in text else None,
-            patient_id=text.get("patient_id") or None, split=text.get("split") or None,
+            patient_id=text.get("patient_id") or None,
+            split=text.get("split") or None,
             meta=meta,
         )
 
@@ -215,7 +217,8 @@ class GenericManifest(ChestXrayDataset):
         if not isinstance(image, str) or not image:
             raise DataError(f"field 'image_path' is missing or not a string: {image!r}")
         row = _Row(
-            where=where, image_path=_resolve(folder, image),
+            where=where,
+            image_path=_resolve(folder, image),
             report=obj.get("report") or None,
             labels=_label_names(obj["labels"]) if obj.get("labels") is not None else None,
             patient_id=str(obj["patient_id"]) if obj.get("patient_id") is not None else None,
@@ -240,8 +243,7 @@ class GenericManifest(ChestXrayDataset):
         return row
 
     @staticmethod
-    def _read_boxes(path: Path, by_path: dict[str, list[_Row]], on_error: OnError,
-                    skips: SkipReport) -> None:
+    def _read_boxes(path: Path, by_path: dict[str, list[_Row]], on_error: OnError, skips: SkipReport) -> None:
         if not path.is_file():
             return
         columns = csv_columns(path)
@@ -257,8 +259,7 @@ class GenericManifest(ChestXrayDataset):
                     row.boxes.append((cell(values, "label"), box, meta))
 
     @staticmethod
-    def _read_masks(path: Path, by_path: dict[str, list[_Row]], on_error: OnError,
-                    skips: SkipReport) -> None:
+    def _read_masks(path: Path, by_path: dict[str, list[_Row]], on_error: OnError, skips: SkipReport) -> None:
         if not path.is_file():
             return
         for line, values in iter_csv(path, ["image_path", "mask_path", "label"]):
@@ -280,11 +281,16 @@ class GenericManifest(ChestXrayDataset):
                     labels[classes.index(name)] = 1.0
         elif classes:
             labels = np.full(len(classes), np.nan, dtype=np.float32)
-        masks = [(p, label) for p, label in row.masks
-                 if mask_labels is None or label in mask_labels]
-        record = Record(image_path=row.image_path, report=row.report, labels=labels,
-                        mask_paths=[p for p, _ in masks], patient_id=row.patient_id,
-                        split=row.split, meta=dict(row.meta))
+        masks = [(p, label) for p, label in row.masks if mask_labels is None or label in mask_labels]
+        record = Record(
+            image_path=row.image_path,
+            report=row.report,
+            labels=labels,
+            mask_paths=[p for p, _ in masks],
+            patient_id=row.patient_id,
+            split=row.split,
+            meta=dict(row.meta),
+        )
         if masks:
             record.meta["mask_labels"] = [label for _, label in masks]
         if row.boxes is not None:

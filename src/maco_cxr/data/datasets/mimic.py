@@ -144,15 +144,20 @@ class MimicCxrJpg(ChestXrayDataset):
                     other_view += 1
                     continue
                 records.append(self._record(row, meta, chosen, labels, reports))
-        logger.info("%s: %d records, %d rows of other views left out (views=%s)",
-                    split_path, len(records), other_view, views)
+        logger.info(
+            "%s: %d records, %d rows of other views left out (views=%s)", split_path, len(records), other_view, views
+        )
         log_skips(logger, split_path, skips, len(records))
         super().__init__(records, chosen, skips=skips, on_error=on_error)
 
-    def _record(self, row: dict[str, str | None], meta: dict[str, str | None],
-                classes: tuple[str, ...],
-                labels: dict[tuple[str, str], np.ndarray | str],
-                reports: _ReportReader) -> Record:
+    def _record(
+        self,
+        row: dict[str, str | None],
+        meta: dict[str, str | None],
+        classes: tuple[str, ...],
+        labels: dict[tuple[str, str], np.ndarray | str],
+        reports: _ReportReader,
+    ) -> Record:
         dicom_id = cell(row, "dicom_id")
         subject = _digits(row, "subject_id")
         study = _digits(row, "study_id")
@@ -168,8 +173,14 @@ class MimicCxrJpg(ChestXrayDataset):
         report = reports(self.reports_root / study_dir.with_suffix(".txt"))
         record_meta = {"dicom_id": dicom_id, "study_id": study, "subject_id": subject}
         record_meta.update({k: v for k, v in meta.items() if v is not None})
-        return Record(image_path=image_path, report=report, labels=study_labels.copy(),
-                      patient_id=subject, split=row.get("split"), meta=record_meta)
+        return Record(
+            image_path=image_path,
+            report=report,
+            labels=study_labels.copy(),
+            patient_id=subject,
+            split=row.get("split"),
+            meta=record_meta,
+        )
 
 
 class _ReportReader:
@@ -178,8 +189,7 @@ class _ReportReader:
     A failure is cached as its message, so every image of the study reports it.
     """
 
-    def __init__(self, report_text: Callable[..., str], sections: tuple[str, ...],
-                 require_report: bool) -> None:
+    def __init__(self, report_text: Callable[..., str], sections: tuple[str, ...], require_report: bool) -> None:
         self._report_text = report_text
         self._sections = sections
         self._require = require_report
@@ -196,8 +206,7 @@ class _ReportReader:
     def _read(self, path: Path) -> tuple[str | None, str | None]:
         if not path.is_file():
             if self._require:
-                return None, (f"report file {path} does not exist (check reports_root, or "
-                              "pass require_report=False)")
+                return None, (f"report file {path} does not exist (check reports_root, or pass require_report=False)")
             return None, None
         try:
             raw = path.read_text(encoding="utf-8")
@@ -207,6 +216,8 @@ class _ReportReader:
         if text:
             return text, None
         if self._require:
-            return None, (f"report file {path} has no text in sections {self._sections} "
-                          "(pass require_report=False to keep such images)")
+            return None, (
+                f"report file {path} has no text in sections {self._sections} "
+                "(pass require_report=False to keep such images)"
+            )
         return None, None

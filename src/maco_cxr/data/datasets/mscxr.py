@@ -33,12 +33,17 @@ __all__ = ["MSCXR_CATEGORIES", "MsCxr"]
 logger = logging.getLogger(__name__)
 
 MSCXR_CATEGORIES: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
-    "Pleural Effusion", "Pneumonia", "Pneumothorax",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Lung Opacity",
+    "Pleural Effusion",
+    "Pneumonia",
+    "Pneumothorax",
 )
 _CATEGORY = {name.lower(): name for name in MSCXR_CATEGORIES}
-_CSV_COLUMNS = ("dicom_id", "path", "x", "y", "w", "h", "image_width", "image_height",
-                "category_name", "label_text")
+_CSV_COLUMNS = ("dicom_id", "path", "x", "y", "w", "h", "image_width", "image_height", "category_name", "label_text")
 
 
 @dataclass
@@ -60,8 +65,7 @@ _Parse = Callable[[], tuple[_Item, list[float]]]
 def _category(name: str) -> str:
     canonical = _CATEGORY.get(name.strip().lower())
     if canonical is None:
-        raise DataError(f"field 'category_name': {name!r} is not an MS-CXR category "
-                        f"{list(MSCXR_CATEGORIES)}")
+        raise DataError(f"field 'category_name': {name!r} is not an MS-CXR category {list(MSCXR_CATEGORIES)}")
     return canonical
 
 
@@ -77,38 +81,46 @@ def _parse_csv_row(row: dict[str, str | None], where: str) -> tuple[_Item, list[
     if not label_text:
         raise DataError("field 'label_text' is empty")
     item = _Item(
-        where=where, path=cell(row, "path"), label_text=label_text,
-        category=_category(cell(row, "category_name")), split=row.get("split"),
-        meta={"dicom_id": cell(row, "dicom_id"),
-              "image_width": parse_float(row, "image_width"),
-              "image_height": parse_float(row, "image_height")},
+        where=where,
+        path=cell(row, "path"),
+        label_text=label_text,
+        category=_category(cell(row, "category_name")),
+        split=row.get("split"),
+        meta={
+            "dicom_id": cell(row, "dicom_id"),
+            "image_width": parse_float(row, "image_width"),
+            "image_height": parse_float(row, "image_height"),
+        },
     )
     return item, box
 
 
-def _parse_annotation(annotation: dict[str, Any], images: dict[Any, dict[str, Any]],
-                      categories: dict[Any, str], where: str) -> tuple[_Item, list[float]]:
+def _parse_annotation(
+    annotation: dict[str, Any], images: dict[Any, dict[str, Any]], categories: dict[Any, str], where: str
+) -> tuple[_Item, list[float]]:
     for key in ("image_id", "bbox", "category_id", "label_text"):
         if key not in annotation:
             raise DataError(f"field {key!r} is missing")
     image = images.get(annotation["image_id"])
     if image is None or "path" not in image:
-        raise DataError(f"field 'image_id': {annotation['image_id']!r} names no entry with a "
-                        "'path' in 'images'")
+        raise DataError(f"field 'image_id': {annotation['image_id']!r} names no entry with a 'path' in 'images'")
     bbox = annotation["bbox"]
-    if not (isinstance(bbox, list) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) for v in bbox)):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
         raise DataError(f"field 'bbox': {bbox!r} is not [x, y, w, h]")
     if annotation["category_id"] not in categories:
-        raise DataError(f"field 'category_id': {annotation['category_id']!r} is not in "
-                        "'categories'")
+        raise DataError(f"field 'category_id': {annotation['category_id']!r} is not in 'categories'")
     label_text = str(annotation["label_text"]).strip()
     if not label_text:
         raise DataError("field 'label_text' is empty")
     meta: dict[str, Any] = {k: image[k] for k in ("width", "height", "dicom_id") if k in image}
-    item = _Item(where=where, path=str(image["path"]), label_text=label_text,
-                 category=_category(categories[annotation["category_id"]]),
-                 split=image.get("split"), meta=meta)
+    item = _Item(
+        where=where,
+        path=str(image["path"]),
+        label_text=label_text,
+        category=_category(categories[annotation["category_id"]]),
+        split=image.get("split"),
+        meta=meta,
+    )
     return item, _xywh_to_xyxy(*(float(v) for v in bbox))
 
 
@@ -170,8 +182,7 @@ class MsCxr(ChestXrayDataset):
             if split is not None and item.split != split:
                 continue
             if key in bad:
-                skips.add(item.where, f"item {key} left out: its annotation at {bad[key]} is "
-                                      "invalid")
+                skips.add(item.where, f"item {key} left out: its annotation at {bad[key]} is invalid")
                 continue
             with row_guard(item.where, on_error, skips):
                 records.append(self._record(item))
@@ -179,22 +190,24 @@ class MsCxr(ChestXrayDataset):
         super().__init__(records, MSCXR_CATEGORIES, skips=skips, on_error=on_error)
 
     @staticmethod
-    def _merge(items: dict[tuple[str, str], _Item], key: tuple[str, str], item: _Item,
-               box: list[float]) -> None:
+    def _merge(items: dict[tuple[str, str], _Item], key: tuple[str, str], item: _Item, box: list[float]) -> None:
         if key not in items:
             items[key] = item
         elif items[key].category != item.category:
-            raise DataError(f"phrase {item.label_text!r} on {item.path} has category "
-                            f"{item.category!r} here but {items[key].category!r} at "
-                            f"{items[key].where}")
+            raise DataError(
+                f"phrase {item.label_text!r} on {item.path} has category "
+                f"{item.category!r} here but {items[key].category!r} at "
+                f"{items[key].where}"
+            )
         items[key].boxes.append(box)
 
     @staticmethod
     def _csv_rows(path: Path, need_split: bool) -> Iterator[tuple[str, _Parse]]:
         rows = iter_csv(path, _CSV_COLUMNS)
         if need_split and "split" not in csv_columns(path):
-            raise DataError(f"{path}: split= was given but the file has no 'split' column; "
-                            f"the columns are {csv_columns(path)}")
+            raise DataError(
+                f"{path}: split= was given but the file has no 'split' column; the columns are {csv_columns(path)}"
+            )
         for line, row in rows:
             where = f"{path}, line {line}"
             yield where, partial(_parse_csv_row, row, where)
@@ -221,9 +234,11 @@ class MsCxr(ChestXrayDataset):
         parts = PurePosixPath(item.path).parts
         patient = parts[2][1:] if len(parts) > 3 and parts[2].startswith("p") else None
         return Record(
-            image_path=image_path, report=item.label_text,
+            image_path=image_path,
+            report=item.label_text,
             boxes=np.array(item.boxes, dtype=np.float32).reshape(-1, 4),
-            box_labels=[item.label_text] * len(item.boxes), patient_id=patient,
+            box_labels=[item.label_text] * len(item.boxes),
+            patient_id=patient,
             split=item.split,
             meta={**item.meta, "category": item.category, "label_text": item.label_text},
         )

@@ -31,8 +31,19 @@ logger = logging.getLogger(__name__)
 
 # Class order of the official MaCo split files and zero-shot evaluation (docs/protocols.md section 2).
 NIH_CLASSES: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural Thickening",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural Thickening",
     "Hernia",
 )
 # The dataset's own spellings (Data_Entry_2017 and BBox_List_2017) -> class names.
@@ -119,8 +130,7 @@ class NihChestXray14(ChestXrayDataset):
         return names
 
     @staticmethod
-    def _boxes(path: Path, on_error: OnError,
-               skips: SkipReport) -> dict[str, list[tuple[str, list[float]]]]:
+    def _boxes(path: Path, on_error: OnError, skips: SkipReport) -> dict[str, list[tuple[str, list[float]]]]:
         """Boxes per image name from BBox_List_2017.csv (its header splits "Bbox [x,y,w,h]")."""
         boxes: dict[str, list[tuple[str, list[float]]]] = defaultdict(list)
         for line, row in iter_csv(path, ["Image Index", "Finding Label", *_BOX_COLUMNS]):
@@ -134,31 +144,37 @@ class NihChestXray14(ChestXrayDataset):
                 boxes[cell(row, "Image Index")].append((_SPELLINGS[label], [x, y, x + w, y + h]))
         return boxes
 
-    def _record(self, row: dict[str, str | None], files: dict[str, Path],
-                boxes: list[tuple[str, list[float]]] | None, split: str | None) -> Record:
+    def _record(
+        self,
+        row: dict[str, str | None],
+        files: dict[str, Path],
+        boxes: list[tuple[str, list[float]]] | None,
+        split: str | None,
+    ) -> Record:
         name = cell(row, "Image Index")
         findings = [f.strip() for f in cell(row, "Finding Labels").split("|") if f.strip()]
         if not findings:
-            raise DataError(f"field 'Finding Labels' is empty; expected {_NO_FINDING!r} or "
-                            "finding names joined by '|'")
+            raise DataError(f"field 'Finding Labels' is empty; expected {_NO_FINDING!r} or finding names joined by '|'")
         labels = np.zeros(len(NIH_CLASSES), dtype=np.float32)
         if findings != [_NO_FINDING]:
             for finding in findings:
                 if finding not in _SPELLINGS:
-                    raise DataError(f"field 'Finding Labels': unknown finding {finding!r}; "
-                                    f"expected {_NO_FINDING!r} or names from {list(_SPELLINGS)}")
+                    raise DataError(
+                        f"field 'Finding Labels': unknown finding {finding!r}; "
+                        f"expected {_NO_FINDING!r} or names from {list(_SPELLINGS)}"
+                    )
                 labels[NIH_CLASSES.index(_SPELLINGS[finding])] = 1.0
         patient = cell(row, "Patient ID")
         if not patient:
             raise DataError("field 'Patient ID' is empty")
         if name not in files:
-            raise DataError(f"field 'Image Index': image file {name!r} not found under "
-                            f"{self.root}")
-        meta = {key: value for key, value in row.items()
-                if key not in ("", "Image Index", "Finding Labels", "Patient ID")
-                and value is not None}
-        record = Record(image_path=files[name], labels=labels, patient_id=patient,
-                        split=split, meta=meta)
+            raise DataError(f"field 'Image Index': image file {name!r} not found under {self.root}")
+        meta = {
+            key: value
+            for key, value in row.items()
+            if key not in ("", "Image Index", "Finding Labels", "Patient ID") and value is not None
+        }
+        record = Record(image_path=files[name], labels=labels, patient_id=patient, split=split, meta=meta)
         if boxes:
             record.boxes = np.array([box for _, box in boxes], dtype=np.float32)
             record.box_labels = [label for label, _ in boxes]

@@ -81,8 +81,9 @@ def _group_of(name: str, synonyms: Sequence[frozenset[str]]) -> frozenset[str]:
     return frozenset({key})
 
 
-def match_classes(source: Sequence[str], target: Sequence[str], *,
-                  synonyms: Sequence[frozenset[str]] = SYNONYMS) -> ClassMatch:
+def match_classes(
+    source: Sequence[str], target: Sequence[str], *, synonyms: Sequence[frozenset[str]] = SYNONYMS
+) -> ClassMatch:
     """Match ``target`` class names to ``source`` ones (see the module docstring).
 
     A source holding both "Effusion" and "Pleural Effusion" gives the target "effusion" its
@@ -95,8 +96,7 @@ def match_classes(source: Sequence[str], target: Sequence[str], *,
     for name in target:
         key = _normalise(name)
         if key in seen:
-            raise ConfigError(f"target classes {list(target)} name {seen[key]!r} twice "
-                              f"({name!r})")
+            raise ConfigError(f"target classes {list(target)} name {seen[key]!r} twice ({name!r})")
         seen[key] = name
     mapping: dict[str, str | None] = {}
     for name in target:
@@ -104,12 +104,16 @@ def match_classes(source: Sequence[str], target: Sequence[str], *,
         group = _group_of(name, synonyms)
         candidates = exact or [s for s in source if _normalise(s) in group]
         if len(candidates) > 1:
-            raise ConfigError(f"target class {name!r} matches several source classes "
-                              f"{candidates}; rename one or pass a narrower synonyms table")
+            raise ConfigError(
+                f"target class {name!r} matches several source classes "
+                f"{candidates}; rename one or pass a narrower synonyms table"
+            )
         mapping[name] = candidates[0] if candidates else None
     used = {s for s in mapping.values() if s is not None}
     return ClassMatch(
-        target=target, source=source, mapping=mapping,
+        target=target,
+        source=source,
+        mapping=mapping,
         missing=tuple(t for t, s in mapping.items() if s is None),
         dropped=tuple(s for s in source if s not in used),
     )
@@ -120,21 +124,26 @@ def _relabelled(record: Record, columns: list[int | None], size: int, where: str
     labels = np.full(len(columns), np.nan, dtype=np.float32)
     if record.labels is not None:
         if len(record.labels) != size:
-            raise DataError(f"{where}: record {record.image_path} has {len(record.labels)} "
-                            f"labels but its dataset has {size} classes")
+            raise DataError(
+                f"{where}: record {record.image_path} has {len(record.labels)} "
+                f"labels but its dataset has {size} classes"
+            )
         for k, column in enumerate(columns):
             if column is not None:
                 labels[k] = record.labels[column]
     return dataclasses.replace(
-        record, labels=labels,
+        record,
+        labels=labels,
         boxes=None if record.boxes is None else record.boxes.copy(),
-        box_labels=list(record.box_labels), mask_paths=list(record.mask_paths),
+        box_labels=list(record.box_labels),
+        mask_paths=list(record.mask_paths),
         meta=dict(record.meta),
     )
 
 
-def relabel_dataset(dataset: ChestXrayDataset, target_classes: Sequence[str], *,
-                    synonyms: Sequence[frozenset[str]] = SYNONYMS) -> ChestXrayDataset:
+def relabel_dataset(
+    dataset: ChestXrayDataset, target_classes: Sequence[str], *, synonyms: Sequence[frozenset[str]] = SYNONYMS
+) -> ChestXrayDataset:
     """A copy of ``dataset`` whose labels follow ``target_classes`` (NaN where unknown).
 
     Records are copied (labels, boxes, box labels, mask paths and meta are new objects), so
@@ -147,17 +156,14 @@ def relabel_dataset(dataset: ChestXrayDataset, target_classes: Sequence[str], *,
     columns = [None if s is None else index[s] for s in match.mapping.values()]
     where = type(dataset).__name__
     result = copy.copy(dataset)
-    result.records = [_relabelled(r, columns, len(dataset.classes), where)
-                      for r in dataset.records]
+    result.records = [_relabelled(r, columns, len(dataset.classes), where) for r in dataset.records]
     result.classes = match.target
     result.skips = SkipReport(list(dataset.skips.skipped))
     result.relabel_report = match  # type: ignore[attr-defined]
     if match.missing:
-        logger.warning("%s: no source labels for %s; they are NaN (unknown)", where,
-                       list(match.missing))
+        logger.warning("%s: no source labels for %s; they are NaN (unknown)", where, list(match.missing))
     if match.dropped:
-        logger.info("%s: classes %s are not in the target and are dropped", where,
-                    list(match.dropped))
+        logger.info("%s: classes %s are not in the target and are dropped", where, list(match.dropped))
     return result
 
 
@@ -170,8 +176,14 @@ class MergedDataset(ChestXrayDataset):
     ``relabel_reports``: {name: :class:`ClassMatch`}. Built by :func:`merge_datasets`.
     """
 
-    def __init__(self, parts: Mapping[str, ChestXrayDataset], classes: tuple[str, ...],
-                 reports: Mapping[str, ClassMatch], *, on_error: OnError = "raise") -> None:
+    def __init__(
+        self,
+        parts: Mapping[str, ChestXrayDataset],
+        classes: tuple[str, ...],
+        reports: Mapping[str, ClassMatch],
+        *,
+        on_error: OnError = "raise",
+    ) -> None:
         records: list[Record] = []
         skips = SkipReport()
         for name, part in parts.items():
@@ -187,8 +199,10 @@ class MergedDataset(ChestXrayDataset):
     def read_mask(self, record: Record, height: int, width: int) -> np.ndarray | None:
         name = record.meta.get(MERGE_SOURCE)
         if name not in self.parts:
-            raise DataError(f"record {record.image_path} has meta[{MERGE_SOURCE!r}]={name!r}, "
-                            f"not one of the merged parts {sorted(self.parts)}")
+            raise DataError(
+                f"record {record.image_path} has meta[{MERGE_SOURCE!r}]={name!r}, "
+                f"not one of the merged parts {sorted(self.parts)}"
+            )
         return self.parts[name].read_mask(record, height, width)
 
 
@@ -215,8 +229,7 @@ def merge_datasets(
         if isinstance(dataset, MergedDataset):
             for inner_name in dataset.parts:
                 inner = copy.copy(dataset.parts[inner_name])
-                inner.records = [r for r in dataset.records
-                                 if r.meta.get(MERGE_SOURCE) == inner_name]
+                inner.records = [r for r in dataset.records if r.meta.get(MERGE_SOURCE) == inner_name]
                 flat[f"{name}/{inner_name}"] = inner
         else:
             flat[name] = dataset
@@ -231,13 +244,11 @@ def merge_datasets(
     else:
         target = tuple(target_classes)
     parts = {name: relabel_dataset(ds, target, synonyms=synonyms) for name, ds in flat.items()}
-    reports = {name: match_classes(ds.classes, target, synonyms=synonyms)
-               for name, ds in flat.items()}
+    reports = {name: match_classes(ds.classes, target, synonyms=synonyms) for name, ds in flat.items()}
     return MergedDataset(parts, target, reports, on_error=on_error)
 
 
-def _named(datasets: Mapping[str, ChestXrayDataset] | Sequence[ChestXrayDataset]
-           ) -> dict[str, ChestXrayDataset]:
+def _named(datasets: Mapping[str, ChestXrayDataset] | Sequence[ChestXrayDataset]) -> dict[str, ChestXrayDataset]:
     if isinstance(datasets, Mapping):
         return dict(datasets)
     named: dict[str, ChestXrayDataset] = {}

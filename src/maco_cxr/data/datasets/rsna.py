@@ -95,8 +95,7 @@ class RsnaPneumonia(ChestXrayDataset):
         skips = SkipReport()
         if split == "test":
             records = [
-                Record(image_path=path, labels=np.full(1, np.nan, dtype=np.float32),
-                       patient_id=path.stem, split=split)
+                Record(image_path=path, labels=np.full(1, np.nan, dtype=np.float32), patient_id=path.stem, split=split)
                 for path in sorted(images.glob("*.dcm"))
             ]
         else:
@@ -106,8 +105,7 @@ class RsnaPneumonia(ChestXrayDataset):
         log_skips(logger, self.root / "stage_2_train_labels.csv", skips, len(records))
         super().__init__(records, RSNA_CLASSES, skips=skips, on_error=on_error)
 
-    def _train_records(self, images: Path, on_error: OnError,
-                       skips: SkipReport) -> list[Record]:
+    def _train_records(self, images: Path, on_error: OnError, skips: SkipReport) -> list[Record]:
         csv_path = self.root / "stage_2_train_labels.csv"
         rows = iter_csv(csv_path, ["patientId", *_BOX_FIELDS, "Target"])
         classes = self._detailed_classes(on_error, skips)
@@ -131,8 +129,7 @@ class RsnaPneumonia(ChestXrayDataset):
         for patient, rows_boxes in boxes.items():
             where = f"{csv_path}, line {first_line[patient]}"
             if patient in bad:
-                skips.add(where, f"image {patient!r} left out: its row at line {bad[patient]} "
-                                 "is invalid")
+                skips.add(where, f"image {patient!r} left out: its row at line {bad[patient]} is invalid")
                 continue
             with row_guard(where, on_error, skips):
                 records.append(self._record(patient, rows_boxes, images, present, classes))
@@ -149,8 +146,9 @@ class RsnaPneumonia(ChestXrayDataset):
         return classes
 
     @staticmethod
-    def _record(patient: str, rows_boxes: list[list[float] | None], images: Path,
-                present: set[str], classes: dict[str, str]) -> Record:
+    def _record(
+        patient: str, rows_boxes: list[list[float] | None], images: Path, present: set[str], classes: dict[str, str]
+    ) -> Record:
         positive = [box for box in rows_boxes if box is not None]
         if positive and len(positive) != len(rows_boxes):
             raise DataError(f"patientId {patient!r} has both Target 0 and Target 1 rows")
@@ -162,5 +160,7 @@ class RsnaPneumonia(ChestXrayDataset):
             labels=np.array([1.0 if positive else 0.0], dtype=np.float32),
             boxes=np.array(positive, dtype=np.float32).reshape(-1, 4),
             box_labels=[RSNA_CLASSES[0]] * len(positive),
-            patient_id=patient, split="train", meta=meta,
+            patient_id=patient,
+            split="train",
+            meta=meta,
         )

@@ -76,8 +76,9 @@ class SiimAcr(ChestXrayDataset):
         skips = SkipReport()
         if split == "test":
             records = [
-                Record(image_path=path, labels=np.full(1, np.nan, dtype=np.float32), split=split,
-                       meta={"uid": path.stem})
+                Record(
+                    image_path=path, labels=np.full(1, np.nan, dtype=np.float32), split=split, meta={"uid": path.stem}
+                )
                 for _, path in sorted(files.items())
             ]
         else:
@@ -85,8 +86,7 @@ class SiimAcr(ChestXrayDataset):
         log_skips(logger, self.rle_path, skips, len(records))
         super().__init__(records, SIIM_CLASSES, skips=skips, on_error=on_error)
 
-    def _train_records(self, files: dict[str, Path], on_error: OnError,
-                       skips: SkipReport) -> list[Record]:
+    def _train_records(self, files: dict[str, Path], on_error: OnError, skips: SkipReport) -> list[Record]:
         rles: dict[str, list[tuple[int, str]]] = {}
         bad: dict[str, int] = {}
         for line, row in iter_csv(self.rle_path, ["ImageId", "EncodedPixels"]):
@@ -108,22 +108,21 @@ class SiimAcr(ChestXrayDataset):
         records: list[Record] = []
         for uid, rows in rles.items():
             if uid in bad:
-                skips.add(f"{self.rle_path}, line {bad[uid]}",
-                          f"image {uid!r} left out: one of its rows is invalid")
+                skips.add(f"{self.rle_path}, line {bad[uid]}", f"image {uid!r} left out: one of its rows is invalid")
                 continue
             with row_guard(f"{self.rle_path}, line {rows[0][0]}", on_error, skips):
                 path = files.get(f"{uid}.dcm")
                 if path is None:
-                    raise DataError(f"field 'ImageId': no file {uid}.dcm under "
-                                    f"{self.root / 'dicom-images-train'}")
+                    raise DataError(f"field 'ImageId': no file {uid}.dcm under {self.root / 'dicom-images-train'}")
                 positive = any(len(rle_runs(rle)) for _, rle in rows)
-                records.append(Record(
-                    image_path=path,
-                    labels=np.array([1.0 if positive else 0.0], dtype=np.float32),
-                    split="train",
-                    meta={"uid": uid, "rle": [rle for _, rle in rows],
-                          "rle_lines": [line for line, _ in rows]},
-                ))
+                records.append(
+                    Record(
+                        image_path=path,
+                        labels=np.array([1.0 if positive else 0.0], dtype=np.float32),
+                        split="train",
+                        meta={"uid": uid, "rle": [rle for _, rle in rows], "rle_lines": [line for line, _ in rows]},
+                    )
+                )
         return records
 
     def read_mask(self, record: Record, height: int, width: int) -> np.ndarray | None:
@@ -135,6 +134,7 @@ class SiimAcr(ChestXrayDataset):
             try:
                 mask |= rle_decode(rle, height, width)
             except DataError as err:
-                raise DataError(f"{self.rle_path}, line {line}, field 'EncodedPixels' "
-                                f"(image {record.image_path}): {err}") from err
+                raise DataError(
+                    f"{self.rle_path}, line {line}, field 'EncodedPixels' (image {record.image_path}): {err}"
+                ) from err
         return mask

@@ -39,21 +39,56 @@ logger = logging.getLogger(__name__)
 # The 22 local findings (boxes) and 6 global labels, in the column order of the PhysioNet
 # image_labels_{train,test}.csv files.
 VINDR_LOCAL_LABELS: tuple[str, ...] = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
-    "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity",
-    "Lung cavity", "Lung cyst", "Mediastinal shift", "Nodule/Mass", "Pleural effusion",
-    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "Rib fracture", "Other lesion",
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Clavicle fracture",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged PA",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Lung cavity",
+    "Lung cyst",
+    "Mediastinal shift",
+    "Nodule/Mass",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "Rib fracture",
+    "Other lesion",
 )
 VINDR_GLOBAL_LABELS: tuple[str, ...] = (
-    "COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding",
+    "COPD",
+    "Lung tumor",
+    "Pneumonia",
+    "Tuberculosis",
+    "Other diseases",
+    "No finding",
 )
 VINDR_LABELS: tuple[str, ...] = VINDR_LOCAL_LABELS + VINDR_GLOBAL_LABELS
 # The Kaggle competition (VinBigData Chest X-ray Abnormalities Detection) kept 14 local
 # findings (class_id 0..13) plus "No finding" (class_id 14).
 VINDR_KAGGLE_CLASSES: tuple[str, ...] = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
-    "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
-    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "No finding",
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "No finding",
 )
 NO_FINDING = "No finding"
 
@@ -112,8 +147,10 @@ def _binary(row: dict[str, str | None], column: str) -> float:
 def _box(row: dict[str, str | None]) -> list[float]:
     x0, y0, x1, y1 = (parse_float(row, name) for name in _BOX_FIELDS)
     if x1 <= x0 or y1 <= y0:
-        raise DataError(f"fields {list(_BOX_FIELDS)}: box ({x0}, {y0}, {x1}, {y1}) has no area "
-                        "(x_max must exceed x_min and y_max exceed y_min)")
+        raise DataError(
+            f"fields {list(_BOX_FIELDS)}: box ({x0}, {y0}, {x1}, {y1}) has no area "
+            "(x_max must exceed x_min and y_max exceed y_min)"
+        )
     return [x0, y0, x1, y1]
 
 
@@ -198,22 +235,28 @@ class VinDrCxr(ChestXrayDataset):
         images = self.root / split
         if not images.is_dir():
             raise DataError(f"{images}: no such folder; check the dataset root")
-        present = {Path(name).stem: images / name for name in os.listdir(images)
-                   if name.lower().endswith(_IMAGE_SUFFIXES)}
+        present = {
+            Path(name).stem: images / name for name in os.listdir(images) if name.lower().endswith(_IMAGE_SUFFIXES)
+        }
         skips = SkipReport()
         if self.layout == "kaggle" and split == "test":
             source: Path = images
             records = [
-                Record(image_path=path, labels=np.full(len(chosen), np.nan, dtype=np.float32),
-                       split=split, meta={"image_id": image_id})
+                Record(
+                    image_path=path,
+                    labels=np.full(len(chosen), np.nan, dtype=np.float32),
+                    split=split,
+                    meta={"image_id": image_id},
+                )
                 for image_id, path in sorted(present.items())
             ]
         else:
             if self.layout == "physionet":
                 source = self.root / "annotations" / f"image_labels_{split}.csv"
                 collected = self._read_image_labels(source, chosen, on_error, skips)
-                self._read_boxes(self.root / "annotations" / f"annotations_{split}.csv",
-                                 collected, on_error, skips, kaggle=False)
+                self._read_boxes(
+                    self.root / "annotations" / f"annotations_{split}.csv", collected, on_error, skips, kaggle=False
+                )
             else:
                 source = self.root / "train.csv"
                 collected = {}
@@ -230,26 +273,29 @@ class VinDrCxr(ChestXrayDataset):
             return "physionet"
         if (self.root / "train.csv").is_file():
             return "kaggle"
-        raise DataError(f"{self.root}: neither annotations/ (PhysioNet VinDr-CXR 1.0.0) nor "
-                        "train.csv (Kaggle VinBigData) found; check the dataset root")
+        raise DataError(
+            f"{self.root}: neither annotations/ (PhysioNet VinDr-CXR 1.0.0) nor "
+            "train.csv (Kaggle VinBigData) found; check the dataset root"
+        )
 
-    def _check_classes(self, classes: Sequence[str] | None,
-                       available: tuple[str, ...]) -> tuple[str, ...]:
+    def _check_classes(self, classes: Sequence[str] | None, available: tuple[str, ...]) -> tuple[str, ...]:
         if classes is None:
             return available
         chosen = tuple(classes)
         unknown = [name for name in chosen if name not in available]
         if unknown or not chosen:
-            raise ConfigError(f"classes {unknown or list(chosen)} are not VinDr-CXR "
-                              f"({self.layout} layout) labels; choose from {list(available)}")
+            raise ConfigError(
+                f"classes {unknown or list(chosen)} are not VinDr-CXR "
+                f"({self.layout} layout) labels; choose from {list(available)}"
+            )
         return chosen
 
     @staticmethod
-    def _read_image_labels(path: Path, classes: tuple[str, ...], on_error: OnError,
-                           skips: SkipReport) -> dict[str, _Image]:
+    def _read_image_labels(
+        path: Path, classes: tuple[str, ...], on_error: OnError, skips: SkipReport
+    ) -> dict[str, _Image]:
         header = csv_columns(path) if path.is_file() else []
-        columns = [next((a for a in _COLUMN_ALIASES.get(c, (c,)) if a in header), c)
-                   for c in classes]
+        columns = [next((a for a in _COLUMN_ALIASES.get(c, (c,)) if a in header), c) for c in classes]
         rows = iter_csv(path, ["image_id", *columns])
         has_rad = "rad_id" in header
         collected: dict[str, _Image] = {}
@@ -265,18 +311,20 @@ class VinDrCxr(ChestXrayDataset):
                 if not rad:
                     raise DataError("field 'rad_id' is empty")
                 if rad in image.rad_labels:
-                    raise DataError(f"field 'rad_id': image {image_id!r} has a second row for "
-                                    f"radiologist {rad!r} (first at {image.where})")
-                image.rad_labels[rad] = np.array([_binary(row, c) for c in columns],
-                                                 dtype=np.float32)
+                    raise DataError(
+                        f"field 'rad_id': image {image_id!r} has a second row for "
+                        f"radiologist {rad!r} (first at {image.where})"
+                    )
+                image.rad_labels[rad] = np.array([_binary(row, c) for c in columns], dtype=np.float32)
                 parsed = True
             if not parsed and image.bad is None:
                 image.bad = where
         return collected
 
     @staticmethod
-    def _read_boxes(path: Path, collected: dict[str, _Image], on_error: OnError,
-                    skips: SkipReport, *, kaggle: bool) -> None:
+    def _read_boxes(
+        path: Path, collected: dict[str, _Image], on_error: OnError, skips: SkipReport, *, kaggle: bool
+    ) -> None:
         """Boxes (and, for the Kaggle layout, readers and their rows) of every image in ``path``.
 
         PhysioNet: ``collected`` holds the image_labels images, and an image id without an
@@ -284,8 +332,7 @@ class VinDrCxr(ChestXrayDataset):
         too, is kept for :meth:`_kaggle_labels`.
         """
         header = csv_columns(path) if path.is_file() else []
-        rows = iter_csv(path, ["image_id", "class_name", *_BOX_FIELDS]
-                        + (["rad_id"] if kaggle else []))
+        rows = iter_csv(path, ["image_id", "class_name", *_BOX_FIELDS] + (["rad_id"] if kaggle else []))
         has_rad = "rad_id" in header
         for line, row in rows:
             where = f"{path}, line {line}"
@@ -300,8 +347,9 @@ class VinDrCxr(ChestXrayDataset):
                     raise DataError("field 'image_id' is empty")
                 if image_id not in collected:
                     labels_file = path.name.replace("annotations_", "image_labels_")
-                    raise DataError(f"field 'image_id': {image_id!r} has boxes but no row in "
-                                    f"{path.parent / labels_file}")
+                    raise DataError(
+                        f"field 'image_id': {image_id!r} has boxes but no row in {path.parent / labels_file}"
+                    )
                 rad = cell(row, "rad_id") if has_rad else _CONSENSUS
                 if not rad:
                     raise DataError("field 'rad_id' is empty")
@@ -312,8 +360,7 @@ class VinDrCxr(ChestXrayDataset):
                     _no_box(row, name)
                     label, box = _GLOBAL[name.lower()], []
                 else:
-                    raise DataError(f"field 'class_name': {name!r} is not a VinDr-CXR label "
-                                    f"{list(VINDR_LABELS)}")
+                    raise DataError(f"field 'class_name': {name!r} is not a VinDr-CXR label {list(VINDR_LABELS)}")
                 if kaggle:  # every row, so that "No finding" rows name their reader
                     image.rad_labels.setdefault(rad, np.zeros(0, dtype=np.float32))
                 if kaggle or box:
@@ -341,28 +388,36 @@ class VinDrCxr(ChestXrayDataset):
             image.box_labels = [image.box_labels[k] for k in kept]
             image.box_rads = [image.box_rads[k] for k in kept]
 
-    def _records(self, collected: dict[str, _Image], classes: tuple[str, ...], split: str,
-                 present: dict[str, Path], on_error: OnError,
-                 skips: SkipReport) -> list[Record]:
+    def _records(
+        self,
+        collected: dict[str, _Image],
+        classes: tuple[str, ...],
+        split: str,
+        present: dict[str, Path],
+        on_error: OnError,
+        skips: SkipReport,
+    ) -> list[Record]:
         records: list[Record] = []
         for image_id, image in collected.items():
             if image.bad is not None:
-                skips.add(image.where, f"image {image_id!r} left out: its row at "
-                                       f"{image.bad} is invalid")
+                skips.add(image.where, f"image {image_id!r} left out: its row at {image.bad} is invalid")
                 continue
             with row_guard(image.where, on_error, skips):
                 path = present.get(image_id)
                 if path is None:
-                    raise DataError(f"field 'image_id': image file "
-                                    f"{self.root / split / (image_id + '.dicom')} does not exist")
-                records.append(Record(
-                    image_path=path,
-                    labels=_vote(image.rad_labels, len(classes), self.vote),
-                    boxes=np.array(image.boxes, dtype=np.float32).reshape(-1, 4),
-                    box_labels=list(image.box_labels),
-                    split=split,
-                    meta=self._meta(image_id, image, classes),
-                ))
+                    raise DataError(
+                        f"field 'image_id': image file {self.root / split / (image_id + '.dicom')} does not exist"
+                    )
+                records.append(
+                    Record(
+                        image_path=path,
+                        labels=_vote(image.rad_labels, len(classes), self.vote),
+                        boxes=np.array(image.boxes, dtype=np.float32).reshape(-1, 4),
+                        box_labels=list(image.box_labels),
+                        split=split,
+                        meta=self._meta(image_id, image, classes),
+                    )
+                )
         return records
 
     def _meta(self, image_id: str, image: _Image, classes: tuple[str, ...]) -> dict[str, Any]:

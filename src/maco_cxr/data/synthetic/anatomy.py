@@ -141,8 +141,7 @@ def lung_shape(params: ThoraxParams, a: np.ndarray, v: np.ndarray) -> np.ndarray
     border flatter, and below the lung centre the walls run straight down to the diaphragm.
     """
     lateral = a > params.lung_cx
-    dx = (a - params.lung_cx) / np.where(lateral, np.float32(params.lung_rx_lateral),
-                                         np.float32(params.lung_rx_medial))
+    dx = (a - params.lung_cx) / np.where(lateral, np.float32(params.lung_rx_lateral), np.float32(params.lung_rx_medial))
     dx2 = dx * dx
     dy = np.maximum(params.lung_top + 0.75 - v, 0.0) * np.float32(1.0 / 0.75)
     return np.where(lateral, dx2, dx2 * dx2) + dy * dy
@@ -156,11 +155,11 @@ def draw_thorax(params: ThoraxParams, pose: Pose, size: int, rng: np.random.Gene
     u, v = canonical_grid(size, pose)
     a = np.abs(u)
     px = 2.0 / (size * pose.scale)
-    dome = (np.where(u > 0.0, np.float32(params.dome_left), np.float32(params.dome_right))
-            + params.dome_curvature * np.square(a - params.lung_cx))
+    dome = np.where(
+        u > 0.0, np.float32(params.dome_left), np.float32(params.dome_right)
+    ) + params.dome_curvature * np.square(a - params.lung_cx)
     heart, silhouette = _heart(params, u, v, px)
-    base = max(params.dome(side) for side in SIDES) + params.dome_curvature * (
-        params.lung_rx_lateral + 0.05) ** 2
+    base = max(params.dome(side) for side in SIDES) + params.dome_curvature * (params.lung_rx_lateral + 0.05) ** 2
     rows = rows_between(v, params.lung_top - 0.05, base)
     a_r, v_r, dome_r = a[rows], v[rows], dome[rows]
     shape = lung_shape(params, a_r, v_r)
@@ -179,14 +178,11 @@ def draw_thorax(params: ThoraxParams, pose: Pose, size: int, rng: np.random.Gene
     layers = Layers(_body(params, u, v, px), air, markings, bone, np.zeros_like(u))
     lungs = np.zeros(u.shape, dtype=bool)
     lungs[rows] = (shape < 1.0) & (v_r < dome_r) & (a_r > 0.02)
-    floor = dome - params.dome_curvature * np.maximum(
-        np.square(a - params.lung_cx) - params.lung_rx_medial**2, 0.0)
-    return Thorax(params, u, v, px, layers, dome, lungs, (heart > 0.5) & (v < floor),
-                  (silhouette > 0.5) & (v < floor))
+    floor = dome - params.dome_curvature * np.maximum(np.square(a - params.lung_cx) - params.lung_rx_medial**2, 0.0)
+    return Thorax(params, u, v, px, layers, dome, lungs, (heart > 0.5) & (v < floor), (silhouette > 0.5) & (v < floor))
 
 
-def _vessels(params: ThoraxParams, a: np.ndarray, v: np.ndarray,
-             wiggle: np.ndarray) -> np.ndarray:
+def _vessels(params: ThoraxParams, a: np.ndarray, v: np.ndarray, wiggle: np.ndarray) -> np.ndarray:
     """Lung markings: wiggly vessels fanning out from each hilum, tapering and fading outwards.
 
     Lines of constant angle around the hilum (``sin(k * angle + wiggle) = 0``), with the angular
@@ -213,14 +209,15 @@ def _heart_radii(params: ThoraxParams) -> tuple[float, float, float]:
     return float(params.heart_aspect * minor), float(minor), float(half_extent)
 
 
-def _heart(params: ThoraxParams, u: np.ndarray, v: np.ndarray,
-           px: float) -> tuple[np.ndarray, np.ndarray]:
+def _heart(params: ThoraxParams, u: np.ndarray, v: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray]:
     """Soft heart, and soft silhouette of heart plus mediastinum, in [0, 1] each."""
     major, minor, half_extent = _heart_radii(params)
     centre_u = params.heart_shift * half_extent
     centre_v = params.dome_left - params.heart_drop
-    cos, sin = np.float32(np.cos(np.deg2rad(params.heart_angle_deg))), np.float32(
-        np.sin(np.deg2rad(params.heart_angle_deg)))
+    cos, sin = (
+        np.float32(np.cos(np.deg2rad(params.heart_angle_deg))),
+        np.float32(np.sin(np.deg2rad(params.heart_angle_deg))),
+    )
     heart = np.zeros_like(u)
     rows = rows_between(v, centre_v - major - 0.02, centre_v + major + 0.02)
     du, dv = u[rows] - centre_u, v[rows] - centre_v
@@ -250,17 +247,14 @@ def _body(params: ThoraxParams, u: np.ndarray, v: np.ndarray, px: float) -> np.n
     return (2.3 * params.tissue) * torso * thickness
 
 
-def _add_airways(air: np.ndarray, params: ThoraxParams, u: np.ndarray, v: np.ndarray,
-                 px: float) -> None:
+def _add_airways(air: np.ndarray, params: ThoraxParams, u: np.ndarray, v: np.ndarray, px: float) -> None:
     """Add the air of the trachea and, in most patients, of the gastric bubble to ``air``."""
     rows = rows_between(v, -2.0, params.lung_top + 0.65)
-    air[rows] += 0.5 * ramp(0.032 - np.abs(u[rows] - 0.01), 2.0 * px) * ramp(
-        params.lung_top + 0.6 - v[rows], 0.08)
+    air[rows] += 0.5 * ramp(0.032 - np.abs(u[rows] - 0.01), 2.0 * px) * ramp(params.lung_top + 0.6 - v[rows], 0.08)
     if params.gastric_bubble:
         centre_v = params.dome_left + 0.13
         rows = rows_between(v, centre_v - 0.08, centre_v + 0.08)
-        bubble = np.hypot((u[rows] - 0.44) * np.float32(1 / 0.09),
-                          (v[rows] - centre_v) * np.float32(1 / 0.05))
+        bubble = np.hypot((u[rows] - 0.44) * np.float32(1 / 0.09), (v[rows] - centre_v) * np.float32(1 / 0.05))
         air[rows] += 0.9 * ramp(1.0 - bubble, 0.15)
 
 
@@ -278,8 +272,7 @@ def _ribs(params: ThoraxParams, a: np.ndarray, v: np.ndarray, lungs: np.ndarray)
     frac = phase - np.floor(phase)
     posterior = ramp(0.15 - np.abs(frac - 0.25), 0.05) * (0.8 + 2.0 * np.square(frac - 0.25))
     posterior *= ramp(a - 0.06, 0.04) * ramp(0.9 - a, 0.08) * ramp(phase + 0.2, 0.2) * (phase < 10)
-    anterior = (v - start - 0.12 + 0.5 * a - 0.2 * a * a) * np.float32(
-        1.0 / (1.2 * params.rib_spacing))
+    anterior = (v - start - 0.12 + 0.5 * a - 0.2 * a * a) * np.float32(1.0 / (1.2 * params.rib_spacing))
     frac_a = anterior - np.floor(anterior)
     front = ramp(0.2 - np.abs(frac_a - 0.3), 0.1) * ramp(a - 0.35, 0.15) * (anterior > 0.0)
     return 0.2 * posterior + 0.08 * front * lungs * (anterior < 6.0)

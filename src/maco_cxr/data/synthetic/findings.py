@@ -109,8 +109,7 @@ def sample_kinds(rng: np.random.Generator, p_normal: float, p_extra: float) -> l
     return order[:count]
 
 
-def plan_findings(kinds: Sequence[str],
-                  rngs: Mapping[str, np.random.Generator]) -> list[FindingSpec]:
+def plan_findings(kinds: Sequence[str], rngs: Mapping[str, np.random.Generator]) -> list[FindingSpec]:
     """Sides, severities and zones for ``kinds`` that never put two findings in one place.
 
     Each kind draws only from its own generator in ``rngs``, so a finding looks the same
@@ -136,8 +135,7 @@ def plan_findings(kinds: Sequence[str],
     if "consolidation" in wanted:
         rng = rngs["consolidation"]
         side = _least_loaded(rng, load)
-        zones = {"large": ZONES[:1], "moderate": ZONES[:2], "small": ZONES[:2]}.get(
-            effusion.get(side, ""), ZONES)
+        zones = {"large": ZONES[:1], "moderate": ZONES[:2], "small": ZONES[:2]}.get(effusion.get(side, ""), ZONES)
         specs.append(FindingSpec("consolidation", side, None, _choice(rng, zones)))
         load[side] += 2
     if "nodule" in wanted:
@@ -151,8 +149,7 @@ def plan_findings(kinds: Sequence[str],
     return specs
 
 
-def enlarge_heart(params: ThoraxParams, specs: Sequence[FindingSpec],
-                  rng: np.random.Generator) -> ThoraxParams:
+def enlarge_heart(params: ThoraxParams, specs: Sequence[FindingSpec], rng: np.random.Generator) -> ThoraxParams:
     """``params`` with the cardiothoracic ratio a planned cardiomegaly asks for."""
     for spec in specs:
         if spec.kind == "cardiomegaly":
@@ -160,8 +157,7 @@ def enlarge_heart(params: ThoraxParams, specs: Sequence[FindingSpec],
     return params
 
 
-def draw_finding(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator,
-                 taken: np.ndarray) -> Finding | None:
+def draw_finding(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator, taken: np.ndarray) -> Finding | None:
     """Draw ``spec`` into ``thorax.layers``; its mask avoids the ``taken`` pixels of others.
 
     None when the finding's region is empty (possible on small images, e.g. a lower-zone
@@ -181,8 +177,7 @@ def draw_finding(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator,
         mask, zone, radius_px = _nodule(spec, thorax, rng, taken)
         spec = replace(spec, zone=zone)
         size_cm = round(2.0 * radius_px * _FIELD_CM / mask.shape[0], 1)
-    return Finding(spec.kind, spec.side, spec.severity, spec.zone, box_of(mask), mask,
-                   spec.phrase, size_cm)
+    return Finding(spec.kind, spec.side, spec.severity, spec.zone, box_of(mask), mask, spec.phrase, size_cm)
 
 
 def cardiothoracic_ratio(heart: np.ndarray, lungs: np.ndarray) -> float:
@@ -230,8 +225,7 @@ def _pneumothorax(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator) -
     keep = float(rng.uniform(*_COLLAPSE[spec.severity]))
     anchor_a, anchor_v = p.lung_cx - p.lung_rx_medial, p.dome(spec.side)
     a = np.abs(thorax.u)
-    collapsed = lung_shape(p, anchor_a + (a - anchor_a) / keep,
-                           anchor_v + (thorax.v - anchor_v) / keep)
+    collapsed = lung_shape(p, anchor_a + (a - anchor_a) / keep, anchor_v + (thorax.v - anchor_v) / keep)
     side = thorax.on_side(spec.side)
     line_width = 0.03 / keep
     gap = ramp(collapsed - 1.0, 0.02) * side
@@ -281,8 +275,9 @@ def _edema(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator) -> np.nd
     return (haze > 0.4) & thorax.lungs & ~thorax.mediastinum
 
 
-def _nodule(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator,
-            taken: np.ndarray) -> tuple[np.ndarray, str, float]:
+def _nodule(
+    spec: FindingSpec, thorax: Thorax, rng: np.random.Generator, taken: np.ndarray
+) -> tuple[np.ndarray, str, float]:
     """A round, well-defined opacity wholly inside free lung, in its zone if it fits there.
 
     Returns the mask, the zone it landed in and its radius in pixels.
@@ -297,11 +292,10 @@ def _nodule(spec: FindingSpec, thorax: Thorax, rng: np.random.Generator,
     free[reach:-reach, reach:-reach] = thorax.visible_lung(spec.side) & ~taken
     for zone in [spec.zone] + [zone for zone in ZONES if zone != spec.zone]:
         low, high = _zone_range(thorax, spec.side, zone)
-        candidates = np.flatnonzero(free[reach:-reach, reach:-reach] & (thorax.v > low)
-                                    & (thorax.v < high))
+        candidates = np.flatnonzero(free[reach:-reach, reach:-reach] & (thorax.v > low) & (thorax.v < high))
         for index in rng.choice(candidates, size=min(60, candidates.size), replace=False):
             row, col = divmod(int(index), size)
-            if free[row:row + 2 * reach + 1, col:col + 2 * reach + 1][disc].all():
+            if free[row : row + 2 * reach + 1, col : col + 2 * reach + 1][disc].all():
                 sphere = np.sqrt(np.clip(1.0 - dist2, 0.0, 1.0)).astype(np.float32)
                 window = (slice(row - reach, row + reach + 1), slice(col - reach, col + reach + 1))
                 thorax.layers.air[window] *= 1.0 - 0.8 * sphere

@@ -77,8 +77,9 @@ def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     position = (np.arange(size) + 0.5) * (cells / size) + 1.0
     base = np.floor(position).astype(np.intp)
     t = (position - base).astype(np.float32)[:, None]
-    weights = np.concatenate([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4,
-                              -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=1) / 6
+    weights = (
+        np.concatenate([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=1) / 6
+    )
     taps = base[:, None] + np.arange(-1, 3)
     rows = np.einsum("stc,st->sc", coarse[taps], weights)
     noise = rows[:, taps[:, 0]] * weights[:, 0]

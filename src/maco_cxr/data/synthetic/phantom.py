@@ -23,8 +23,7 @@ from maco_cxr.data.synthetic.render import Exposure, expose
 from maco_cxr.data.synthetic.reports import write_report
 from maco_cxr.errors import ConfigError
 
-_DRAW_ORDER = ("cardiomegaly", "pneumothorax", "pleural effusion", "consolidation", "edema",
-               "nodule")
+_DRAW_ORDER = ("cardiomegaly", "pneumothorax", "pleural effusion", "consolidation", "edema", "nodule")
 
 
 @dataclass
@@ -54,9 +53,15 @@ class Phantom:
         return cardiothoracic_ratio(self.heart, self.lungs)
 
 
-def generate_phantom(rng: np.random.Generator, size: int = 512,
-                     findings: Sequence[str] | None = None, *, p_normal: float = 0.25,
-                     p_extra: float = 0.25, negations: bool = True) -> Phantom:
+def generate_phantom(
+    rng: np.random.Generator,
+    size: int = 512,
+    findings: Sequence[str] | None = None,
+    *,
+    p_normal: float = 0.25,
+    p_extra: float = 0.25,
+    negations: bool = True,
+) -> Phantom:
     """Draw a frontal chest radiograph with ``findings`` (names from :data:`FINDINGS`).
 
     ``findings=None`` samples them: normal with probability ``p_normal``, otherwise one kind
@@ -71,14 +76,12 @@ def generate_phantom(rng: np.random.Generator, size: int = 512,
     seeds = rng.integers(0, np.iinfo(np.int64).max, size=4 + len(FINDINGS))
     anatomy_rng, choice_rng, noise_rng, report_rng = (np.random.default_rng(s) for s in seeds[:4])
     kind_rngs = {kind: np.random.default_rng(s) for kind, s in zip(FINDINGS, seeds[4:])}
-    kinds = (sample_kinds(choice_rng, p_normal, p_extra) if findings is None
-             else _check_kinds(findings))
+    kinds = sample_kinds(choice_rng, p_normal, p_extra) if findings is None else _check_kinds(findings)
     params = ThoraxParams.sample(anatomy_rng)
     pose = Pose.sample(anatomy_rng)
     exposure = Exposure.sample(anatomy_rng)
     specs = plan_findings(kinds, kind_rngs)
-    thorax = draw_thorax(enlarge_heart(params, specs, kind_rngs["cardiomegaly"]), pose, size,
-                         anatomy_rng)
+    thorax = draw_thorax(enlarge_heart(params, specs, kind_rngs["cardiomegaly"]), pose, size, anatomy_rng)
     specs.sort(key=lambda spec: _DRAW_ORDER.index(spec.kind))
     drawn: list[Finding] = []
     taken = np.zeros((size, size), dtype=bool)
@@ -92,8 +95,9 @@ def generate_phantom(rng: np.random.Generator, size: int = 512,
     drawn.sort(key=lambda finding: FINDINGS.index(finding.kind))
     labels = np.array([any(f.kind == kind for f in drawn) for kind in FINDINGS], dtype=np.float32)
     image = expose(thorax.layers.attenuation(), exposure, noise_rng)
-    return Phantom(image, labels, drawn, write_report(drawn, report_rng, negations=negations), thorax.lungs,
-                   thorax.heart)
+    return Phantom(
+        image, labels, drawn, write_report(drawn, report_rng, negations=negations), thorax.lungs, thorax.heart
+    )
 
 
 def _check_kinds(findings: Sequence[str]) -> list[str]:
@@ -102,8 +106,7 @@ def _check_kinds(findings: Sequence[str]) -> list[str]:
         return []
     unknown = [name for name in kinds if name not in FINDINGS]
     if unknown:
-        raise ConfigError(f"findings: unknown {unknown}; choose from {list(FINDINGS)} "
-                          f"or ['{NORMAL}'] alone")
+        raise ConfigError(f"findings: unknown {unknown}; choose from {list(FINDINGS)} or ['{NORMAL}'] alone")
     if len(set(kinds)) != len(kinds):
         raise ConfigError(f"findings: {list(findings)} names a finding twice; list each once")
     return kinds

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-
 _LEVELS = 4096
 """Intermediate grey levels of the display curve, well above the 256 written out."""
 

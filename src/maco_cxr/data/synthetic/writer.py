@@ -63,10 +63,19 @@ class _Rows:
     masks: list[dict[str, str]]
 
 
-def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
-                            split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                            p_normal: float = 0.25, p_extra: float = 0.25, negations: bool = True,
-                            workers: int = 0, progress: bool = False) -> Path:
+def write_synthetic_dataset(
+    out: Path,
+    n: int,
+    seed: int,
+    size: int = 512,
+    *,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    p_normal: float = 0.25,
+    p_extra: float = 0.25,
+    negations: bool = True,
+    workers: int = 0,
+    progress: bool = False,
+) -> Path:
     """Write ``n`` phantoms of ``size`` pixels drawn from ``seed`` under ``out``.
 
     ``split_fractions`` are the train/val/test probabilities of each image (one patient per
@@ -86,10 +95,19 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
     _write_csv(out / "boxes.csv", BOX_COLUMNS, [box for row in rows for box in row.boxes])
     _write_csv(out / "masks.csv", MASK_COLUMNS, [mask for row in rows for mask in row.masks])
     counts = _counts(rows)
-    config = {"generator": "maco_cxr.data.synthetic", "version": GENERATOR_VERSION,
-              "seed": seed, "n": n, "size": size, "split_fractions": list(fractions),
-              "p_normal": p_normal, "p_extra": p_extra, "negations": negations,
-              "findings": list(FINDINGS), "counts": counts}
+    config = {
+        "generator": "maco_cxr.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "n": n,
+        "size": size,
+        "split_fractions": list(fractions),
+        "p_normal": p_normal,
+        "p_extra": p_extra,
+        "negations": negations,
+        "findings": list(FINDINGS),
+        "counts": counts,
+    }
     write_text(out / "phantom_config.json", json.dumps(config, indent=2) + "\n")
     write_text(out / "README.md", _readme(n, seed, size, fractions, counts))
     manifest = out / "manifest.csv"
@@ -98,8 +116,7 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, size: int = 512, *,
     return manifest
 
 
-def _check(n: int, size: int, split_fractions: Sequence[float],
-           workers: int) -> tuple[float, float, float]:
+def _check(n: int, size: int, split_fractions: Sequence[float], workers: int) -> tuple[float, float, float]:
     if n < 1:
         raise ConfigError(f"n={n}: write at least one phantom")
     if size < 64:
@@ -108,8 +125,9 @@ def _check(n: int, size: int, split_fractions: Sequence[float],
         raise ConfigError(f"workers={workers}: use 0 (this process) or a positive count")
     values = [float(fraction) for fraction in split_fractions]
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
-        raise ConfigError(f"split_fractions={list(split_fractions)}: give three non-negative "
-                          "train/val/test fractions that sum to 1")
+        raise ConfigError(
+            f"split_fractions={list(split_fractions)}: give three non-negative train/val/test fractions that sum to 1"
+        )
     return values[0], values[1], values[2]
 
 
@@ -132,8 +150,13 @@ def _progress(rows: Iterable[_Rows], n: int, show: bool) -> Iterable[_Rows]:
 
 def _write_item(job: _Job, index: int) -> _Rows:
     """Draw phantom ``index`` and write its image and masks; return its CSV rows."""
-    phantom = generate_phantom(np.random.default_rng([job.seed, index]), job.size,
-                               p_normal=job.p_normal, p_extra=job.p_extra, negations=job.negations)
+    phantom = generate_phantom(
+        np.random.default_rng([job.seed, index]),
+        job.size,
+        p_normal=job.p_normal,
+        p_extra=job.p_extra,
+        negations=job.negations,
+    )
     name = f"phantom_{index:06d}"
     image_path = f"images/{name}.png"
     _write_png(job.out / image_path, phantom.image)
@@ -146,14 +169,26 @@ def _write_item(job: _Job, index: int) -> _Rows:
         masks.append({"image_path": image_path, "mask_path": mask_path, "label": kind})
         for finding in of_kind:
             x_min, y_min, x_max, y_max = finding.box_xyxy
-            boxes.append({"image_path": image_path, "label": finding.phrase, "category": kind,
-                          "x_min": f"{x_min:g}", "y_min": f"{y_min:g}",
-                          "x_max": f"{x_max:g}", "y_max": f"{y_max:g}"})
+            boxes.append(
+                {
+                    "image_path": image_path,
+                    "label": finding.phrase,
+                    "category": kind,
+                    "x_min": f"{x_min:g}",
+                    "y_min": f"{y_min:g}",
+                    "x_max": f"{x_max:g}",
+                    "y_max": f"{y_max:g}",
+                }
+            )
     draw = float(np.random.default_rng([job.seed, index, 1]).random())
     split = SPLITS[int(np.searchsorted(np.cumsum(job.split_fractions[:2]), draw, side="right"))]
-    manifest = {"image_path": image_path, "report": phantom.report,
-                "labels": "|".join(phantom.label_names) or NO_FINDING,
-                "patient_id": name, "split": split}
+    manifest = {
+        "image_path": image_path,
+        "report": phantom.report,
+        "labels": "|".join(phantom.label_names) or NO_FINDING,
+        "patient_id": name,
+        "split": split,
+    }
     return _Rows(manifest, boxes, masks)
 
 
@@ -173,8 +208,7 @@ def _counts(rows: Sequence[_Rows]) -> dict[str, int]:
     return counts
 
 
-def _readme(n: int, seed: int, size: int, fractions: tuple[float, float, float],
-            counts: dict[str, int]) -> str:
+def _readme(n: int, seed: int, size: int, fractions: tuple[float, float, float], counts: dict[str, int]) -> str:
     table = "\n".join(f"| {name} | {count} |" for name, count in counts.items())
     return f"""# Synthetic chest-radiograph phantoms
 

@@ -17,15 +17,33 @@ from maco_cxr.tasks.finetune.config import ClassifyConfig, DetectConfig, Segment
 if TYPE_CHECKING:
     from maco_cxr.tasks.finetune.model_io import FinetunedModel
 
-__all__ = ["ClassifyConfig", "DetectConfig", "FinetuneTask", "FinetunedClassifier", "FinetunedDetector",
-           "FinetunedModel", "FinetunedSegmenter", "FitResult", "SegmentConfig", "finetune_classifier", "fit",
-           "load_finetuned", "train_detector", "train_segmenter"]
+__all__ = [
+    "ClassifyConfig",
+    "DetectConfig",
+    "FinetuneTask",
+    "FinetunedClassifier",
+    "FinetunedDetector",
+    "FinetunedModel",
+    "FinetunedSegmenter",
+    "FitResult",
+    "SegmentConfig",
+    "finetune_classifier",
+    "fit",
+    "load_finetuned",
+    "train_detector",
+    "train_segmenter",
+]
 
 _LAZY = {
-    "FinetunedClassifier": "classification", "finetune_classifier": "classification",
-    "FinetunedDetector": "detection", "train_detector": "detection",
-    "FinetunedSegmenter": "segmentation", "train_segmenter": "segmentation",
-    "FinetuneTask": "engine", "FitResult": "engine", "fit": "engine",
+    "FinetunedClassifier": "classification",
+    "finetune_classifier": "classification",
+    "FinetunedDetector": "detection",
+    "train_detector": "detection",
+    "FinetunedSegmenter": "segmentation",
+    "train_segmenter": "segmentation",
+    "FinetuneTask": "engine",
+    "FitResult": "engine",
+    "fit": "engine",
     "FinetunedModel": "model_io",
 }
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from maco_cxr.models.config import VisionConfig
-from maco_cxr.models.config import preset as config_preset
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import LoadReport, load
+from maco_cxr.models.config import VisionConfig
+from maco_cxr.models.config import preset as config_preset
 from maco_cxr.models.vit import MaskedViT, resample_pos_embed
 
 __all__ = ["VISUAL_PREFIX", "backbone_key_map", "load_backbone"]
@@ -36,8 +36,10 @@ def backbone_key_map(source_keys: list[str], backbone: MaskedViT) -> dict[str, s
     available = set(source_keys)
     missing = sorted(src for src in mapping.values() if src not in available)
     if missing:
-        raise CheckpointError(f"the MaCo model lacks image-encoder tensors {missing[:10]}; it cannot "
-                              "initialise the backbone (is it a MaCo checkpoint?)")
+        raise CheckpointError(
+            f"the MaCo model lacks image-encoder tensors {missing[:10]}; it cannot "
+            "initialise the backbone (is it a MaCo checkpoint?)"
+        )
     return mapping
 
 
@@ -51,17 +53,21 @@ def _copy_weights(backbone: MaskedViT, source: dict[str, torch.Tensor], origin: 
         value = source[src_name]
         if name == "pos_embed" and value.shape != target[name].shape:
             old = int(round((value.shape[1] - 1) ** 0.5))
-            logger.info("%s: position embedding resampled bicubically from %dx%d to %dx%d",
-                        origin, old, old, grid, grid)
+            logger.info(
+                "%s: position embedding resampled bicubically from %dx%d to %dx%d", origin, old, old, grid, grid
+            )
             value = resample_pos_embed(value, (grid, grid))
         if value.shape != target[name].shape:
-            raise CheckpointError(f"{origin}: tensor {src_name} has shape {tuple(value.shape)}, the "
-                                  f"backbone's {name} needs {tuple(target[name].shape)}")
+            raise CheckpointError(
+                f"{origin}: tensor {src_name} has shape {tuple(value.shape)}, the "
+                f"backbone's {name} needs {tuple(target[name].shape)}"
+            )
         state[name] = value
     backbone.load_state_dict(state, strict=True)
     used = set(mapping.values())
-    return LoadReport(source=origin, loaded=sorted(mapping.values()),
-                      ignored=sorted(k for k in source if k not in used), missing=[])
+    return LoadReport(
+        source=origin, loaded=sorted(mapping.values()), ignored=sorted(k for k in source if k not in used), missing=[]
+    )
 
 
 def load_backbone(

@@ -84,9 +84,9 @@ logger = logging.getLogger(__name__)
 # -------------------------------------------------------------------------------- transforms
 
 
-def random_resized_crop_params(height: int, width: int, scale: tuple[float, float],
-                               ratio: tuple[float, float], rng: np.random.Generator
-                               ) -> tuple[int, int, int, int]:
+def random_resized_crop_params(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a crop covering ``scale`` of the area with aspect ``ratio``
     (log-uniform), torchvision's RandomResizedCrop rule: 10 tries, then the central crop
     clamped to the ratio range."""
@@ -109,11 +109,11 @@ def random_resized_crop_params(height: int, width: int, scale: tuple[float, floa
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_transform(image: torch.Tensor, size: int, augment: ClassifyAugment,
-                    rng: np.random.Generator) -> torch.Tensor:
+def train_transform(image: torch.Tensor, size: int, augment: ClassifyAugment, rng: np.random.Generator) -> torch.Tensor:
     """uint8 ``[1, H, W]`` -> uint8 ``[1, size, size]``: random resized crop, then flip."""
-    top, left, h, w = random_resized_crop_params(image.shape[-2], image.shape[-1], augment.crop_scale,
-                                                 augment.crop_ratio, rng)
+    top, left, h, w = random_resized_crop_params(
+        image.shape[-2], image.shape[-1], augment.crop_scale, augment.crop_ratio, rng
+    )
     out = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
     if rng.random() < augment.flip_p:
         out = TF.horizontal_flip(out)
@@ -127,8 +127,9 @@ def eval_transform(image: torch.Tensor, size: int) -> torch.Tensor:
     return image
 
 
-def masked_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor, known_total: torch.Tensor | None = None
-                           ) -> torch.Tensor:
+def masked_bce_with_logits(
+    logits: torch.Tensor, labels: torch.Tensor, known_total: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean binary cross-entropy over the known labels (NaN labels contribute nothing).
 
     ``known_total``: the number of known labels of the whole global batch (all processes);
@@ -160,8 +161,9 @@ class FinetunedClassifier(FinetunedModel):
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, 1, S, S]`` -> normalised float ``[N, 3, S, S]`` on the model's device."""
-        return normalize_batch(images.to(self.device, non_blocking=True), self.preprocessing["mean"],
-                               self.preprocessing["std"])
+        return normalize_batch(
+            images.to(self.device, non_blocking=True), self.preprocessing["mean"], self.preprocessing["std"]
+        )
 
     def predict_prepared(self, items: Sequence[dict[str, Any]]) -> list[np.ndarray]:
         x = self.normalise(torch.stack([item["x"] for item in items]))
@@ -184,17 +186,22 @@ class FinetunedClassifier(FinetunedModel):
 
 
 def classifier_preprocessing(size: int) -> dict[str, Any]:
-    return {"input_size": size, "mean": IMAGE_MEAN, "std": IMAGE_STD,
-            "resize": "shorter side to input_size (antialiased), centre crop",
-            "pixel_input": "uint8 grey, (x/255 - mean)/std, 3 channels"}
+    return {
+        "input_size": size,
+        "mean": IMAGE_MEAN,
+        "std": IMAGE_STD,
+        "resize": "shorter side to input_size (antialiased), centre crop",
+        "pixel_input": "uint8 grey, (x/255 - mean)/std, 3 channels",
+    }
 
 
 # ------------------------------------------------------------------------------------- items
 
 
 class _TrainImages(Dataset):
-    def __init__(self, dataset: ChestXrayDataset, num_classes: int, size: int, augment: ClassifyAugment,
-                 seed: int) -> None:
+    def __init__(
+        self, dataset: ChestXrayDataset, num_classes: int, size: int, augment: ClassifyAugment, seed: int
+    ) -> None:
         self.dataset, self.num_classes, self.size, self.augment, self.seed = dataset, num_classes, size, augment, seed
 
     def __len__(self) -> int:
@@ -237,8 +244,11 @@ def _labels(sample: dict[str, Any], num_classes: int) -> torch.Tensor:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"x": torch.stack([i["x"] for i in items]), "labels": torch.stack([i["labels"] for i in items]),
-            "replaced": [r for i in items for r in i["replaced"]]}
+    return {
+        "x": torch.stack([i["x"] for i in items]),
+        "labels": torch.stack([i["labels"] for i in items]),
+        "replaced": [r for i in items for r in i["replaced"]],
+    }
 
 
 # -------------------------------------------------------------------------------------- task
@@ -247,8 +257,12 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 # What maco_cxr.metrics warns about, once per class and call, when an AUC, a ROC curve, a threshold or
 # bootstrap replicates are undefined: a run names those classes once, in words, instead (metrics.json,
 # the summary line, one log line), so no warning with a source line reaches the command's output.
-_REPORTED_UNDEFINED = (r"AUC of .* is undefined", r"ROC curve is undefined", r"no \w+ threshold for ",
-                       r"\d+ of \d+ bootstrap replicates gave an undefined value")
+_REPORTED_UNDEFINED = (
+    r"AUC of .* is undefined",
+    r"ROC curve is undefined",
+    r"no \w+ threshold for ",
+    r"\d+ of \d+ bootstrap replicates gave an undefined value",
+)
 
 
 @contextmanager
@@ -302,15 +316,24 @@ class ClassifyTask(FinetuneTask):
     def build_model(self, splits: FinetuneSplits) -> tuple[FinetunedModel, dict[str, Any]]:
         cfg = self.config.model
         self.classes = splits.classes
-        backbone, report = load_backbone(cfg.source, preset=cfg.preset, img_size=cfg.img_size,
-                                         drop_path_rate=cfg.drop_path_rate, text_heads=cfg.text_heads,
-                                         vision_heads=cfg.vision_heads)
+        backbone, report = load_backbone(
+            cfg.source,
+            preset=cfg.preset,
+            img_size=cfg.img_size,
+            drop_path_rate=cfg.drop_path_rate,
+            text_heads=cfg.text_heads,
+            vision_heads=cfg.vision_heads,
+        )
         net = ClassifierModel(backbone, len(self.classes))
         if cfg.grad_checkpointing:
             backbone.set_grad_checkpointing(True)
-        summary = {"source": cfg.source, "mode": cfg.mode, "tensors_loaded": len(report.loaded) if report else 0,
-                   "tensors_ignored": len(report.ignored) if report else 0,
-                   "init": "pretrained" if report else f"random ({cfg.preset})"}
+        summary = {
+            "source": cfg.source,
+            "mode": cfg.mode,
+            "tensors_loaded": len(report.loaded) if report else 0,
+            "tensors_ignored": len(report.ignored) if report else 0,
+            "init": "pretrained" if report else f"random ({cfg.preset})",
+        }
         model = FinetunedClassifier(net, self.classes, classifier_preprocessing(cfg.img_size))
         if cfg.mode == "linear_probe":
             model.freeze(backbone)
@@ -325,8 +348,16 @@ class ClassifyTask(FinetuneTask):
                 x = model.normalise(torch.stack([item["x"] for item in batch]))
                 with run.autocast():
                     pooled = model.net.pool(x).float().cpu()
-                return [{"index": item["index"], "path": item["path"], "labels": item["labels"],
-                         "patient": item["patient"], "x": feature} for item, feature in zip(batch, pooled)]
+                return [
+                    {
+                        "index": item["index"],
+                        "path": item["path"],
+                        "labels": item["labels"],
+                        "patient": item["patient"],
+                        "x": feature,
+                    }
+                    for item, feature in zip(batch, pooled)
+                ]
 
             was_training = model.training
             model.eval()
@@ -337,8 +368,12 @@ class ClassifyTask(FinetuneTask):
 
     def _eval_images(self, dataset: ChestXrayDataset, model: FinetunedModel) -> EvalItems:
         n = len(self.classes)
-        return EvalItems(dataset, FinetunedClassifier.prepare, model.preprocessing,
-                         lambda sample, record: {"labels": _labels(sample, n), "patient": record.patient_id})
+        return EvalItems(
+            dataset,
+            FinetunedClassifier.prepare,
+            model.preprocessing,
+            lambda sample, record: {"labels": _labels(sample, n), "patient": record.patient_id},
+        )
 
     def train_items(self, dataset: ChestXrayDataset, run: Run, model: FinetunedModel) -> Dataset:
         if self.linear_cached:
@@ -372,20 +407,33 @@ class ClassifyTask(FinetuneTask):
             with run.autocast():
                 logits = model.net(torch.stack([item["x"] for item in items]).to(run.device))
             scores = list(torch.sigmoid(logits.float()).cpu().numpy())
-        return [{"index": item["index"], "path": item["path"], "patient": item["patient"],
-                 "labels": item["labels"].numpy(), "scores": score} for item, score in zip(items, scores)]
+        return [
+            {
+                "index": item["index"],
+                "path": item["path"],
+                "patient": item["patient"],
+                "labels": item["labels"].numpy(),
+                "scores": score,
+            }
+            for item, score in zip(items, scores)
+        ]
 
     def evaluate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         labels = np.stack([r["labels"] for r in records])
         scores = np.stack([r["scores"] for r in records])
         mean_auc, aucs = _mean_auc(labels, scores, self.classes)
         left_out = undefined_auc(labels, self.classes)
-        return {"mean_auc": mean_auc, "per_class_auc": dict(zip(self.classes, map(float, aucs))),
-                "n_images": len(records), "n_classes_in_mean": len(self.classes) - len(left_out),
-                "auc_undefined": left_out}
+        return {
+            "mean_auc": mean_auc,
+            "per_class_auc": dict(zip(self.classes, map(float, aucs))),
+            "n_images": len(records),
+            "n_classes_in_mean": len(self.classes) - len(left_out),
+            "auc_undefined": left_out,
+        }
 
-    def evaluate_test(self, records: Sequence[dict[str, Any]],
-                      val_records: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+    def evaluate_test(
+        self, records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]] | None
+    ) -> dict[str, Any]:
         metrics = self.evaluate(records)
         labels = np.stack([r["labels"] for r in records])
         scores = np.stack([r["scores"] for r in records])
@@ -396,10 +444,12 @@ class ClassifyTask(FinetuneTask):
             val_scores = np.stack([r["scores"] for r in val_records])
             no_threshold = undefined_auc(val_labels, self.classes)
             if no_threshold:
-                named = "; ".join(f"{name} ({why} in the validation split)"
-                                  for name, why in no_threshold.items())
-                logger.warning("no threshold chosen on validation for %s: its at_val_youden_threshold and "
-                               "at_val_max_f1_threshold figures are n/a", named)
+                named = "; ".join(f"{name} ({why} in the validation split)" for name, why in no_threshold.items())
+                logger.warning(
+                    "no threshold chosen on validation for %s: its at_val_youden_threshold and "
+                    "at_val_max_f1_threshold figures are n/a",
+                    named,
+                )
             for method in ("youden", "max_f1"):
                 with _undefined_reported():
                     thresholds = select_thresholds(val_labels, val_scores, self.classes, method=method)
@@ -409,9 +459,16 @@ class ClassifyTask(FinetuneTask):
             patients = [r["patient"] for r in records]
             groups = patients if all(p is not None for p in patients) else None
             with _undefined_reported():
-                metrics["mean_auc_ci95"] = asdict(bootstrap_metric_ci(
-                    lambda y, s: _mean_auc(y, s, self.classes)[0], labels, scores, n_resamples=replicates,
-                    seed=self.config.runtime.seed, groups=groups))
+                metrics["mean_auc_ci95"] = asdict(
+                    bootstrap_metric_ci(
+                        lambda y, s: _mean_auc(y, s, self.classes)[0],
+                        labels,
+                        scores,
+                        n_resamples=replicates,
+                        seed=self.config.runtime.seed,
+                        groups=groups,
+                    )
+                )
             metrics["bootstrap"] = {"replicates": replicates, "by": "patient" if groups else "image"}
         return metrics
 
@@ -428,22 +485,33 @@ class ClassifyTask(FinetuneTask):
     def eval_batch_size(self) -> int:
         return self.config.evaluation.batch_size
 
-    def write_outputs(self, out: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any],
-                      model: FinetunedModel, log_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def write_outputs(
+        self,
+        out: Path,
+        records: Sequence[dict[str, Any]],
+        metrics: dict[str, Any],
+        model: FinetunedModel,
+        log_rows: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         from maco_cxr.plots import plot_roc_curves, plot_training_curves
 
         labels = np.stack([r["labels"] for r in records])
         scores = np.stack([r["scores"] for r in records])
         header = ["path", *[f"label:{c}" for c in self.classes], *[f"score:{c}" for c in self.classes]]
-        write_csv(out / "predictions.csv", header,
-                  ([r["path"], *["" if math.isnan(v) else int(v) for v in r["labels"]],
-                    *[f"{s:.6f}" for s in r["scores"]]] for r in records))
+        write_csv(
+            out / "predictions.csv",
+            header,
+            (
+                [r["path"], *["" if math.isnan(v) else int(v) for v in r["labels"]], *[f"{s:.6f}" for s in r["scores"]]]
+                for r in records
+            ),
+        )
         title = f"test ROC ({self.config.model.mode})"
         with _undefined_reported():
-            write_with(out / "roc.png",
-                       lambda tmp: plot_roc_curves(labels, scores, self.classes, tmp, title=title))
-        write_with(out / "training_curves.png",
-                   lambda tmp: plot_training_curves(log_rows, ["loss", "lr", "val_mean_auc"], tmp))
+            write_with(out / "roc.png", lambda tmp: plot_roc_curves(labels, scores, self.classes, tmp, title=title))
+        write_with(
+            out / "training_curves.png", lambda tmp: plot_training_curves(log_rows, ["loss", "lr", "val_mean_auc"], tmp)
+        )
         return {"classes": list(self.classes), "mode": self.config.model.mode}
 
     def summary_line(self, metrics: dict[str, Any]) -> str:

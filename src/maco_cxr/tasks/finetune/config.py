@@ -21,9 +21,24 @@ from maco_cxr.config import require, require_at_least
 from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, SegmentationLossWeights, UperNetConfig, ViTDetConfig
 from maco_cxr.train.config import check_run_control
 
-__all__ = ["RESUMABLE_CHANGES", "BackboneSection", "ClassifyAugment", "ClassifyConfig", "ClassifyEval",
-           "ClassifyModel", "DenseModel", "DetectConfig", "DetectEval", "DetectInput", "FinetuneData",
-           "FinetuneOptim", "FinetuneRuntime", "SegmentConfig", "SegmentEval", "SegmentInput"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "BackboneSection",
+    "ClassifyAugment",
+    "ClassifyConfig",
+    "ClassifyEval",
+    "ClassifyModel",
+    "DenseModel",
+    "DetectConfig",
+    "DetectEval",
+    "DetectInput",
+    "FinetuneData",
+    "FinetuneOptim",
+    "FinetuneRuntime",
+    "SegmentConfig",
+    "SegmentEval",
+    "SegmentInput",
+]
 
 
 @dataclass
@@ -104,8 +119,11 @@ class FinetuneOptim:
         require(self.accum_steps >= 1, "accum_steps", "must be >= 1")
         require(self.steps >= 1, "steps", "must be >= 1")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        require(self.warmup_steps <= self.steps, "warmup_steps",
-                f"{self.warmup_steps} is longer than the run (optim.steps={self.steps}); lower optim.warmup_steps")
+        require(
+            self.warmup_steps <= self.steps,
+            "warmup_steps",
+            f"{self.warmup_steps} is longer than the run (optim.steps={self.steps}); lower optim.warmup_steps",
+        )
 
 
 @dataclass
@@ -192,10 +210,16 @@ class ClassifyAugment:
     flip_p: float = 0.5
 
     def __post_init__(self) -> None:
-        require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale",
-                f"{list(self.crop_scale)} must be [low, high] in (0, 1]")
-        require(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
-                f"{list(self.crop_ratio)} must be [low, high] with 0 < low <= high")
+        require(
+            0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            "crop_scale",
+            f"{list(self.crop_scale)} must be [low, high] in (0, 1]",
+        )
+        require(
+            0 < self.crop_ratio[0] <= self.crop_ratio[1],
+            "crop_ratio",
+            f"{list(self.crop_ratio)} must be [low, high] with 0 < low <= high",
+        )
         require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
 
 
@@ -240,8 +264,11 @@ class SegmentInput:
     missing_mask: MissingMask = "skip"
 
     def __post_init__(self) -> None:
-        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-                f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
+        require(
+            self.image_size >= 32 and self.image_size % 32 == 0,
+            "image_size",
+            f"{self.image_size} must be a positive multiple of 32 (pyramid stride)",
+        )
         require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
         require(self.pixel_std > 0, "pixel_std", "must be > 0")
 
@@ -265,9 +292,20 @@ class SegmentEval:
 
 def _segment_paper_optim() -> FinetuneOptim:
     """SIIM 100 % of the paper; the shipped configs set lr / steps / warm-up per dataset."""
-    return FinetuneOptim(name="adamw", lr=1.5e-5, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.65,
-                         clip_grad=None, batch_size=8, steps=160_000, warmup_steps=1500, schedule="poly",
-                         warmup_start=0.0, final=0.0)
+    return FinetuneOptim(
+        name="adamw",
+        lr=1.5e-5,
+        betas=(0.9, 0.999),
+        weight_decay=0.05,
+        layer_decay=0.65,
+        clip_grad=None,
+        batch_size=8,
+        steps=160_000,
+        warmup_steps=1500,
+        schedule="poly",
+        warmup_start=0.0,
+        final=0.0,
+    )
 
 
 @dataclass
@@ -284,8 +322,11 @@ class SegmentConfig:
     evaluation: SegmentEval = field(default_factory=SegmentEval)
 
     def __post_init__(self) -> None:
-        require(self.optim.batch_size >= 2, "optim.batch_size",
-                "must be >= 2 (BatchNorm in the head needs two images per step)")
+        require(
+            self.optim.batch_size >= 2,
+            "optim.batch_size",
+            "must be >= 2 (BatchNorm in the head needs two images per step)",
+        )
 
 
 # ---------------------------------------------------------------------------------- detection
@@ -310,10 +351,16 @@ class DetectInput:
     positives_only: bool = True
 
     def __post_init__(self) -> None:
-        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-                f"{self.image_size} must be a positive multiple of 32 (pyramid stride)")
-        require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range",
-                f"{list(self.scale_range)} must be [low, high] with 0 < low <= high")
+        require(
+            self.image_size >= 32 and self.image_size % 32 == 0,
+            "image_size",
+            f"{self.image_size} must be a positive multiple of 32 (pyramid stride)",
+        )
+        require(
+            0 < self.scale_range[0] <= self.scale_range[1],
+            "scale_range",
+            f"{list(self.scale_range)} must be [low, high] with 0 < low <= high",
+        )
         require(0.0 <= self.flip_p <= 1.0, "flip_p", "must be in [0, 1]")
         require(self.pixel_std > 0, "pixel_std", "must be > 0")
 
@@ -337,9 +384,20 @@ class DetectEval:
 
 def _detect_paper_optim() -> FinetuneOptim:
     """RSNA of the paper: AdamW 5e-4, wd 0.05, layer decay 0.7, batch 32, 5,600 steps."""
-    return FinetuneOptim(name="adamw", lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05, layer_decay=0.7,
-                         clip_grad=None, batch_size=32, steps=5600, warmup_steps=250, schedule="cosine",
-                         warmup_start=0.01, final=0.01)
+    return FinetuneOptim(
+        name="adamw",
+        lr=5e-4,
+        betas=(0.9, 0.999),
+        weight_decay=0.05,
+        layer_decay=0.7,
+        clip_grad=None,
+        batch_size=32,
+        steps=5600,
+        warmup_steps=250,
+        schedule="cosine",
+        warmup_start=0.01,
+        final=0.01,
+    )
 
 
 @dataclass
@@ -355,9 +413,20 @@ class DetectConfig:
     evaluation: DetectEval = field(default_factory=DetectEval)
 
 
-
 # Keys that may change between a run and its resumption (how it is watched, where it runs).
-RESUMABLE_CHANGES = ("runtime.progress", "runtime.log_every", "runtime.save_every", "runtime.keep_last",
-                     "runtime.stop_at_step", "runtime.resume", "runtime.tensorboard", "runtime.device",
-                     "data.workers", "data.root", "model.grad_checkpointing", "runtime.out",
-                     "evaluation.batch_size", "evaluation.overlays")
+RESUMABLE_CHANGES = (
+    "runtime.progress",
+    "runtime.log_every",
+    "runtime.save_every",
+    "runtime.keep_last",
+    "runtime.stop_at_step",
+    "runtime.resume",
+    "runtime.tensorboard",
+    "runtime.device",
+    "data.workers",
+    "data.root",
+    "model.grad_checkpointing",
+    "runtime.out",
+    "evaluation.batch_size",
+    "evaluation.overlays",
+)

@@ -64,8 +64,15 @@ from maco_cxr.tasks.finetune.engine import EvalItems, FinetuneTask, FitResult, f
 from maco_cxr.tasks.finetune.model_io import FinetunedModel
 from maco_cxr.tasks.finetune.splits import RSNA_DETECTION_TEST, FinetuneSplits, build_splits, copy_with
 
-__all__ = ["DetectConfig", "DetectEval", "DetectInput", "DetectTask", "FinetunedDetector", "large_scale_jitter",
-           "train_detector"]
+__all__ = [
+    "DetectConfig",
+    "DetectEval",
+    "DetectInput",
+    "DetectTask",
+    "FinetunedDetector",
+    "large_scale_jitter",
+    "train_detector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +99,9 @@ class FinetunedDetector(FinetunedModel):
 
     task: ClassVar[str] = "detection"
 
-    def __init__(self, net: FasterRCNN, classes: Sequence[str], preprocessing: dict[str, Any],
-                 detector: ViTDetConfig) -> None:
+    def __init__(
+        self, net: FasterRCNN, classes: Sequence[str], preprocessing: dict[str, Any], detector: ViTDetConfig
+    ) -> None:
         super().__init__(net, classes, preprocessing)
         self.detector_config = detector
 
@@ -116,8 +124,12 @@ class FinetunedDetector(FinetunedModel):
         architecture, pre = description["architecture"], description["preprocessing"]
         vit = MaskedViT(from_dict(VisionConfig, architecture["vision"]))
         config = from_dict(ViTDetConfig, architecture["detector"])
-        return cls(build_vitdet(vit, config, int(pre["image_size"]), pre["mean"], pre["std"]),
-                   description["classes"], pre, config)
+        return cls(
+            build_vitdet(vit, config, int(pre["image_size"]), pre["mean"], pre["std"]),
+            description["classes"],
+            pre,
+            config,
+        )
 
 
 def _to_original(pred: dict[str, torch.Tensor], box: Letterbox) -> dict[str, np.ndarray]:
@@ -125,8 +137,11 @@ def _to_original(pred: dict[str, torch.Tensor], box: Letterbox) -> dict[str, np.
     boxes = box.boxes_to_original(boxes) if len(boxes) else np.zeros((0, 4))
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, box.src_width)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, box.src_height)
-    return {"boxes": boxes, "scores": pred["scores"].float().cpu().numpy().astype(np.float64),
-            "labels": pred["labels"].cpu().numpy()}
+    return {
+        "boxes": boxes,
+        "scores": pred["scores"].float().cpu().numpy().astype(np.float64),
+        "labels": pred["labels"].cpu().numpy(),
+    }
 
 
 # ------------------------------------------------------------------------------------- data
@@ -145,8 +160,14 @@ def _selected(record: Record, labels: tuple[str, ...] | None) -> np.ndarray | No
     return boxes[keep]
 
 
-def large_scale_jitter(pixels: np.ndarray, boxes: np.ndarray, size: int, scale_range: Sequence[float],
-                       flip_p: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def large_scale_jitter(
+    pixels: np.ndarray,
+    boxes: np.ndarray,
+    size: int,
+    scale_range: Sequence[float],
+    flip_p: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Letterbox to ``s * size`` (s uniform in ``scale_range``), crop or pad to ``size`` at a
     random offset, flip with ``flip_p``. Returns image uint8 ``[size, size]``, valid-pixel mask
     and the boxes in the output frame (clipped; boxes narrower than 1 px dropped)."""
@@ -158,11 +179,11 @@ def large_scale_jitter(pixels: np.ndarray, boxes: np.ndarray, size: int, scale_r
     mask = np.zeros((size, size), dtype=bool)
     if side >= size:
         oy, ox = (int(v) for v in rng.integers(0, side - size + 1, size=2))
-        image[:], mask[:] = canvas[oy:oy + size, ox:ox + size], valid[oy:oy + size, ox:ox + size]
+        image[:], mask[:] = canvas[oy : oy + size, ox : ox + size], valid[oy : oy + size, ox : ox + size]
         out_boxes = out_boxes - np.array([ox, oy, ox, oy], dtype=np.float64)
     else:
         oy, ox = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-        image[oy:oy + side, ox:ox + side], mask[oy:oy + side, ox:ox + side] = canvas, valid
+        image[oy : oy + side, ox : ox + side], mask[oy : oy + side, ox : ox + side] = canvas, valid
         out_boxes = out_boxes + np.array([ox, oy, ox, oy], dtype=np.float64)
     out_boxes = np.clip(out_boxes, 0, size)
     out_boxes = out_boxes[(out_boxes[:, 2] - out_boxes[:, 0] >= 1) & (out_boxes[:, 3] - out_boxes[:, 1] >= 1)]
@@ -185,12 +206,21 @@ class _TrainItems(Dataset):
         index, draw = key
         sample, replaced = read_training_sample(self.base, index)
         boxes = _selected(self.base.records[sample["index"]], self.cfg.box_labels)
-        image, valid, out_boxes = large_scale_jitter(sample["image"][0].numpy(), boxes, self.cfg.image_size,
-                                                     self.cfg.scale_range, self.cfg.flip_p,
-                                                     np.random.default_rng([self.seed, draw]))
-        return {"image": torch.from_numpy(_fill_padding(image, valid, self.cfg.pixel_mean))[None],
-                "boxes": torch.as_tensor(out_boxes, dtype=torch.float32),
-                "labels": torch.ones(len(out_boxes), dtype=torch.int64), "draw": draw, "replaced": replaced}
+        image, valid, out_boxes = large_scale_jitter(
+            sample["image"][0].numpy(),
+            boxes,
+            self.cfg.image_size,
+            self.cfg.scale_range,
+            self.cfg.flip_p,
+            np.random.default_rng([self.seed, draw]),
+        )
+        return {
+            "image": torch.from_numpy(_fill_padding(image, valid, self.cfg.pixel_mean))[None],
+            "boxes": torch.as_tensor(out_boxes, dtype=torch.float32),
+            "labels": torch.ones(len(out_boxes), dtype=torch.int64),
+            "draw": draw,
+            "replaced": replaced,
+        }
 
 
 # -------------------------------------------------------------------------------------- task
@@ -205,8 +235,9 @@ class DetectTask(FinetuneTask):
         cfg = self.config
         data = cfg.data
         if data.kind == "rsna":  # boxes exist for stage_2_train only; the paper tests on its detection set
-            data = dataclasses.replace(data, test_split=data.test_split or RSNA_DETECTION_TEST,
-                                       options={"split": "train", **data.options})
+            data = dataclasses.replace(
+                data, test_split=data.test_split or RSNA_DETECTION_TEST, options={"split": "train", **data.options}
+            )
         splits = build_splits(data)
         if data.kind == "rsna" and data.test_split == RSNA_DETECTION_TEST:
             _hold_out_rsna_detection_test(splits, data)
@@ -224,8 +255,10 @@ class DetectTask(FinetuneTask):
                 else:
                     keep.append(record)
             if not keep:
-                raise DataError(f"the {role} split has no image with boxes to detect ({counts}); check "
-                                f"data.{role}_split and input.box_labels={cfg.input.box_labels}")
+                raise DataError(
+                    f"the {role} split has no image with boxes to detect ({counts}); check "
+                    f"data.{role}_split and input.box_labels={cfg.input.box_labels}"
+                )
             left_out[role] = counts
             setattr(splits, role, copy_with(dataset, keep))
         splits.notes["left_out"] = left_out
@@ -233,22 +266,33 @@ class DetectTask(FinetuneTask):
 
     def build_model(self, splits: FinetuneSplits) -> tuple[FinetunedModel, dict[str, Any]]:
         cfg = self.config
-        vit, report = load_backbone(cfg.model.source, preset=cfg.model.preset, img_size=cfg.input.image_size,
-                                    drop_path_rate=cfg.model.drop_path_rate, text_heads=cfg.model.text_heads,
-                                    vision_heads=cfg.model.vision_heads)
+        vit, report = load_backbone(
+            cfg.model.source,
+            preset=cfg.model.preset,
+            img_size=cfg.input.image_size,
+            drop_path_rate=cfg.model.drop_path_rate,
+            text_heads=cfg.model.text_heads,
+            vision_heads=cfg.model.vision_heads,
+        )
         vit.set_grad_checkpointing(cfg.model.grad_checkpointing)
         net = build_vitdet(vit, cfg.detector, cfg.input.image_size, cfg.input.pixel_mean, cfg.input.pixel_std)
         classes = tuple(cfg.input.box_labels or ("finding",))
-        preprocessing = {"image_size": cfg.input.image_size, "mean": cfg.input.pixel_mean, "std": cfg.input.pixel_std,
-                         "resize": "letterbox: longest side to image_size (exact area), padding with the mean grey; "
-                                   "boxes mapped back to original pixels"}
+        preprocessing = {
+            "image_size": cfg.input.image_size,
+            "mean": cfg.input.pixel_mean,
+            "std": cfg.input.pixel_std,
+            "resize": "letterbox: longest side to image_size (exact area), padding with the mean grey; "
+            "boxes mapped back to original pixels",
+        }
         model = FinetunedDetector(net, classes, preprocessing, cfg.detector)
         if cfg.model.freeze_backbone:
             model.freeze(net.backbone.vit)
-        summary: dict[str, Any] = {"source": cfg.model.source or f"random init ({cfg.model.preset})",
-                                   "anchor_sizes": list(cfg.detector.anchors_for(cfg.input.image_size)),
-                                   "pyramid_channels": net.backbone.out_channels,
-                                   "frozen_backbone": cfg.model.freeze_backbone}
+        summary: dict[str, Any] = {
+            "source": cfg.model.source or f"random init ({cfg.model.preset})",
+            "anchor_sizes": list(cfg.detector.anchors_for(cfg.input.image_size)),
+            "pyramid_channels": net.backbone.out_channels,
+            "frozen_backbone": cfg.model.freeze_backbone,
+        }
         if report is not None:
             summary.update(loaded=len(report.loaded), ignored=len(report.ignored), missing=report.missing)
         return model, summary
@@ -268,8 +312,13 @@ class DetectTask(FinetuneTask):
     def eval_items(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run, role: str) -> Dataset:
         examples = self.config.evaluation.overlays if role == "test" else 0
         labels = self.config.input.box_labels
-        return EvalItems(dataset, FinetunedDetector.prepare, model.preprocessing,
-                         lambda sample, record: {"truth": _selected(record, labels)}, examples)
+        return EvalItems(
+            dataset,
+            FinetunedDetector.prepare,
+            model.preprocessing,
+            lambda sample, record: {"truth": _selected(record, labels)},
+            examples,
+        )
 
     def loss(self, model: Any, batch: dict[str, Any], run: Run) -> dict[str, torch.Tensor]:
         items = batch["items"]
@@ -291,8 +340,10 @@ class DetectTask(FinetuneTask):
         return records
 
     def evaluate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        scores = coco_detection_ap([{k: r[k] for k in ("boxes", "scores", "labels")} for r in records],
-                                   [{"boxes": r["truth"]} for r in records])
+        scores = coco_detection_ap(
+            [{k: r[k] for k in ("boxes", "scores", "labels")} for r in records],
+            [{"boxes": r["truth"]} for r in records],
+        )
         return {**scores, "n_images": len(records), "n_boxes": int(sum(len(r["truth"]) for r in records))}
 
     @property
@@ -310,17 +361,34 @@ class DetectTask(FinetuneTask):
     def eval_batch_size(self) -> int:
         return self.config.evaluation.batch_size
 
-    def write_outputs(self, out: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any],
-                      model: FinetunedModel, log_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def write_outputs(
+        self,
+        out: Path,
+        records: Sequence[dict[str, Any]],
+        metrics: dict[str, Any],
+        model: FinetunedModel,
+        log_rows: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         from maco_cxr.plots import plot_training_curves
 
-        write_csv(out / "predictions.csv", ["image", "x_min", "y_min", "x_max", "y_max", "score"],
-                  [[r["path"], *(round(float(v), 2) for v in box), round(float(s), 5)]
-                   for r in records for box, s in zip(r["boxes"], r["scores"])])
-        overlays = _save_overlays([r for r in records if "original" in r], out / "overlays",
-                                  self.config.evaluation.overlay_score)
-        write_with(out / "curves.png", lambda tmp: plot_training_curves(
-            log_rows, ["loss", "lr", f"val_{self.config.evaluation.metric}"], tmp, title="detection fine-tuning"))
+        write_csv(
+            out / "predictions.csv",
+            ["image", "x_min", "y_min", "x_max", "y_max", "score"],
+            [
+                [r["path"], *(round(float(v), 2) for v in box), round(float(s), 5)]
+                for r in records
+                for box, s in zip(r["boxes"], r["scores"])
+            ],
+        )
+        overlays = _save_overlays(
+            [r for r in records if "original" in r], out / "overlays", self.config.evaluation.overlay_score
+        )
+        write_with(
+            out / "curves.png",
+            lambda tmp: plot_training_curves(
+                log_rows, ["loss", "lr", f"val_{self.config.evaluation.metric}"], tmp, title="detection fine-tuning"
+            ),
+        )
         return {"dataset": self.config.data.kind, "overlays": [str(p.relative_to(out)) for p in overlays]}
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
@@ -341,9 +409,14 @@ def _hold_out_rsna_detection_test(splits: FinetuneSplits, data: FinetuneData) ->
         keep = [r for r in dataset.records if r.image_path.stem not in held_out]
         removed[role] = len(dataset.records) - len(keep)
         if removed[role] and getattr(data, f"{role}_split") is not None:
-            logger.warning("data.%s_split lists %d images of the paper's RSNA detection test set; they are left out "
-                           "of %s (the test set is data.test_split=%s)", role, removed[role],
-                           "training" if role == "train" else "validation", RSNA_DETECTION_TEST)
+            logger.warning(
+                "data.%s_split lists %d images of the paper's RSNA detection test set; they are left out "
+                "of %s (the test set is data.test_split=%s)",
+                role,
+                removed[role],
+                "training" if role == "train" else "validation",
+                RSNA_DETECTION_TEST,
+            )
         setattr(splits, role, copy_with(dataset, keep))
     splits.notes["rsna_detection_test_held_out"] = removed
 

@@ -56,8 +56,16 @@ from maco_cxr.tasks.finetune.config import RESUMABLE_CHANGES
 from maco_cxr.tasks.finetune.model_io import FinetunedModel, load_weights, read_finetuned, save_finetuned
 from maco_cxr.tasks.finetune.splits import FinetuneSplits, build_splits
 
-__all__ = ["EvalItems", "FinetuneTask", "FitResult", "GlobalBatchSampler", "build_optimizer",
-           "describe_validation", "fit", "read_training_sample"]
+__all__ = [
+    "EvalItems",
+    "FinetuneTask",
+    "FitResult",
+    "GlobalBatchSampler",
+    "build_optimizer",
+    "describe_validation",
+    "fit",
+    "read_training_sample",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +85,9 @@ class GlobalBatchSampler(Sampler[tuple[int, int]]):
     at ``step * batch_size``).
     """
 
-    def __init__(self, num_samples: int, seed: int, micro_batch: int, *, rank: int = 0, world: int = 1,
-                 start: int = 0) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, micro_batch: int, *, rank: int = 0, world: int = 1, start: int = 0
+    ) -> None:
         if num_samples < 1:
             raise DataError("cannot sample from an empty training set")
         if micro_batch % world:
@@ -180,15 +189,22 @@ class FinetuneTask(ABC):
     """Whether :meth:`evaluate_test` needs the selected model's validation records (thresholds
     chosen on validation and applied to test)."""
 
-    def evaluate_test(self, records: Sequence[dict[str, Any]],
-                      val_records: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+    def evaluate_test(
+        self, records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]] | None
+    ) -> dict[str, Any]:
         """Test metrics; by default those of :meth:`evaluate`."""
         return self.evaluate(records)
 
     # outputs --------------------------------------------------------------------------
     @abstractmethod
-    def write_outputs(self, out: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any],
-                      model: FinetunedModel, log_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def write_outputs(
+        self,
+        out: Path,
+        records: Sequence[dict[str, Any]],
+        metrics: dict[str, Any],
+        model: FinetunedModel,
+        log_rows: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         """Task files (predictions, plots, overlays); returns entries for ``metrics.json``."""
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
@@ -202,9 +218,14 @@ class EvalItems(Dataset):
     takes to score against, and for the first ``keep_examples`` items the original pixels
     (overlays); ``{"index", "failure"}`` for an unreadable image."""
 
-    def __init__(self, dataset: ChestXrayDataset, prepare: Callable[[np.ndarray, dict[str, Any]], dict[str, Any]],
-                 preprocessing: dict[str, Any], truth: Callable[[dict[str, Any], Any], dict[str, Any]],
-                 keep_examples: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: ChestXrayDataset,
+        prepare: Callable[[np.ndarray, dict[str, Any]], dict[str, Any]],
+        preprocessing: dict[str, Any],
+        truth: Callable[[dict[str, Any], Any], dict[str, Any]],
+        keep_examples: int = 0,
+    ) -> None:
         self.dataset, self.prepare, self.preprocessing = dataset, prepare, preprocessing
         self.truth, self.keep_examples = truth, keep_examples
 
@@ -216,8 +237,12 @@ class EvalItems(Dataset):
         if is_failed(sample):
             return {"index": index, "failure": failure_of(sample)}
         pixels = sample["image"][0].numpy()
-        item = {"index": index, "path": sample.get("path", str(index)),
-                **self.truth(sample, self.dataset.records[index]), **self.prepare(pixels, self.preprocessing)}
+        item = {
+            "index": index,
+            "path": sample.get("path", str(index)),
+            **self.truth(sample, self.dataset.records[index]),
+            **self.prepare(pixels, self.preprocessing),
+        }
         if index < self.keep_examples:
             item["original"] = pixels
         return item
@@ -233,8 +258,10 @@ def read_training_sample(dataset: ChestXrayDataset, index: int) -> tuple[dict[st
         if not is_failed(sample):
             return sample, replaced
         replaced.append(failure_of(sample))
-    raise DataError(f"no training image could be read ({len(replaced)} tried); first: "
-                    f"{replaced[0]['path']}: {replaced[0]['reason']}")
+    raise DataError(
+        f"no training image could be read ({len(replaced)} tried); first: "
+        f"{replaced[0]['path']}: {replaced[0]['reason']}"
+    )
 
 
 @dataclass(frozen=True)
@@ -285,22 +312,43 @@ def fit(task: FinetuneTask) -> FitResult:
     cfg = task.config
     runtime, optim = cfg.runtime, cfg.optim
     settings = RunSettings(
-        name=task.name, output_dir=Path(runtime.out), config=config_to_dict(cfg),
-        may_differ=RESUMABLE_CHANGES, device=runtime.device, precision=runtime.precision, seed=runtime.seed,
-        resume=runtime.resume, lr=optim.lr, accum_steps=optim.accum_steps, clip_grad=optim.clip_grad,
-        log_every=runtime.log_every, save_every=runtime.save_every, keep_last=runtime.keep_last,
-        stop_at_step=runtime.stop_at_step, workers=cfg.data.workers, progress=runtime.progress,
-        tensorboard=runtime.tensorboard, jsonl_name=LOG_NAME, csv_name=None)
+        name=task.name,
+        output_dir=Path(runtime.out),
+        config=config_to_dict(cfg),
+        may_differ=RESUMABLE_CHANGES,
+        device=runtime.device,
+        precision=runtime.precision,
+        seed=runtime.seed,
+        resume=runtime.resume,
+        lr=optim.lr,
+        accum_steps=optim.accum_steps,
+        clip_grad=optim.clip_grad,
+        log_every=runtime.log_every,
+        save_every=runtime.save_every,
+        keep_last=runtime.keep_last,
+        stop_at_step=runtime.stop_at_step,
+        workers=cfg.data.workers,
+        progress=runtime.progress,
+        tensorboard=runtime.tensorboard,
+        jsonl_name=LOG_NAME,
+        csv_name=None,
+    )
     return run_training(settings, _Finetuning(task))
 
 
-def build_optimizer(optim: Any, task: FinetuneTask, model: FinetunedModel, device: torch.device
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(
+    optim: Any, task: FinetuneTask, model: FinetunedModel, device: torch.device
+) -> torch.optim.Optimizer:
     """The optimizer of ``optim`` (a :class:`~maco_cxr.tasks.finetune.config.FinetuneOptim`) over
     the trainable parameters of ``model``: no weight decay on the task's ``no_weight_decay``
     names and 1-D tensors, layer-wise lr decay over the task's ``num_layers``."""
-    groups = param_groups(model, optim.weight_decay, no_decay_names=task.no_weight_decay(model),
-                          layer_decay=optim.layer_decay, num_layers=task.num_layers(model))
+    groups = param_groups(
+        model,
+        optim.weight_decay,
+        no_decay_names=task.no_weight_decay(model),
+        layer_decay=optim.layer_decay,
+        num_layers=task.num_layers(model),
+    )
     if not groups:
         raise ConfigError("the model has no trainable parameters")
     for group in groups:
@@ -341,9 +389,11 @@ class _Finetuning(RunHooks[FitResult]):
         optim, world = self.optim, run.info.world_size
         per_rank, remainder = divmod(optim.batch_size, optim.accum_steps * world)
         if remainder or per_rank < 1:
-            raise ConfigError(f"{optim.batch_size} does not split into {optim.accum_steps} micro-steps x "
-                              f"{world} processes; choose a multiple of {optim.accum_steps * world}",
-                              key="optim.batch_size")
+            raise ConfigError(
+                f"{optim.batch_size} does not split into {optim.accum_steps} micro-steps x "
+                f"{world} processes; choose a multiple of {optim.accum_steps * world}",
+                key="optim.batch_size",
+            )
         self.per_rank = per_rank
         self.total_steps, self.samples_per_step = optim.steps, optim.batch_size
         self.splits = self.task.splits()
@@ -364,27 +414,50 @@ class _Finetuning(RunHooks[FitResult]):
     def describe(self, run: Run, start_step: int) -> None:
         write_json(self.out / "config.json", config_to_dict(self.cfg))
         optim = self.optim
-        logger.info("%s: %d steps of %d (%d per process x %d processes x %d micro-steps), %s, device %s; %s",
-                    self.task.name, optim.steps, optim.batch_size, self.per_rank, run.info.world_size,
-                    optim.accum_steps, describe_validation(self.eval_every, optim.steps), run.device,
-                    ", ".join(f"{r} {n}" for r, n in self.splits.counts().items()))
+        logger.info(
+            "%s: %d steps of %d (%d per process x %d processes x %d micro-steps), %s, device %s; %s",
+            self.task.name,
+            optim.steps,
+            optim.batch_size,
+            self.per_rank,
+            run.info.world_size,
+            optim.accum_steps,
+            describe_validation(self.eval_every, optim.steps),
+            run.device,
+            ", ".join(f"{r} {n}" for r, n in self.splits.counts().items()),
+        )
 
     # ------------------------------------------------------------------ steps
     def lr_multiplier(self, step: int) -> float:
         optim = self.optim
-        return lr_multiplier(step, optim.steps, optim.warmup_steps, optim.schedule,
-                             warmup_start=optim.warmup_start, final=optim.final)
+        return lr_multiplier(
+            step, optim.steps, optim.warmup_steps, optim.schedule, warmup_start=optim.warmup_start, final=optim.final
+        )
 
     def batches(self, run: Run, start_step: int) -> Iterator[Any]:
         dataset = self.task.train_items(self.splits.train, run, self.model)
         micro_batch = self.optim.batch_size // self.optim.accum_steps
-        sampler = GlobalBatchSampler(len(dataset), self.runtime.seed, micro_batch, rank=run.info.rank,
-                                     world=run.info.world_size, start=start_step * self.optim.batch_size)
+        sampler = GlobalBatchSampler(
+            len(dataset),
+            self.runtime.seed,
+            micro_batch,
+            rank=run.info.rank,
+            world=run.info.world_size,
+            start=start_step * self.optim.batch_size,
+        )
         workers = self.cfg.data.workers if not getattr(dataset, "in_memory", False) else 0
-        return iter(DataLoader(dataset, batch_size=self.per_rank, sampler=sampler, num_workers=workers,
-                               collate_fn=self.task.collate_train, pin_memory=run.device.type == "cuda",
-                               persistent_workers=workers > 0,
-                               generator=torch.Generator().manual_seed(self.runtime.seed)))
+        return iter(
+            DataLoader(
+                dataset,
+                batch_size=self.per_rank,
+                sampler=sampler,
+                num_workers=workers,
+                collate_fn=self.task.collate_train,
+                pin_memory=run.device.type == "cuda",
+                persistent_workers=workers > 0,
+                generator=torch.Generator().manual_seed(self.runtime.seed),
+            )
+        )
 
     def loss(self, model: nn.Module, batch: Any, run: Run) -> dict[str, torch.Tensor]:
         self.replaced += batch["replaced"]
@@ -395,14 +468,18 @@ class _Finetuning(RunHooks[FitResult]):
             self._validate(done, run)
 
     # ------------------------------------------------------------------ evaluation
-    def predict_split(self, dataset: ChestXrayDataset, role: str, run: Run
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    def predict_split(
+        self, dataset: ChestXrayDataset, role: str, run: Run
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """Records of every item of ``dataset`` (each rank predicts its shard; all gathered)."""
         self.model.eval()
         try:
-            return run.map_items(self.task.eval_items(dataset, self.model, run, role),
-                                 lambda batch: self.task.predict(self.model, batch, run),
-                                 self.task.eval_batch_size, role)
+            return run.map_items(
+                self.task.eval_items(dataset, self.model, run, role),
+                lambda batch: self.task.predict(self.model, batch, run),
+                self.task.eval_batch_size,
+                role,
+            )
         finally:
             self.model.train()
 
@@ -451,12 +528,23 @@ class _Finetuning(RunHooks[FitResult]):
         if self.info.is_master:
             extra = self.task.write_outputs(self.out, records, metrics, self.model, run.metric_rows)
             summary = {
-                "task": self.task.name, "test": metrics, "selection": self._selection(),
-                "best_step": self.best["step"], "val_best": self.best["val"], "steps": self.optim.steps,
-                "data": {"counts": self.splits.counts(), "sources": self.splits.sources,
-                         "unreadable_in_test": failures, "replaced_in_training": len(replaced),
-                         "replaced": replaced[:100], **self.splits.notes},
-                "model": self.model_summary, "device": str(run.device), "processes": self.info.world_size,
+                "task": self.task.name,
+                "test": metrics,
+                "selection": self._selection(),
+                "best_step": self.best["step"],
+                "val_best": self.best["val"],
+                "steps": self.optim.steps,
+                "data": {
+                    "counts": self.splits.counts(),
+                    "sources": self.splits.sources,
+                    "unreadable_in_test": failures,
+                    "replaced_in_training": len(replaced),
+                    "replaced": replaced[:100],
+                    **self.splits.notes,
+                },
+                "model": self.model_summary,
+                "device": str(run.device),
+                "processes": self.info.world_size,
                 **extra,
             }
             write_json(self.out / METRICS_NAME, summary)

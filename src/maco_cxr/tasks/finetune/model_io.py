@@ -30,8 +30,15 @@ from maco_cxr.data.inputs import ImagesInput, is_single_image, load_images
 from maco_cxr.errors import CheckpointError
 from maco_cxr.inference import inference_mode
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "FinetunedModel", "load_weights", "read_finetuned",
-           "save_finetuned"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "FinetunedModel",
+    "load_weights",
+    "read_finetuned",
+    "save_finetuned",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -84,15 +91,14 @@ class FinetunedModel(nn.Module, ABC):
         """Predictions for prepared items, in each image's original geometry (call in
         :func:`~maco_cxr.inference.inference_mode`)."""
 
-    def predict(self, images: ImagesInput, *, batch_size: int = 8, device: str | torch.device | None = None
-                ) -> Any:
+    def predict(self, images: ImagesInput, *, batch_size: int = 8, device: str | torch.device | None = None) -> Any:
         """Predictions for one image or many (see each task for the form); one image gives one
         prediction, many a list (classification: a ``[N, C]`` tensor)."""
         pictures = load_images(images)
         out: list[Any] = []
         with inference_mode(self, device):
             for start in range(0, len(pictures), batch_size):
-                items = [self.prepare(p, self.preprocessing) for p in pictures[start: start + batch_size]]
+                items = [self.prepare(p, self.preprocessing) for p in pictures[start : start + batch_size]]
                 out += self.predict_prepared(items)
         return self.collect(out, single=is_single_image(images))
 
@@ -115,9 +121,17 @@ def save_finetuned(model: FinetunedModel, directory: str | Path, extra: dict[str
     with atomic_directory(directory, "finetuned-model") as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_NAME, {"format_version": FORMAT_VERSION, "task": model.task,
-                                       "classes": list(model.classes), "preprocessing": model.preprocessing,
-                                       "architecture": model.describe(), **(extra or {})})
+        write_json(
+            tmp / CONFIG_NAME,
+            {
+                "format_version": FORMAT_VERSION,
+                "task": model.task,
+                "classes": list(model.classes),
+                "preprocessing": model.preprocessing,
+                "architecture": model.describe(),
+                **(extra or {}),
+            },
+        )
     return Path(directory)
 
 
@@ -126,16 +140,20 @@ def read_finetuned(directory: str | Path) -> tuple[dict[str, Any], dict[str, tor
     directory = Path(directory)
     config_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file() or not weights.is_file():
-        raise CheckpointError(f"{directory}: not a fine-tuned model (needs {CONFIG_NAME} and {WEIGHTS_NAME}); give "
-                              "a run's best/ or final/ folder")
+        raise CheckpointError(
+            f"{directory}: not a fine-tuned model (needs {CONFIG_NAME} and {WEIGHTS_NAME}); give "
+            "a run's best/ or final/ folder"
+        )
     try:
         config = json.loads(config_path.read_text())
         tensors = load_file(str(weights))
     except (OSError, json.JSONDecodeError, RuntimeError) as err:
         raise CheckpointError(f"{directory}: cannot read the fine-tuned model: {err}") from err
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{directory}: format version {config['format_version']} is newer than this "
-                              f"maco-cxr reads ({FORMAT_VERSION}); upgrade maco-cxr")
+        raise CheckpointError(
+            f"{directory}: format version {config['format_version']} is newer than this "
+            f"maco-cxr reads ({FORMAT_VERSION}); upgrade maco-cxr"
+        )
     return config, tensors
 
 
@@ -143,6 +161,8 @@ def load_weights(model: FinetunedModel, tensors: dict[str, torch.Tensor], origin
     """Every tensor must fit: a fine-tuned model loads exactly or not at all."""
     result = model.load_state_dict(tensors, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{origin}: the weights do not fit the architecture in its config.json (missing "
-                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+        raise CheckpointError(
+            f"{origin}: the weights do not fit the architecture in its config.json (missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
     return model

@@ -77,7 +77,7 @@ logger = logging.getLogger(__name__)
 SELECTION_METRIC = "dice_per_image_mean"
 METRIC_NAMES = {
     "dice_per_image_mean": "per-image foreground Dice averaged over all images; an empty truth scores 1 for an "
-                           "empty prediction, else 0 (the official model-selection metric)",
+    "empty prediction, else 0 (the official model-selection metric)",
     "dice_foreground_dataset": "foreground Dice with the pixels of the whole test set pooled",
     "dice_mean_over_classes": "mean of the pooled background and foreground Dice (mmseg's mDice)",
 }
@@ -102,8 +102,11 @@ class FinetunedSegmenter(FinetunedModel):
     @staticmethod
     def prepare(pixels: np.ndarray, preprocessing: dict[str, Any]) -> dict[str, Any]:
         box = Letterbox.fit(*pixels.shape, int(preprocessing["image_size"]))
-        return {"x": torch.from_numpy(box.apply_image(pixels))[None], "valid": torch.from_numpy(box.content_mask()),
-                "letterbox": box}
+        return {
+            "x": torch.from_numpy(box.apply_image(pixels))[None],
+            "valid": torch.from_numpy(box.content_mask()),
+            "letterbox": box,
+        }
 
     def probabilities(self, items: Sequence[dict[str, Any]]) -> list[np.ndarray]:
         """Foreground probability ``[H, W]`` (float32) of each prepared item, original geometry."""
@@ -145,8 +148,10 @@ def _mask_of(sample: dict[str, Any], missing: MissingMask) -> np.ndarray:
     if mask is None:
         if missing == "empty":
             return np.zeros(image.shape[-2:], dtype=np.uint8)
-        raise DataError(f"{sample.get('path')}: the dataset returned no mask for this image; set "
-                        "input.missing_mask=empty if such images are empty")
+        raise DataError(
+            f"{sample.get('path')}: the dataset returned no mask for this image; set "
+            "input.missing_mask=empty if such images are empty"
+        )
     mask = np.asarray(mask, dtype=np.uint8)
     if mask.shape != tuple(image.shape[-2:]):
         raise DataError(f"{sample.get('path')}: mask is {mask.shape} but the image is {tuple(image.shape[-2:])}")
@@ -172,8 +177,12 @@ class _TrainItems(Dataset):
         target = np.where(valid, target, IGNORE_INDEX).astype(np.uint8)
         if np.random.default_rng([self.seed, draw]).random() < self.cfg.flip_p:
             image, target, valid = image[:, ::-1], target[:, ::-1], valid[:, ::-1]
-        return {"image": torch.from_numpy(image.copy())[None], "target": torch.from_numpy(target.copy()),
-                "valid": torch.from_numpy(valid.copy()), "replaced": replaced}
+        return {
+            "image": torch.from_numpy(image.copy())[None],
+            "target": torch.from_numpy(target.copy()),
+            "valid": torch.from_numpy(valid.copy()),
+            "replaced": replaced,
+        }
 
 
 # ------------------------------------------------------------------------------------- task
@@ -190,8 +199,10 @@ class SegmentTask(FinetuneTask):
         labels = _target_labels(splits, cfg.data.options)
         if not any(_has_mask_annotation(splits.train, r) for r in splits.train.records):
             chosen = f" labelled {', '.join(labels)} (data.options.mask_labels)" if labels else ""
-            raise DataError(f"no training image has a mask{chosen}, so every target would be empty; check the "
-                            "label names against the dataset's masks (a manifest's masks.csv label column)")
+            raise DataError(
+                f"no training image has a mask{chosen}, so every target would be empty; check the "
+                "label names against the dataset's masks (a manifest's masks.csv label column)"
+            )
         left_out = {"train": 0, "val": 0, "test": 0}
         for role in ("train", "val", "test"):
             dataset = getattr(splits, role)
@@ -199,32 +210,51 @@ class SegmentTask(FinetuneTask):
                 keep = [r for r in dataset.records if _has_mask_annotation(dataset, r)]
                 left_out[role] = len(dataset.records) - len(keep)
                 if left_out[role]:
-                    logger.warning("%s: %d of %d images have no mask annotation and are left out (input.missing_mask"
-                                   "=empty counts them as empty masks)", role, left_out[role], len(dataset.records))
+                    logger.warning(
+                        "%s: %d of %d images have no mask annotation and are left out (input.missing_mask"
+                        "=empty counts them as empty masks)",
+                        role,
+                        left_out[role],
+                        len(dataset.records),
+                    )
                 if not keep:
-                    raise DataError(f"the {role} split has no image with a mask annotation; check "
-                                    "data.options.mask_labels or set input.missing_mask=empty if images without masks "
-                                    "are empty")
+                    raise DataError(
+                        f"the {role} split has no image with a mask annotation; check "
+                        "data.options.mask_labels or set input.missing_mask=empty if images without masks "
+                        "are empty"
+                    )
                 setattr(splits, role, copy_with(dataset, keep))
         splits.notes.update(skipped_without_mask=left_out, target_labels=list(labels) or ["foreground"])
         return splits
 
     def build_model(self, splits: FinetuneSplits) -> tuple[FinetunedModel, dict[str, Any]]:
         cfg = self.config
-        backbone, report = load_backbone(cfg.model.source, preset=cfg.model.preset, img_size=cfg.input.image_size,
-                                         drop_path_rate=cfg.model.drop_path_rate, text_heads=cfg.model.text_heads,
-                                         vision_heads=cfg.model.vision_heads)
+        backbone, report = load_backbone(
+            cfg.model.source,
+            preset=cfg.model.preset,
+            img_size=cfg.input.image_size,
+            drop_path_rate=cfg.model.drop_path_rate,
+            text_heads=cfg.model.text_heads,
+            vision_heads=cfg.model.vision_heads,
+        )
         backbone.set_grad_checkpointing(cfg.model.grad_checkpointing)
         net = UperNetSegmenter(backbone, cfg.head)
-        summary: dict[str, Any] = {"source": cfg.model.source or f"random init ({cfg.model.preset})",
-                                   "feature_blocks_0_based": list(net.feature_indices),
-                                   "backbone_width": backbone.embed_dim, "frozen_backbone": cfg.model.freeze_backbone}
+        summary: dict[str, Any] = {
+            "source": cfg.model.source or f"random init ({cfg.model.preset})",
+            "feature_blocks_0_based": list(net.feature_indices),
+            "backbone_width": backbone.embed_dim,
+            "frozen_backbone": cfg.model.freeze_backbone,
+        }
         if report is not None:
             summary.update(loaded=len(report.loaded), ignored=len(report.ignored), missing=report.missing)
-        preprocessing = {"image_size": cfg.input.image_size, "mean": cfg.input.pixel_mean, "std": cfg.input.pixel_std,
-                         "threshold": cfg.evaluation.threshold,
-                         "resize": "letterbox: longest side to image_size (exact area), centred zero padding; "
-                                   "masks mapped back to the original grid"}
+        preprocessing = {
+            "image_size": cfg.input.image_size,
+            "mean": cfg.input.pixel_mean,
+            "std": cfg.input.pixel_std,
+            "threshold": cfg.evaluation.threshold,
+            "resize": "letterbox: longest side to image_size (exact area), centred zero padding; "
+            "masks mapped back to the original grid",
+        }
         model = FinetunedSegmenter(net, splits.notes["target_labels"], preprocessing)
         if cfg.model.freeze_backbone:
             model.freeze(net.backbone)
@@ -234,14 +264,23 @@ class SegmentTask(FinetuneTask):
         return _TrainItems(dataset, self.config.input, self.config.runtime.seed)
 
     def collate_train(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"image": torch.stack([i["image"] for i in items]), "target": torch.stack([i["target"] for i in items]),
-                "valid": torch.stack([i["valid"] for i in items]), "replaced": [r for i in items for r in i["replaced"]]}
+        return {
+            "image": torch.stack([i["image"] for i in items]),
+            "target": torch.stack([i["target"] for i in items]),
+            "valid": torch.stack([i["valid"] for i in items]),
+            "replaced": [r for i in items for r in i["replaced"]],
+        }
 
     def eval_items(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run, role: str) -> Dataset:
         examples = self.config.evaluation.overlays if role == "test" else 0
         missing = self.config.input.missing_mask
-        return EvalItems(dataset, FinetunedSegmenter.prepare, model.preprocessing,
-                         lambda sample, record: {"mask": _mask_of(sample, missing)}, examples)
+        return EvalItems(
+            dataset,
+            FinetunedSegmenter.prepare,
+            model.preprocessing,
+            lambda sample, record: {"mask": _mask_of(sample, missing)},
+            examples,
+        )
 
     def loss(self, model: Any, batch: dict[str, Any], run: Run) -> dict[str, torch.Tensor]:
         cfg = self.config.input
@@ -265,13 +304,18 @@ class SegmentTask(FinetuneTask):
     def evaluate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return dict(segmentation_report_from_counts(records))
 
-    def evaluate_test(self, records: Sequence[dict[str, Any]],
-                      val_records: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+    def evaluate_test(
+        self, records: Sequence[dict[str, Any]], val_records: Sequence[dict[str, Any]] | None
+    ) -> dict[str, Any]:
         metrics = self.evaluate(records)
         if self.config.evaluation.bootstrap:
-            metrics["dice_per_image_mean_ci95"] = asdict(bootstrap_mean_ci(
-                [r["dice"] for r in records], n_resamples=self.config.evaluation.bootstrap,
-                seed=self.config.runtime.seed))
+            metrics["dice_per_image_mean_ci95"] = asdict(
+                bootstrap_mean_ci(
+                    [r["dice"] for r in records],
+                    n_resamples=self.config.evaluation.bootstrap,
+                    seed=self.config.runtime.seed,
+                )
+            )
         return metrics
 
     @property
@@ -285,18 +329,35 @@ class SegmentTask(FinetuneTask):
     def eval_batch_size(self) -> int:
         return self.config.evaluation.batch_size
 
-    def write_outputs(self, out: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any],
-                      model: FinetunedModel, log_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def write_outputs(
+        self,
+        out: Path,
+        records: Sequence[dict[str, Any]],
+        metrics: dict[str, Any],
+        model: FinetunedModel,
+        log_rows: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         from maco_cxr.plots import plot_training_curves
 
         columns = ["path", "dice", "true_fg", "pred_fg", "both_fg"]
-        write_csv(out / "per_image.csv", ["image", "dice", "truth_pixels", "pred_pixels", "overlap_pixels"],
-                  [[r[k] for k in columns] for r in records])
+        write_csv(
+            out / "per_image.csv",
+            ["image", "dice", "truth_pixels", "pred_pixels", "overlap_pixels"],
+            [[r[k] for k in columns] for r in records],
+        )
         overlays = _save_overlays([r for r in records if "example" in r], out / "overlays")
-        write_with(out / "curves.png", lambda tmp: plot_training_curves(
-            log_rows, ["loss", "lr", f"val_{SELECTION_METRIC}"], tmp, title="segmentation fine-tuning"))
-        return {"dataset": self.config.data.kind, "metric_names": METRIC_NAMES, "target_labels": list(model.classes),
-                "overlays": [str(p.relative_to(out)) for p in overlays]}
+        write_with(
+            out / "curves.png",
+            lambda tmp: plot_training_curves(
+                log_rows, ["loss", "lr", f"val_{SELECTION_METRIC}"], tmp, title="segmentation fine-tuning"
+            ),
+        )
+        return {
+            "dataset": self.config.data.kind,
+            "metric_names": METRIC_NAMES,
+            "target_labels": list(model.classes),
+            "overlays": [str(p.relative_to(out)) for p in overlays],
+        }
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
         return "test " + ", ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_NAMES)
@@ -314,10 +375,12 @@ def _target_labels(splits: FinetuneSplits, options: dict[str, Any]) -> tuple[str
     if len(counts) > 1:
         ranked = [label for label, _ in counts.most_common()]
         listed = ", ".join(f"{label} ({counts[label]} images)" for label in ranked)
-        raise ConfigError(f"the masks of this dataset carry {len(counts)} labels: {listed}. Name the labels "
-                          f"that form the target (their union), e.g. data.options.mask_labels=[{ranked[0]}] or "
-                          f"data.options.mask_labels=[{', '.join(ranked[:2])}]",
-                          key="data.options.mask_labels")
+        raise ConfigError(
+            f"the masks of this dataset carry {len(counts)} labels: {listed}. Name the labels "
+            f"that form the target (their union), e.g. data.options.mask_labels=[{ranked[0]}] or "
+            f"data.options.mask_labels=[{', '.join(ranked[:2])}]",
+            key="data.options.mask_labels",
+        )
     return tuple(counts)
 
 

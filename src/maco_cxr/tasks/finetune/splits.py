@@ -37,16 +37,17 @@ logger = logging.getLogger(__name__)
 Role = Literal["train", "val", "test"]
 ROLES: tuple[Role, ...] = ("train", "val", "test")
 OFFICIAL_KINDS = ("nih", "chexpert", "rsna", "siim")
-OFFICIAL_NAMES = ("train", "train_1", "train_10", "train_100", "train_list", "val", "val_list",
-                  "test", "test_list")
+OFFICIAL_NAMES = ("train", "train_1", "train_10", "train_100", "train_list", "val", "val_list", "test", "test_list")
 RSNA_DETECTION_TEST = "detection_test"  # the paper's RSNA detection test set (official COCO file)
 # Adapter arguments that hold the images each official list names (CheXpert's test list is its
 # "valid" set and its lists include lateral views; RSNA's test list is stage_2_test_images).
 _OFFICIAL_ADAPTER_ARGS: dict[str, dict[Role, dict[str, Any]]] = {
     "nih": {"train": {}, "val": {}, "test": {}},
-    "chexpert": {"train": {"split": "train", "frontal_only": False},
-                 "val": {"split": "train", "frontal_only": False},
-                 "test": {"split": "valid", "frontal_only": False}},
+    "chexpert": {
+        "train": {"split": "train", "frontal_only": False},
+        "val": {"split": "train", "frontal_only": False},
+        "test": {"split": "valid", "frontal_only": False},
+    },
     "rsna": {"train": {"split": "train"}, "val": {"split": "train"}, "test": {"split": "test"}},
     "siim": {"train": {"split": "train"}, "val": {"split": "train"}, "test": {"split": "train"}},
 }
@@ -86,8 +87,16 @@ class StoreDataset(ChestXrayDataset):
                 labels = np.array([math.nan if v is None else v for v in row["labels"]], dtype=np.float32)
             meta = dict(row.get("meta") or {})
             meta["store_index"] = index
-            records.append(Record(image_path=Path(row["path"]), report=row["report"], labels=labels,
-                                  patient_id=row["patient_id"], split=row["split"], meta=meta))
+            records.append(
+                Record(
+                    image_path=Path(row["path"]),
+                    report=row["report"],
+                    labels=labels,
+                    patient_id=row["patient_id"],
+                    split=row["split"],
+                    meta=meta,
+                )
+            )
         super().__init__(records, self.store.classes, on_error=on_error)
 
     def read_sample(self, index: int) -> Sample:
@@ -110,16 +119,19 @@ def _is_official_name(kind: str, value: str) -> bool:
 
 def _split_entries(cfg: FinetuneData, role: Role, value: str) -> tuple[list[Any], str]:
     if cfg.kind == "rsna" and value == RSNA_DETECTION_TEST:
-        return (detection_split_entries(official_rsna_detection_test()),
-                "official RSNA detection test set (1,218 stage_2_train images)")
+        return (
+            detection_split_entries(official_rsna_detection_test()),
+            "official RSNA detection test set (1,218 stage_2_train images)",
+        )
     if _is_official_name(cfg.kind, value):
         return load_official_split(cfg.kind, value, deduplicate=cfg.deduplicate), f"official {cfg.kind} {value}"
     path = Path(value)
     if not path.is_file():
         names = (*OFFICIAL_NAMES, RSNA_DETECTION_TEST) if cfg.kind == "rsna" else OFFICIAL_NAMES
         hint = f"; official names for {cfg.kind}: {', '.join(names)}" if cfg.kind in OFFICIAL_KINDS else ""
-        raise ConfigError(f"{value!r} is neither a split file nor an official split name{hint}",
-                          key=f"data.{role}_split")
+        raise ConfigError(
+            f"{value!r} is neither a split file nor an official split name{hint}", key=f"data.{role}_split"
+        )
     return read_split_file(path), str(path)
 
 
@@ -161,16 +173,17 @@ def build_splits(cfg: FinetuneData) -> FinetuneSplits:
         if value is not None:
             entries, source = _split_entries(cfg, role, value)
             with_labels = bool(entries) and len(entries[0].labels) > 0
-            chosen[role] = subset_by_split_file(base, entries, use_file_labels=with_labels,
-                                                on_error=cfg.on_error)
+            chosen[role] = subset_by_split_file(base, entries, use_file_labels=with_labels, on_error=cfg.on_error)
             sources[role] = source
         else:
             name = getattr(cfg, f"{role}_name")
             subset = copy_with(base, [r for r in base.records if r.split == name])
             if not subset.records:
                 found = sorted({str(r.split) for r in base.records})
-                raise DataError(f"{cfg.root}: no {cfg.kind} record has split {name!r} (found {found}); set "
-                                f"data.{role}_name to one of them or give data.{role}_split (a split file)")
+                raise DataError(
+                    f"{cfg.root}: no {cfg.kind} record has split {name!r} (found {found}); set "
+                    f"data.{role}_name to one of them or give data.{role}_split (a split file)"
+                )
             chosen[role] = subset
             sources[role] = f"{cfg.kind} split={name}"
     if cfg.fraction < 100.0:
@@ -181,8 +194,7 @@ def build_splits(cfg: FinetuneData) -> FinetuneSplits:
     for role in ROLES:
         if not chosen[role].records:
             raise DataError(f"the {role} split of {cfg.root} is empty ({sources[role]}); check data.{role}_split")
-    splits = FinetuneSplits(chosen["train"], chosen["val"], chosen["test"],
-                            tuple(chosen["train"].classes), sources)
+    splits = FinetuneSplits(chosen["train"], chosen["val"], chosen["test"], tuple(chosen["train"].classes), sources)
     logger.info("data: %s", ", ".join(f"{r} {len(chosen[r])} ({sources[r]})" for r in ROLES))
     return splits
 
