@@ -47,7 +47,7 @@ from maco_cxr._atomic import atomic_directory, write_json, write_text
 from maco_cxr.config import config_to_dict
 from maco_cxr.data.tokenizer import CLS_PREFIX
 from maco_cxr.errors import MacoError
-from maco_cxr.models.maco import resize_center_crop
+from maco_cxr.models.maco import joint_embeddings, resize_center_crop
 
 if TYPE_CHECKING:
     from maco_cxr.models.maco import MacoModel
@@ -99,8 +99,7 @@ class ImageEncoderGraph(nn.Module):
         if self.uint8_input:
             x = resize_center_crop((pixels.float() / 255.0 - self.mean) / self.std, self.size)
             x = x.expand(-1, 3, -1, -1)
-        tokens = self.img_proj(self.visual.forward_features(x)[:, 1:])
-        return tokens.mean(dim=1), tokens
+        return joint_embeddings(self.img_proj, self.visual.forward_features(x))
 
 
 class _Uint8Front(nn.Module):

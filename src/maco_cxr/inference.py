@@ -122,11 +122,12 @@ def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_s
         yield torch.stack(chunk).expand(-1, 3, -1, -1)
 
 
-def _tokens(model: MacoModel, x: torch.Tensor) -> torch.Tensor:
-    """Patch tokens in the joint space ``[B, L, D]`` of normalised images (on the device)."""
+def _embed(model: MacoModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`MacoModel.embed` of normalised images, on the model's device under autocast:
+    (global ``[B, D]``, patches ``[B, L, D]``)."""
     device = _model_device(model)
     with autocast(device):
-        return model.img_proj(model.visual.forward_features(x.to(device, non_blocking=True))[:, 1:])
+        return model.embed(x.to(device, non_blocking=True))
 
 
 def encode_images(
@@ -136,10 +137,10 @@ def encode_images(
     batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Global image embeddings ``[N, D]`` (float32, CPU) = img_proj(mean of all patch tokens),
-    unnormalised, as the official zero-shot code computes them."""
+    """Global image embeddings ``[N, D]`` (float32, CPU): the mean of the projected patch tokens
+    (:func:`~maco_cxr.models.maco.joint_embeddings`), unnormalised, as the official code computes them."""
     with inference_mode(model, device):
-        out = [_tokens(model, x).mean(dim=1).float().cpu() for x in _image_batches(model, images, batch_size)]
+        out = [_embed(model, x)[0].float().cpu() for x in _image_batches(model, images, batch_size)]
     return torch.cat(out)
 
 
@@ -153,7 +154,7 @@ def patch_embeddings(
     """Per-patch embeddings in the joint space ``[N, g, g, D]`` (g = 14 at 224 px), float32 CPU."""
     grid = model.config.vision.grid_size
     with inference_mode(model, device):
-        out = [_tokens(model, x).float().cpu() for x in _image_batches(model, images, batch_size)]
+        out = [_embed(model, x)[1].float().cpu() for x in _image_batches(model, images, batch_size)]
     tokens = torch.cat(out)
     return tokens.reshape(tokens.shape[0], grid, grid, -1)
 
@@ -267,7 +268,7 @@ def embed_dataset(
             failures += [item["failure"] for item in items if "failure" in item]
             if good:
                 x = torch.stack([item["x"] for item in good]).expand(-1, 3, -1, -1)
-                chunks.append(_tokens(model, x).mean(dim=1).float().cpu())
+                chunks.append(_embed(model, x)[0].float().cpu())
                 kept += [item["index"] for item in good]
                 paths += [item["path"] for item in good]
     if not kept:

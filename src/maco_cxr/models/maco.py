@@ -31,6 +31,19 @@ from maco_cxr.models.vit import MaskedViT
 TokenBatch = dict[str, torch.Tensor]
 
 
+def joint_embeddings(img_proj: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output ``[N, 1 + L, D_vision]`` -> (global ``[N, D]``, patches ``[N, L, D]``) in the
+    joint space: every patch token projected by ``img_proj`` (the class token dropped), the global
+    embedding their mean (project, then mean, as the official code computes it).
+
+    The one image-encoding recipe: the model's methods, pre-training, :mod:`maco_cxr.inference`
+    (and through it zero-shot, grounding, retrieval, ``predict`` and ``serve``) and the exported
+    graphs all call it, so they cannot drift apart.
+    """
+    patches = img_proj(tokens[:, 1:])
+    return patches.mean(dim=1), patches
+
+
 def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """The official zero-shot geometry on float ``[N, C, H, W]``: shorter side to ``size``
     (bilinear, antialiased), then the centre ``size x size`` crop."""
@@ -148,13 +161,18 @@ class MacoModel(nn.Module):
             )
         return self.visual.forward_features(x)
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float ``[N, 3, S, S]`` at the encoder's size -> (global ``[N, D]``, patches
+        ``[N, L, D]``) by :func:`joint_embeddings`, unnormalised."""
+        return joint_embeddings(self.img_proj, self.visual.forward_features(x))
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Global image embeddings ``[N, D]`` = img_proj(mean of all patch tokens), unnormalised."""
-        return self.img_proj(self.image_tokens(images)[:, 1:].mean(dim=1))
+        """Global image embeddings ``[N, D]`` = mean of the projected patch tokens, unnormalised."""
+        return joint_embeddings(self.img_proj, self.image_tokens(images))[0]
 
     def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """Per-patch embeddings in the joint space ``[N, g, g, D]`` (g = 14 at 224 px)."""
-        tokens = self.img_proj(self.image_tokens(images)[:, 1:])
+        tokens = joint_embeddings(self.img_proj, self.image_tokens(images))[1]
         grid = self.config.vision.grid_size
         return tokens.reshape(tokens.shape[0], grid, grid, -1)
 
@@ -214,7 +232,7 @@ class MacoModel(nn.Module):
         num_masked = num_patches - int(num_patches * (1 - self.config.mask_ratio))
         rec = reconstruction_loss(pred, target, mask, self.config.norm_pix_loss, num_masked)
 
-        image_embed = self.img_proj(latent[:, 1:]).mean(dim=1)
+        image_embed = joint_embeddings(self.img_proj, latent)[0]
         text_embed = self.encode_texts(texts)
         weight_logits = None
         if self.config.correlation_weighting:

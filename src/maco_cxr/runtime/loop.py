@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from maco_cxr._atomic import claim_output_folder, run_folder_kind
 from maco_cxr._atomic import remove_stale_temporaries as remove_temporaries_in
+from maco_cxr.config import config_to_dict
 from maco_cxr.errors import DataError, RunInterrupted
 from maco_cxr.inference import autocast
 from maco_cxr.runtime import distributed as dist_utils
@@ -97,6 +98,35 @@ class RunSettings:
     tensorboard: bool
     jsonl_name: str = JSONL_NAME
     csv_name: str | None = CSV_NAME
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Any, output_dir: str | Path, may_differ: tuple[str, ...], **files: Any
+    ) -> RunSettings:
+        """The settings of a config with ``runtime``, ``optim`` and ``data`` sections (pre-training's
+        and fine-tuning's share these keys); ``files``: ``jsonl_name`` / ``csv_name``."""
+        runtime, optim = config.runtime, config.optim
+        return cls(
+            name=name,
+            output_dir=Path(output_dir),
+            config=config_to_dict(config),
+            may_differ=may_differ,
+            device=runtime.device,
+            precision=runtime.precision,
+            seed=runtime.seed,
+            resume=runtime.resume,
+            lr=optim.lr,
+            accum_steps=optim.accum_steps,
+            clip_grad=optim.clip_grad,
+            log_every=runtime.log_every,
+            save_every=runtime.save_every,
+            keep_last=runtime.keep_last,
+            stop_at_step=runtime.stop_at_step,
+            workers=config.data.workers,
+            progress=runtime.progress,
+            tensorboard=runtime.tensorboard,
+            **files,
+        )
 
 
 @dataclass(frozen=True)

@@ -155,27 +155,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     :class:`~maco_cxr.errors.RunInterrupted`; the newest checkpoint is intact, so rerunning resumes.
     """
     check_config(config)
-    runtime, optim = config.runtime, config.optim
-    settings = RunSettings(
-        name="pretrain",
-        output_dir=Path(runtime.output_dir),
-        config=config_to_dict(config),
-        may_differ=RESUMABLE_CHANGES,
-        device=runtime.device,
-        precision=runtime.precision,
-        seed=runtime.seed,
-        resume=runtime.resume,
-        lr=optim.lr,
-        accum_steps=optim.accum_steps,
-        clip_grad=optim.clip_grad,
-        log_every=runtime.log_every,
-        save_every=runtime.save_every,
-        keep_last=runtime.keep_last,
-        stop_at_step=runtime.stop_at_step,
-        workers=config.data.workers,
-        progress=runtime.progress,
-        tensorboard=runtime.tensorboard,
-    )
+    settings = RunSettings.from_config("pretrain", config, config.runtime.output_dir, RESUMABLE_CHANGES)
     return run_training(settings, _Pretraining(config))
 
 

@@ -310,28 +310,8 @@ def fit(task: FinetuneTask) -> FitResult:
     :class:`~maco_cxr.errors.RunInterrupted`; the newest checkpoint is intact, so rerunning resumes.
     """
     cfg = task.config
-    runtime, optim = cfg.runtime, cfg.optim
-    settings = RunSettings(
-        name=task.name,
-        output_dir=Path(runtime.out),
-        config=config_to_dict(cfg),
-        may_differ=RESUMABLE_CHANGES,
-        device=runtime.device,
-        precision=runtime.precision,
-        seed=runtime.seed,
-        resume=runtime.resume,
-        lr=optim.lr,
-        accum_steps=optim.accum_steps,
-        clip_grad=optim.clip_grad,
-        log_every=runtime.log_every,
-        save_every=runtime.save_every,
-        keep_last=runtime.keep_last,
-        stop_at_step=runtime.stop_at_step,
-        workers=cfg.data.workers,
-        progress=runtime.progress,
-        tensorboard=runtime.tensorboard,
-        jsonl_name=LOG_NAME,
-        csv_name=None,
+    settings = RunSettings.from_config(
+        task.name, cfg, cfg.runtime.out, RESUMABLE_CHANGES, jsonl_name=LOG_NAME, csv_name=None
     )
     return run_training(settings, _Finetuning(task))
 
