@@ -30,10 +30,23 @@ SUMMARY_KEYS = {
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_the_report(tmp_path, cxr_real_dir, capsys):
+def test_quick_demo_writes_the_report(tmp_path, cxr_real_dir, capsys, monkeypatch):
+    import dataclasses
+
+    import maco_cxr.tasks.demo as demo
+
+    returned = []
+    real_run = demo.run_demo
+    monkeypatch.setattr(demo, "run_demo", lambda config: returned.append(real_run(config)) or returned[-1])
     out = tmp_path / "demo-report"
     assert main(["demo", "--quick", "--out", str(out), "--real-root", str(cxr_real_dir), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    (result,) = returned
+    assert isinstance(result, demo.DemoResult) and result.quick and result.report == out.resolve() / "index.html"
+    assert result.zeroshot_macro_auc == summary["zeroshot_macro_auc"] and result.summary_path.is_file()
+    assert result.model_dir.is_dir() and dict(result.summary) == summary
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.quick = False
     assert SUMMARY_KEYS <= set(summary)
     assert set(summary["zeroshot_per_class_auc"]) == {
         "pleural effusion",

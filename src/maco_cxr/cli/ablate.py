@@ -51,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         progress=not args.no_progress,
     )
-    summary = run_ablation(config)
-    print((config.out_dir / "ablation.md").read_text())
-    for name, verdicts in summary["verdicts"].items():
+    result = run_ablation(config)
+    print(result.table.read_text())
+    for name, verdicts in result.verdicts.items():
         moved = [f"{METRICS[k]} {v}" for k, v in verdicts.items() if v in ("higher", "lower")]
         print(
             f"{name}: " + (", ".join(moved) if moved else f"every metric within the seed spread of {args.variants[0]}")
         )
-    print(f"report: {config.out_dir / 'index.html'}")
+    print(f"report: {result.report}")
     return 0

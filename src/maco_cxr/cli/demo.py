@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     config = DemoConfig.quick_run(args.out, **overrides) if args.quick else DemoConfig(out_dir=args.out, **overrides)
-    s = run_demo(config)
+    s = run_demo(config).summary
     print(f"\nheld-out phantoms ({config.n_test}), pre-trained vs random weights:")
     print(f"  zero-shot macro AUC   {s['zeroshot_macro_auc']:.3f}  vs  {s['baseline_zeroshot_macro_auc']:.3f}")
     print(

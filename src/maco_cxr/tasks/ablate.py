@@ -182,7 +182,7 @@ def _run_once(config: DemoConfig) -> dict[str, Any]:
     claim_output_folder(config.out_dir, "demo")
     write_json(settings_path, settings)
     summary_path.unlink(missing_ok=True)
-    return run_demo(config)
+    return dict(run_demo(config).summary)
 
 
 def _row(variant: str, seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,8 +282,27 @@ td:first-child,th:first-child{{text-align:left}}</style></head><body>
 """
 
 
-def run_ablation(config: AblationConfig) -> dict[str, Any]:
-    """Run (or reuse) every variant x seed, write the table, figure and page; return the summary."""
+@dataclass(frozen=True)
+class AblationResult:
+    """What :func:`run_ablation` measured and wrote. ``rows``: one per variant x seed (the
+    columns of ``ablation.csv``); ``verdicts``: per variant other than the reference (the first)
+    and per metric, ``"higher"``/``"lower"`` when the seed ranges do not overlap, else
+    ``"within seed spread"`` (``"n/a"`` without a value); ``summary``: the content of ``summary.json``."""
+
+    out: Path
+    table: Path  # ablation.md
+    report: Path  # index.html
+    variants: tuple[str, ...]
+    seeds: tuple[int, ...]
+    rows: tuple[Mapping[str, Any], ...]
+    verdicts: Mapping[str, Mapping[str, str]]
+    machine: str
+    quick: bool
+    summary: Mapping[str, Any]
+
+
+def run_ablation(config: AblationConfig) -> AblationResult:
+    """Run (or reuse) every variant x seed and write the table, figure and page."""
     from maco_cxr.plots import plot_variant_comparison
     from maco_cxr.tasks.demo import cpu_model
 
@@ -317,4 +336,15 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
         "quick": config.quick,
     }
     write_json(config.out_dir / "summary.json", summary)
-    return summary
+    return AblationResult(
+        out=config.out_dir,
+        table=config.out_dir / "ablation.md",
+        report=config.out_dir / "index.html",
+        variants=tuple(names),
+        seeds=tuple(config.seeds),
+        rows=tuple(rows),
+        verdicts=summary["verdicts"],
+        machine=machine,
+        quick=config.quick,
+        summary=summary,
+    )

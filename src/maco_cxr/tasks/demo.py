@@ -26,6 +26,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,30 @@ or 3.3 the alignment term wins, both towers diversify within ~50 steps; after 15
 correlation prior of the map learns less when more patches are visible). 1/T stays learnable
 (it barely moves in a short run).
 """
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What :func:`run_demo` computed and wrote: the trained model against the same model with
+    random weights on the held-out phantoms (``baseline_*``), and ``summary``, the content of
+    ``summary.json`` (every figure, the real-radiograph check, timings, the machine)."""
+
+    out: Path
+    report: Path  # index.html
+    model_dir: Path
+    zeroshot_macro_auc: float
+    baseline_zeroshot_macro_auc: float
+    grounding_mean_cnr: float
+    baseline_grounding_mean_cnr: float
+    retrieval: Mapping[str, float]
+    baseline_retrieval: Mapping[str, float]
+    timings: Mapping[str, float]
+    quick: bool
+    summary: Mapping[str, Any]
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / "summary.json"
 
 
 @dataclass
@@ -177,9 +202,8 @@ def demo_model_config(
     )
 
 
-def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """Run every stage, write ``index.html`` and ``summary.json`` in ``config.out_dir``, and
-    return the summary."""
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Run every stage and write ``index.html`` and ``summary.json`` in ``config.out_dir``."""
     out = config.out_dir
     claim_output_folder(out, "demo")
     stages = tqdm(total=6, desc="demo", unit="stage", position=0, disable=not config.progress)
@@ -253,10 +277,24 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     timings["total_s"] = round(time.perf_counter() - start, 1)
     summary = _summary(config, results, real, timings, rows, model_dir)
     write_json(out / "summary.json", summary)
+    written = copy.deepcopy(summary)  # what summary.json holds (done() adds report_s below)
     write_text(out / "index.html", _html(summary, results, real, config))
     done("report_s", now)
     stages.close()
-    return summary
+    return DemoResult(
+        out=out,
+        report=out / "index.html",
+        model_dir=model_dir,
+        zeroshot_macro_auc=summary["zeroshot_macro_auc"],
+        baseline_zeroshot_macro_auc=summary["baseline_zeroshot_macro_auc"],
+        grounding_mean_cnr=summary["grounding_mean_cnr"],
+        baseline_grounding_mean_cnr=summary["baseline_grounding_mean_cnr"],
+        retrieval=summary["retrieval"],
+        baseline_retrieval=summary["baseline_retrieval"],
+        timings=written["timings"],
+        quick=config.quick,
+        summary=written,
+    )
 
 
 # ------------------------------------------------------------------------------ stages
