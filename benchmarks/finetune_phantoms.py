@@ -7,7 +7,7 @@ Usage:
 Stages (each reuses its output folder when it is already complete):
 1. phantoms: ``--n-pretrain`` images (seed 1) for pre-training and ``--n-finetune`` (seed 3,
    split 80/10/10 into train/val/test, one patient per image) for fine-tuning, at ``--size``;
-2. pre-training of the ``tiny`` preset with :func:`maco_cxr.train.pretrain.pretrain` on the
+2. pre-training of the ``tiny`` preset with :func:`maco_cxr.pretraining.pretrain.pretrain` on the
    first set with the demo's recipe (reports without negations, read whole; vocabulary learnt
    from them, plain MAE target at ``--size``, rec + con, initial temperature 0.1, no flip),
    unless ``--pretrained`` names a model (e.g. the demo's ``model/maco-tiny-phantoms``);
@@ -43,10 +43,10 @@ from maco_cxr.config import load_config
 from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.synthetic import write_synthetic_dataset
 from maco_cxr.data.tokenizer import ReportTokenizer
+from maco_cxr.pretraining.config import PretrainAugment, PretrainConfig, PretrainData, PretrainOptim, PretrainRuntime
+from maco_cxr.pretraining.pretrain import pretrain
 from maco_cxr.tasks.demo import DemoConfig, demo_model_config
 from maco_cxr.tasks.finetune import ClassifyConfig, finetune_classifier
-from maco_cxr.train.config import PretrainAugment, PretrainConfig, PretrainData, PretrainOptim, PretrainRuntime
-from maco_cxr.train.pretrain import pretrain
 
 RUNS: list[dict[str, Any]] = [
     {"name": "pretrained-100%-finetune", "init": "pretrained", "fraction": 100, "mode": "finetune"},

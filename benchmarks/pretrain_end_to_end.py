@@ -8,7 +8,7 @@ In one run, on a prepared store of phantoms (448 px by default, the paper's inpu
 3. on-device augmentation + normalisation (``augment_batch``), images/s;
 4. the bare optimizer step on an on-device batch (what ``benchmarks/pretrain_throughput.py``
    times);
-5. ``maco_cxr.train.pretrain`` itself from the store for ``--steps`` steps (its logged
+5. ``maco_cxr.pretraining.pretrain`` itself from the store for ``--steps`` steps (its logged
    images/s over the last half of the run, after compilation and worker start-up),
    and the ratio 5 / 4 (the target: >= 90 % at batch 256 on one GPU: the input pipeline never
    binds).
@@ -42,9 +42,9 @@ from maco_cxr.data.synthetic import write_synthetic_dataset  # noqa: E402
 from maco_cxr.data.tokenizer import ReportTokenizer  # noqa: E402
 from maco_cxr.hub import create_model  # noqa: E402
 from maco_cxr.models.config import preset  # noqa: E402
-from maco_cxr.train.config import PretrainConfig  # noqa: E402
-from maco_cxr.train.data import PairDataset, ResumableSampler, StoreSource, make_loader  # noqa: E402
-from maco_cxr.train.pretrain import pretrain  # noqa: E402
+from maco_cxr.pretraining.config import PretrainConfig  # noqa: E402
+from maco_cxr.pretraining.data import PairDataset, ResumableSampler, StoreSource, make_loader  # noqa: E402
+from maco_cxr.pretraining.pretrain import pretrain  # noqa: E402
 
 
 def _store(folder: Path, n: int, size: int, workers: int) -> Path:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         steady = [r["images_per_s"] for r in rows[len(rows) // 2 :]]
         end_to_end = float(np.median(steady))
         print(
-            f"5. maco_cxr.train.pretrain from the store (steady state) {end_to_end:10.1f} images/s   "
+            f"5. maco_cxr.pretraining.pretrain from the store (steady state) {end_to_end:10.1f} images/s   "
             f"= {100 * end_to_end / bare:.0f} % of the bare step"
         )
     return 0

@@ -42,17 +42,54 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "_version": _every("_version"),
     "_atomic": _every("_atomic", "errors", "_version"),
     "config": _every("config", "_atomic", "errors", "_version"),
-    "data": ("models", "metrics", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
-    "models": ("data", "metrics", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
-    "metrics": ("data", "models", "plots", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
-    "plots": ("models", "inference", "hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
-    "inference": ("hub", "runtime", "train", "tasks", "export", "serve", *_TOP),
-    "hub": ("inference", "runtime", "train", "tasks", "export", "serve", *_TOP),
-    "runtime": ("train", "tasks", "hub", "export", "serve", *_TOP),
-    "train": ("tasks", "export", "serve", *_TOP),
+    "cache": _every("cache", "errors", "_version"),
+    "data": (
+        "models",
+        "metrics",
+        "plots",
+        "inference",
+        "hub",
+        "runtime",
+        "pretraining",
+        "tasks",
+        "export",
+        "serve",
+        *_TOP,
+    ),
+    "models": (
+        "data",
+        "metrics",
+        "plots",
+        "inference",
+        "hub",
+        "runtime",
+        "pretraining",
+        "tasks",
+        "export",
+        "serve",
+        *_TOP,
+    ),
+    "metrics": (
+        "data",
+        "models",
+        "plots",
+        "inference",
+        "hub",
+        "runtime",
+        "pretraining",
+        "tasks",
+        "export",
+        "serve",
+        *_TOP,
+    ),
+    "plots": ("models", "inference", "hub", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
+    "inference": ("hub", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
+    "hub": ("inference", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
+    "runtime": ("pretraining", "tasks", "hub", "export", "serve", *_TOP),
+    "pretraining": ("tasks", "export", "serve", *_TOP),
     "tasks": ("export", "serve", *_TOP),
-    "export": ("runtime", "train", "tasks", "serve", *_TOP),
-    "serve": ("runtime", "train", "export", *_TOP),
+    "export": ("runtime", "pretraining", "tasks", "serve", *_TOP),
+    "serve": ("runtime", "pretraining", "export", *_TOP),
     "cli": ("__main__",),
     "__main__": _every("__main__", "cli"),
 }
@@ -168,8 +205,8 @@ def test_nothing_imports_the_package_root():
         )
 
 
-def test_only_cli_and_distributed_read_environment_variables():
-    allowed = {SRC / "cli", SRC / "runtime" / "distributed.py"}
+def test_only_cli_distributed_and_the_cache_read_environment_variables():
+    allowed = {SRC / "cli", SRC / "runtime" / "distributed.py", SRC / "cache.py"}
     for path in SRC.rglob("*.py"):
         if any(path == a or a in path.parents for a in allowed):
             continue

@@ -152,8 +152,8 @@ def test_configs_are_shipped_for_every_command():
 
 @pytest.mark.parametrize("path", _SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads(path, tmp_path):
+    from maco_cxr.pretraining.config import PretrainConfig, load_pretrain_config
     from maco_cxr.tasks.finetune import ClassifyConfig, DetectConfig, SegmentConfig
-    from maco_cxr.train.config import PretrainConfig, load_pretrain_config
 
     kinds = {"finetune": ClassifyConfig, "segment": SegmentConfig, "detect": DetectConfig, "pretrain": PretrainConfig}
     kind = kinds[path.parent.name]

@@ -9,10 +9,17 @@ Official checkpoints do not record attention-head counts. :data:`KNOWN_CHECKPOIN
 the released ones by the shapes of their tensors and supplies the head counts; for any other
 official-format file the assumed counts are announced with a :class:`HeadCountWarning`.
 ``load(..., sha256=HEX)`` checks a file's digest before reading it.
+
+Named checkpoints (:data:`NAMED_CHECKPOINTS`: ``maco-base``, ``mae-vit-base``, the test fixture
+``official-maco-tiny``) record where their authors publish them, their licence terms and how a
+copy is verified: by its SHA-256 where one is known, else by the shape signature of its
+:data:`KNOWN_CHECKPOINTS` entry (no digest is ever invented). ``load("maco-base")`` resolves one
+through the download cache (:mod:`maco_cxr.cache`), converting it once to this package's format.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -26,6 +33,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maco_cxr._atomic import atomic_directory, write_json
+from maco_cxr.cache import (
+    NAMED_CHECKPOINTS,
+    OFFLINE_VARIABLES,
+    NamedCheckpoint,
+    cache_dir,
+    download,
+    is_offline,
+    named_checkpoint,
+)
 from maco_cxr.config import config_to_dict, from_dict
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.errors import CheckpointError, ConfigError
@@ -292,6 +308,88 @@ KNOWN_CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
 )
 
 
+def _by_hand(entry: NamedCheckpoint, path: Path) -> str:
+    where = f"download {entry.url}" if entry.url else f"copy {entry.source}"
+    return f"to provide it by hand, {where} and put it at {path} ({entry.verified_by})"
+
+
+def verify_named_file(entry: NamedCheckpoint, path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is ``entry``'s file (digest, else shapes)."""
+    if entry.sha256 is not None:
+        verify_sha256(path, entry.sha256)
+        return
+    raw = _read_torch_checkpoint(path)
+    if entry.kind == "mae-init":
+        blocks = _count(raw, r"blocks\.(\d+)\.")
+        patch = raw.get("patch_embed.proj.weight")
+        if patch is None or tuple(patch.shape) != (768, 3, 16, 16) or blocks != 12:
+            shape = None if patch is None else tuple(patch.shape)
+            raise CheckpointError(
+                f"{path}: not {entry.name} (patch_embed.proj.weight {shape}, {blocks} blocks; expected "
+                "(768, 3, 16, 16) and 12)"
+            )
+        return
+    if not is_official_state_dict(raw):
+        raise CheckpointError(f"{path}: not {entry.name}: no official MaCo keys ('Tpar', 'bert_encoder.*')")
+    known = identify_checkpoint(convert_official_state_dict(raw)[0])
+    if known is None or known.name != entry.known_checkpoint:
+        found = "an unknown MaCo checkpoint" if known is None else known.name
+        raise CheckpointError(f"{path}: not {entry.name}: its tensor shapes are those of {found}")
+
+
+def checkpoint_file(name: str, *, url: str | None = None, progress: bool = True) -> Path:
+    """The named checkpoint's file in the cache (``<cache>/<name>/<file>``), verified; downloaded
+    when absent (from ``url`` when given, else the authors' link), unless offline."""
+    entry = named_checkpoint(name)
+    path = cache_dir() / entry.name / entry.file_name
+    if path.is_file():
+        try:
+            verify_named_file(entry, path)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; remove {path} and download it again, or {_by_hand(entry, path)}") from err
+        return path
+    source = url or entry.url
+    if is_offline():
+        raise CheckpointError(
+            f"{name} is not in the cache and downloads are off ({' or '.join(OFFLINE_VARIABLES)} is set); "
+            + _by_hand(entry, path)
+        )
+    if source is None:
+        raise CheckpointError(f"{name} has no download link; {_by_hand(entry, path)}")
+    try:
+        download(source, path, verify=lambda part: verify_named_file(entry, part), progress=progress)
+    except CheckpointError as err:
+        raise CheckpointError(f"{name}: {err}; {_by_hand(entry, path)}") from err
+    return path
+
+
+def named_model_dir(name: str, *, url: str | None = None, progress: bool = True) -> Path:
+    """The named MaCo checkpoint converted to this package's format (``<cache>/<name>/model``),
+    converted once from :func:`checkpoint_file`; its ``config.json`` records the provenance."""
+    entry = named_checkpoint(name)
+    if entry.kind != "maco":
+        raise CheckpointError(
+            f"{name} is {entry.description}, not a MaCo model: pre-train from it with runtime.init_mae={name}"
+        )
+    folder = cache_dir() / entry.name / "model"
+    if (folder / WEIGHTS_NAME).is_file():
+        return folder
+    file = checkpoint_file(name, url=url, progress=progress)
+    model, _ = load_official(file)
+    provenance = {"name": entry.name, "source": entry.source, "url": entry.url, "licence": entry.licence}
+    save_pretrained(model, folder, extra_config={"checkpoint": {**provenance, "file_sha256": file_sha256(file)}})
+    return folder
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """``model`` as a path: itself when it exists (a local folder wins over a name), else the
+    cached, converted folder of the named checkpoint it names (:func:`named_model_dir`)."""
+    path = Path(model)
+    if not path.exists() and str(model) in NAMED_CHECKPOINTS:
+        return named_model_dir(str(model))
+    return path
+
+
 def checkpoint_signature(state_dict: dict[str, torch.Tensor]) -> CheckpointSignature:
     """The sizes of a converted MaCo state dict (this package's names)."""
     config = infer_config(state_dict)
@@ -551,7 +649,7 @@ def load(
     :func:`load_official`). ``sha256``: expected hex digest of the file (of ``model.safetensors``
     for a directory), checked before loading. The model is returned in eval mode.
     """
-    path = Path(path_or_dir)
+    path = resolve_model_path(path_or_dir)
     if path.is_dir():
         if sha256 is not None:
             verify_sha256(path / WEIGHTS_NAME, sha256)
@@ -570,16 +668,21 @@ def load(
             sha256=sha256,
         )
     else:
+        near = difflib.get_close_matches(str(path_or_dir), list(NAMED_CHECKPOINTS), n=1)
+        hint = f" (did you mean the named checkpoint {near[0]!r}?)" if near else ""
         raise CheckpointError(
-            f"{path}: no such file or directory; give a model directory (config.json + "
-            "model.safetensors) or an official maco.pth"
+            f"{path}: no such file or directory{hint}; give a model directory (config.json + "
+            f"model.safetensors), an official maco.pth, or a named checkpoint ({', '.join(NAMED_CHECKPOINTS)})"
         )
     return model.to(map_location)
 
 
 def load_mae_weights(model: MacoModel, path: str | Path) -> LoadReport:
     """Initialise the image encoder (and the decoder where shapes agree) from MAE weights
-    (``{"model": {timm keys}}``), non-strictly, returning what was loaded and ignored."""
+    (``{"model": {timm keys}}``, a file or the named checkpoint ``mae-vit-base``), non-strictly,
+    returning what was loaded and ignored."""
+    if not Path(path).exists() and str(path) in NAMED_CHECKPOINTS:
+        path = checkpoint_file(str(path))
     state = clean_state_dict(_read_torch_checkpoint(Path(path)))
     renamed = {}
     for key, value in state.items():

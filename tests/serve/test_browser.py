@@ -129,11 +129,16 @@ def browser(tmp_path_factory):
 
 
 def _wait(driver, condition, what: str, timeout: float = 60.0):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # the page re-renders the score rows on each answer: an element read while it is replaced is
+    # stale, which means "not yet", so the condition is polled again
+    ignored = (StaleElementReferenceException,)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
+            lambda d: condition(d)
+        )
     except TimeoutException:
         error = driver.find_element("id", "error").text
         pytest.fail(

@@ -16,6 +16,7 @@ import sys
 COMMANDS = (
     "pretrain",
     "convert",
+    "download",
     "export",
     "tokenizer",
     "synth",

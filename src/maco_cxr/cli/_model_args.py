@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from maco_cxr.cli._paths import existing_file, existing_path
+from maco_cxr.cli._paths import existing_file, existing_path, model_path
 
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
@@ -58,9 +58,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        type=existing_path,
+        type=model_path,
         metavar="M",
-        help="model directory (config.json + model.safetensors) or official maco.pth",
+        help="model directory (config.json + model.safetensors), official maco.pth, or a named checkpoint "
+        "(maco-base: see maco-cxr download)",
     )
     parser.add_argument(
         "--text-heads",

@@ -21,6 +21,19 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def model_path(text: str) -> Path:
+    """A model file or folder that exists, or the name of a named checkpoint (``maco-base``), which
+    :func:`maco_cxr.hub.load` resolves through the download cache."""
+    from maco_cxr.cache import NAMED_CHECKPOINTS
+
+    if Path(text).exists() or text not in NAMED_CHECKPOINTS:
+        try:
+            return existing_path(text)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err} (nor a named checkpoint: {', '.join(NAMED_CHECKPOINTS)})") from err
+    return Path(text)
+
+
 def existing_file(text: str) -> Path:
     """A file that exists."""
     path = existing_path(text)
@@ -30,8 +43,8 @@ def existing_file(text: str) -> Path:
 
 
 def model_source(text: str) -> str:
-    """An existing model directory or checkpoint file, or ``none`` (random initialisation)."""
-    return text if text.lower() == "none" else str(existing_path(text))
+    """An existing model directory or checkpoint file, a named checkpoint, or ``none`` (random initialisation)."""
+    return text if text.lower() == "none" else str(model_path(text))
 
 
 def existing_path_or_none(text: str) -> Path | str:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from maco_cxr.cli._paths import existing_path
+from maco_cxr.cli._paths import model_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        type=existing_path,
+        type=model_path,
         metavar="M",
-        help="model directory (config.json + model.safetensors) or official maco.pth",
+        help="model directory (config.json + model.safetensors), official maco.pth, or a named checkpoint "
+        "(maco-base: see maco-cxr download)",
     )
     parser.add_argument(
         "--format",
@@ -54,9 +55,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
     """The model and its recorded metadata (config.json, or what the registry knows of a maco.pth)."""
     import json
 
-    from maco_cxr.hub import CONFIG_NAME, KNOWN_CHECKPOINTS, load, load_official
+    from maco_cxr.hub import CONFIG_NAME, KNOWN_CHECKPOINTS, load, load_official, resolve_model_path
 
-    path: Path = args.model
+    path: Path = resolve_model_path(args.model)
     if path.is_file() and path.suffix != ".safetensors":
         model, report = load_official(
             path,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from maco_cxr.cli._paths import recipe_file
 
 if TYPE_CHECKING:
-    from maco_cxr.train.config import PretrainConfig
+    from maco_cxr.pretraining.config import PretrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def load_checked_config(args: argparse.Namespace) -> PretrainConfig:
     on each other, the dataset kind) before torch is imported, so that a typo fails at once."""
     from maco_cxr.cli._model_args import unknown_dataset_kind
     from maco_cxr.errors import ConfigError
-    from maco_cxr.train.config import check_config, load_pretrain_config
+    from maco_cxr.pretraining.config import check_config, load_pretrain_config
 
     config = load_pretrain_config(args.config, _flag_overrides(args) + list(args.overrides))
     check_config(config)
@@ -76,8 +76,8 @@ def load_checked_config(args: argparse.Namespace) -> PretrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = load_checked_config(args)
+    from maco_cxr.pretraining.pretrain import pretrain
     from maco_cxr.runtime.distributed import world_info_from_env
-    from maco_cxr.train.pretrain import pretrain
 
     if not world_info_from_env().is_master:
         logging.getLogger().setLevel(logging.WARNING)

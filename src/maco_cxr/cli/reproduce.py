@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maco_cxr.cli._paths import existing_file, existing_path
+from maco_cxr.cli._paths import existing_file, existing_path, model_path
 
 _TASKS = ("zeroshot", "grounding", "linear", "finetune", "segment", "detect")  # maco_cxr.tasks.reproduce.TASKS
 _DATASETS = ("nih", "chexpert", "rsna", "siim", "ms-cxr", "covid-rural")
@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "days of GPU time: select cells with --tasks, --datasets and --fractions.",
     )
     parser.add_argument(
-        "--model", required=True, type=existing_path, metavar="M", help="MaCo model directory or official maco.pth"
+        "--model",
+        required=True,
+        type=model_path,
+        metavar="M",
+        help="MaCo model directory, official maco.pth or a named checkpoint",
     )
     parser.add_argument(
         "--data",

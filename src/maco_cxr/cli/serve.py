@@ -8,7 +8,7 @@ import logging
 from importlib.util import find_spec
 from typing import Any
 
-from maco_cxr.cli._paths import existing_path
+from maco_cxr.cli._paths import model_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        type=existing_path,
+        type=model_path,
         metavar="M",
-        help="model directory (config.json + model.safetensors) or official maco.pth",
+        help="model directory (config.json + model.safetensors), official maco.pth, or a named checkpoint "
+        "(maco-base: see maco-cxr download)",
     )
     parser.add_argument(
         "--host",

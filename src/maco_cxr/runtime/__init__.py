@@ -1,4 +1,4 @@
-"""The run machinery shared by pre-training (:mod:`maco_cxr.train`) and fine-tuning
+"""The run machinery shared by pre-training (:mod:`maco_cxr.pretraining`) and fine-tuning
 (:mod:`maco_cxr.tasks.finetune`): the one run skeleton (:mod:`.loop`: :func:`~.loop.run_training`
 and the :class:`~.loop.RunHooks` a kind of training supplies), checkpoints (:mod:`.checkpoint`),
 process groups and collectives (:mod:`.distributed`), RNG state (:mod:`.rng`), the metrics log

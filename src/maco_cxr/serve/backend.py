@@ -307,10 +307,10 @@ def _is_finetuned(path: Path) -> bool:
 
 def load_backend(path: str | Path, *, device: str = "auto") -> Backend:
     """The backend for a model path: a MaCo model directory or an official ``maco.pth``."""
-    from maco_cxr.hub import load
+    from maco_cxr.hub import load, resolve_model_path
 
     device = resolve_device(device)
-    path = Path(path)
+    path = resolve_model_path(path)
     if _is_finetuned(path):
         from maco_cxr.tasks.finetune import load_finetuned
 

@@ -51,10 +51,7 @@ from maco_cxr.metrics import classification_report
 from maco_cxr.models.config import MacoConfig, preset
 from maco_cxr.models.maco import MacoModel
 from maco_cxr.plots import plot_roc_curves, plot_training_curves
-from maco_cxr.tasks.grounding import GroundingItem, evaluate_grounding, grounding_items
-from maco_cxr.tasks.retrieval import retrieve
-from maco_cxr.tasks.zeroshot import evaluate_zero_shot
-from maco_cxr.train.config import (
+from maco_cxr.pretraining.config import (
     PretrainAugment,
     PretrainConfig,
     PretrainData,
@@ -62,7 +59,10 @@ from maco_cxr.train.config import (
     PretrainRuntime,
     TextMode,
 )
-from maco_cxr.train.pretrain import pretrain
+from maco_cxr.pretraining.pretrain import pretrain
+from maco_cxr.tasks.grounding import GroundingItem, evaluate_grounding, grounding_items
+from maco_cxr.tasks.retrieval import retrieve
+from maco_cxr.tasks.zeroshot import evaluate_zero_shot
 
 __all__ = ["DemoConfig", "demo_model_config", "run_demo"]
 
@@ -130,7 +130,7 @@ class DemoConfig:
     ablate`` varies the recipe.
     ``negations``: phantom reports also deny absent findings ("No pneumothorax."), as real
     reports do; ``text``: ``full`` reports or the official ``sentences`` draw (see
-    :class:`~maco_cxr.train.config.PretrainData`). The defaults (no negations, full reports) are
+    :class:`~maco_cxr.pretraining.config.PretrainData`). The defaults (no negations, full reports) are
     the ones that learn zero-shot classification in the time; measured on one H200 (same
     arithmetic, fp32), 1,500 steps, zero-shot macro AUC: 0.69-0.70 with negations and sentence
     draws (the official data recipe), 0.64 whole reports with negations, 0.81 neither. With

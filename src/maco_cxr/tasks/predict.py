@@ -209,7 +209,9 @@ def predict(
     run_on = (
         torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
-    model_path = Path(os.path.abspath(model))
+    from maco_cxr.hub import resolve_model_path
+
+    model_path = Path(os.path.abspath(resolve_model_path(model)))
     task, model_classes = _model_task(model_path)
     class_names, table = _zero_shot_classes(task, classes, prompts)
     phrases = _checked_phrases(task, phrases, embeddings)

@@ -430,7 +430,9 @@ class _Context:
     the options and the output folder."""
 
     def __init__(self, model: str | Path, data: ReproduceData, out: Path, options: ReproduceOptions) -> None:
-        self.model_path = str(model)
+        from maco_cxr.hub import resolve_model_path
+
+        self.model_path = str(resolve_model_path(model))
         self.data, self.out, self.options = data, out, options
         self._model: MacoModel | None = None
         self._configs: Path | None = None

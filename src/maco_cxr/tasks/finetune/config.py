@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from maco_cxr.config import require, require_at_least
 from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, SegmentationLossWeights, UperNetConfig, ViTDetConfig
-from maco_cxr.train.config import check_run_control
+from maco_cxr.pretraining.config import check_run_control
 
 __all__ = [
     "RESUMABLE_CHANGES",

@@ -13,9 +13,9 @@ from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.prepare import apply_exclusions, prepare_dataset
 from maco_cxr.data.splits import read_id_list
 from maco_cxr.errors import ConfigError, DataError
-from maco_cxr.train.config import load_pretrain_config
-from maco_cxr.train.data import RecordSource, StoreSource, open_source
-from maco_cxr.train.pretrain import pretrain
+from maco_cxr.pretraining.config import load_pretrain_config
+from maco_cxr.pretraining.data import RecordSource, StoreSource, open_source
+from maco_cxr.pretraining.pretrain import pretrain
 from tests.data.test_datasets import MSCXR_HEADER, make_mimic, write_csv
 
 from .conftest import micro_config, write_manifest

@@ -19,10 +19,10 @@ from maco_cxr.data.letterbox import Letterbox
 from maco_cxr.data.reports import sample_report_sentences
 from maco_cxr.errors import CheckpointError, ConfigError, DataError
 from maco_cxr.hub import load
+from maco_cxr.pretraining.config import replace
+from maco_cxr.pretraining.pretrain import plan_schedule, pretrain
 from maco_cxr.runtime.checkpoint import list_checkpoints, load_trainer_state
 from maco_cxr.runtime.schedules import lr_multiplier
-from maco_cxr.train.config import replace
-from maco_cxr.train.pretrain import plan_schedule, pretrain
 
 from .conftest import REPORTS, micro_config, write_manifest
 
@@ -224,7 +224,7 @@ def test_a_failing_compile_falls_back_to_eager_with_a_message(
         self._compiled_call_impl = fail
 
     monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
-    with caplog.at_level("WARNING", logger="maco_cxr.train.pretrain"):
+    with caplog.at_level("WARNING", logger="maco_cxr.pretraining.pretrain"):
         final = pretrain(
             micro_config(manifest_dir, tmp_path / "compiled", optim={"max_steps": 2}, runtime={"compile": True})
         ).model_dir

@@ -13,9 +13,9 @@ from maco_cxr.config import from_dict
 from maco_cxr.errors import CheckpointError
 from maco_cxr.hub import create_model, load, save_pretrained
 from maco_cxr.models.maco import MacoModel
+from maco_cxr.pretraining.config import PretrainConfig
 from maco_cxr.runtime import checkpoint as ckpt
 from maco_cxr.runtime.rng import capture_rng_state, isolated_rng, restore_rng_state
-from maco_cxr.train.config import PretrainConfig
 
 from .conftest import MICRO_MODEL
 

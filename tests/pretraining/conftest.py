@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from maco_cxr.config import from_dict
-from maco_cxr.train.config import PretrainConfig
+from maco_cxr.pretraining.config import PretrainConfig
 
 REPORTS = (
     "Large left pleural effusion.",

@@ -39,20 +39,20 @@ from maco_cxr.errors import CheckpointError, ConfigError
 from maco_cxr.hub import create_model, load_mae_weights, save_pretrained
 from maco_cxr.hub import load as load_model
 from maco_cxr.models.maco import MacoModel
-from maco_cxr.runtime import distributed as dist_utils
-from maco_cxr.runtime.checkpoint import MODEL_DIR, checkpoint_root
-from maco_cxr.runtime.loop import Run, RunEnd, RunHooks, RunSettings, run_training
-from maco_cxr.runtime.optim import build_adamw, param_groups
-from maco_cxr.runtime.rng import seed_for
-from maco_cxr.runtime.schedules import lr_multiplier
-from maco_cxr.train.config import (
+from maco_cxr.pretraining.config import (
     RESUMABLE_CHANGES,
     PretrainConfig,
     PretrainOptim,
     check_config,
     save_pretrain_config,
 )
-from maco_cxr.train.data import PairDataset, ResumableSampler, SkipLog, make_loader, open_source
+from maco_cxr.pretraining.data import PairDataset, ResumableSampler, SkipLog, make_loader, open_source
+from maco_cxr.runtime import distributed as dist_utils
+from maco_cxr.runtime.checkpoint import MODEL_DIR, checkpoint_root
+from maco_cxr.runtime.loop import Run, RunEnd, RunHooks, RunSettings, run_training
+from maco_cxr.runtime.optim import build_adamw, param_groups
+from maco_cxr.runtime.rng import seed_for
+from maco_cxr.runtime.schedules import lr_multiplier
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from maco_cxr._atomic import json_ready
 from maco_cxr.config import from_dict
 from maco_cxr.hub import create_model
 from maco_cxr.models.maco import MacoModel
+from maco_cxr.pretraining.config import PretrainConfig
+from maco_cxr.pretraining.pretrain import pretrain
 from maco_cxr.runtime.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -27,8 +29,6 @@ from maco_cxr.runtime.distributed import (
     init_distributed,
     world_info_from_env,
 )
-from maco_cxr.train.config import PretrainConfig
-from maco_cxr.train.pretrain import pretrain
 
 from .conftest import MICRO_MODEL, REPORTS, micro_config, write_manifest
 

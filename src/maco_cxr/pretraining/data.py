@@ -38,7 +38,7 @@ from maco_cxr.data.reports import negation_counterfactual, report_text, sample_r
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.errors import ConfigError, DataError
 from maco_cxr.models.text import trim_padding
-from maco_cxr.train.config import OnError, PretrainData, TextMode
+from maco_cxr.pretraining.config import OnError, PretrainData, TextMode
 
 logger = logging.getLogger(__name__)
 

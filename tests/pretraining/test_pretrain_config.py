@@ -9,7 +9,7 @@ import pytest
 from maco_cxr.config import config_to_dict, from_dict, recipe_folder
 from maco_cxr.errors import ConfigError
 from maco_cxr.models.config import preset
-from maco_cxr.train.config import (
+from maco_cxr.pretraining.config import (
     PretrainConfig,
     check_config,
     load_pretrain_config,

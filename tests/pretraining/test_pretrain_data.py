@@ -14,8 +14,8 @@ from maco_cxr.data.datasets import build_dataset
 from maco_cxr.data.reports import negation_counterfactual, sample_report_sentences
 from maco_cxr.data.tokenizer import ReportTokenizer
 from maco_cxr.errors import ConfigError, DataError
-from maco_cxr.train.config import load_pretrain_config
-from maco_cxr.train.data import PairCollate, PairDataset, RecordSource, ResumableSampler, SkipLog
+from maco_cxr.pretraining.config import load_pretrain_config
+from maco_cxr.pretraining.data import PairCollate, PairDataset, RecordSource, ResumableSampler, SkipLog
 
 from .conftest import write_manifest
 
