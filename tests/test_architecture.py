@@ -43,6 +43,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "_atomic": _every("_atomic", "errors", "_version"),
     "config": _every("config", "_atomic", "errors", "_version"),
     "cache": _every("cache", "errors", "_version"),
+    "cards": _every("cards", "errors", "_version"),
+    "push": _every("push", "cards", "_atomic", "errors", "_version"),
     "data": (
         "models",
         "metrics",

@@ -191,3 +191,19 @@ def test_registry_entries_are_consistent():
     assert CheckpointSignature(1, 1, 16, 14, 1, 1, 1, 1, 1, 1, 768).matches(
         CheckpointSignature(1, 1, 16, 14, 1, 1, 1, 1, 1, 1, 768, text_intermediate=99)
     )
+
+
+def test_a_sidecar_states_the_head_counts_once(unknown_official, tmp_path):
+    from maco_cxr.errors import ConfigError
+
+    path = tmp_path / "other.pth"
+    path.write_bytes(unknown_official.read_bytes())
+    path.with_suffix(".json").write_text(json.dumps({"vision_heads": 4, "text_heads": 2, "decoder_heads": 2}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HeadCountWarning)
+        model = load(path)
+    assert (model.config.vision.num_heads, model.config.text.num_heads, model.config.decoder.num_heads) == (4, 2, 2)
+    assert load(path, text_heads=1).config.text.num_heads == 1  # an argument wins over the sidecar
+    path.with_suffix(".json").write_text(json.dumps({"text_head": 2}))
+    with pytest.raises(ConfigError, match=r"other.json: unknown key 'text_head'; did you mean text_heads\?"):
+        load(path)

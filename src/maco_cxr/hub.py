@@ -381,10 +381,36 @@ def named_model_dir(name: str, *, url: str | None = None, progress: bool = True)
     return folder
 
 
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def hf_hub_folder(spec: str) -> Path:
+    """The local snapshot of ``hf-hub:ORG/NAME[@REVISION]`` (a model or fine-tuned folder pushed
+    with :func:`push_to_hub`), read through the Hugging Face Hub client's own cache: offline
+    (``HF_HUB_OFFLINE``/``MACO_CXR_OFFLINE``) only from it."""
+    repo, _, revision = spec.removeprefix(HF_HUB_PREFIX).partition("@")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise CheckpointError(f"{spec!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:
+        raise CheckpointError(
+            f"{spec}: the Hugging Face Hub needs huggingface_hub: pip install 'maco-cxr[hub]'"
+        ) from err
+    try:
+        return Path(snapshot_download(repo_id=repo, revision=revision or None, local_files_only=is_offline()))
+    except Exception as err:  # the hub client raises many types (offline, 404, auth, network)
+        offline = " (offline: only the hub client's cache is read; download it once online)" if is_offline() else ""
+        raise CheckpointError(f"{spec}: {type(err).__name__}: {err}{offline}") from err
+
+
 def resolve_model_path(model: str | Path) -> Path:
-    """``model`` as a path: itself when it exists (a local folder wins over a name), else the
-    cached, converted folder of the named checkpoint it names (:func:`named_model_dir`)."""
+    """``model`` as a path: itself when it exists (a local folder wins over a name), the snapshot
+    of an ``hf-hub:ORG/NAME[@REV]`` spec, else the cached, converted folder of the named
+    checkpoint it names (:func:`named_model_dir`)."""
     path = Path(model)
+    if str(model).startswith(HF_HUB_PREFIX):
+        return hf_hub_folder(str(model))
     if not path.exists() and str(model) in NAMED_CHECKPOINTS:
         return named_model_dir(str(model))
     return path
@@ -535,6 +561,32 @@ def create_model(config: MacoConfig, tokenizer: ReportTokenizer | None = None) -
     return MacoModel(config, tokenizer or ReportTokenizer.from_file(config.text.tokenizer, config.text.max_length))
 
 
+SIDECAR_KEYS = ("vision_heads", "text_heads", "decoder_heads")
+
+
+def read_sidecar(checkpoint: Path) -> dict[str, int]:
+    """The head counts a user states once in a sidecar beside an official file (``maco.json``
+    next to ``maco.pth``: ``{"text_heads": 6, ...}``); ``{}`` when there is none. Arguments
+    given to :func:`load_official` win over it; unknown keys and non-integers are errors."""
+    sidecar = checkpoint.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        stated = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{sidecar}: cannot read the sidecar of {checkpoint.name} ({err})") from err
+    if not isinstance(stated, dict):
+        raise ConfigError(f'{sidecar}: expected an object of head counts, e.g. {{"text_heads": 6}}')
+    for key, value in stated.items():
+        if key not in SIDECAR_KEYS:
+            near = difflib.get_close_matches(key, SIDECAR_KEYS, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise ConfigError(f"{sidecar}: unknown key {key!r}; {hint}valid keys: {', '.join(SIDECAR_KEYS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{sidecar}: {key} must be a positive integer, got {value!r}")
+    return stated
+
+
 def load_official(
     path: str | Path,
     *,
@@ -547,7 +599,8 @@ def load_official(
 ) -> tuple[MacoModel, LoadReport]:
     """Build a model from an official ``maco.pth`` (``{"model": state_dict, ...}``).
 
-    Head counts are not stored in the file. Each one not given is taken from the
+    Head counts are not stored in the file. Each one not given is taken from a sidecar beside
+    the file (:func:`read_sidecar`: ``maco.json`` next to ``maco.pth``), else from the
     :data:`KNOWN_CHECKPOINTS` entry the tensor shapes match; a given one always wins (warning
     when it contradicts the entry). For an unrecognised file the counts not given are assumed
     (64-dim ViT/BERT heads, 128-dim decoder heads) and a :class:`HeadCountWarning` says
@@ -560,9 +613,10 @@ def load_official(
     if not is_official_state_dict(raw):
         raise CheckpointError(f"{path}: not an official MaCo checkpoint (no 'Tpar' or 'bert_encoder.*' keys)")
     converted, ignored = convert_official_state_dict(raw)
-    heads, known = _resolve_heads(
-        converted, str(path), {"vision_heads": vision_heads, "text_heads": text_heads, "decoder_heads": decoder_heads}
-    )
+    given = {"vision_heads": vision_heads, "text_heads": text_heads, "decoder_heads": decoder_heads}
+    stated = read_sidecar(path)
+    given = {k: v if v is not None else stated.get(k) for k, v in given.items()}
+    heads, known = _resolve_heads(converted, str(path), given)
     config = infer_config(converted, **heads)
     model = create_model(config, tokenizer)
     report = _load_into(model, converted, str(path), ignored, strict)

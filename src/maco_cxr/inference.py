@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from maco_cxr.data.datasets.base import failure_of, is_failed
-from maco_cxr.data.inputs import ImagesInput, load_images
+from maco_cxr.data.inputs import ImagesInput, input_name, load_images
 from maco_cxr.data.io import check_image_size
 from maco_cxr.errors import DataError
 from maco_cxr.models.maco import resize_center_crop
@@ -115,7 +115,7 @@ def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_s
                 config.vision.img_size,
                 config.image_mean,
                 config.image_std,
-                "image" if len(pictures) == 1 else f"images[{start + k}]",
+                input_name(images, start + k),
             )
             for k, p in enumerate(pictures[start : start + batch_size])
         ]

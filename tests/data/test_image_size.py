@@ -4,6 +4,7 @@ found and the limit, by every scoring and grounding path; lenient datasets count
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def test_scoring_and_grounding_refuse_tiny_and_strip_images(model) -> None:
     with pytest.raises(ImageReadError, match=r"^image: the image is 2000x1 px"):
         ground(model, strip, "left pleural effusion")
     assert zero_shot(model, np.zeros((32, 320), np.uint8), ["Pneumothorax"]).shape == (1, 1)
+
+
+def test_an_image_given_by_path_is_named_by_its_path(model, tmp_path: Path) -> None:
+    dot = tmp_path / "dot.png"
+    Image.fromarray(np.full((1, 1), 90, np.uint8)).save(dot)
+    for given in (dot, str(dot), [np.zeros((64, 64), np.uint8), dot]):
+        with pytest.raises(ImageReadError, match=rf"^{re.escape(str(dot))}: the image is 1x1 px"):
+            zero_shot(model, given, ["Pneumothorax"])
+    with pytest.raises(ImageReadError, match=rf"^{re.escape(str(dot))}: the image is 1x1 px"):
+        ground(model, dot, "left pleural effusion")
 
 
 def test_lenient_datasets_count_them_as_skipped(model, tmp_path: Path, cxr_real_dir: Path) -> None:

@@ -489,6 +489,17 @@ def test_cli_end_to_end(phantoms, tmp_path, capsys):
     assert set(metrics["test"]["per_class_auc"]) == set(PHANTOM_CLASSES) and metrics["best_step"] == 3
     assert metrics["data"]["counts"]["train"] < build_splits(FinetuneData(root=str(phantoms))).counts()["train"]
     assert "50 %" in metrics["data"]["sources"]["train"]
+    # best/ and final/ carry a model card in the Hub's format, made of what the run recorded
+    import yaml
+
+    card = (out / "best" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "maco-cxr" and "classification" in front["tags"]
+    figures = {m["name"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert figures["test mean_auc"] == pytest.approx(metrics["test"]["mean_auc"], abs=1e-6)
+    assert f"(step {metrics['best_step']} of {metrics['steps']})" in card and "not a medical device" in card
+    assert "random initialisation" in card and "label fraction 50.0 %" in card
+    assert (out / "final" / "README.md").read_text() == card
     with (out / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == metrics["data"]["counts"]["test"] == metrics["test"]["n_images"]

@@ -32,6 +32,7 @@ COMMANDS = (
     "demo",
     "ablate",
     "serve",
+    "push",
 )
 
 

@@ -22,10 +22,12 @@ def existing_path(text: str) -> Path:
 
 
 def model_path(text: str) -> Path:
-    """A model file or folder that exists, or the name of a named checkpoint (``maco-base``), which
-    :func:`maco_cxr.hub.load` resolves through the download cache."""
+    """A model file or folder that exists, the name of a named checkpoint (``maco-base``), or an
+    ``hf-hub:ORG/NAME[@REV]`` spec, which :func:`maco_cxr.hub.resolve_model_path` resolves."""
     from maco_cxr.cache import NAMED_CHECKPOINTS
 
+    if text.startswith("hf-hub:"):  # resolved (and checked) by the hub client when the model loads
+        return Path(text)
     if Path(text).exists() or text not in NAMED_CHECKPOINTS:
         try:
             return existing_path(text)

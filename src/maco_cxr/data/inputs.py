@@ -48,6 +48,7 @@ __all__ = [
     "image_report_pairs",
     "is_one_path",
     "is_single_image",
+    "input_name",
     "load_images",
 ]
 
@@ -107,6 +108,16 @@ def is_single_image(images: Any) -> bool:
     if isinstance(images, np.ndarray):
         return images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4))
     return False
+
+
+def input_name(images: ImagesInput, index: int) -> str:
+    """What an error calls input ``index`` of ``images``: its path when it was given as one, else
+    ``image`` (a single input) or ``images[index]``."""
+    single = is_single_image(images)
+    item = images if single else images[index] if isinstance(images, Sequence) else None
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return "image" if single else f"images[{index}]"
 
 
 def load_images(images: ImagesInput) -> list[np.ndarray]:

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from maco_cxr.data.datasets.base import ChestXrayDataset, Record, failure_of, is_failed
-from maco_cxr.data.inputs import ImagesInput, is_single_image, load_images
+from maco_cxr.data.inputs import ImagesInput, input_name, is_single_image, load_images
 from maco_cxr.data.io import check_image_size
 from maco_cxr.data.letterbox import Letterbox, letterbox_image
 from maco_cxr.data.reports import grounding_phrase
@@ -169,7 +169,7 @@ def ground(
     single = is_single_image(image)
     pictures = load_images(image)
     for k, picture in enumerate(pictures):
-        check_image_size(picture.shape, "image" if single else f"images[{k}]")
+        check_image_size(picture.shape, input_name(image, k))
     phrases = [phrase] * len(pictures) if isinstance(phrase, str) else list(phrase)
     if len(phrases) != len(pictures):
         raise DataError(f"{len(phrases)} phrases for {len(pictures)} images; give one phrase or one per image")

@@ -55,18 +55,21 @@ def __getattr__(name: str) -> Any:
 
 
 def load_finetuned(directory: str | Path, *, map_location: str = "cpu") -> FinetunedModel:
-    """A fine-tuned model (a run's ``best/`` or ``final/``) in eval mode, with its classes and
-    preprocessing contract; call ``.predict(images)`` on paths, PIL images, arrays or tensors.
+    """A fine-tuned model (a run's ``best/`` or ``final/``, or ``hf-hub:ORG/NAME[@REV]``) in eval
+    mode, with its classes and preprocessing contract; call ``.predict(images)`` on paths, PIL
+    images, arrays or tensors.
 
     Classifier: probabilities ``[N, C]``; segmenter: uint8 masks ``[C, H, W]`` per image in its
     original pixel grid; detector: ``{"boxes", "scores", "labels"}`` per image, boxes xyxy in
     original pixels.
     """
+    from maco_cxr.hub import resolve_model_path
     from maco_cxr.tasks.finetune.classification import FinetunedClassifier
     from maco_cxr.tasks.finetune.detection import FinetunedDetector
     from maco_cxr.tasks.finetune.model_io import load_weights, read_finetuned
     from maco_cxr.tasks.finetune.segmentation import FinetunedSegmenter
 
+    directory = resolve_model_path(directory)  # a folder, or an hf-hub:ORG/NAME[@REV] snapshot
     kinds = {cls.task: cls for cls in (FinetunedClassifier, FinetunedSegmenter, FinetunedDetector)}
     description, tensors = read_finetuned(directory)
     kind = description.get("task")

@@ -44,7 +44,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from maco_cxr._atomic import write_json
+from maco_cxr._atomic import write_json, write_text
+from maco_cxr.cards import CARD_NAME, finetuned_card
 from maco_cxr.config import config_to_dict
 from maco_cxr.data.datasets.base import ChestXrayDataset, failure_of, is_failed
 from maco_cxr.errors import ConfigError, DataError
@@ -528,9 +529,36 @@ class _Finetuning(RunHooks[FitResult]):
                 **extra,
             }
             write_json(self.out / METRICS_NAME, summary)
+            self._write_cards(summary)
             logger.info("%s; outputs in %s", self.task.summary_line(metrics), self.out)
         summary = dist_utils.broadcast_object(summary)  # rank 0 wrote it: every rank returns the same
         return FitResult(self.task.name, self.out, end.step, end.total_steps, summary)
+
+    def _write_cards(self, summary: Mapping[str, Any]) -> None:
+        """The model card (``README.md``) of ``best/`` and ``final/``, from the recipe, the figures
+        and the base model's provenance."""
+        base = base_model_record(self.cfg.model.source)
+        recipe = config_to_dict(self.cfg)
+        for name in (BEST_DIR, FINAL_DIR):
+            folder = self.out / name
+            card = finetuned_card(read_finetuned(folder)[0], recipe, summary, base)
+            write_text(folder / CARD_NAME, card)
+
+
+def base_model_record(source: str | None) -> dict[str, Any]:
+    """What a card says of a base model: its path, the SHA-256 of its weights, and for a named
+    checkpoint its name and licence; ``{"path": None}`` for random initialisation."""
+    from maco_cxr.cache import NAMED_CHECKPOINTS
+    from maco_cxr.hub import WEIGHTS_NAME, file_sha256, resolve_model_path
+
+    if source is None:
+        return {"path": None, "sha256": "none: random initialisation"}
+    path = resolve_model_path(source)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    record: dict[str, Any] = {"path": str(source), "sha256": file_sha256(weights)}
+    if source in NAMED_CHECKPOINTS:
+        record.update(name=source, licence=NAMED_CHECKPOINTS[source].licence)
+    return record
 
 
 def load_model_weights_from(model: FinetunedModel, directory: Path) -> None:
