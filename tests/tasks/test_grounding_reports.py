@@ -394,25 +394,13 @@ def test_cli_writes_metric_csv_opt_thresholds_and_intervals(tiny_model_dir, tmp_
 
 def test_cli_rejects_a_negative_bootstrap(tiny_model_dir, tmp_path, capsys):
     root = _manifest(tmp_path)
-    assert (
-        main(
-            [
-                "ground",
-                "--model",
-                str(tiny_model_dir),
-                "--dataset",
-                "manifest",
-                "--root",
-                str(root),
-                "--bootstrap",
-                "-1",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )
-    assert "--bootstrap -1" in capsys.readouterr().err
+    args = ["--model", str(tiny_model_dir), "--dataset", "manifest", "--root", str(root), "--bootstrap", "-1"]
+    for command in ("ground", "zeroshot", "retrieve"):
+        with pytest.raises(SystemExit) as exit_code:
+            main([command, *args, "--out", str(tmp_path / "x")])
+        assert exit_code.value.code == 2
+        assert "argument --bootstrap: -1: give 0 (no intervals) or a number of resamples" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 # --- masks -------------------------------------------------------------------------------------

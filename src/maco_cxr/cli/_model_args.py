@@ -142,11 +142,32 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _resamples(text: str) -> int:
+    """A number of bootstrap resamples: 0 (no intervals) or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 (no intervals) or a number of resamples")
+    return value
+
+
+def print_unreadable(result: Any) -> None:
+    """The line a dataset command prints when images could not be read (listed in summary.json)."""
+    if result.n_unreadable:
+        first = result.summary["unreadable"][0]
+        print(
+            f"{result.n_unreadable} unreadable files left out (listed in summary.json); first: "
+            f"{first['path']}: {first['reason']}"
+        )
+
+
 def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     """--bootstrap N (default 1000, 0 = off) and --seed S (default 0)."""
     parser.add_argument(
         "--bootstrap",
-        type=int,
+        type=_resamples,
         default=1000,
         metavar="N",
         help="bootstrap resamples of the 95%% confidence intervals (default 1000; 0 = none); "

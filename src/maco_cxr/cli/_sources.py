@@ -14,31 +14,25 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def run_source(args: argparse.Namespace, *, annotations: Any = None) -> RunSource:
-    """The :class:`RunSource` of the evaluated split (``--split``, ``--official-split``, ``--split-file``)."""
+def _source(args: argparse.Namespace, prefix: str, annotations: Any) -> RunSource:
     from maco_cxr.tasks.results import RunSource
 
     return RunSource(
         model=_text(args.model),
         dataset=args.dataset,
         root=_text(args.root),
-        split=args.split,
-        official_split=args.official_split,
-        split_file=_text(args.split_file),
+        split=getattr(args, f"{prefix}split"),
+        official_split=getattr(args, f"{prefix}official_split"),
+        split_file=_text(getattr(args, f"{prefix}split_file")),
         annotations=_text(annotations),
     )
+
+
+def run_source(args: argparse.Namespace, *, annotations: Any = None) -> RunSource:
+    """The :class:`RunSource` of the evaluated split (``--split``, ``--official-split``, ``--split-file``)."""
+    return _source(args, "", annotations)
 
 
 def validation_source(args: argparse.Namespace, *, annotations: Any = None) -> RunSource:
     """The :class:`RunSource` of the validation split (``--val-split`` and its list or file)."""
-    from maco_cxr.tasks.results import RunSource
-
-    return RunSource(
-        model=_text(args.model),
-        dataset=args.dataset,
-        root=_text(args.root),
-        split=args.val_split,
-        official_split=args.val_official_split,
-        split_file=_text(args.val_split_file),
-        annotations=_text(annotations),
-    )
+    return _source(args, "val_", annotations)

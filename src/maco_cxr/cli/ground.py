@@ -122,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
         return _one_image(args)
     if args.image is not None:
         raise ConfigError("give either IMAGE PHRASE or --dataset, not both")
-    if args.bootstrap < 0:
-        raise ConfigError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or more resamples")
     return _evaluate(args)
 
 

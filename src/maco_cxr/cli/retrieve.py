@@ -47,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.root = "manifest", args.manifest
     elif args.dataset is None:
         raise ConfigError("give --manifest FILE or --dataset KIND --root DIR")
-    if args.bootstrap < 0:
-        raise ConfigError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or more resamples")
     dataset = common.build_dataset_from_args(args)
     model = common.load_model_from_args(args)
     result = run_retrieval(
@@ -67,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result.n_pairs} image-report pairs ({result.n_unique_reports} distinct reports, "
         f"{result.n_without_report} records without a report left out)"
     )
-    if result.n_unreadable:
-        first = result.summary["unreadable"][0]
-        print(f"{result.n_unreadable} unreadable images left out; first: {first['path']}: {first['reason']}")
+    common.print_unreadable(result)
     for direction, name in (("i2t", "image -> report"), ("t2i", "report -> image")):
         cells = "  ".join(_shown(f"R@{k}", result.metrics[f"{direction}_R@{k}"]) for k in args.k)
         print(f"{name:<16} {cells}")

@@ -60,11 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maco_cxr.errors import ConfigError
     from maco_cxr.tasks.zeroshot import run_zeroshot
 
-    if args.bootstrap < 0:
-        raise ConfigError(f"--bootstrap {args.bootstrap}: give 0 (no intervals) or more resamples")
     dataset = common.build_dataset_from_args(args)
     val_dataset = common.build_validation_dataset_from_args(args) if common.wants_validation(args) else None
     model = common.load_model_from_args(args)
@@ -84,12 +81,7 @@ def run(args: argparse.Namespace) -> int:
         validation_source=None if val_dataset is None else validation_source(args),
     )
     _print_report(result.summary)
-    if result.n_unreadable:
-        first = result.summary["unreadable"][0]
-        print(
-            f"{result.n_unreadable} unreadable files left out (listed in summary.json); first: "
-            f"{first['path']}: {first['reason']}"
-        )
+    common.print_unreadable(result)
     print(f"wrote {', '.join(str(path.relative_to(result.out)) for path in result.files)} to {result.out}")
     return 0
 
