@@ -153,6 +153,18 @@ def _resamples(text: str) -> int:
     return value
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every dataset task function takes from the same flags: the
+    bootstrap, the batch size, the loader workers and the progress bar."""
+    return {
+        "n_bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+    }
+
+
 def print_unreadable(result: Any) -> None:
     """The line a dataset command prints when images could not be read (listed in summary.json)."""
     if result.n_unreadable:

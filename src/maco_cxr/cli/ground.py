@@ -169,11 +169,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         phrase_template=args.phrase_template,
         validation=val_dataset,
         overlays=args.overlays,
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **common.run_options(args),
         source=run_source(args, annotations=args.annotations),
         validation_source=None
         if val_dataset is None

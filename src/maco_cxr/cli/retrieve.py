@@ -54,11 +54,7 @@ def run(args: argparse.Namespace) -> int:
         dataset,
         args.out,
         ks=args.k,
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **common.run_options(args),
         source=run_source(args),
     )
     print(

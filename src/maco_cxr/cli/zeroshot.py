@@ -72,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         validation=val_dataset,
         prompts=args.prompts or ("siim" if args.dataset == "siim" else "default"),
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.no_progress,
+        **common.run_options(args),
         source=run_source(args),
         validation_source=None if val_dataset is None else validation_source(args),
     )

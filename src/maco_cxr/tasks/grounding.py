@@ -61,7 +61,7 @@ from maco_cxr.metrics import (
     select_grounding_thresholds,
     summarise_grounding,
 )
-from maco_cxr.tasks.results import Estimate, RunSource
+from maco_cxr.tasks.results import Estimate, ReportResult, RunSource
 
 if TYPE_CHECKING:
     from maco_cxr.models.maco import MacoModel
@@ -804,33 +804,22 @@ def _write_overlay(
 
 
 @dataclass(frozen=True)
-class GroundingResult:
+class GroundingResult(ReportResult):
     """What :func:`run_grounding` computed and wrote.
 
     ``metrics``: the item means ``cnr`` and ``miou`` (with bootstrap intervals when resampled)
     and ``pointing``; ``per_category``: each category's ``cnr``, ``miou`` and ``pointing``.
-    ``files``: every file written (overlays included), ``summary.json`` last; ``summary``:
-    its content. Counts of what was left out: ``n_skipped`` rows the dataset skipped
-    (``on_error="skip"``), ``n_unreadable`` images that could not be read (their
-    ``n_unreadable_items`` items), ``n_empty_mask`` mask items with an empty mask on the 224
-    grid and ``n_unusable`` items whose phrase the official processing empties.
+    ``files`` include the overlays. Left out, beyond :class:`~maco_cxr.tasks.results.ReportResult`'s
+    counts: ``n_unreadable_items`` items of the unreadable images, ``n_empty_mask`` mask items with
+    an empty mask on the 224 grid and ``n_unusable`` items whose phrase the official processing empties.
     """
 
-    out: Path
-    files: tuple[Path, ...]
     metrics: Mapping[str, Estimate]
     per_category: Mapping[str, Mapping[str, Estimate]]
     n_items: int
-    n_skipped: int
-    n_unreadable: int
     n_unreadable_items: int
     n_empty_mask: int
     n_unusable: int
-    summary: Mapping[str, Any]
-
-    @property
-    def summary_path(self) -> Path:
-        return self.out / "summary.json"
 
 
 def run_grounding(
@@ -922,12 +911,12 @@ def run_grounding(
             for name, row in s["per_category"].items()
         },
         s["n"],
-        len(dataset.skips),
-        len(evaluated.failures),
         s["n_unreadable_items"],
         s["n_empty_mask"],
         s["n_left_out"],
-        summary,
+        n_skipped=len(dataset.skips),
+        n_unreadable=len(evaluated.failures),
+        summary=summary,
     )
 
 

@@ -3,18 +3,38 @@
 :func:`~maco_cxr.tasks.zeroshot.run_zeroshot`, :func:`~maco_cxr.tasks.grounding.run_grounding` and
 :func:`~maco_cxr.tasks.retrieval.run_retrieval` each return a frozen result whose figures are
 :class:`Estimate` values, so a caller reads a number and its bootstrap interval the same way for
-every task; :class:`RunSource` is what the command line (or ``reproduce``) built the model and
-the data from, written into the report so a report folder says where its numbers came from.
+every task (:class:`ReportResult` holds what they all have); :class:`RunSource` is what the
+command line (or ``reproduce``) built the model and the data from, written into the report so a
+report folder says where its numbers came from.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Estimate", "RunSource"]
+__all__ = ["Estimate", "ReportResult", "RunSource"]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What every report-folder task returns: ``out`` (the folder), ``files`` (every file written,
+    ``summary.json`` last) and, by keyword, ``n_skipped`` (rows and split entries the dataset left
+    out, ``on_error="skip"``), ``n_unreadable`` (images that could not be read, listed in
+    ``summary.json``) and ``summary`` (that file's content)."""
+
+    out: Path
+    files: tuple[Path, ...]
+    n_skipped: int = field(kw_only=True)
+    n_unreadable: int = field(kw_only=True)
+    summary: Mapping[str, Any] = field(kw_only=True)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / "summary.json"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from maco_cxr.data.inputs import ImageInput, image_report_pairs
 from maco_cxr.errors import DataError
 from maco_cxr.inference import embed_dataset, encode_images, encode_texts
 from maco_cxr.metrics import image_text_recall, recall_at_k
-from maco_cxr.tasks.results import Estimate, RunSource
+from maco_cxr.tasks.results import Estimate, ReportResult, RunSource
 
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
@@ -142,30 +141,19 @@ def _similarity(
 
 
 @dataclass(frozen=True)
-class RetrievalResult:
+class RetrievalResult(ReportResult):
     """What :func:`run_retrieval` computed and wrote.
 
     ``metrics``: ``i2t_R@k`` (images querying reports) and ``t2i_R@k`` (reports querying
-    images) for each k, with bootstrap intervals when resampled. ``files``: the files written
-    (``summary.json``); ``summary``: its content. ``n_pairs`` image-report pairs were scored
-    (``n_unique_reports`` distinct texts); left out: ``n_without_report`` records without a
-    report, ``n_skipped`` rows the dataset skipped (``on_error="skip"``) and ``n_unreadable``
-    images that could not be read.
+    images) for each k, with bootstrap intervals when resampled. ``n_pairs`` image-report pairs
+    were scored (``n_unique_reports`` distinct texts); ``n_without_report`` records without a
+    report were left out (the other counts: :class:`~maco_cxr.tasks.results.ReportResult`).
     """
 
-    out: Path
-    files: tuple[Path, ...]
     metrics: Mapping[str, Estimate]
     n_pairs: int
     n_unique_reports: int
     n_without_report: int
-    n_skipped: int
-    n_unreadable: int
-    summary: Mapping[str, Any]
-
-    @property
-    def summary_path(self) -> Path:
-        return self.out / "summary.json"
 
 
 def run_retrieval(
@@ -226,9 +214,9 @@ def run_retrieval(
         summary["n"],
         summary["n_unique_reports"],
         paired.n_without_report,
-        len(dataset.skips),
-        len(paired.failures),
-        summary,
+        n_skipped=len(dataset.skips),
+        n_unreadable=len(paired.failures),
+        summary=summary,
     )
 
 

@@ -36,7 +36,7 @@ from maco_cxr.data.inputs import ImagesInput
 from maco_cxr.errors import DataError
 from maco_cxr.inference import embed_dataset, encode_images, encode_texts
 from maco_cxr.tasks.prompts import PromptSpec, resolve_prompts
-from maco_cxr.tasks.results import Estimate, RunSource
+from maco_cxr.tasks.results import Estimate, ReportResult, RunSource
 
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
@@ -363,30 +363,19 @@ def summarise_zero_shot(
 
 
 @dataclass(frozen=True)
-class ZeroShotResult:
+class ZeroShotResult(ReportResult):
     """What :func:`run_zeroshot` computed and wrote.
 
     ``metrics``: ``macro_auc`` and ``mean_f1_weighted`` (the official figures, with bootstrap
     intervals when resampled), ``mean_f1_macro`` and ``macro_acc``; ``per_class``: each class's
-    ``auc``, ``f1_weighted`` (with intervals), ``f1_macro`` and ``acc``. ``files``: every file
-    written, ``summary.json`` last; ``summary``: that file's content. ``n_skipped``: rows and
-    split entries the dataset left out (``on_error="skip"``); ``n_unreadable``: image files that
-    could not be read (left out, listed in ``summary.json``).
+    ``auc``, ``f1_weighted`` (with intervals), ``f1_macro`` and ``acc``; ``n_images`` scored.
+    The files and counts left out: :class:`~maco_cxr.tasks.results.ReportResult`.
     """
 
-    out: Path
-    files: tuple[Path, ...]
     classes: tuple[str, ...]
     metrics: Mapping[str, Estimate]
     per_class: Mapping[str, Mapping[str, Estimate]]
     n_images: int
-    n_skipped: int
-    n_unreadable: int
-    summary: Mapping[str, Any]
-
-    @property
-    def summary_path(self) -> Path:
-        return self.out / "summary.json"
 
 
 def run_zeroshot(
@@ -485,9 +474,9 @@ def run_zeroshot(
         _headline(summary),
         _per_class(summary),
         len(scored.paths),
-        len(dataset.skips),
-        len(scored.failures),
-        summary,
+        n_skipped=len(dataset.skips),
+        n_unreadable=len(scored.failures),
+        summary=summary,
     )
 
 
