@@ -296,6 +296,9 @@ def test_cli_export_reports_the_differences_and_the_registry_entry(official):
     card = (out / "MODEL_CARD.md").read_text()
     assert "none: random weights (a test fixture) (converted from `maco.pth`)" in card
     assert "width 64, depth 2, 4 heads" in card and "BERT, width 64, 2 layers, 2 heads" in card
+    # the same Hub metadata and intended-use section as the model's own card (maco_cxr.cards)
+    assert card.startswith("---\nlibrary_name: maco-cxr\nlicense: other\n") and "datasets: []" in card
+    assert "## Intended use and limitations" in card and "not a medical device" in card
 
 
 @pytest.mark.slow  # two ONNX exports, ~5 s each

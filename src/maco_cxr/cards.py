@@ -21,12 +21,12 @@ import yaml
 from maco_cxr._version import __version__
 from maco_cxr.errors import CheckpointError
 
-__all__ = ["CARD_NAME", "finetuned_card", "maco_card", "model_card"]
+__all__ = ["CARD_NAME", "INTENDED_USE", "finetuned_card", "front_matter", "maco_card", "maco_metadata", "model_card"]
 
 CARD_NAME = "README.md"
 
 _COMMANDS = {"classification": "finetune", "segmentation": "segment", "detection": "detect"}
-_USE = (
+INTENDED_USE = (
     "## Intended use and limitations\n\n"
     "A research model for chest radiographs, **not a medical device**: it has not been validated for "
     "clinical use and must not guide the care of a patient. Its figures hold for the data named above; "
@@ -35,7 +35,7 @@ _USE = (
 )
 
 
-def _front_matter(meta: Mapping[str, Any]) -> str:
+def front_matter(meta: Mapping[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True) + "---\n"
 
 
@@ -128,7 +128,7 @@ def finetuned_card(
         meta["base_model"] = base["name"]
     command = _COMMANDS.get(task, "finetune")
     lines = [
-        _front_matter(meta),
+        front_matter(meta),
         f"# maco-cxr {task} model",
         "",
         f"Fine-tuned with maco-cxr {__version__} (`maco-cxr {command}`) from a MaCo image encoder. Classes: "
@@ -176,10 +176,23 @@ def finetuned_card(
         "",
         "Load it: `maco_cxr.load_finetuned(FOLDER).predict(images)`.",
         "",
-        _USE,
+        INTENDED_USE,
         "",
     ]
     return "\n".join(lines)
+
+
+def maco_metadata(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The Hub metadata of a MaCo model (``config.json``), shared by its card and its export's card:
+    MIMIC-CXR is named only when the weights are the released ones (recorded provenance)."""
+    provenance = model_config.get("checkpoint") or model_config.get("converted_from") or {}
+    official = provenance.get("known_checkpoint") == "maco-official" or provenance.get("name") == "maco-base"
+    return {
+        "library_name": "maco-cxr",
+        "license": "other",
+        "tags": ["maco-cxr", "maco", "chest-x-ray", "vision-language", "zero-shot-image-classification"],
+        "datasets": ["mimic-cxr"] if official else [],
+    }
 
 
 def maco_card(model_config: Mapping[str, Any]) -> str:
@@ -187,14 +200,8 @@ def maco_card(model_config: Mapping[str, Any]) -> str:
     model = model_config.get("model", {})
     vision, text = model.get("vision", {}), model.get("text", {})
     provenance = model_config.get("checkpoint") or model_config.get("converted_from") or {}
-    meta = {
-        "library_name": "maco-cxr",
-        "license": "other",
-        "tags": ["maco-cxr", "maco", "chest-x-ray", "vision-language", "zero-shot-image-classification"],
-        "datasets": ["mimic-cxr"] if provenance.get("known_checkpoint") or provenance.get("name") else [],
-    }
     lines = [
-        _front_matter(meta),
+        front_matter(maco_metadata(model_config)),
         "# MaCo chest X-ray vision-language model",
         "",
         "MaCo (Huang et al., *Nature Communications* 2024): masked contrastive pre-training of a ViT image "
@@ -206,7 +213,7 @@ def maco_card(model_config: Mapping[str, Any]) -> str:
         f"- text encoder: BERT {text.get('hidden_size')} wide, {text.get('num_layers')} layers",
         f"- provenance: {json.dumps(provenance) if provenance else 'not recorded'}",
         "",
-        _USE,
+        INTENDED_USE,
         "",
     ]
     return "\n".join(lines)

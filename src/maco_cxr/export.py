@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maco_cxr._atomic import atomic_directory, write_json, write_text
+from maco_cxr.cards import INTENDED_USE, front_matter, maco_metadata
 from maco_cxr.config import config_to_dict
 from maco_cxr.data.tokenizer import CLS_PREFIX
 from maco_cxr.errors import MacoError
@@ -602,6 +603,7 @@ def model_card(
     c = model.config
     files = ", ".join(f"`{name}{SUFFIXES[fmt]}`" for fmt in formats for name in GRAPHS)
     lines = [
+        front_matter(maco_metadata(metadata or {})),
         "# MaCo chest X-ray encoders (exported)",
         "",
         f"Exported by maco-cxr {__version__}" + (f" from `{source}`" if source else "") + f": {files}.",
@@ -657,16 +659,11 @@ def model_card(
         f"truncated or padded with 0 to {c.text.max_length} ids; attention mask = ids != 0.",
         "- `preprocessing.json` states the same contract in machine-readable form.",
         "",
-        "## Intended use",
+        INTENDED_USE,
         "",
-        "Research on chest radiographs: zero-shot classification (similarity of an image to positive and "
-        "negative prompts), image-report retrieval, phrase grounding from the patch embeddings, and features "
-        "for fine-tuning.",
+        "Uses: zero-shot classification (similarity of an image to positive and negative prompts), "
+        "image-report retrieval, phrase grounding from the patch embeddings, and features for fine-tuning.",
         "",
-        "## Limitations",
-        "",
-        "- A research model, **not a medical device**: it is not approved or validated for clinical use and "
-        "must not be used to diagnose, treat or triage patients.",
         "- It reflects its training data (see above) and may not transfer to other hospitals, devices, "
         "populations, projections or image processing; scores are uncalibrated similarities, not "
         "probabilities.",
