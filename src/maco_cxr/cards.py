@@ -43,6 +43,14 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+_DATA_SHOWN = ("counts", "sources", "replaced", "replaced_in_training", "unreadable_in_test")
+
+
+def _size(value: Any) -> Any:
+    """A recorded note in a line: a list or mapping by its length (their items may name images)."""
+    return f"{len(value)} images" if isinstance(value, (list, tuple, dict)) else value
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -146,12 +154,10 @@ def finetuned_card(
         f"- training split: {data.get('train_split') or 'the adapter default'}, label fraction "
         f"{data.get('fraction', 100.0)} % (seed {data.get('fraction_seed', 0)})",
         "- images per split: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        *(f"- {split}: {text}" for split, text in recorded.get("sources", {}).items()),
         f"- training images replaced because unreadable: {recorded.get('replaced_in_training', 0)}",
-        *(
-            f"- {key}: {value}"
-            for key, value in recorded.items()
-            if key in ("fraction", "exclusions", "label_fraction")
-        ),
+        f"- test images that could not be read: {len(recorded.get('unreadable_in_test', []))}",
+        *(f"- {key}: {_size(value)}" for key, value in recorded.items() if key not in _DATA_SHOWN),
         "",
         "## Metrics",
         "",
