@@ -26,26 +26,30 @@ MICRO = [
 CONFIG = "tiny-synthetic"  # a shipped recipe, by name
 
 
+def _micro_run(out: Path, phantoms: int, *overrides: str) -> list[str]:
+    """`maco-cxr pretrain` of the shipped recipe on ``phantoms`` synthetic images, 3 steps of 2 on the CPU."""
+    return [
+        "pretrain",
+        "--config",
+        CONFIG,
+        "--synthetic",
+        str(phantoms),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "data.workers=0",
+        "optim.batch_size=2",
+        "optim.max_steps=3",
+        "optim.warmup_steps=1",
+        "runtime.device=cpu",
+        *overrides,
+        *MICRO,
+    ]
+
+
 def test_pretrain_command_on_synthetic_phantoms(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    code = main(
-        [
-            "pretrain",
-            "--config",
-            str(CONFIG),
-            "--synthetic",
-            "12",
-            "--output-dir",
-            str(out),
-            "--no-progress",
-            "data.workers=0",
-            "optim.batch_size=2",
-            "optim.max_steps=3",
-            "optim.warmup_steps=1",
-            "runtime.device=cpu",
-            *MICRO,
-        ]
-    )
+    code = main(_micro_run(out, 12))
     assert code == 0
     assert f"model written to {out / 'final'}" in capsys.readouterr().out
     model = load(out / "final")
@@ -54,24 +58,7 @@ def test_pretrain_command_on_synthetic_phantoms(tmp_path: Path, capsys: pytest.C
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 steps
 
     # running it again resumes from the last checkpoint (step 3 = the end) and changes nothing
-    again = main(
-        [
-            "pretrain",
-            "--config",
-            str(CONFIG),
-            "--synthetic",
-            "12",
-            "--output-dir",
-            str(out),
-            "--no-progress",
-            "data.workers=0",
-            "optim.batch_size=2",
-            "optim.max_steps=3",
-            "optim.warmup_steps=1",
-            "runtime.device=cpu",
-            *MICRO,
-        ]
-    )
+    again = main(_micro_run(out, 12))
     assert again == 0
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
 
@@ -85,25 +72,7 @@ def test_config_typo_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.Captu
 
 def test_a_stopped_run_says_where_it_stopped_and_how_to_continue(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    code = main(
-        [
-            "pretrain",
-            "--config",
-            CONFIG,
-            "--synthetic",
-            "8",
-            "--output-dir",
-            str(out),
-            "--no-progress",
-            "data.workers=0",
-            "optim.batch_size=2",
-            "optim.max_steps=3",
-            "optim.warmup_steps=1",
-            "runtime.device=cpu",
-            "runtime.stop_at_step=1",
-            *MICRO,
-        ]
-    )
+    code = main(_micro_run(out, 8, "runtime.stop_at_step=1"))
     assert code == 0
     printed = capsys.readouterr().out
     assert (
@@ -127,24 +96,7 @@ def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(
         return real_step(self, batches)
 
     monkeypatch.setattr(loop._Skeleton, "_optimizer_step", interrupted_on_the_second_step)
-    code = main(
-        [
-            "pretrain",
-            "--config",
-            CONFIG,
-            "--synthetic",
-            "8",
-            "--output-dir",
-            str(tmp_path / "run"),
-            "--no-progress",
-            "data.workers=0",
-            "optim.batch_size=2",
-            "optim.max_steps=3",
-            "optim.warmup_steps=1",
-            "runtime.device=cpu",
-            *MICRO,
-        ]
-    )
+    code = main(_micro_run(tmp_path / "run", 8))
     assert code == 130
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "maco-cxr pretrain: interrupted at step 1; rerun the same command to resume"

@@ -26,14 +26,13 @@ def model_path(text: str) -> Path:
     ``hf-hub:ORG/NAME[@REV]`` spec, which :func:`maco_cxr.hub.resolve_model_path` resolves."""
     from maco_cxr.cache import NAMED_CHECKPOINTS
 
-    if text.startswith("hf-hub:"):  # resolved (and checked) by the hub client when the model loads
-        return Path(text)
-    if Path(text).exists() or text not in NAMED_CHECKPOINTS:
-        try:
-            return existing_path(text)
-        except argparse.ArgumentTypeError as err:
-            raise argparse.ArgumentTypeError(f"{err} (nor a named checkpoint: {', '.join(NAMED_CHECKPOINTS)})") from err
-    return Path(text)
+    path = Path(text)
+    # an hf-hub: spec is checked by the hub client when the model loads
+    if path.exists() or text.startswith("hf-hub:") or text in NAMED_CHECKPOINTS:
+        return path
+    raise argparse.ArgumentTypeError(
+        f"{text}: no such file or folder (nor a named checkpoint: {', '.join(NAMED_CHECKPOINTS)})"
+    )
 
 
 def existing_file(text: str) -> Path:

@@ -443,6 +443,16 @@ class _Context:
 
         return self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
+    def run_options(self) -> dict[str, Any]:
+        """What every evaluation cell passes its task function: no bootstrap (the table reports
+        point estimates beside the paper's), and this run's batch size, workers and progress bar."""
+        return {
+            "n_bootstrap": 0,
+            "batch_size": self.options.batch_size,
+            "num_workers": self.options.workers,
+            "progress": self.options.progress,
+        }
+
     def model(self) -> MacoModel:
         if self._model is None:
             from maco_cxr.hub import load
@@ -550,10 +560,7 @@ def _zeroshot(cell: Cell, ctx: _Context, out: Path) -> _Runner:
             dataset,
             out,
             prompts=prompts,
-            n_bootstrap=0,
-            batch_size=ctx.options.batch_size,
-            num_workers=ctx.options.workers,
-            progress=ctx.options.progress,
+            **ctx.run_options(),
             source=source,
         )
         metrics = result.metrics
@@ -613,10 +620,7 @@ def _grounding(cell: Cell, ctx: _Context, out: Path) -> _Runner:
             dataset,
             out,
             overlays=ctx.options.overlays,
-            n_bootstrap=0,
-            batch_size=ctx.options.batch_size,
-            num_workers=ctx.options.workers,
-            progress=ctx.options.progress,
+            **ctx.run_options(),
             source=source,
         )
         metrics = result.metrics
