@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
-	$(PY) -m pip install -q -e ".[test,serve,export]"
+	$(PY) -m pip install -q -e ".[test,serve,export,peers]"
 	touch $@
 
 venv: $(VENV)/.installed

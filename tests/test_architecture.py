@@ -46,6 +46,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cards": _every("cards", "errors", "_version"),
     "push": _every("push", "cards", "_atomic", "errors", "_version"),
     "data": (
+        "families",
         "models",
         "metrics",
         "plots",
@@ -59,6 +60,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         *_TOP,
     ),
     "models": (
+        "families",
         "data",
         "metrics",
         "plots",
@@ -72,6 +74,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         *_TOP,
     ),
     "metrics": (
+        "families",
         "data",
         "models",
         "plots",
@@ -84,10 +87,11 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "serve",
         *_TOP,
     ),
-    "plots": ("models", "inference", "hub", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
+    "plots": ("models", "families", "inference", "hub", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
+    "families": ("inference", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
     "inference": ("hub", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
-    "hub": ("inference", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
-    "runtime": ("pretraining", "tasks", "hub", "export", "serve", *_TOP),
+    "hub": ("families", "inference", "runtime", "pretraining", "tasks", "export", "serve", *_TOP),
+    "runtime": ("families", "pretraining", "tasks", "hub", "export", "serve", *_TOP),
     "pretraining": ("tasks", "export", "serve", *_TOP),
     "tasks": ("export", "serve", *_TOP),
     "export": ("runtime", "pretraining", "tasks", "serve", *_TOP),

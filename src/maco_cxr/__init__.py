@@ -16,7 +16,7 @@ from typing import Any
 from maco_cxr._version import __version__
 
 _EXPORTS = {
-    "load": "maco_cxr.hub",
+    "load": "maco_cxr.families",
     "load_official": "maco_cxr.hub",
     "save_pretrained": "maco_cxr.hub",
     "create_model": "maco_cxr.hub",

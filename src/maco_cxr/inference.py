@@ -1,4 +1,9 @@
-"""The one inference path: batched image and text encoding for every user of a MaCo model.
+"""The one inference path: batched image and text encoding for every user of a model.
+
+A model is MaCo's :class:`~maco_cxr.models.maco.MacoModel` or any family's
+:class:`~maco_cxr.families.base.FoundationModel`: both give ``embed`` and ``encode_texts``;
+the per-image step is :func:`image_input` (MaCo's zero-shot geometry, or the family's own
+preprocessing).
 
 Zero-shot, grounding, retrieval, ``predict``, the web viewer and Python users all encode
 through these functions, so a score is computed one way everywhere:
@@ -6,13 +11,13 @@ through these functions, so a score is computed one way everywhere:
 - images in any form users hold them (paths to PNG/JPEG/DICOM, PIL images, uint8 arrays or
   tensors, one or many; see :mod:`maco_cxr.data.inputs`), or normalised float tensors
   ``[N, 3, S, S]`` passed to the encoder as they are;
-- each image is brought to the encoder's input alone (shorter side to S, bilinear, centre
-  crop: the official zero-shot geometry), then stacked: so images of any sizes share one
+- each image is brought to the encoder's input alone (for MaCo: shorter side to S, bilinear,
+  centre crop, the official zero-shot geometry), then stacked: so images of any sizes share one
   forward pass, and an image's embedding never depends on the rest of the batch;
 - the forward runs under ``torch.inference_mode``, in eval mode (the caller's mode is put
   back), with bf16 autocast on CUDA; results come back as float32 CPU tensors.
 
-:func:`encoder_input` is the per-image step, cheap enough for loader workers
+:func:`image_input` is the per-image step, cheap enough for loader workers
 (:func:`embed_dataset` runs it in them).
 """
 
@@ -34,11 +39,15 @@ from maco_cxr.data.datasets.base import failure_of, is_failed
 from maco_cxr.data.inputs import ImagesInput, input_name, load_images
 from maco_cxr.data.io import check_image_size
 from maco_cxr.errors import DataError
+from maco_cxr.families.base import require
 from maco_cxr.models.maco import resize_center_crop
 
 if TYPE_CHECKING:
     from maco_cxr.data.datasets.base import ChestXrayDataset
+    from maco_cxr.families.base import FoundationModel
     from maco_cxr.models.maco import MacoModel
+
+    Model = MacoModel | FoundationModel
 
 __all__ = [
     "EmbeddedImages",
@@ -47,6 +56,8 @@ __all__ = [
     "encode_images",
     "encode_texts",
     "encoder_input",
+    "image_input",
+    "input_size",
     "inference_mode",
     "patch_embeddings",
     "similarity",
@@ -88,16 +99,30 @@ def encoder_input(pixels: np.ndarray, size: int, mean: float, std: float, where:
     return resize_center_crop(x, size)[0]
 
 
+def image_input(model: Model, pixels: np.ndarray, where: str = "image") -> torch.Tensor:
+    """One uint8 ``[H, W]`` image as ``model``'s encoder takes it: the family's own
+    preprocessing, or MaCo's zero-shot geometry (:func:`encoder_input` with the model's config)."""
+    if hasattr(model, "image_input"):
+        return model.image_input(pixels, where)
+    config = model.config
+    return encoder_input(pixels, config.vision.img_size, config.image_mean, config.image_std, where)
+
+
+def input_size(model: Model) -> int:
+    """The side of ``model``'s square encoder input."""
+    return int(model.input_size)
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """Normalised float ``[B, 3, S, S]`` batches (CPU) of any supported image input."""
+def _image_batches(model: Model, images: ImagesInput | torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Encoder-input float ``[B, C, S, S]`` batches (CPU) of any supported image input."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(images, torch.Tensor) and images.is_floating_point():
-        size = model.config.vision.img_size
+        size = input_size(model)
         if images.ndim != 4 or images.shape[1] not in (1, 3) or tuple(images.shape[-2:]) != (size, size):
             raise DataError(
                 f"normalised float images must be [N, 1|3, {size}, {size}]; got shape "
@@ -107,31 +132,24 @@ def _image_batches(model: MacoModel, images: ImagesInput | torch.Tensor, batch_s
             yield images[start : start + batch_size].expand(-1, 3, -1, -1)
         return
     pictures = load_images(images)
-    config = model.config
     for start in range(0, len(pictures), batch_size):
         chunk = [
-            encoder_input(
-                p,
-                config.vision.img_size,
-                config.image_mean,
-                config.image_std,
-                input_name(images, start + k),
-            )
+            image_input(model, p, input_name(images, start + k))
             for k, p in enumerate(pictures[start : start + batch_size])
         ]
         yield torch.stack(chunk).expand(-1, 3, -1, -1)
 
 
-def _embed(model: MacoModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:meth:`MacoModel.embed` of normalised images, on the model's device under autocast:
-    (global ``[B, D]``, patches ``[B, L, D]``)."""
+def _embed(model: Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's ``embed`` of encoder inputs, on its device under autocast: (global ``[B, D]``,
+    patches ``[B, L, D]``, None for a family without local features)."""
     device = _model_device(model)
     with autocast(device):
         return model.embed(x.to(device, non_blocking=True))
 
 
 def encode_images(
-    model: MacoModel,
+    model: Model,
     images: ImagesInput | torch.Tensor,
     *,
     batch_size: int = 32,
@@ -145,24 +163,28 @@ def encode_images(
 
 
 def patch_embeddings(
-    model: MacoModel,
+    model: Model,
     images: ImagesInput | torch.Tensor,
     *,
     batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Per-patch embeddings in the joint space ``[N, g, g, D]`` (g = 14 at 224 px), float32 CPU."""
-    grid = model.config.vision.grid_size
+    """Per-patch embeddings in the joint space ``[N, g, g, D]`` (MaCo: g = 14 at 224 px; a
+    family's ``patch_grid`` otherwise), float32 CPU."""
+    require(model, "patches")
+    rows, columns = model.patch_grid
     with inference_mode(model, device):
         out = [_embed(model, x)[1].float().cpu() for x in _image_batches(model, images, batch_size)]
     tokens = torch.cat(out)
-    return tokens.reshape(tokens.shape[0], grid, grid, -1)
+    return tokens.reshape(tokens.shape[0], rows, columns, -1)
 
 
 def encode_texts(
-    model: MacoModel, texts: str | Sequence[str], *, batch_size: int = 64, device: str | torch.device | None = None
+    model: Model, texts: str | Sequence[str], *, batch_size: int = 64, device: str | torch.device | None = None
 ) -> torch.Tensor:
-    """Report / prompt embeddings ``[N, D]`` (float32, CPU): BERT pooler output of "[CLS] " + text."""
+    """Report / prompt embeddings ``[N, D]`` (float32, CPU): for MaCo the BERT pooler output of
+    "[CLS] " + text; a family's own text embedding otherwise."""
+    require(model, "texts")
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise DataError("encode_texts: no texts given")
@@ -179,7 +201,7 @@ def encode_texts(
 
 
 def similarity(
-    model: MacoModel,
+    model: Model,
     images: ImagesInput | torch.Tensor,
     texts: str | Sequence[str],
     *,
@@ -198,10 +220,8 @@ def similarity(
 class _EncoderInputs(Dataset):
     """A dataset's samples as encoder inputs (computed in the loader workers)."""
 
-    def __init__(
-        self, dataset: ChestXrayDataset, size: int, mean: float, std: float, indices: Sequence[int] | None
-    ) -> None:
-        self.dataset, self.size, self.mean, self.std = dataset, size, mean, std
+    def __init__(self, dataset: ChestXrayDataset, model: Model, indices: Sequence[int] | None) -> None:
+        self.dataset, self.model = dataset, model
         self.indices = list(range(len(dataset))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -213,7 +233,7 @@ class _EncoderInputs(Dataset):
         if is_failed(sample):
             return {"index": index, "failure": failure_of(sample)}
         try:
-            x = encoder_input(sample["image"][0].numpy(), self.size, self.mean, self.std, sample["path"])
+            x = image_input(self.model, sample["image"][0].numpy(), sample["path"])
         except DataError as err:  # too small to score: a lenient dataset counts it like an unreadable file
             if getattr(self.dataset, "on_error", "raise") == "raise":
                 raise
@@ -237,7 +257,7 @@ class EmbeddedImages:
 
 
 def embed_dataset(
-    model: MacoModel,
+    model: Model,
     dataset: ChestXrayDataset,
     *,
     indices: Sequence[int] | None = None,
@@ -250,9 +270,8 @@ def embed_dataset(
     """Global embeddings of every image of ``dataset`` (or of ``indices``), streamed through a
     DataLoader whose ``workers`` decode and resize; unreadable files (``on_error="skip"``
     datasets) are counted in ``failures``, never silently dropped."""
-    config = model.config
     loader = DataLoader(
-        _EncoderInputs(dataset, config.vision.img_size, config.image_mean, config.image_std, indices),
+        _EncoderInputs(dataset, model, indices),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_keep_list,

@@ -60,8 +60,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=model_path,
         metavar="M",
-        help="model directory (config.json + model.safetensors), official maco.pth, or a named checkpoint "
-        "(maco-base: see maco-cxr download)",
+        help="model directory (config.json + model.safetensors), official maco.pth, a named checkpoint "
+        "(maco-base: see maco-cxr download), or FAMILY:PATH for another family's released file "
+        "(chexzero:best.pt; the README's families table)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=existing_path,
+        metavar="DIR",
+        help="the tokenizer files a FAMILY:PATH model's authors publish (the README's families table)",
     )
     parser.add_argument(
         "--text-heads",
@@ -209,11 +216,21 @@ def build_validation_dataset_from_args(
 
 
 def load_model_from_args(args: argparse.Namespace) -> MacoModel:
+    """The ``--model`` of the command: MaCo with its head counts, or a ``FAMILY:PATH`` model."""
     import torch
 
+    from maco_cxr.errors import ConfigError
+    from maco_cxr.families import load_family, split_model_spec
     from maco_cxr.hub import load
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    family, path = split_model_spec(str(args.model))
+    if family != "maco":
+        if args.text_heads is not None or args.vision_heads is not None:
+            raise ConfigError(f"--text-heads and --vision-heads are options of MaCo checkpoints, not of {family}")
+        return load_family(path, family, tokenizer=getattr(args, "tokenizer", None)).to(device)
+    if getattr(args, "tokenizer", None) is not None:
+        raise ConfigError("--tokenizer is for FAMILY:PATH models; MaCo's tokenizer ships with the package")
     return load(args.model, args.text_heads, vision_heads=args.vision_heads, map_location=device)
 
 

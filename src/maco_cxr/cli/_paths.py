@@ -22,10 +22,17 @@ def existing_path(text: str) -> Path:
 
 
 def model_path(text: str) -> Path:
-    """A model file or folder that exists, the name of a named checkpoint (``maco-base``), or an
-    ``hf-hub:ORG/NAME[@REV]`` spec, which :func:`maco_cxr.hub.resolve_model_path` resolves."""
+    """A model file or folder that exists, the name of a named checkpoint (``maco-base``), an
+    ``hf-hub:ORG/NAME[@REV]`` spec, which :func:`maco_cxr.hub.resolve_model_path` resolves, or
+    ``FAMILY:PATH`` (another foundation-model family's released file, e.g. ``chexzero:best.pt``)."""
     from maco_cxr.cache import NAMED_CHECKPOINTS
+    from maco_cxr.families import split_model_spec
 
+    family, rest = split_model_spec(text)
+    if family != "maco":
+        if not Path(rest).exists():
+            raise argparse.ArgumentTypeError(f"{text}: {rest}: no such file or folder (the {family} checkpoint)")
+        return Path(text)
     path = Path(text)
     # an hf-hub: spec is checked by the hub client when the model loads
     if path.exists() or text.startswith("hf-hub:") or text in NAMED_CHECKPOINTS:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,15 @@ class Tokenizer(Protocol):
 
 
 class MacoModel(nn.Module):
-    """The model; ``tokenizer`` turns text into ids (the model itself never reads a file)."""
+    """The model; ``tokenizer`` turns text into ids (the model itself never reads a file).
+
+    ``family``, ``capabilities``, ``input_size`` and ``patch_grid`` are the face every
+    foundation-model family shares (:mod:`maco_cxr.families.base`); MaCo's own zero-shot and
+    grounding rules live with their tasks (:mod:`maco_cxr.tasks.zeroshot`, ``grounding``).
+    """
+
+    family: ClassVar[str] = "maco"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"texts", "patches", "zeroshot", "grounding", "finetune"})
 
     def __init__(self, config: MacoConfig, tokenizer: Tokenizer) -> None:
         super().__init__()
@@ -96,6 +104,18 @@ class MacoModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.img_proj.weight.device
+
+    @property
+    def input_size(self) -> int:
+        return self.config.vision.img_size
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return (self.config.vision.grid_size, self.config.vision.grid_size)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.vision.embed_dim
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides biases and norms."""

@@ -50,6 +50,7 @@ from maco_cxr.data.io import check_image_size
 from maco_cxr.data.letterbox import Letterbox, letterbox_image
 from maco_cxr.data.reports import grounding_phrase
 from maco_cxr.errors import DataError
+from maco_cxr.families.base import require
 from maco_cxr.inference import encode_texts, inference_mode, patch_embeddings
 from maco_cxr.metrics import (
     DEFAULT_THRESHOLDS,
@@ -134,9 +135,12 @@ def letterboxed_maps(
 
     ``phrases[i]`` are raw phrases (processed here).
     """
+    require(model, "grounding")
     pixels = torch.as_tensor(images)
     if len(phrases) != pixels.shape[0]:
         raise DataError(f"{len(phrases)} phrase lists for {pixels.shape[0]} images")
+    if hasattr(model, "phrase_maps"):  # another family: its authors' map
+        return model.phrase_maps(pixels, phrases)
     size = model.config.vision.img_size
     queries = [phrase_query(p) for group in phrases for p in group]
     patches = patch_embeddings(model, pixels[:, None], batch_size=max(1, pixels.shape[0]))  # [N, 1, S, S]
@@ -166,6 +170,7 @@ def ground(
     The image is letterboxed to the model's input size (224) and the map mapped back; the
     padding strips never reach the returned map (see the module docstring).
     """
+    require(model, "grounding")
     single = is_single_image(image)
     pictures = load_images(image)
     for k, picture in enumerate(pictures):
@@ -175,7 +180,7 @@ def ground(
         raise DataError(f"{len(phrases)} phrases for {len(pictures)} images; give one phrase or one per image")
     for text in phrases:
         phrase_query(text)
-    size = model.config.vision.img_size
+    size = model.input_size
     if device is not None:
         model.to(device)
     out: list[np.ndarray] = []
@@ -597,7 +602,8 @@ def _score_items(
 ) -> _Scoring:
     """Read each image of the items once, map its phrases and score every item; raises when nothing
     could be scored, warns about what was left out."""
-    size = model.config.vision.img_size
+    require(model, "grounding")
+    size = model.input_size
     loader = DataLoader(
         _ItemImages(dataset, items, size), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )

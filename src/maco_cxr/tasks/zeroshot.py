@@ -34,8 +34,9 @@ import torch
 
 from maco_cxr.data.inputs import ImagesInput
 from maco_cxr.errors import DataError
+from maco_cxr.families.base import require
 from maco_cxr.inference import embed_dataset, encode_images, encode_texts
-from maco_cxr.tasks.prompts import PromptSpec, resolve_prompts
+from maco_cxr.tasks.prompts import PromptSpec, PromptTemplates, resolve_prompts
 from maco_cxr.tasks.results import Estimate, ReportResult, RunSource
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ __all__ = [
     "ZeroShotResult",
     "build_class_prototypes",
     "evaluate_zero_shot",
+    "family_prompts",
+    "model_scores",
     "run_zeroshot",
     "score_embeddings",
     "summarise_zero_shot",
@@ -64,14 +67,30 @@ def build_class_prototypes(
     batch_size: int = 64,
     device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative prototypes ``(P [C, D], N [C, D])``: mean prompt embeddings, unnormalised."""
-    table = resolve_prompts(classes, prompts)
+    """Positive and negative prototypes ``(P [C, D], N [C, D])``: for MaCo the mean prompt
+    embeddings, unnormalised; another family's own ``class_prototype`` rule. ``prompts`` None: the
+    family's own templates (MaCo's official set)."""
+    require(model, "zeroshot")
+    table = resolve_prompts(classes, family_prompts(model) if prompts is None else prompts)
     texts = sorted({t for entry in table.values() for t in (*entry.positive, *entry.negative)})
     index = {text: i for i, text in enumerate(texts)}
     embeddings = encode_texts(model, texts, batch_size=batch_size, device=device)
-    positive = torch.stack([embeddings[[index[t] for t in table[c].positive]].mean(0) for c in classes])
-    negative = torch.stack([embeddings[[index[t] for t in table[c].negative]].mean(0) for c in classes])
+    prototype = getattr(model, "class_prototype", lambda rows: rows.mean(0))
+    positive = torch.stack([prototype(embeddings[[index[t] for t in table[c].positive]]) for c in classes])
+    negative = torch.stack([prototype(embeddings[[index[t] for t in table[c].negative]]) for c in classes])
     return positive, negative
+
+
+def family_prompts(model: Any) -> PromptSpec:
+    """The default prompts of ``model``'s family: its authors' templates, or MaCo's official set."""
+    templates = getattr(model, "prompt_templates", None)
+    return None if templates is None else PromptTemplates(*templates)
+
+
+def model_scores(model: Any, embeddings: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Probabilities ``[N, C]`` by the family's zero-shot rule (MaCo's: :func:`score_embeddings`)."""
+    rule = getattr(model, "zero_shot_scores", score_embeddings)
+    return rule(embeddings, positive, negative).float().cpu()
 
 
 def score_embeddings(image_embeddings: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -98,7 +117,7 @@ def zero_shot(
     """
     positive, negative = build_class_prototypes(model, classes, prompts, device=device)
     embeddings = encode_images(model, images, batch_size=batch_size, device=device)
-    return score_embeddings(embeddings, positive, negative)
+    return model_scores(model, embeddings, positive, negative)
 
 
 @dataclass
@@ -158,7 +177,7 @@ def evaluate_zero_shot(
     embedded = embed_dataset(
         model, dataset, batch_size=batch_size, workers=num_workers, device=device, progress=progress, desc="zero-shot"
     )
-    scores = score_embeddings(embedded.embeddings, positive, negative).numpy()
+    scores = model_scores(model, embedded.embeddings, positive, negative).numpy()
     labels = np.full((len(embedded.indices), len(classes)), np.nan, dtype=np.float32)
     for row, index in enumerate(embedded.indices):
         values = dataset.records[index].labels
