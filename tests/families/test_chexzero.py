@@ -121,3 +121,10 @@ def test_cli_takes_a_family_spec(tmp_path: Path, checkpoint: Path) -> None:
         main(["zeroshot", "--model", f"chexzero:{tmp_path / 'absent.pt'}", "--dataset", "manifest"])
     with pytest.raises(maco_cxr.errors.ConfigError, match="chexzero family cannot do grounding"):
         maco_cxr.ground(maco_cxr.load(checkpoint, family="chexzero"), np.zeros((224, 224), np.uint8), "edema")
+
+
+def test_predict_refuses_a_family_it_does_not_take_yet(tmp_path: Path, checkpoint: Path) -> None:
+    image = FIXTURE / "images" / "synthetic_260x150.png"
+    with pytest.raises(maco_cxr.errors.ConfigError, match="chexzero model is not supported by predict"):
+        maco_cxr.predict_folder(f"chexzero:{checkpoint}", image, tmp_path / "out", classes=["Edema"])
+    assert not (tmp_path / "out").exists()

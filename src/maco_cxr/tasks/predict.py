@@ -81,6 +81,7 @@ from maco_cxr._atomic import remove_stale_temporaries, write_json
 from maco_cxr.data.inputs import PathsInput, as_path_list
 from maco_cxr.data.letterbox import letterbox_image
 from maco_cxr.errors import ConfigError, RunInterrupted
+from maco_cxr.families import split_model_spec
 from maco_cxr.inference import (
     encode_images,
     encode_texts,
@@ -211,6 +212,12 @@ def predict(
     )
     from maco_cxr.hub import resolve_model_path
 
+    family, _ = split_model_spec(str(model))
+    if family != "maco":
+        raise ConfigError(
+            f"{model}: predict takes MaCo and fine-tuned models; a {family} model is not supported by predict "
+            "yet: use maco-cxr zeroshot, or maco_cxr.zero_shot / encode_images, with it"
+        )
     model_path = Path(os.path.abspath(resolve_model_path(model)))
     task, model_classes = _model_task(model_path)
     class_names, table = _zero_shot_classes(task, classes, prompts)
