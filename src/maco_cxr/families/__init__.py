@@ -55,6 +55,44 @@ FAMILIES: dict[str, FamilyInfo] = {
             weights="github.com/rajpurkarlab/CheXzero (Google Drive link in its README)",
             tokenizer="none: CLIP's BPE vocabulary ships with open_clip",
         ),
+        FamilyInfo(
+            name="biovil",
+            module="biovil",
+            summary="BioViL: ResNet-50 + CXR-BERT, projected to 128 (Boecking et al. 2022, hi-ml-multimodal)",
+            capabilities=frozenset({"texts", "patches", "zeroshot", "grounding", "finetune"}),
+            licence="code MIT (microsoft/hi-ml); weights MIT (Hugging Face microsoft/BiomedVLP-CXR-BERT-specialized)",
+            weights="Hugging Face microsoft/BiomedVLP-CXR-BERT-specialized (biovil_image_resnet50_proj_size_128.pt)",
+            tokenizer="the CXR-BERT tokenizer folder (vocab.txt + tokenizer_config.json) of that Hub repository",
+        ),
+        FamilyInfo(
+            name="biovil-t",
+            module="biovil",
+            summary="BioViL-T: ResNet-50 + ViT temporal image model + CXR-BERT (Bannur et al. 2023, hi-ml-multimodal)",
+            capabilities=frozenset({"texts", "patches", "zeroshot", "grounding", "finetune"}),
+            licence="code MIT (microsoft/hi-ml); weights MIT (Hugging Face microsoft/BiomedVLP-BioViL-T)",
+            weights="Hugging Face microsoft/BiomedVLP-BioViL-T (biovil_t_image_model_proj_size_128.pt)",
+            tokenizer="the CXR-BERT tokenizer folder (vocab.txt + tokenizer_config.json) of that Hub repository",
+        ),
+        FamilyInfo(
+            name="mrm",
+            module="mrm",
+            summary="MRM: masked record modelling ViT-B/16 image encoder, no aligned text tower (Zhou et al. 2023)",
+            capabilities=frozenset({"finetune"}),
+            licence="code MIT (RL4M/MRM-pytorch); weights trained on MIMIC-CXR (PhysioNet credentialed research use)",
+            weights="github.com/RL4M/MRM-pytorch (MRM.pth, Google Drive link in its README)",
+            tokenizer="none (image encoder only)",
+        ),
+        FamilyInfo(
+            name="biomedclip",
+            module="biomedclip",
+            summary="BiomedCLIP: ViT-B/16 + PubMedBERT trained on PMC-15M figures (Zhang et al. 2023), via open_clip",
+            capabilities=frozenset({"texts", "zeroshot", "finetune"}),
+            licence="MIT (Hugging Face microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224)",
+            weights=(
+                "Hugging Face microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (open_clip_pytorch_model.bin)"
+            ),
+            tokenizer="the PubMedBERT tokenizer folder of that Hub repository (vocab.txt + tokenizer_config.json)",
+        ),
     )
 }
 
@@ -77,6 +115,8 @@ def load_family(path: str | Path, family: str, *, tokenizer: str | Path | None =
             f"the {family} family needs {err.name or 'a library that is not installed'}: "
             f"pip install 'maco-cxr[{info.needs}]'"
         ) from err
+    if info.module != info.name:  # a module serving several families (BioViL, BioViL-T) is told which
+        options["family"] = info.name
     return module.load(path, tokenizer=tokenizer, **options)
 
 

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PHRASE_TEMPLATE",
+    "fill_unseen",
     "GroundingEvaluation",
     "GroundingItem",
     "GroundingResult",
@@ -128,6 +129,20 @@ def phrase_query(phrase: str) -> str:
     return query
 
 
+def fill_unseen(maps: np.ndarray) -> np.ndarray:
+    """Maps ``[P, S, S]`` with the NaN a family marks where its model saw nothing (BioViL's centre crop cuts the
+    letterboxed image's edges) set to each map's lowest seen value: what the model did not see is the least
+    related, so thresholds, the pointing game and min-max scaling read the same map the authors draw, and no
+    metric meets a NaN. A map the model saw none of is an error (there is nothing to rank)."""
+    out = np.array(maps, dtype=np.float32)
+    for k, m in enumerate(out):
+        seen = ~np.isnan(m)
+        if not seen.any():
+            raise DataError(f"grounding map {k} is NaN everywhere: the model saw none of the image")
+        m[~seen] = m[seen].min()
+    return out
+
+
 def letterboxed_maps(
     model: MacoModel, images: torch.Tensor | np.ndarray, phrases: Sequence[Sequence[str]]
 ) -> list[np.ndarray]:
@@ -140,7 +155,7 @@ def letterboxed_maps(
     if len(phrases) != pixels.shape[0]:
         raise DataError(f"{len(phrases)} phrase lists for {pixels.shape[0]} images")
     if hasattr(model, "phrase_maps"):  # another family: its authors' map
-        return model.phrase_maps(pixels, phrases)
+        return [fill_unseen(m) for m in model.phrase_maps(pixels, phrases)]
     size = model.config.vision.img_size
     queries = [phrase_query(p) for group in phrases for p in group]
     patches = patch_embeddings(model, pixels[:, None], batch_size=max(1, pixels.shape[0]))  # [N, 1, S, S]
