@@ -3,7 +3,8 @@
 One module per task: classification (AUC / ACC / weighted and macro F1), grounding (CNR /
 mIoU / pointing game and the official per-threshold IoU, Dice, precision, recall), segmentation
 (the three named Dice figures), detection (COCO AP) and retrieval (recall@k); plus uncertainty
-(validation-chosen thresholds, bootstrap confidence intervals, calibration).
+(validation-chosen thresholds, bootstrap confidence intervals, calibration) and paired tests of two
+models on the same items (DeLong for AUCs, paired bootstrap for any figure).
 
 Submodules are imported on first use of one of their names, so importing one metric does not
 load scikit-learn for the others.
@@ -19,6 +20,7 @@ _EXPORTS = {
     "DEFAULT_THRESHOLDS": "grounding",
     "GroundingScores": "grounding",
     "OPT_TH_THRESHOLDS": "grounding",
+    "PairedTest": "paired",
     "ReliabilityCurve": "uncertainty",
     "RocCurve": "classification",
     "apply_thresholds": "uncertainty",
@@ -27,6 +29,8 @@ _EXPORTS = {
     "boxes_to_mask": "grounding",
     "classification_report": "classification",
     "coco_detection_ap": "detection",
+    "delong_covariance": "paired",
+    "delong_test": "paired",
     "dice_foreground_dataset": "segmentation",
     "dice_mean_over_classes": "segmentation",
     "dice_per_image_mean": "segmentation",
@@ -36,6 +40,7 @@ _EXPORTS = {
     "grounding_threshold_metrics": "grounding",
     "image_text_recall": "retrieval",
     "minmax_to_unit_range": "grounding",
+    "paired_bootstrap_test": "paired",
     "pointing_game": "grounding",
     "recall_at_k": "retrieval",
     "reliability_curve": "uncertainty",

@@ -193,7 +193,7 @@ def _group_members(groups: Any, n: int) -> list[np.ndarray] | None:
     return [by_group[g] for g in np.argsort(first)]  # groups in order of first appearance
 
 
-def _bootstrap(
+def bootstrap_replicates(
     statistic: Callable[[np.ndarray], float],
     n: int,
     *,
@@ -201,8 +201,10 @@ def _bootstrap(
     n_resamples: int,
     confidence: float,
     seed: int,
-) -> BootstrapCI:
-    """Percentile interval of ``statistic(indices)`` over item or whole-group resamples."""
+) -> tuple[float, np.ndarray]:
+    """``statistic(all indices)`` and its ``n_resamples`` replicates over item or whole-group
+    resamples (NaN where a replicate is undefined), after checking the arguments: the one draw
+    that the intervals here and the paired tests of :mod:`maco_cxr.metrics.paired` share."""
     if n == 0:
         raise DataError("bootstrap needs at least one item; got none")
     if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
@@ -226,17 +228,38 @@ def _bootstrap(
                 values[r] = statistic(idx)
             except ValueError:  # e.g. scikit-learn's roc_auc_score on a one-class resample
                 values[r] = np.nan
+    undefined = int((~np.isfinite(values)).sum())
+    if undefined:
+        warn_undefined(f"{undefined} of {n_resamples} bootstrap replicates gave an undefined value and were skipped")
+    return estimate, values
+
+
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the finite values (NaN if none)."""
     valid = values[np.isfinite(values)]
-    if valid.size < n_resamples:
-        warn_undefined(
-            f"{n_resamples - valid.size} of {n_resamples} bootstrap replicates gave an undefined value and were skipped"
-        )
     if valid.size == 0:
-        low = high = float("nan")
-    else:
-        tail = (1.0 - confidence) / 2.0 * 100.0
-        low, high = (float(v) for v in np.percentile(valid, [tail, 100.0 - tail]))
-    return BootstrapCI(estimate, low, high, int(valid.size), int(n_resamples), float(confidence))
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(valid, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    groups: Any,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> BootstrapCI:
+    """Percentile interval of ``statistic(indices)`` over item or whole-group resamples."""
+    estimate, values = bootstrap_replicates(
+        statistic, n, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed
+    )
+    low, high = percentile_interval(values, confidence)
+    n_valid = int(np.isfinite(values).sum())
+    return BootstrapCI(estimate, low, high, n_valid, int(n_resamples), float(confidence))
 
 
 def bootstrap_metric_ci(
