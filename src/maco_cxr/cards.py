@@ -135,11 +135,12 @@ def finetuned_card(
     if base.get("name"):
         meta["base_model"] = base["name"]
     command = _COMMANDS.get(task, "finetune")
+    encoder = "MaCo" if base.get("family", "maco") == "maco" else f"`{base['family']}`-family"
     lines = [
         front_matter(meta),
         f"# maco-cxr {task} model",
         "",
-        f"Fine-tuned with maco-cxr {__version__} (`maco-cxr {command}`) from a MaCo image encoder. Classes: "
+        f"Fine-tuned with maco-cxr {__version__} (`maco-cxr {command}`) from a {encoder} image encoder. Classes: "
         + ", ".join(f"`{c}`" for c in model_config.get("classes", [])),
         "",
         "## Base model",

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from maco_cxr.errors import CheckpointError
+from maco_cxr.errors import CheckpointError, ConfigError
+from maco_cxr.families import split_model_spec
 from maco_cxr.hub import LoadReport, load
 from maco_cxr.models.config import VisionConfig
 from maco_cxr.models.config import preset as config_preset
@@ -91,6 +92,12 @@ def load_backbone(
     if source is None:
         vision = _with_size(config_preset(preset).vision, img_size, drop_path_rate)
         return MaskedViT(vision), None
+    family, _ = split_model_spec(str(source))
+    if family != "maco":
+        raise ConfigError(
+            f"model.source={source}: segmentation and detection build on MaCo's ViT (UperNet, ViTDet); a {family} "
+            "encoder is fine-tuned or linearly probed through classification (maco-cxr finetune)"
+        )
     model = load(source, text_heads, vision_heads=vision_heads)
     vision = _with_size(model.config.vision, img_size, drop_path_rate)
     backbone = MaskedViT(vision)

@@ -39,7 +39,8 @@ from maco_cxr._atomic import write_csv, write_with
 from maco_cxr.config import from_dict
 from maco_cxr.data.augment import normalize_batch
 from maco_cxr.data.datasets.base import ChestXrayDataset
-from maco_cxr.errors import DataError
+from maco_cxr.errors import ConfigError, DataError
+from maco_cxr.families import load_family, split_model_spec
 from maco_cxr.inference import autocast
 from maco_cxr.metrics import (
     apply_thresholds,
@@ -48,7 +49,7 @@ from maco_cxr.metrics import (
     roc_auc_per_class,
     select_thresholds,
 )
-from maco_cxr.models.classifier import ClassifierModel
+from maco_cxr.models.classifier import ClassifierModel, EncoderClassifier
 from maco_cxr.models.config import IMAGE_MEAN, IMAGE_STD, VisionConfig
 from maco_cxr.models.vit import MaskedViT
 from maco_cxr.runtime.loop import Run
@@ -70,6 +71,7 @@ __all__ = [
     "ClassifyModel",
     "ClassifyTask",
     "FinetunedClassifier",
+    "FinetunedFamilyClassifier",
     "auc_classes_text",
     "eval_transform",
     "finetune_classifier",
@@ -180,9 +182,58 @@ class FinetunedClassifier(FinetunedModel):
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> FinetunedClassifier:
         architecture = description["architecture"]
+        if "family" in architecture:
+            return FinetunedFamilyClassifier.from_description(description)
         vision = from_dict(VisionConfig, architecture["vision"])
         net = ClassifierModel(MaskedViT(vision), int(architecture["num_classes"]))
         return cls(net, description["classes"], description["preprocessing"])
+
+
+class FinetunedFamilyClassifier(FinetunedClassifier):
+    """A classifier on another family's image encoder (:class:`EncoderClassifier`): each image goes in
+    through the family's own preprocessing (``image_input``: its geometry and normalisation), at test
+    and in prediction as at the authors' inference. Training crops (uint8, the family's input size) go
+    through the same ``image_input``.
+
+    On disk the weights hold the whole family model; ``config.json`` names the family and the base
+    file, which rebuilds the architecture (the authors' file is needed to load the fine-tuned one)."""
+
+    def __init__(self, net: EncoderClassifier, classes: Sequence[str], preprocessing: dict[str, Any]) -> None:
+        super().__init__(net, classes, preprocessing)
+
+    def prepare(self, pixels: np.ndarray, preprocessing: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        return {"x": self.net.encoder.image_input(pixels)}
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared float inputs as they are; uint8 training crops ``[N, 1, S, S]`` through ``image_input``."""
+        if images.dtype == torch.uint8:
+            images = torch.stack([self.net.encoder.image_input(image[0].cpu().numpy()) for image in images])
+        return images.to(self.device, non_blocking=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "family": self.net.encoder.family,
+            "base": self.preprocessing["base"],
+            "tokenizer": self.preprocessing.get("tokenizer"),
+            "num_classes": len(self.classes),
+        }
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> FinetunedFamilyClassifier:
+        architecture = description["architecture"]
+        encoder = load_family(architecture["base"], architecture["family"], tokenizer=architecture.get("tokenizer"))
+        net = EncoderClassifier(encoder, int(architecture["num_classes"]))
+        return cls(net, description["classes"], description["preprocessing"])
+
+
+def family_preprocessing(encoder: Any, base: str, tokenizer: str | None) -> dict[str, Any]:
+    return {
+        "input_size": int(encoder.input_size),
+        "family": encoder.family,
+        "base": base,
+        "tokenizer": tokenizer,
+        "pixel_input": f"the {encoder.family} family's own preprocessing (maco_cxr.families.{encoder.family})",
+    }
 
 
 def classifier_preprocessing(size: int) -> dict[str, Any]:
@@ -316,6 +367,8 @@ class ClassifyTask(FinetuneTask):
     def build_model(self, splits: FinetuneSplits) -> tuple[FinetunedModel, dict[str, Any]]:
         cfg = self.config.model
         self.classes = splits.classes
+        if cfg.source is not None and split_model_spec(cfg.source)[0] != "maco":
+            return self._build_family_model()
         backbone, report = load_backbone(
             cfg.source,
             preset=cfg.preset,
@@ -338,6 +391,30 @@ class ClassifyTask(FinetuneTask):
         if cfg.mode == "linear_probe":
             model.freeze(backbone)
         return model, summary
+
+    def _build_family_model(self) -> tuple[FinetunedModel, dict[str, Any]]:
+        """Another family's encoder (``FAMILY:PATH``) with the same head, trained by the same loop."""
+        cfg = self.config.model
+        family, path = split_model_spec(cfg.source)
+        if self.config.optim.layer_decay is not None:
+            raise ConfigError(
+                f"optim.layer_decay: layer-wise lr decay is defined for MaCo's ViT blocks, not the {family} "
+                "encoder; leave it unset"
+            )
+        encoder = load_family(path, family, tokenizer=cfg.tokenizer)
+        net = EncoderClassifier(encoder, len(self.classes))
+        model = FinetunedFamilyClassifier(net, self.classes, family_preprocessing(encoder, path, cfg.tokenizer))
+        if cfg.mode == "linear_probe":
+            model.freeze(encoder)
+        else:
+            encoder.train()
+        summary = {"source": cfg.source, "mode": cfg.mode, "family": family, "init": "pretrained"}
+        if cfg.img_size != encoder.input_size:
+            logger.info("%s: images go in at the family's own input size %d", family, encoder.input_size)
+        return model, summary
+
+    def num_layers(self, model: FinetunedModel) -> int:
+        return 0 if isinstance(model.net, EncoderClassifier) else super().num_layers(model)
 
     def _features(self, dataset: ChestXrayDataset, model: FinetunedModel, run: Run) -> _Features:
         """Pooled features of every image of ``dataset``, computed once (sharded, gathered)."""
@@ -370,7 +447,7 @@ class ClassifyTask(FinetuneTask):
         n = len(self.classes)
         return EvalItems(
             dataset,
-            FinetunedClassifier.prepare,
+            model.prepare,
             model.preprocessing,
             lambda sample, record: {"labels": _labels(sample, n), "patient": record.patient_id},
         )
@@ -379,7 +456,7 @@ class ClassifyTask(FinetuneTask):
         if self.linear_cached:
             return self._features(dataset, model, run)
         cfg = self.config
-        return _TrainImages(dataset, len(self.classes), cfg.model.img_size, cfg.augment, cfg.runtime.seed)
+        return _TrainImages(dataset, len(self.classes), model.net.img_size, cfg.augment, cfg.runtime.seed)
 
     def collate_train(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return _collate(items)

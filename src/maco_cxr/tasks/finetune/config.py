@@ -158,13 +158,16 @@ class FinetuneRuntime:
 class BackboneSection:
     """The image encoder a task starts from.
 
-    ``source``: a MaCo model directory or official ``maco.pth``; None (``none``) = random
+    ``source``: a MaCo model directory or official ``maco.pth``, or ``FAMILY:PATH`` for another
+    foundation model's image encoder (classification only; ``tokenizer``: the tokenizer folder a
+    family needs to load, see :mod:`maco_cxr.families`); None (``none``) = random
     initialisation of ``preset``. ``text_heads``/``vision_heads``: head counts of an official
     checkpoint the known-checkpoint table does not recognise (they are not stored in it).
     ``drop_path_rate``: stochastic depth; ``grad_checkpointing``: trade compute for memory.
     """
 
     source: str | None = None
+    tokenizer: str | None = None
     preset: str = "base"
     drop_path_rate: float = 0.1
     text_heads: int | None = None

@@ -31,6 +31,7 @@ predictions of prepared items, the metrics of a split and its output writers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -49,6 +50,7 @@ from maco_cxr.cards import CARD_NAME, finetuned_card
 from maco_cxr.config import config_to_dict
 from maco_cxr.data.datasets.base import ChestXrayDataset, failure_of, is_failed
 from maco_cxr.errors import ConfigError, DataError
+from maco_cxr.families import split_model_spec
 from maco_cxr.runtime import distributed as dist_utils
 from maco_cxr.runtime.loop import Run, RunEnd, RunHooks, RunSettings, run_training
 from maco_cxr.runtime.optim import build_adamw, param_groups
@@ -553,12 +555,27 @@ def base_model_record(source: str | None) -> dict[str, Any]:
 
     if source is None:
         return {"path": None, "sha256": "none: random initialisation"}
+    family, family_path = split_model_spec(source)
+    if family != "maco":
+        return {"path": family_path, "family": family, "sha256": _tree_sha256(Path(family_path))}
     path = resolve_model_path(source)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     record: dict[str, Any] = {"path": str(source), "sha256": file_sha256(weights)}
     if source in NAMED_CHECKPOINTS:
         record.update(name=source, licence=NAMED_CHECKPOINTS[source].licence)
     return record
+
+
+def _tree_sha256(path: Path) -> str:
+    """SHA-256 of a file; of a folder (a BioViL release), of its files' names and hashes in name order."""
+    from maco_cxr.hub import file_sha256
+
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for member in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{member.relative_to(path).as_posix()}\0{file_sha256(member)}\n".encode())
+    return digest.hexdigest()
 
 
 def load_model_weights_from(model: FinetunedModel, directory: Path) -> None:
