@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from maco_cxr.data.datasets.base import failure_of, is_failed
 from maco_cxr.data.inputs import ImagesInput, input_name, load_images
 from maco_cxr.data.io import check_image_size
+from maco_cxr.data.letterbox import letterbox_image
 from maco_cxr.errors import DataError
 from maco_cxr.families.base import require
 from maco_cxr.models.maco import resize_center_crop
@@ -101,8 +102,13 @@ def encoder_input(pixels: np.ndarray, size: int, mean: float, std: float, where:
 
 def image_input(model: Model, pixels: np.ndarray, where: str = "image") -> torch.Tensor:
     """One uint8 ``[H, W]`` image as ``model``'s encoder takes it: the family's own
-    preprocessing, or MaCo's zero-shot geometry (:func:`encoder_input` with the model's config)."""
+    preprocessing, or MaCo's zero-shot geometry (:func:`encoder_input` with the model's config).
+    A family model whose ``protocol`` is ``"common"`` gets the image letterboxed to its input size
+    first (MaCo's geometry), then its own normalisation."""
     if hasattr(model, "image_input"):
+        if getattr(model, "protocol", "own") == "common":  # one geometry for every family: our letterbox
+            check_image_size(pixels.shape, where)
+            pixels = letterbox_image(pixels, int(model.input_size))[0]
         return model.image_input(pixels, where)
     config = model.config
     return encoder_input(pixels, config.vision.img_size, config.image_mean, config.image_std, where)

@@ -333,3 +333,41 @@ def plot_variant_comparison(
     if title:
         figure.suptitle(title)
     return _save_figure(figure, path)
+
+
+def plot_compare(rows: Sequence[Any], metric: str, path: str | Path, title: str | None = None) -> Path:
+    """One line per model: its ``metric`` with the 95 % interval (filled dot), a published figure of the same
+    metric name prefix (hollow diamond), or the reason it has none (a model that cannot do the task).
+
+    ``rows``: objects with ``model``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``source`` and ``note``
+    (:class:`maco_cxr.tasks.compare.CompareRow`).
+    """
+    shown = [r for r in rows if r.metric == metric or (r.source == "published" and r.metric.startswith(metric))]
+    refused = [r for r in rows if r.metric == "-"]
+    lines = shown + refused
+    if not lines:
+        raise DataError(f"no row has the metric {metric!r} to plot")
+    figure = _figure(figsize=(9, 1.2 + 0.45 * len(lines)), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    finite = [v for r in shown for v in (r.value, r.ci_low, r.ci_high) if np.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    pad = max(0.05 * (high - low), 0.01)
+    for y, row in enumerate(lines):
+        if row in refused:
+            axes.text(low, y, f"  {row.note}", va="center", fontsize=9, color="grey")
+        elif row.source == "published":
+            axes.plot([row.value], [y], marker="D", markerfacecolor="none", color="tab:orange", linestyle="none")
+        else:
+            has_ci = np.isfinite(row.ci_low) and np.isfinite(row.ci_high)
+            error = [[row.value - row.ci_low], [row.ci_high - row.value]] if has_ci else None
+            axes.errorbar([row.value], [y], xerr=error, fmt="o", color="tab:blue", capsize=4)
+    axes.set_yticks(
+        range(len(lines)), [f"{r.model} ({r.metric})" if r.source == "published" else r.model for r in lines]
+    )
+    axes.set_ylim(len(lines) - 0.5, -0.5)  # first model on top, every line inside the axes
+    axes.set_xlim(low - pad, high + pad)
+    axes.set_xlabel(f"{metric} (dot: measured, 95 % CI; diamond: published)")
+    axes.grid(axis="x", alpha=0.3)
+    if title:
+        axes.set_title(title)
+    return _save_figure(figure, path)

@@ -29,6 +29,7 @@ COMMANDS = (
     "segment",
     "detect",
     "reproduce",
+    "compare",
     "demo",
     "ablate",
     "serve",

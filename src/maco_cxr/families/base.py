@@ -50,6 +50,9 @@ class FoundationModel(nn.Module):
     input_size: int
     feature_dim: int
     patch_grid: tuple[int, int] | None = None
+    #: "own": the authors' preprocessing; "common": every image letterboxed to ``input_size`` first
+    #: (MaCo's geometry, so that models compared under one protocol see the same pixels)
+    protocol: str = "own"
 
     @property
     def device(self) -> torch.device:
