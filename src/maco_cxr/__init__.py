@@ -37,6 +37,7 @@ _EXPORTS = {
     "ground": "maco_cxr.tasks.grounding",
     "retrieve": "maco_cxr.tasks.retrieval",
     "run_zeroshot": "maco_cxr.tasks.zeroshot",
+    "compare": "maco_cxr.tasks.compare",
     "run_grounding": "maco_cxr.tasks.grounding",
     "run_retrieval": "maco_cxr.tasks.retrieval",
     "predict_folder": "maco_cxr.tasks.predict",

@@ -74,6 +74,15 @@ FAMILIES: dict[str, FamilyInfo] = {
             tokenizer="the CXR-BERT tokenizer folder (vocab.txt + tokenizer_config.json) of that Hub repository",
         ),
         FamilyInfo(
+            name="mgca",
+            module="mgca",
+            summary="MGCA: ResNet-50 or ViT-B/16 + BioClinicalBERT, multi-granularity alignment (Wang et al. 2022)",
+            capabilities=frozenset({"texts", "patches", "zeroshot", "grounding", "finetune"}),
+            licence="no licence file in HKU-MedAI/MGCA (ask the authors); weights trained on MIMIC-CXR (PhysioNet)",
+            weights="github.com/HKU-MedAI/MGCA (resnet_50.ckpt / vit_base.ckpt, Google Drive link in its README)",
+            tokenizer="the Bio_ClinicalBERT tokenizer folder (Hugging Face emilyalsentzer/Bio_ClinicalBERT)",
+        ),
+        FamilyInfo(
             name="mrm",
             module="mrm",
             summary="MRM: masked record modelling ViT-B/16 image encoder, no aligned text tower (Zhou et al. 2023)",
