@@ -8,6 +8,7 @@
 #      rate of every input stage (decode/collate, H2D copy, augmentation)
 #   5. inference: image embeddings (bf16) vs a plain timm ViT, and from a prepared store
 #   6. a short CUDA pre-training run through the real engine under torchrun (compile + DDP path)
+#   7. `compare`'s path per family (own preprocessing + encoder) on phantoms, images/s against MaCo
 # Each writes its figures to $OUT/<name>.txt (default ./gpu-checks); the run prints them too.
 set -u
 OUT=${OUT:-gpu-checks}
@@ -38,3 +39,4 @@ run pretrain_torchrun_tiny 60 $PY -m torch.distributed.run --standalone --nproc_
   --config tiny-synthetic --no-progress runtime.device=cuda runtime.output_dir=/tmp/gpu-pretrain \
   runtime.resume=never data.synthetic_count=64 data.workers=4 optim.epochs=2
 tail -n 3 /tmp/gpu-pretrain/metrics.csv 2>/dev/null | tee -a "$OUT/pretrain_torchrun_tiny.txt"
+run compare_families 60 $PY benchmarks/compare_throughput.py --images 512 --device cuda --batch 64
