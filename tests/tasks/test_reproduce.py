@@ -402,3 +402,30 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(trees: dict, tiny_model:
         "zeroshot-chexpert": "done",
         "detect-rsna-1": "reused",
     }
+
+
+def test_peer_models_run_the_same_cells_as_extra_columns(trees: dict, tiny_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    mrm = Path(__file__).resolve().parents[1] / "assets" / "families" / "mrm" / "MRM.pth"
+    data = load_reproduce_data(_data_file(tmp_path / "data.yaml", trees, "rsna"))
+    options = ReproduceOptions(
+        tasks=("zeroshot", "linear", "segment"), fractions=(1,), quick=True, skip_bad=True, device="cpu", overlays=0
+    )
+    report = reproduce(tiny_model, data, tmp_path / "out", options, peers=[f"mrm:{mrm}"])
+    assert not report.failed, [(c.id, c.error) for c in report.failed]
+    ((spec, cells),) = report.peers.items()
+    assert spec == f"mrm:{mrm.resolve()}"
+    status = {c.id: c.status for c in cells}
+    assert status == {"zeroshot-rsna": "unsupported", "linear-rsna-1": "done"}  # segmentation: no siim root
+    linear = next(c for c in cells if c.id == "linear-rsna-1")
+    assert Path(linear.out).parent == tmp_path / "out" / "peers" / "mrm-MRM.pth" and np.isfinite(linear.metrics["auc"])
+    config = json.loads((Path(linear.out) / "config.json").read_text())
+    assert config["model"]["source"] == spec and config["model"]["mode"] == "linear_probe"
+    payload = json.loads(report.json_path.read_text())
+    assert [c["status"] for c in payload["peers"][spec]] == ["unsupported", "done"]
+    _check_commands({"cells": payload["peers"][spec][1:]})
+    markdown = report.markdown_path.read_text()
+    assert "## Other models (the same cells and recipes)" in markdown
+    assert "| zeroshot-rsna | AUC (%) |" in markdown and "n/a (the mrm family cannot do zeroshot)" in markdown
+    again = reproduce(tiny_model, data, tmp_path / "out", options, peers=[f"mrm:{mrm}"])
+    assert [c.status for c in again.peers[spec]] == ["unsupported", "reused"]

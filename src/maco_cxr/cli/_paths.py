@@ -42,6 +42,14 @@ def model_path(text: str) -> Path:
     )
 
 
+def family_tokenizer(text: str) -> tuple[str, Path]:
+    """``FAMILY=DIR``: the tokenizer folder of one family (``--tokenizer`` of compare and reproduce)."""
+    family, sep, folder = text.partition("=")
+    if not sep or not family or not folder:
+        raise argparse.ArgumentTypeError(f"{text}: write FAMILY=DIR, e.g. biovil=CXR-BERT/")
+    return family, existing_path(folder)
+
+
 def existing_file(text: str) -> Path:
     """A file that exists."""
     path = existing_path(text)

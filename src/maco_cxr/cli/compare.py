@@ -7,15 +7,7 @@ import argparse
 from pathlib import Path
 
 from maco_cxr.cli._model_args import dataset_kind
-from maco_cxr.cli._paths import existing_path, model_path, recipe_file
-
-
-def _tokenizer(text: str) -> tuple[str, Path]:
-    """``FAMILY=DIR``: the tokenizer folder of one family."""
-    family, sep, folder = text.partition("=")
-    if not sep or not family or not folder:
-        raise argparse.ArgumentTypeError(f"{text}: write FAMILY=DIR, e.g. biovil=CXR-BERT/")
-    return family, existing_path(folder)
+from maco_cxr.cli._paths import existing_path, family_tokenizer, model_path, recipe_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer",
         action="append",
         default=[],
-        type=_tokenizer,
+        type=family_tokenizer,
         metavar="FAMILY=DIR",
         help="tokenizer folder of a family that needs one (repeatable)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maco_cxr.cli._paths import existing_file, existing_path, model_path
+from maco_cxr.cli._paths import existing_file, existing_path, family_tokenizer, model_path
 
 _TASKS = ("zeroshot", "grounding", "linear", "finetune", "segment", "detect")  # maco_cxr.tasks.reproduce.TASKS
 _DATASETS = ("nih", "chexpert", "rsna", "siim", "ms-cxr", "covid-rural")
@@ -30,6 +30,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=model_path,
         metavar="M",
         help="MaCo model directory, official maco.pth or a named checkpoint",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[],
+        type=model_path,
+        metavar="SPEC",
+        help="other models (FAMILY:PATH, e.g. mrm:MRM.pth) run through the same cells: extra table columns",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        type=family_tokenizer,
+        metavar="FAMILY=DIR",
+        help="tokenizer folder of a --models family that needs one (repeatable)",
     )
     parser.add_argument(
         "--data",
@@ -119,10 +135,19 @@ def run(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         progress=args.progress,
     )
-    report = reproduce(args.model, data, args.out, options, data_file=str(args.data))
-    counts = {status: sum(c.status == status for c in report.cells) for status in ("done", "reused", "failed")}
+    report = reproduce(
+        args.model,
+        data,
+        args.out,
+        options,
+        data_file=str(args.data),
+        peers=[str(m) for m in args.models],
+        tokenizers=dict(args.tokenizer),
+    )
+    every = [*report.cells, *(c for cells in report.peers.values() for c in cells)]
+    counts = {status: sum(c.status == status for c in every) for status in ("done", "reused", "failed")}
     print(
-        f"{len(report.cells)} cells: {counts['done']} run, {counts['reused']} reused, {counts['failed']} failed"
+        f"{len(every)} cells: {counts['done']} run, {counts['reused']} reused, {counts['failed']} failed"
         + (f"; skipped datasets: {', '.join(report.skipped_datasets)}" if report.skipped_datasets else "")
     )
     for cell in report.failed:

@@ -370,8 +370,9 @@ def plan_cells(data: ReproduceData, options: ReproduceOptions) -> tuple[list[Cel
 
 @dataclass
 class CellResult:
-    """What one cell produced; ``status``: done (run now), reused (done by an earlier run) or
-    failed (``error`` says why, ``traceback`` where). ``settings``: what its numbers depend on
+    """What one cell produced; ``status``: done (run now), reused (done by an earlier run),
+    failed (``error`` says why, ``traceback`` where) or unsupported (a peer family that cannot do the
+    task: ``error`` says so). ``settings``: what its numbers depend on
     (a rerun reuses the cell only when they are equal); ``skip_bad``: whether unusable inputs
     could be left out (``metrics["n_left_out"]`` counts them where the task reports it)."""
 
@@ -379,7 +380,7 @@ class CellResult:
     task: str
     dataset: str
     fraction: int | None
-    status: Literal["done", "reused", "failed"]
+    status: Literal["done", "reused", "failed", "unsupported"]
     command: str
     out: str
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -400,10 +401,12 @@ class ReproduceReport:
     quick: bool
     json_path: Path
     markdown_path: Path
+    #: peer model spec -> its cells, in the order of ``cells``
+    peers: dict[str, list[CellResult]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[CellResult]:
-        return [c for c in self.cells if c.status == "failed"]
+        return [c for c in [*self.cells, *(c for cells in self.peers.values() for c in cells)] if c.status == "failed"]
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -429,10 +432,23 @@ class _Context:
     """What every cell of one run shares: the model (loaded once, on first use), the data,
     the options and the output folder."""
 
-    def __init__(self, model: str | Path, data: ReproduceData, out: Path, options: ReproduceOptions) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        data: ReproduceData,
+        out: Path,
+        options: ReproduceOptions,
+        tokenizer: str | Path | None = None,
+    ) -> None:
+        from maco_cxr.families import split_model_spec
         from maco_cxr.hub import resolve_model_path
 
-        self.model_path = str(resolve_model_path(model))
+        self.family, path = split_model_spec(str(model))
+        # a peer family's spec keeps its prefix, with an absolute path: it is what --model takes
+        self.model_path = (
+            str(resolve_model_path(model)) if self.family == "maco" else f"{self.family}:{Path(path).resolve()}"
+        )
+        self.tokenizer = None if tokenizer is None else str(tokenizer)
         self.data, self.out, self.options = data, out, options
         self._model: MacoModel | None = None
         self._configs: Path | None = None
@@ -455,10 +471,28 @@ class _Context:
 
     def model(self) -> MacoModel:
         if self._model is None:
+            from maco_cxr.families import load_family, split_model_spec
             from maco_cxr.hub import load
 
-            self._model = load(self.model_path, map_location=self.device)
+            if self.family == "maco":
+                self._model = load(self.model_path, map_location=self.device)
+            else:
+                path = split_model_spec(self.model_path)[1]
+                self._model = load_family(path, self.family, tokenizer=self.tokenizer).to(self.device)
         return self._model
+
+    def cannot(self, task: str) -> str | None:
+        """Why this context's family cannot run a cell of ``task`` (None when it can)."""
+        from maco_cxr.families import family_info
+
+        if self.family == "maco":
+            return None
+        if task in ("segment", "detect"):
+            return f"segmentation and detection build on MaCo's ViT; the {self.family} family is classification only"
+        need = {"zeroshot": "zeroshot", "grounding": "grounding"}.get(task, "finetune")
+        if need in family_info(self.family).capabilities:
+            return None
+        return f"the {self.family} family cannot do {task}"
 
     def configs(self) -> Path:
         if self._configs is None:
@@ -667,6 +701,8 @@ def _recipe(cell: Cell, ctx: _Context, out: Path) -> _Runner:
         Override("data.root", str(root), "--root"),
         Override("runtime.out", str(out), "--out"),
     ]
+    if ctx.tokenizer is not None:
+        overrides.append(Override("model.tokenizer", ctx.tokenizer, "--tokenizer"))
     command = [
         "maco-cxr",
         _COMMAND[cell.task],
@@ -746,7 +782,12 @@ def _identity(cell: Cell, ctx: _Context, settings: dict[str, Any]) -> dict[str, 
     workers, batch size, overlays, progress, skip_bad: see :func:`_refusal`); reuse needs equality."""
     return json.loads(
         json.dumps(
-            {"cell": cell.id, "model": str(Path(ctx.model_path).resolve()), "quick": ctx.options.quick, **settings},
+            {
+                "cell": cell.id,
+                "model": str(Path(ctx.model_path).resolve()) if ctx.family == "maco" else ctx.model_path,
+                "quick": ctx.options.quick,
+                **settings,
+            },
             default=str,
         )
     )
@@ -787,6 +828,9 @@ def _finished_with_skip_bad(previous: dict[str, Any]) -> bool:
 
 def _run_cell(cell: Cell, ctx: _Context) -> CellResult:
     out = ctx.out / cell.id
+    refused = ctx.cannot(cell.task)
+    if refused is not None:
+        return CellResult(cell.id, cell.task, cell.dataset, cell.fraction, "unsupported", "", "", error=refused)
     runner = _RUNNERS[cell.task](cell, ctx, out)
     command = shlex.join(runner.command)
     identity = _identity(cell, ctx, runner.settings)
@@ -896,11 +940,16 @@ def reproduce(
     options: ReproduceOptions | None = None,
     *,
     data_file: str | None = None,
+    peers: Sequence[str] = (),
+    tokenizers: dict[str, str | Path] | None = None,
 ) -> ReproduceReport:
     """Run the selected cells of the paper's protocol (see the module docstring) into ``out``.
 
     ``model``: a MaCo model directory or official ``maco.pth``. ``data``: the dataset roots
-    (:func:`load_reproduce_data`); ``data_file`` is only recorded. Returns every cell's
+    (:func:`load_reproduce_data`); ``data_file`` is only recorded. ``peers``: other models
+    (``FAMILY:PATH``, :mod:`maco_cxr.families`; ``tokenizers``: family -> tokenizer folder) run through
+    the same cells, the paper's protocol (MaCo's prompts, the same recipes), into ``out/peers/<name>/``;
+    their numbers are the table's extra columns, a cell a family cannot do says so. Returns every cell's
     result; ``out/reproduce.json`` and ``out/reproduce.md`` hold the table (rewritten after
     each cell, so a long run can be watched).
     """
@@ -917,6 +966,10 @@ def reproduce(
     published, about = load_published()
     results: list[CellResult] = []
     report = ReproduceReport(results, skipped, options.quick, out / JSON_NAME, out / MARKDOWN_NAME)
+    peer_contexts = [
+        _Context(spec, data, out / "peers" / _peer_folder(spec), options, (tokenizers or {}).get(_family(spec)))
+        for spec in peers
+    ]
     logger.info(
         "reproduce: %d cells (%s)%s",
         len(cells),
@@ -926,9 +979,27 @@ def reproduce(
     for cell in cells:
         results.append(_run_cell(cell, ctx))
         _write_report(report, ctx, published, about, data_file)
+    for peer in peer_contexts:
+        results_of_peer = report.peers.setdefault(peer.model_path, [])
+        for cell in cells:
+            results_of_peer.append(_run_cell(cell, peer))
+            _write_report(report, ctx, published, about, data_file)
     if not cells:
         _write_report(report, ctx, published, about, data_file)
     return report
+
+
+def _family(spec: str) -> str:
+    from maco_cxr.families import split_model_spec
+
+    return split_model_spec(spec)[0]
+
+
+def _peer_folder(spec: str) -> str:
+    from maco_cxr.families import split_model_spec
+
+    family, path = split_model_spec(spec)
+    return f"{family}-{Path(path).name}"
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -981,9 +1052,37 @@ def _write_report(
         },
         "skipped_datasets": report.skipped_datasets,
         "cells": [{**asdict(c), "rows": _rows(c, published)} for c in report.cells],
+        "peers": {
+            spec: [{**asdict(c), "rows": _rows(c, published)} for c in cells] for spec, cells in report.peers.items()
+        },
     }
     write_json(report.json_path, payload)
     write_text(report.markdown_path, _markdown(report, ctx, published, about))
+
+
+def _peer_table(report: ReproduceReport, published: dict[tuple[str, str], PublishedResult]) -> list[str]:
+    """The other models' numbers beside MaCo's, cell by cell (the paper's protocol for all)."""
+    specs = list(report.peers)
+    lines = ["", "## Other models (the same cells and recipes)", ""]
+    lines += ["| cell | metric | MaCo | " + " | ".join(f"`{s}`" for s in specs) + " |"]
+    lines += ["|---|---|---|" + "---|" * len(specs)]
+    for k, result in enumerate(report.cells):
+        peers = [report.peers[s][k] if k < len(report.peers[s]) else None for s in specs]
+        for row in _rows(result, published):
+            digits = 1 if row["unit"] == "%" else 3
+            cells = [_fmt(row["ours"], digits) if result.status in ("done", "reused") else result.status]
+            for peer in peers:
+                if peer is None:
+                    cells.append("not run")
+                elif peer.status == "unsupported":
+                    cells.append(f"n/a ({peer.error})")
+                elif peer.status == "failed":
+                    cells.append("failed")
+                else:
+                    value = next(r["ours"] for r in _rows(peer, published) if r["metric"] == row["metric"])
+                    cells.append(_fmt(value, digits))
+            lines.append(f"| {result.id} | {row['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -1015,6 +1114,8 @@ def _markdown(
                 f"| {result.id} | {row['label']}{unit} | {ours} | {paper} | {_fmt(row['diff'], digits)} | "
                 f"{row['source'] or '-'} | {status} |"
             )
+    if report.peers:
+        lines += _peer_table(report, published)
     failed = [r for r in report.cells if r.status == "failed"]
     if failed:
         lines += ["", "## Failed cells", ""] + [f"- `{r.id}`: {r.error}" for r in failed]
